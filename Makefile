@@ -1,0 +1,34 @@
+# The two front-door commands: `make demo` and `make test`.
+# Both create .venv from the pinned lock file first (once; re-done when the lock changes).
+VENV      := .venv
+PYTHON    := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+CORES     ?= 2
+TOY       ?= configs/toy.yaml
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test dry-run-paper clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(VENV)/bin/uv pip install --python $(PYTHON) -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(PYTHON) --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	@start=$$(date +%s); \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(TOY) --printshellcmds && \
+	echo "Toy DAG finished in $$(( $$(date +%s) - start )) s" && \
+	$(PYTHON) -m mobileclip_repro where --configfile $(TOY)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+dry-run-paper: $(STAMP)
+	for c in configs/paper/*.yaml; do $(VENV)/bin/snakemake -n --quiet --configfile $$c || exit 1; done
+
+clean:
+	rm -rf results/toy results/toy-test .snakemake

@@ -1,0 +1,48 @@
+"""One CLI, one subcommand per stage; Snakemake rules and humans call the same thing.
+
+Each subcommand lives in the module of the same concept, which provides
+``add_arguments(parser)`` and ``command(args)``. Modules are imported only when their
+subcommand runs: importing torch + open_clip + clip_benchmark costs ~12 s on a 2-core
+machine, and the data and report stages need none of them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
+    "reinforce": ("mobileclip_repro.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
+    "train": ("mobileclip_repro.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
+    "evaluate": ("mobileclip_repro.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),
+    "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
+    "validate-config": ("mobileclip_repro.config", "validate a config file against the schema and print the resolved runs"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mobileclip-repro <command> [options]", "", "commands:"]
+    lines += [f"  {name:<16} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run `mobileclip-repro <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"mobileclip-repro {name}", description=help_text)
+    module.add_arguments(parser)
+    return module.command(parser.parse_args(rest)) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
