@@ -1,0 +1,19 @@
+# mobileclip-repro: fetch/synthesize -> (reinforce) -> train -> evaluate -> report.
+# The experiment is chosen with --configfile (default: the embedded toy world, configs/toy.yaml).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/reinforce.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        report_outputs(),

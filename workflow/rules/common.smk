@@ -1,0 +1,73 @@
+# Shared once per DAG: validate the config against the schema (before any job runs),
+# resolve run specs, and turn config into target lists.
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir
+
+DEFAULT_CONFIG = "configs/toy.yaml"
+
+try:
+    EXP = load_config(dict(config) if config else DEFAULT_CONFIG)
+except ConfigError as error:
+    raise WorkflowError(f"invalid config: {error}") from None
+
+RESULTS = Path(EXP["results_dir"])
+DATA = EXP["data"]
+DATA_ROOT = RESULTS / "data"
+IS_TOY = DATA["source"] == "toy"
+# Rules run the CLI with the interpreter that runs Snakemake (the project's venv).
+CLI = f"{shlex.quote(sys.executable)} -m mobileclip_repro"
+RUNS = list(EXP["runs"])
+TEACHERS = list(EXP["teachers"])
+BENCHMARKS = EXP["evaluation"]["benchmarks"]
+
+wildcard_constraints:
+    run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
+    epoch=r"\d+",
+
+
+def run_spec(run):
+    return resolve_run(EXP, run)
+
+
+def teacher_spec(teacher):
+    return resolve_run(EXP, teacher, section="teachers")
+
+
+def spec_json(spec):
+    return json.dumps(spec, sort_keys=True)
+
+
+def eval_records_of(run, epoch):
+    return [str(RESULTS / "eval" / run / f"epoch_{epoch}" / f"{b['name']}.json") for b in BENCHMARKS]
+
+
+def all_eval_records():
+    return [record for run in RUNS for epoch in range(1, EXP["runs"][run]["num_checkpoints"] + 1)
+            for record in eval_records_of(run, epoch)]
+
+
+def report_outputs():
+    names = ["results.csv", "results.md", "learning_efficiency.png", "learning_efficiency.pdf", "report.html"]
+    return [str(RESULTS / "report" / name) for name in names]
+
+
+def toy_benchmark_roots():
+    """Benchmark sets the toy-data rule generates (the others are user-provided roots)."""
+    return [b["root"] for b in BENCHMARKS if IS_TOY and b["dataset"].startswith("wds/toy")]
+
+
+def torchrun(spec):
+    """The launcher prefix: single node standalone rendezvous, or one torchrun per node via srun."""
+    procs = max(spec["gpus_per_node"], 1)
+    if spec["nodes"] == 1:
+        return f"torchrun --standalone --nnodes 1 --nproc-per-node {procs}"
+    return (f"srun --nodes {spec['nodes']} --ntasks {spec['nodes']} --ntasks-per-node 1 "
+            f"torchrun --nnodes {spec['nodes']} --nproc-per-node {procs} --rdzv-backend c10d "
+            f"--rdzv-id $SLURM_JOB_ID --rdzv-endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500")

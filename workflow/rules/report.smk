@@ -1,0 +1,19 @@
+# Stage 5: tables, learning-efficiency plots and an HTML report, from result records only.
+
+REPORT = EXP["report"]
+
+
+rule report:
+    input:
+        records=all_eval_records(),
+    output:
+        report_outputs(),
+    params:
+        records_dir=RESULTS / "eval",
+        out_dir=RESULTS / "report",
+        paper_reference="--paper-reference" if REPORT["paper_reference"] else "",
+    log:
+        RESULTS / "logs" / "report.log",
+    shell:
+        "{CLI} report --records-dir {params.records_dir} --out-dir {params.out_dir}"
+        " --title {REPORT[title]:q} {params.paper_reference} > {log} 2>&1"

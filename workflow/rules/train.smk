@@ -1,0 +1,38 @@
+# Stage 3: one training job per run, launched through torchrun (one process per GPU;
+# one CPU process where gpus_per_node is 0). Checkpoints after every pseudo-epoch.
+# The declared output is the run manifest, written last: checkpoints are deliberately not
+# outputs, so a failed or preempted job keeps them (Snakemake deletes a failed job's
+# outputs) and the rerun resumes from the latest one.
+
+
+def train_inputs(wc):
+    spec = run_spec(wc.run)
+    inputs = {"datacomp": spec["datacomp_dir"]}
+    if spec["dr"]:
+        inputs["dr"] = spec["dr_dir"]
+    return inputs
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        manifest=RESULTS / "runs" / "{run}" / "manifest.json",
+    params:
+        spec=lambda wc: spec_json(run_spec(wc.run)),
+        launcher=lambda wc: torchrun(run_spec(wc.run)),
+        out_dir=lambda wc: run_dir(EXP, wc.run),
+    threads: 1
+    resources:
+        nodes=lambda wc: run_spec(wc.run)["nodes"],
+        tasks=lambda wc: run_spec(wc.run)["nodes"],
+        gpus_per_node=lambda wc: run_spec(wc.run)["gpus_per_node"],
+        gpu=lambda wc: run_spec(wc.run)["gpus_per_node"],
+        cpus_per_task=lambda wc: max(run_spec(wc.run)["gpus_per_node"], 1) * run_spec(wc.run)["slurm"]["cpus_per_gpu"],
+        mem_mb=lambda wc: run_spec(wc.run)["slurm"]["mem_mb_per_node"],
+        runtime=lambda wc: run_spec(wc.run)["slurm"]["runtime"],
+    log:
+        RESULTS / "logs" / "train" / "{run}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
