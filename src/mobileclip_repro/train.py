@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -229,10 +230,10 @@ def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen)
     partial = path.with_name(path.name + ".partial")
     torch.save(checkpoint, partial)
     os.replace(partial, path)
-    if spec["save_most_recent"]:
-        previous = checkpoint_path(out_dir, epoch - 1)
-        if previous.exists() and epoch > 1:
-            previous.unlink()
+    if spec["save_most_recent"]:  # open_clip's --save-most-recent: an extra epoch_latest.pt
+        latest = path.with_name("epoch_latest.pt")
+        shutil.copyfile(path, latest.with_name(latest.name + ".partial"))
+        os.replace(latest.with_name(latest.name + ".partial"), latest)
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -24,10 +24,11 @@ rule train:
         out_dir=lambda wc: run_dir(EXP, wc.run),
     threads: 1
     resources:
+        # One torchrun launcher per node (srun), each spawning one process per GPU.
         nodes=lambda wc: run_spec(wc.run)["nodes"],
-        tasks=lambda wc: run_spec(wc.run)["nodes"],
-        gpus_per_node=lambda wc: run_spec(wc.run)["gpus_per_node"],
-        gpu=lambda wc: run_spec(wc.run)["gpus_per_node"],
+        gres=lambda wc: f"gpu:{run_spec(wc.run)['gpus_per_node']}" if run_spec(wc.run)["gpus_per_node"] else "",
+        tasks_per_gpu=0,
+        slurm_extra="'--ntasks-per-node=1'",
         cpus_per_task=lambda wc: max(run_spec(wc.run)["gpus_per_node"], 1) * run_spec(wc.run)["slurm"]["cpus_per_gpu"],
         mem_mb=lambda wc: run_spec(wc.run)["slurm"]["mem_mb_per_node"],
         runtime=lambda wc: run_spec(wc.run)["slurm"]["runtime"],
