@@ -1,0 +1,408 @@
+"""Evaluate one checkpoint on benchmark sets with clip_benchmark; one JSON record per benchmark.
+
+clip_benchmark 1.6.2 computes the metrics (``zeroshot_classification.evaluate``,
+``zeroshot_retrieval.evaluate``); this module picks the datasets, steers around the
+library's known traps (reference.md §7) and writes DataComp-style records: the metrics,
+a ``main_metric`` (``acc1``; ``mean_recall@1`` for retrieval) and where the number came
+from (run, epoch, seen samples, DR or not). Tables and plots are derived from these
+records only (``tables.py``, ``plots.py``).
+
+Traps handled here rather than left to the user:
+- clip_benchmark downloads any dataset whose root is missing (wget/kaggle); there is no
+  network on the clusters, so a missing root is an error before clip_benchmark runs.
+- a webdataset set read by more loader workers than it has shards fails; workers are
+  clamped to the shard count.
+- recall@K needs K <= number of images; K is clamped to the number of images.
+- a custom webdataset retrieval set is only treated as retrieval when the task says so;
+  the task must agree with the set's ``dataset_type.txt``.
+- numpy >= 2.4 breaks clip_benchmark's ``accuracy()``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobileclip_repro.tables import RECORD_SCHEMA
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION = "zeroshot_classification"
+RETRIEVAL = "zeroshot_retrieval"
+TASKS = (CLASSIFICATION, RETRIEVAL)
+# Named datasets clip_benchmark reads from local files, and their only sensible task.
+NAMED_DATASETS = {"imagenet1k": CLASSIFICATION, "flickr30k": RETRIEVAL, "mscoco_captions": RETRIEVAL}
+DEFAULT_RECALL_K = (1, 5, 10)
+SPEC_KEYS = {"name", "dataset", "task", "root", "split", "recall_k", "annotation_file"}
+WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
+CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    dataset: str
+    task: str
+    root: str
+    split: str = "test"
+    recall_k: tuple[int, ...] = DEFAULT_RECALL_K
+    annotation_file: str | None = None
+
+    @property
+    def is_wds(self) -> bool:
+        return self.dataset.startswith("wds/")
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    run: str
+    epoch: int
+    seen_samples: int
+    dr: bool
+    model_name: str | None
+    run_spec: dict = field(default_factory=dict)
+
+
+def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
+    """Validate the benchmark list (``--benchmarks-json``) and fill defaults."""
+    if not isinstance(specs, list) or not specs:
+        raise ValueError("benchmarks JSON must be a non-empty list of benchmark specs")
+    parsed, seen_names = [], set()
+    for position, spec in enumerate(specs):
+        where = f"benchmark #{position}"
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: expected an object, got {type(spec).__name__}")
+        unknown = set(spec) - SPEC_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(SPEC_KEYS)})")
+        for key in ("name", "dataset", "root"):
+            if not isinstance(spec.get(key), str) or not spec[key]:
+                raise ValueError(f"{where}: {key!r} is required and must be a non-empty string")
+        name, dataset = spec["name"], spec["dataset"]
+        where = f"benchmark {name!r}"
+        # The name becomes a file name ({name}.json) and a table column.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"{where}: name may only contain letters, digits, '_', '.', '-'")
+        if name in seen_names:
+            raise ValueError(f"{where}: duplicate benchmark name")
+        seen_names.add(name)
+        if not (dataset.startswith("wds/") and len(dataset) > 4) and dataset not in NAMED_DATASETS:
+            raise ValueError(f"{where}: unsupported dataset {dataset!r}; use wds/<name> or one of {sorted(NAMED_DATASETS)}")
+        task = spec.get("task")
+        if task is None:
+            if dataset.startswith("wds/"):
+                raise ValueError(f"{where}: webdataset sets need an explicit task ({' or '.join(TASKS)})")
+            task = NAMED_DATASETS[dataset]
+        if task not in TASKS:
+            raise ValueError(f"{where}: task must be one of {TASKS}, got {task!r}")
+        if dataset in NAMED_DATASETS and task != NAMED_DATASETS[dataset]:
+            raise ValueError(f"{where}: {dataset} is a {NAMED_DATASETS[dataset]} set, not {task}")
+        # recall_k is ignored for classification: config defaults attach it to every benchmark.
+        recall_k = spec.get("recall_k", list(DEFAULT_RECALL_K))
+        if (not isinstance(recall_k, list) or not recall_k
+                or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in recall_k)):
+            raise ValueError(f"{where}: recall_k must be a non-empty list of positive integers, got {recall_k!r}")
+        split = spec.get("split", "test")
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"{where}: split must be a non-empty string")
+        parsed.append(BenchmarkSpec(name=name, dataset=dataset, task=task, root=spec["root"], split=split,
+                                    recall_k=tuple(sorted(set(recall_k))),
+                                    annotation_file=spec.get("annotation_file")))
+    return parsed
+
+
+def load_benchmark_specs(path: str | os.PathLike) -> list[BenchmarkSpec]:
+    with open(path) as stream:
+        try:
+            specs = json.load(stream)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+    return parse_benchmark_specs(specs)
+
+
+# ---------------------------------------------------------------- webdataset sets on disk
+
+def wds_dataset_type(root: str) -> str:
+    """clip_benchmark's rule: ``dataset_type.txt`` if present, else classification."""
+    type_file = Path(root) / "dataset_type.txt"
+    return type_file.read_text().strip().lower() if type_file.exists() else "classification"
+
+
+def wds_num_shards(root: str, split: str) -> int:
+    nshards_file = Path(root) / split / "nshards.txt"
+    if not nshards_file.exists():
+        raise FileNotFoundError(f"{nshards_file} missing: not a clip_benchmark webdataset set (root={root}, split={split})")
+    text = nshards_file.read_text().strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{nshards_file}: expected a positive shard count, got {text!r}")
+    return int(text)
+
+
+def count_wds_images(root: str, split: str) -> int:
+    """Samples carrying an image, counted from tar headers without decoding anything."""
+    keys = set()
+    for shard in range(wds_num_shards(root, split)):
+        shard_path = Path(root) / split / f"{shard}.tar"
+        with tarfile.open(shard_path) as archive:
+            for member in archive:
+                # webdataset's key rule: everything up to the first dot of the file name.
+                directory, _, base = member.name.rpartition("/")
+                stem, dot, extension = base.partition(".")
+                if member.isfile() and dot and extension.lower() in WDS_IMAGE_EXTENSIONS:
+                    keys.add(f"{directory}/{stem}")
+    return len(keys)
+
+
+def check_dataset_present(spec: BenchmarkSpec) -> None:
+    """Fail before clip_benchmark would start a download (no network on the clusters)."""
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmark {spec.name!r}: dataset root {root} does not exist")
+    if spec.is_wds:
+        wds_num_shards(spec.root, spec.split)
+        dataset_type = wds_dataset_type(spec.root)
+        expected = "retrieval" if spec.task == RETRIEVAL else "classification"
+        if dataset_type != expected:
+            raise ValueError(f"benchmark {spec.name!r}: task {spec.task} but {root}/dataset_type.txt says {dataset_type!r}")
+        if spec.task == CLASSIFICATION:
+            for required in ("classnames.txt", "zeroshot_classification_templates.txt"):
+                if not (root / required).exists():
+                    raise FileNotFoundError(f"benchmark {spec.name!r}: {root / required} missing")
+    elif spec.dataset == "flickr30k":
+        annotation = Path(spec.annotation_file or root / f"flickr30k_{spec.split}_karpathy.txt")
+        if not annotation.exists():
+            raise FileNotFoundError(f"benchmark {spec.name!r}: annotation file {annotation} missing")
+    elif spec.dataset == "mscoco_captions":
+        images = root / ("train2014" if spec.split == "train" else "val2014")
+        annotation = Path(spec.annotation_file or root / f"coco_{spec.split}_karpathy.json")
+        for required in (images, annotation):
+            if not required.exists():
+                raise FileNotFoundError(f"benchmark {spec.name!r}: {required} missing")
+
+
+# ---------------------------------------------------------------- checkpoint and metrics
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """The trainer's bookkeeping (epoch, seen samples, run spec) from a checkpoint file."""
+    import torch
+
+    # mmap: the metadata is a few bytes; the weights are only paged in when open_clip loads them.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a mobileclip_repro checkpoint, missing {missing}")
+    run_spec = checkpoint["run"]
+    if not isinstance(run_spec, dict):
+        raise ValueError(f"{path}: 'run' must be the run spec dict, got {type(run_spec).__name__}")
+    if "dr" in run_spec:
+        dr = run_spec["dr"]
+    elif "data" in run_spec:
+        dr = run_spec["data"] == "dr"
+    else:
+        raise ValueError(f"{path}: run spec has neither 'dr' nor 'data'; cannot tell a DR run from a plain one")
+    return CheckpointInfo(path=str(path), run=str(checkpoint["name"]), epoch=int(checkpoint["epoch"]),
+                          seen_samples=int(checkpoint["seen_samples"]), dr=bool(dr),
+                          model_name=checkpoint.get("model_name"), run_spec=run_spec)
+
+
+def main_metric(task: str, metrics: dict) -> tuple[str, float]:
+    """DataComp's convention: top-1 accuracy, or the mean of the two retrieval R@1."""
+    if task == CLASSIFICATION:
+        return "acc1", metrics["acc1"]
+    return "mean_recall@1", (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
+
+
+def clamp_recall_k(recall_k: tuple[int, ...], num_images: int, benchmark: str) -> list[int]:
+    clamped = sorted({min(k, num_images) for k in recall_k})
+    if clamped != sorted(recall_k):
+        log.warning("%s: recall@K needs K <= %d images; recall_k %s clamped to %s",
+                    benchmark, num_images, list(recall_k), clamped)
+    return clamped
+
+
+def _json_safe(value):
+    # clip_benchmark reports acc5 as NaN for sets with < 5 classes; strict JSON has no NaN.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    os.replace(partial, path)
+
+
+class _CountingLoader:
+    """Counts images (and captions) as clip_benchmark iterates; it exposes ``dataset`` as it expects."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.dataset = loader.dataset
+        self.num_images = 0
+        self.num_texts = 0
+
+    def __iter__(self):
+        for images, targets in self.loader:
+            self.num_images += len(images)
+            if isinstance(targets, (list, tuple)):
+                self.num_texts += sum(len(captions) for captions in targets)
+            yield images, targets
+
+
+def _check_numpy() -> None:
+    import numpy
+
+    major, minor = (int(part) for part in numpy.__version__.split(".")[:2])
+    if (major, minor) >= (2, 4):
+        raise RuntimeError(f"numpy {numpy.__version__} breaks clip_benchmark 1.6.2's accuracy(); install numpy<2.4")
+
+
+def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str, batch_size: int,
+                  num_workers: int) -> dict:
+    """Metrics for one benchmark: clip_benchmark's dict plus sample counts and the K actually used."""
+    import torch
+    from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
+    from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
+
+    check_dataset_present(spec)
+    dataset = build_dataset(dataset_name=spec.dataset, root=spec.root, transform=transform, split=spec.split,
+                            download=False, annotation_file=spec.annotation_file, task=spec.task)
+    if spec.is_wds:
+        shards = wds_num_shards(spec.root, spec.split)
+        if num_workers > shards:
+            log.warning("%s: %d loader workers for %d shards; using %d (more fail in clip_benchmark)",
+                        spec.name, num_workers, shards, shards)
+            num_workers = shards
+        loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, shuffle=False,
+                                             num_workers=num_workers)
+        num_images = count_wds_images(spec.root, spec.split)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             collate_fn=get_dataset_collate_fn(spec.dataset))
+        num_images = len(dataset)
+    if num_images == 0:
+        raise ValueError(f"benchmark {spec.name!r}: no images in {spec.root} (split {spec.split})")
+    counting = _CountingLoader(loader)
+    # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers.
+    amp = device == "cuda"
+    extra: dict = {}
+    if spec.task == CLASSIFICATION:
+        metrics = zeroshot_classification.evaluate(model, counting, tokenizer, dataset.classes, dataset.templates,
+                                                   device=device, amp=amp)
+        extra["num_classes"] = len(dataset.classes)
+    else:
+        recall_k = clamp_recall_k(spec.recall_k, num_images, spec.name)
+        if 1 not in recall_k:
+            raise ValueError(f"benchmark {spec.name!r}: recall_k must include 1 (the main metric is mean_recall@1)")
+        metrics = zeroshot_retrieval.evaluate(model, counting, tokenizer, device=device, amp=amp,
+                                              recall_k_list=recall_k)
+        extra.update(recall_k=recall_k, num_texts=counting.num_texts)
+    if counting.num_images != num_images:
+        raise RuntimeError(f"benchmark {spec.name!r}: counted {num_images} images but evaluated {counting.num_images}")
+    return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
+            "num_samples": counting.num_images, **extra}
+
+
+def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, result: dict,
+                 eval_seconds: float) -> dict:
+    metric_name, metric_value = main_metric(spec.task, result["metrics"])
+    record = {
+        "schema": RECORD_SCHEMA,
+        "run": info.run,
+        "epoch": info.epoch,
+        "seen_samples": info.seen_samples,
+        "dr": info.dr,
+        "model": model_name,
+        "checkpoint": os.path.abspath(info.path),
+        "benchmark": spec.name,
+        "dataset": spec.dataset,
+        "task": spec.task,
+        "split": spec.split,
+        "metrics": result["metrics"],
+        "main_metric_name": metric_name,
+        "main_metric": metric_value,
+        "num_samples": result["num_samples"],
+        "clip_benchmark_version": importlib.metadata.version("clip_benchmark"),
+        "eval_seconds": round(eval_seconds, 3),
+        "run_spec": info.run_spec,
+    }
+    record.update({key: result[key] for key in ("num_classes", "recall_k", "num_texts") if key in result})
+    return record
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[BenchmarkSpec], out_dir: str | os.PathLike,
+                        model_name: str | None = None, device: str = "cpu", batch_size: int = 256,
+                        num_workers: int = 0, force: bool = False) -> list[Path]:
+    """Evaluate ``checkpoint`` on each benchmark; returns the record paths (existing ones kept unless ``force``)."""
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    out_dir = Path(out_dir)
+    paths = {spec.name: out_dir / f"{spec.name}.json" for spec in benchmarks}
+    todo = [spec for spec in benchmarks if force or not paths[spec.name].exists()]
+    for spec in benchmarks:
+        if spec not in todo:
+            log.info("%s: record %s exists, skipped (use --force to redo)", spec.name, paths[spec.name])
+    if not todo:
+        return list(paths.values())
+    for spec in todo:
+        check_dataset_present(spec)
+    _check_numpy()
+
+    from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
+
+    info = read_checkpoint_info(checkpoint)
+    model_name = model_name or info.model_name
+    if not model_name:
+        raise ValueError(f"{checkpoint}: no model_name in the checkpoint; pass --model")
+    if info.model_name and info.model_name != model_name:
+        raise ValueError(f"{checkpoint}: trained as {info.model_name!r}, asked to evaluate as {model_name!r}")
+    started = time.perf_counter()
+    model, _, eval_transform = create_model_and_transforms(model_name, pretrained=str(checkpoint), device=device)
+    model.eval()
+    tokenizer = get_tokenizer(model_name)
+    log.info("loaded %s (%s, run %s, epoch %d, %d seen samples) in %.1f s", checkpoint, model_name, info.run,
+             info.epoch, info.seen_samples, time.perf_counter() - started)
+    for spec in todo:
+        started = time.perf_counter()
+        log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
+        result = run_benchmark(model, eval_transform, tokenizer, spec, device, batch_size, num_workers)
+        record = build_record(info, model_name, spec, result, time.perf_counter() - started)
+        write_json_atomic(paths[spec.name], record)
+        log.info("%s: %s = %.4f on %d images in %.1f s -> %s", spec.name, record["main_metric_name"],
+                 record["main_metric"], record["num_samples"], record["eval_seconds"], paths[spec.name])
+    return list(paths.values())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="epoch_<k>.pt written by `train`")
+    parser.add_argument("--model", default=None, help="open_clip model name (default: the checkpoint's model_name)")
+    parser.add_argument("--benchmarks-json", required=True,
+                        help='JSON list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
+    parser.add_argument("--out-dir", required=True, help="one record per benchmark: <out-dir>/<name>.json")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
+
+
+def command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    benchmarks = load_benchmark_specs(args.benchmarks_json)
+    paths = evaluate_checkpoint(args.checkpoint, benchmarks, args.out_dir, model_name=args.model, device=args.device,
+                                batch_size=args.batch_size, num_workers=args.num_workers, force=args.force)
+    for path in paths:
+        print(path)
+    return 0

@@ -1,0 +1,148 @@
+"""The learning-efficiency figure: each benchmark's main metric against seen samples.
+
+The paper's claim is about efficiency (DR reaches a given accuracy with ~10x fewer seen
+samples), so the x axis is seen samples on a log scale and every checkpoint is a marker.
+DR runs are solid lines with round markers, non-DR runs dashed with square markers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
+
+from mobileclip_repro.tables import TASK_ORDER, format_seen_samples  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+METRIC_LABELS = {
+    "acc1": "zero-shot top-1 accuracy (%)",
+    "mean_recall@1": "retrieval mean R@1 (%)",
+}
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False,
+}
+REFERENCE_KEYS = ("label", "seen_samples", "value", "dr", "dataset", "metric")
+
+
+class SeenSamplesFormatter(LogFormatter):
+    """Log-axis ticks in the paper's units (8.192k, 245.8M, 1.48B); matplotlib still picks which ticks to label."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return format_seen_samples(x)
+
+
+def _benchmarks_in_order(records: list[dict]) -> list[dict]:
+    """One entry per benchmark (first record's dataset, task, metric); classification first."""
+    first = {}
+    for record in records:
+        first.setdefault(record["benchmark"], record)
+    return sorted(first.values(), key=lambda r: (TASK_ORDER.get(r["task"], 2), r["benchmark"]))
+
+
+def _run_curves(records: list[dict], benchmark: str) -> dict[tuple[str, bool], list[tuple[int, float]]]:
+    curves = defaultdict(list)
+    for record in records:
+        if record["benchmark"] != benchmark or record["main_metric"] is None:
+            continue
+        if record["seen_samples"] <= 0:
+            log.warning("%s/%s epoch %s: seen_samples %s cannot be drawn on a log axis; left out of the plot",
+                        record["run"], benchmark, record["epoch"], record["seen_samples"])
+            continue
+        curves[(record["run"], bool(record["dr"]))].append((record["seen_samples"], record["main_metric"]))
+    return {key: sorted(points) for key, points in sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0]))}
+
+
+def validate_reference_points(points: list[dict]) -> list[dict]:
+    for position, point in enumerate(points):
+        missing = [key for key in REFERENCE_KEYS if key not in point]
+        if missing:
+            raise ValueError(f"paper reference point #{position}: missing {missing}")
+        if not 0.0 <= float(point["value"]) <= 1.0:
+            raise ValueError(f"paper reference point #{position}: value {point['value']} must be a fraction in [0, 1]")
+    return points
+
+
+def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *, title: str | None = None,
+                             chance: dict[str, float] | None = None,
+                             paper_reference: list[dict] | None = None) -> list[Path]:
+    """One figure, one subplot per benchmark; writes ``<out_stem>.png`` (200 dpi) and ``.pdf``.
+
+    ``chance`` maps benchmark name to chance level (a fraction, e.g. 1/num_classes).
+    ``paper_reference`` points (fractions) are drawn on the subplot whose dataset and main
+    metric they match: one marker shape per ``source``, filled for DR, hollow for non-DR.
+    """
+    if not records:
+        raise ValueError("no records to plot")
+    chance = chance or {}
+    paper_reference = validate_reference_points(paper_reference or [])
+    benchmarks = _benchmarks_in_order(records)
+    runs = sorted({(r["run"], bool(r["dr"])) for r in records}, key=lambda run: (not run[1], run[0]))
+    palette = plt.get_cmap("tab10").colors
+    colours = {run: palette[position % len(palette)] for position, run in enumerate(runs)}
+    # one marker per paper source (a table, a figure), filled for DR and hollow for non-DR
+    sources = list(dict.fromkeys(point.get("source", "") for point in paper_reference))
+    reference_markers = {source: "*DPX"[position % 4] for position, source in enumerate(sources)}
+    width = max(6.4, 4.4 * len(benchmarks))
+
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(1, len(benchmarks), figsize=(width, 3.6),
+                                    layout="constrained", squeeze=False)
+        legend_handles: dict[str, object] = {}
+        for axis, first in zip(axes[0], benchmarks):
+            benchmark, metric = first["benchmark"], first["main_metric_name"]
+            highest = 0.0
+            for (run, dr), points in _run_curves(records, benchmark).items():
+                seen, values = zip(*points)
+                label = f"{run} ({'DR' if dr else 'non-DR'})"
+                (line,) = axis.plot(seen, [100 * v for v in values], color=colours[(run, dr)],
+                                    linestyle="-" if dr else "--", marker="o" if dr else "s",
+                                    markersize=5, linewidth=1.8, label=label)
+                legend_handles.setdefault(label, line)
+                highest = max(highest, max(values))
+            if benchmark in chance:
+                level = chance[benchmark]
+                axis.axhline(100 * level, color="0.45", linestyle=":", linewidth=1.2)
+                legend_handles.setdefault("chance", Line2D([], [], color="0.45", linestyle=":", linewidth=1.2))
+                highest = max(highest, level)
+            for point in paper_reference:
+                if point["dataset"] != first["dataset"] or point["metric"] != metric:
+                    continue
+                source = point.get("source", "")
+                label = f"paper ({source}): {point['label']}" if source else f"paper: {point['label']}"
+                handle = axis.scatter([point["seen_samples"]], [100 * point["value"]], marker=reference_markers[source],
+                                      s=150 if reference_markers[source] == "*" else 60, zorder=5,
+                                      color="black" if point["dr"] else "white", edgecolors="black",
+                                      linewidths=1.0, label=label)
+                legend_handles.setdefault(label, handle)
+                highest = max(highest, point["value"])
+            axis.set_xscale("log")
+            axis.xaxis.set_major_formatter(SeenSamplesFormatter())
+            axis.xaxis.set_minor_formatter(SeenSamplesFormatter(labelOnlyBase=False))
+            axis.set_xlabel("seen samples (log scale)")
+            axis.set_ylabel(METRIC_LABELS.get(metric, f"{metric} (%)"))
+            dataset = first["dataset"]
+            axis.set_title(benchmark if dataset in (benchmark, f"wds/{benchmark}") else f"{benchmark} ({dataset})")
+            axis.set_ylim(0, min(100, 100 * highest * 1.15 + 2))
+            axis.grid(True, which="major", alpha=0.35)
+            axis.grid(True, which="minor", axis="x", alpha=0.12)
+        if title:
+            figure.suptitle(title, fontsize=12)
+        figure.legend(list(legend_handles.values()), list(legend_handles.keys()), loc="outside lower center",
+                      ncol=max(1, min(len(legend_handles), int(width // 3))), frameon=False)
+        out_stem = Path(out_stem)
+        out_stem.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
+        # tight bbox: a long legend is never cut off at the figure edge
+        figure.savefig(paths[0], dpi=200, bbox_inches="tight")
+        figure.savefig(paths[1], bbox_inches="tight")
+        plt.close(figure)
+    return paths

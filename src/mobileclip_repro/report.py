@@ -1,0 +1,169 @@
+"""The report: tables, the learning-efficiency figure and one self-contained HTML page.
+
+Everything is derived from evaluation records (``evaluate``'s JSON files), so a report can
+be rebuilt at any time from whatever checkpoints have been evaluated so far. The paper's
+anchor points (``paper_reference.json``, reference.md §6) are overlaid only when asked:
+they only make sense next to the paper-scale runs, not the toy world.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
+from mobileclip_repro.tables import (display_table, format_seen_samples, load_records, long_table, wide_table,
+                                     write_csv, write_markdown)
+
+PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
+DEFAULT_TITLE = "MobileCLIP reproduction: learning efficiency"
+
+
+def load_paper_reference(path: str | os.PathLike = PAPER_REFERENCE_PATH) -> list[dict]:
+    """The paper's anchor points as fractions (the file holds them in percent, as printed)."""
+    payload = json.loads(Path(path).read_text())
+    if not isinstance(payload, dict) or not isinstance(payload.get("points"), list):
+        raise ValueError(f"{path}: expected an object with a 'points' list")
+    unit = payload.get("unit")
+    if unit not in ("percent", "fraction"):
+        raise ValueError(f"{path}: 'unit' must be 'percent' or 'fraction', got {unit!r}")
+    scale = 0.01 if unit == "percent" else 1.0
+    points = [{**point, "value": float(point["value"]) * scale} if "value" in point else point
+              for point in payload["points"]]
+    return validate_reference_points(points)
+
+
+def load_chance_levels(path: str | os.PathLike) -> dict[str, float]:
+    """``{benchmark name: chance level}``, a fraction such as 1/num_classes."""
+    payload = json.loads(Path(path).read_text())
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected an object mapping benchmark name to chance level")
+    for benchmark, level in payload.items():
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0:
+            raise ValueError(f"{path}: chance level of {benchmark!r} must be a fraction in [0, 1], got {level!r}")
+    return {benchmark: float(level) for benchmark, level in payload.items()}
+
+
+def run_summary(records: list[dict]) -> pd.DataFrame:
+    """One row per run: what was trained and how far the evaluated checkpoints reach."""
+    rows = []
+    for run in sorted({record["run"] for record in records}):
+        mine = [record for record in records if record["run"] == run]
+        spec = mine[0].get("run_spec") or {}
+        rows.append({
+            "run": run,
+            "data": "DR" if mine[0]["dr"] else "non-DR",
+            "model": mine[0]["model"],
+            "global batch": spec.get("global_batch_size", "n/a"),
+            "planned seen samples": format_seen_samples(spec["seen_samples"]) if "seen_samples" in spec else "n/a",
+            "checkpoints evaluated": len({record["epoch"] for record in mine}),
+            "last epoch": max(record["epoch"] for record in mine),
+            "seen samples reached": format_seen_samples(max(record["seen_samples"] for record in mine)),
+            "benchmarks": ", ".join(sorted({record["benchmark"] for record in mine})),
+        })
+    return pd.DataFrame(rows)
+
+
+def benchmark_summary(records: list[dict]) -> pd.DataFrame:
+    rows = {}
+    for record in records:
+        rows.setdefault(record["benchmark"], {
+            "benchmark": record["benchmark"], "dataset": record["dataset"], "task": record["task"],
+            "main metric": record["main_metric_name"], "images": record["num_samples"],
+            "clip_benchmark": record.get("clip_benchmark_version", "n/a"),
+        })
+    return pd.DataFrame(list(rows.values()))
+
+
+def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: Path,
+                paper_reference: list[dict] | None) -> str:
+    image = base64.b64encode(png_path.read_bytes()).decode("ascii")
+    specs = {}
+    for record in records:
+        specs.setdefault(record["run"], record.get("run_spec") or {})
+    spec_blocks = "\n".join(
+        f"<details><summary>{html.escape(run)}</summary><pre>{html.escape(json.dumps(spec, indent=2, sort_keys=True))}</pre></details>"
+        for run, spec in sorted(specs.items()))
+    reference_note = ""
+    if paper_reference:
+        reference_note = ("<p>Black markers: the paper's numbers (filled: DataCompDR, hollow: DataComp; "
+                          "one shape per source), ViT-B/16 at the paper's scale.</p>"
+                          + pd.DataFrame(paper_reference).assign(value=lambda t: (100 * t["value"]).round(1))
+                          .to_html(index=False, classes="table", border=0))
+    table_html = display_table(wide).to_html(index=False, classes="table", border=0)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }}
+table.table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }}
+table.table th, table.table td {{ padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
+table.table th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(records)} evaluation records, {wide['run'].nunique()} runs. Metrics in percent:
+acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieval R@1 (DataComp's convention).</p>
+<h2>Learning efficiency</h2>
+<img alt="main metric against seen samples" src="data:image/png;base64,{image}">
+{reference_note}
+<h2>Results</h2>
+{table_html}
+<h2>Runs</h2>
+{run_summary(records).to_html(index=False, classes="table", border=0)}
+<h2>Benchmarks</h2>
+{benchmark_summary(records).to_html(index=False, classes="table", border=0)}
+<h2>Run specs</h2>
+{spec_blocks}
+</body></html>
+"""
+
+
+def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
+                 paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None) -> list[Path]:
+    records = load_records(records_dir)
+    if not records:
+        raise ValueError(f"no evaluation records under {records_dir}")
+    unknown = sorted(set(chance or {}) - {record["benchmark"] for record in records})
+    if unknown:
+        raise ValueError(f"chance levels given for benchmarks without records: {unknown}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wide = wide_table(records)
+    paths = [write_csv(wide, out_dir / "results.csv"),
+             write_csv(long_table(records), out_dir / "results_long.csv"),
+             write_markdown(wide, out_dir / "results.md", title=title)]
+    paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
+                                      paper_reference=paper_reference)
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(title, records, wide, out_dir / "learning_efficiency.png", paper_reference))
+    return paths + [html_path]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--records-dir", required=True, help="directory searched recursively for evaluation records")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--title", default=DEFAULT_TITLE)
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--paper-reference-json", default=None,
+                           help="overlay anchor points from this file (format of paper_reference.json)")
+    reference.add_argument("--paper-reference", action="store_true",
+                           help="overlay the paper's anchor points shipped with the package")
+    parser.add_argument("--chance-json", default=None, help='{"<benchmark>": chance level as a fraction}')
+
+
+def command(args: argparse.Namespace) -> int:
+    paper_reference = None
+    if args.paper_reference_json:
+        paper_reference = load_paper_reference(args.paper_reference_json)
+    elif args.paper_reference:
+        paper_reference = load_paper_reference()
+    chance = load_chance_levels(args.chance_json) if args.chance_json else None
+    for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance):
+        print(path)
+    return 0

@@ -1,0 +1,151 @@
+"""Result tables from evaluation records: pure functions over record dicts.
+
+A record is one JSON file written by ``evaluate`` (one checkpoint x one benchmark). The
+long table keeps every metric of every record; the wide table is what a paper prints:
+one row per (run, checkpoint), one column per benchmark's main metric.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = "mobileclip_repro/eval-record/1"
+REQUIRED_RECORD_KEYS = ("run", "epoch", "seen_samples", "dr", "model", "benchmark", "dataset", "task",
+                        "metrics", "main_metric_name", "main_metric", "num_samples")
+ROW_KEYS = ["run", "dr", "epoch", "seen_samples"]
+# Main metrics computed from others rather than reported by clip_benchmark.
+DERIVED_MAIN_METRICS = {"mean_recall@1"}
+# Column and subplot order: classification (ImageNet-like) first, as in the paper's tables.
+TASK_ORDER = {"zeroshot_classification": 0, "zeroshot_retrieval": 1}
+LONG_COLUMNS = ROW_KEYS + ["model", "benchmark", "dataset", "task", "metric", "value", "is_main"]
+
+
+def validate_record(record: dict, source: str = "record") -> dict:
+    missing = [key for key in REQUIRED_RECORD_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{source}: evaluation record is missing {missing}")
+    if not isinstance(record["metrics"], dict):
+        raise ValueError(f"{source}: 'metrics' must be an object")
+    name = record["main_metric_name"]
+    if name not in DERIVED_MAIN_METRICS and name not in record["metrics"]:
+        raise ValueError(f"{source}: main metric {record['main_metric_name']!r} is not among its metrics")
+    return record
+
+
+def load_records(directory: str | os.PathLike) -> list[dict]:
+    """Every evaluation record under ``directory`` (recursively), in path order.
+
+    JSON files without the record schema tag (configs, manifests) are not records and are
+    passed over; a file carrying the tag but lacking fields is an error.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"records directory {directory} does not exist")
+    records = []
+    for path in sorted(directory.glob("**/*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        if not isinstance(payload, dict) or payload.get("schema") != RECORD_SCHEMA:
+            log.debug("%s: not an evaluation record, skipped", path)
+            continue
+        records.append(validate_record(payload, str(path)))
+    return records
+
+
+def long_table(records: list[dict]) -> pd.DataFrame:
+    """One row per (record, metric); the main metric is a row of its own, flagged ``is_main``."""
+    rows = []
+    for record in records:
+        base = {key: record[key] for key in ROW_KEYS + ["model", "benchmark", "dataset", "task"]}
+        metrics = dict(record["metrics"])
+        metrics[record["main_metric_name"]] = record["main_metric"]
+        for metric, value in metrics.items():
+            rows.append({**base, "metric": metric, "value": math.nan if value is None else float(value),
+                         "is_main": metric == record["main_metric_name"]})
+    table = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    return table.sort_values(["run", "seen_samples", "benchmark", "metric"], kind="stable").reset_index(drop=True)
+
+
+def metric_column(benchmark: str, metric: str) -> str:
+    return f"{benchmark}/{metric}"
+
+
+def wide_table(records: list[dict], metrics: str = "main") -> pd.DataFrame:
+    """Rows (run, dr, epoch, seen_samples); columns ``<benchmark>/<metric>``.
+
+    ``metrics="main"`` keeps each benchmark's main metric, ``"all"`` every metric.
+    """
+    if metrics not in ("main", "all"):
+        raise ValueError(f"metrics must be 'main' or 'all', got {metrics!r}")
+    table = long_table(records)
+    if metrics == "main":
+        table = table[table["is_main"]]
+    if table.empty:
+        return pd.DataFrame(columns=ROW_KEYS)
+    table = table.assign(column=[metric_column(b, m) for b, m in zip(table["benchmark"], table["metric"])])
+    duplicated = table.duplicated(ROW_KEYS + ["column"], keep=False)
+    if duplicated.any():
+        first = table[duplicated].iloc[0]
+        raise ValueError(f"two records for run {first['run']!r} epoch {first['epoch']} benchmark "
+                         f"{first['benchmark']!r}; records must be unique per (run, epoch, benchmark)")
+    ordered = table.assign(task_rank=table["task"].map(TASK_ORDER).fillna(len(TASK_ORDER)))
+    ordered = ordered.sort_values(["task_rank", "benchmark", "is_main", "metric"], ascending=[True, True, False, True],
+                                  kind="stable")
+    column_order = list(dict.fromkeys(ordered["column"]))
+    wide = table.pivot(index=ROW_KEYS, columns="column", values="value")
+    wide = wide[column_order].reset_index()
+    wide.columns.name = None
+    return wide.sort_values(["run", "seen_samples"], kind="stable").reset_index(drop=True)
+
+
+def format_seen_samples(count: float) -> str:
+    """12800000 -> '12.8M', 245760000 -> '245.76M', 1.48e9 -> '1.48B' (the paper's units)."""
+    for divisor, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(count) >= divisor:
+            return f"{count / divisor:.4g}{unit}"
+    return f"{count:g}"
+
+
+def display_table(wide: pd.DataFrame) -> pd.DataFrame:
+    """The wide table as a paper prints it: metrics in percent with one decimal, seen samples in M/B."""
+    shown = wide.copy()
+    shown["dr"] = shown["dr"].map({True: "DR", False: "non-DR"})
+    shown["seen_samples"] = shown["seen_samples"].map(format_seen_samples)
+    for column in shown.columns[len(ROW_KEYS):]:
+        shown[column] = shown[column].map(lambda value: "n/a" if pd.isna(value) else f"{100 * value:.1f}")
+    return shown.rename(columns={"seen_samples": "seen samples", "dr": "data"})
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    # pandas' to_markdown needs tabulate; the pipe table is simple enough to write directly.
+    header = [str(column) for column in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(str(value) for value in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(wide: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
+    """The display table as Markdown, metrics in percent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {title}\n\n" if title else ""
+    text += "Main metric per benchmark, in percent (acc1: zero-shot top-1; mean_recall@1: mean of image and text R@1).\n\n"
+    path.write_text(text + to_markdown(display_table(wide)))
+    return path

@@ -1,0 +1,190 @@
+"""`evaluate`: one checkpoint x clip_benchmark webdataset sets -> one JSON record per benchmark."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from mobileclip_repro.cli import main
+from mobileclip_repro.evaluate import parse_benchmark_specs
+from mobileclip_repro.models import create_model_and_transforms
+
+CLASSES = ["red square", "green circle", "blue triangle"]
+CLASSIFICATION_LABELS = [0, 1, 2, 0, 1, 2, 0]   # 7 images over 2 shards
+RETRIEVAL_CAPTIONS = [["a red thing", "something red"], ["a green thing", "something green"],
+                      ["a blue thing", "something blue"], ["a grey thing", "something grey"]]
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_shards(split_dir, samples, per_shard):
+    split_dir.mkdir(parents=True)
+    shards = [samples[start:start + per_shard] for start in range(0, len(samples), per_shard)]
+    for index, shard in enumerate(shards):
+        with wds.TarWriter(str(split_dir / f"{index}.tar")) as writer:
+            for sample in shard:
+                writer.write(sample)
+    (split_dir / "nshards.txt").write_text(f"{len(shards)}\n")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A checkpoint in the trainer's format plus a classification and a retrieval set (clip_benchmark layout)."""
+    root = tmp_path_factory.mktemp("eval")
+    classification = root / "toy_zeroshot"
+    _write_shards(classification / "test",
+                  [{"__key__": f"s{i:04d}", "png": _png(i), "cls": label} for i, label in enumerate(CLASSIFICATION_LABELS)],
+                  per_shard=4)
+    (classification / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    (classification / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na drawing of a {c}.\n")
+
+    retrieval = root / "toy_retrieval"
+    _write_shards(retrieval / "test",
+                  [{"__key__": f"r{i:04d}", "png": _png(100 + i), "txt": "\n".join(captions)}
+                   for i, captions in enumerate(RETRIEVAL_CAPTIONS)],
+                  per_shard=4)
+    (retrieval / "dataset_type.txt").write_text("retrieval\n")
+
+    torch.manual_seed(0)
+    model, _, _ = create_model_and_transforms("toy-student")
+    run_spec = {"model": "toy-student", "data": "dr", "dr": True, "global_batch_size": 128, "seen_samples": 24576}
+    checkpoint = root / "epoch_2.pt"
+    torch.save({"epoch": 2, "name": "toy_dr", "model_name": "toy-student", "state_dict": model.state_dict(),
+                "optimizer": {}, "step": 128, "seen_samples": 16384, "run": run_spec}, checkpoint)
+
+    benchmarks = [
+        {"name": "toy_zeroshot", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification",
+         "root": str(classification), "recall_k": [1, 5, 10]},
+        {"name": "toy_retrieval", "dataset": "wds/toy_retrieval", "task": "zeroshot_retrieval",
+         "root": str(retrieval), "recall_k": [1, 5, 10], "split": "test"},
+    ]
+    benchmarks_json = root / "benchmarks.json"
+    benchmarks_json.write_text(json.dumps(benchmarks))
+    return {"root": root, "checkpoint": checkpoint, "benchmarks_json": benchmarks_json}
+
+
+def _evaluate(world, out_dir, *extra):
+    return main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--model", "toy-student",
+                 "--benchmarks-json", str(world["benchmarks_json"]), "--out-dir", str(out_dir),
+                 "--batch-size", "3", *extra])
+
+
+@pytest.fixture(scope="module")
+def records(world):
+    out_dir = world["root"] / "records"
+    # 3 workers for the 2-shard set: clip_benchmark fails unless workers are clamped to shards.
+    assert _evaluate(world, out_dir, "--num-workers", "3") == 0
+    return out_dir, {name: json.loads((out_dir / f"{name}.json").read_text()) for name in ("toy_zeroshot", "toy_retrieval")}
+
+
+def test_records_carry_checkpoint_provenance(records, world):
+    _, by_name = records
+    for name, record in by_name.items():
+        assert record["benchmark"] == name
+        assert (record["run"], record["epoch"], record["seen_samples"], record["dr"]) == ("toy_dr", 2, 16384, True)
+        assert record["model"] == "toy-student"
+        assert record["checkpoint"] == str(world["checkpoint"].resolve())
+        assert record["run_spec"]["global_batch_size"] == 128
+        assert record["clip_benchmark_version"] == "1.6.2"
+        assert record["eval_seconds"] >= 0
+        assert record["schema"] == "mobileclip_repro/eval-record/1"
+
+
+def test_classification_record(records):
+    record = records[1]["toy_zeroshot"]
+    assert record["task"] == "zeroshot_classification"
+    assert record["num_samples"] == len(CLASSIFICATION_LABELS)
+    assert record["num_classes"] == len(CLASSES)
+    assert record["main_metric_name"] == "acc1"
+    acc1 = record["metrics"]["acc1"]
+    assert 0.0 <= acc1 <= 1.0 and record["main_metric"] == acc1
+    # accuracy over 7 images is a multiple of 1/7
+    assert acc1 * 7 == pytest.approx(round(acc1 * 7))
+    # clip_benchmark's NaN acc5 (fewer than 5 classes) must become JSON null, not invalid JSON
+    assert record["metrics"]["acc5"] is None
+    assert 0.0 <= record["metrics"]["mean_per_class_recall"] <= 1.0
+
+
+def test_retrieval_record_clamps_k_and_averages_recall_at_1(records):
+    record = records[1]["toy_retrieval"]
+    assert record["num_samples"] == 4 and record["num_texts"] == 8
+    # K=5 and K=10 exceed the 4 images: clamped to 4
+    assert record["recall_k"] == [1, 4]
+    metrics = record["metrics"]
+    assert set(metrics) == {f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 4)}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    # every caption's image is among the top 4 of 4 images
+    assert metrics["image_retrieval_recall@4"] == 1.0
+    assert record["main_metric_name"] == "mean_recall@1"
+    assert record["main_metric"] == pytest.approx(
+        (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2)
+
+
+def test_rerun_skips_existing_records_unless_forced(records, world, caplog):
+    out_dir, by_name = records
+    path = out_dir / "toy_zeroshot.json"
+    tampered = dict(by_name["toy_zeroshot"], main_metric=-1.0)
+    path.write_text(json.dumps(tampered))
+    with caplog.at_level(logging.INFO, logger="mobileclip_repro.evaluate"):
+        assert _evaluate(world, out_dir) == 0
+    assert json.loads(path.read_text())["main_metric"] == -1.0
+    assert "exists, skipped" in caplog.text
+
+    assert _evaluate(world, out_dir, "--force") == 0
+    redone = json.loads(path.read_text())
+    assert redone["metrics"] == by_name["toy_zeroshot"]["metrics"]   # deterministic, and rewritten
+    assert redone["main_metric"] == by_name["toy_zeroshot"]["main_metric"]
+    assert not list(out_dir.glob("*.partial"))
+
+
+def test_model_name_must_match_checkpoint(world, tmp_path):
+    with pytest.raises(ValueError, match="trained as 'toy-student'"):
+        main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--model", "toy-teacher",
+              "--benchmarks-json", str(world["benchmarks_json"]), "--out-dir", str(tmp_path)])
+
+
+def test_task_must_agree_with_dataset_type(world, tmp_path):
+    spec = [{"name": "wrong", "dataset": "wds/toy_retrieval", "task": "zeroshot_classification",
+             "root": str(world["root"] / "toy_retrieval")}]
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="dataset_type.txt says 'retrieval'"):
+        main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+              "--out-dir", str(tmp_path / "out")])
+
+
+def test_missing_dataset_root_fails_before_any_download(world, tmp_path):
+    spec = [{"name": "in1k", "dataset": "imagenet1k", "root": str(tmp_path / "nowhere")}]
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+              "--out-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "x", "dataset": "wds/x", "root": "r"}, "need an explicit task"),
+    ({"name": "x", "dataset": "cifar10", "root": "r", "task": "zeroshot_classification"}, "unsupported dataset"),
+    ({"name": "x", "dataset": "flickr30k", "root": "r", "task": "zeroshot_classification"}, "is a zeroshot_retrieval set"),
+    ({"name": "x/y", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval"}, "name may only contain"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "recall_k": [0]}, "positive integers"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "recal_k": [1]}, "unknown keys"),
+    ({"name": "x", "dataset": "wds/x", "task": "zeroshot_retrieval"}, "'root' is required"),
+])
+def test_bad_benchmark_specs_are_rejected(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_benchmark_specs([spec])
+
+
+def test_named_datasets_get_their_task():
+    (spec,) = parse_benchmark_specs([{"name": "flickr", "dataset": "flickr30k", "root": "/data/flickr30k"}])
+    assert spec.task == "zeroshot_retrieval" and spec.split == "test" and spec.recall_k == (1, 5, 10)

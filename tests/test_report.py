@@ -1,0 +1,182 @@
+"""`report`: evaluation records -> CSV, Markdown, learning-efficiency figure (PNG/PDF), HTML."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from mobileclip_repro.cli import main
+from mobileclip_repro.report import load_paper_reference, run_summary
+from mobileclip_repro.tables import RECORD_SCHEMA, load_records, long_table, wide_table
+
+SEEN_PER_EPOCH = 8192
+# (run, dr) -> acc1 and mean_recall@1 per epoch 1..3
+RESULTS = {
+    ("toy_dr", True): {"acc1": [0.312, 0.456, 0.587], "mean_recall@1": [0.20, 0.35, 0.41]},
+    ("toy_plain", False): {"acc1": [0.105, 0.163, 0.222], "mean_recall@1": [0.05, 0.09, 0.125]},
+}
+
+
+def make_record(run, dr, epoch, benchmark, value):
+    if benchmark == "toy_zeroshot":
+        task, metric_name = "zeroshot_classification", "acc1"
+        metrics = {"acc1": value, "acc5": min(1.0, value + 0.3), "mean_per_class_recall": value}
+    else:
+        task, metric_name = "zeroshot_retrieval", "mean_recall@1"
+        metrics = {"image_retrieval_recall@1": value - 0.01, "text_retrieval_recall@1": value + 0.01,
+                   "image_retrieval_recall@5": min(1.0, value + 0.4), "text_retrieval_recall@5": min(1.0, value + 0.45)}
+    return {"schema": RECORD_SCHEMA, "run": run, "epoch": epoch, "seen_samples": epoch * SEEN_PER_EPOCH, "dr": dr,
+            "model": "toy-student", "checkpoint": f"/ckpt/{run}/epoch_{epoch}.pt", "benchmark": benchmark,
+            "dataset": f"wds/{benchmark}", "task": task, "split": "test", "metrics": metrics,
+            "main_metric_name": metric_name, "main_metric": value, "num_samples": 500,
+            "clip_benchmark_version": "1.6.2", "eval_seconds": 1.5,
+            "run_spec": {"model": "toy-student", "data": "dr" if dr else "plain", "global_batch_size": 128,
+                         "seen_samples": 3 * SEEN_PER_EPOCH}}
+
+
+def all_records():
+    return [make_record(run, dr, epoch, benchmark, values[metric][epoch - 1])
+            for (run, dr), values in RESULTS.items()
+            for epoch in (1, 2, 3)
+            for benchmark, metric in (("toy_zeroshot", "acc1"), ("toy_retrieval", "mean_recall@1"))]
+
+
+@pytest.fixture
+def records_dir(tmp_path):
+    directory = tmp_path / "evaluations"
+    for record in all_records():
+        path = directory / record["run"] / f"epoch_{record['epoch']}" / f"{record['benchmark']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    (directory / "benchmarks.json").write_text(json.dumps([{"name": "toy_zeroshot"}]))  # not a record
+    return directory
+
+
+@pytest.fixture
+def report_dir(records_dir, tmp_path):
+    chance = tmp_path / "chance.json"
+    chance.write_text(json.dumps({"toy_zeroshot": 0.1}))
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out), "--title", "Toy world",
+                 "--chance-json", str(chance)]) == 0
+    return out
+
+
+def test_load_records_finds_nested_records_and_ignores_other_json(records_dir):
+    records = load_records(records_dir)
+    assert len(records) == 12
+    assert {record["run"] for record in records} == {"toy_dr", "toy_plain"}
+
+
+def test_malformed_record_is_an_error(records_dir):
+    (records_dir / "broken.json").write_text(json.dumps({"schema": RECORD_SCHEMA, "run": "x"}))
+    with pytest.raises(ValueError, match="broken.json: evaluation record is missing"):
+        load_records(records_dir)
+
+
+def test_wide_table_places_each_main_metric_in_its_cell():
+    wide = wide_table(all_records())
+    assert list(wide.columns) == ["run", "dr", "epoch", "seen_samples", "toy_zeroshot/acc1", "toy_retrieval/mean_recall@1"]
+    assert len(wide) == 6
+    row = wide[(wide["run"] == "toy_plain") & (wide["epoch"] == 2)].iloc[0]
+    assert row["seen_samples"] == 2 * SEEN_PER_EPOCH and not row["dr"]
+    assert row["toy_zeroshot/acc1"] == pytest.approx(0.163)
+    assert row["toy_retrieval/mean_recall@1"] == pytest.approx(0.09)
+    assert list(wide["seen_samples"][wide["run"] == "toy_dr"]) == [8192, 16384, 24576]
+
+
+def test_long_table_keeps_every_metric():
+    table = long_table(all_records())
+    # classification: 3 metrics (acc1 is the main one); retrieval: 4 metrics + the derived main metric
+    assert len(table) == 6 * 3 + 6 * 5
+    cell = table[(table["run"] == "toy_dr") & (table["epoch"] == 3) & (table["metric"] == "text_retrieval_recall@1")]
+    assert cell["value"].item() == pytest.approx(0.42)
+    assert table[table["is_main"]]["metric"].value_counts().to_dict() == {"acc1": 6, "mean_recall@1": 6}
+
+
+def test_duplicate_records_are_an_error():
+    records = all_records()
+    with pytest.raises(ValueError, match="two records for run 'toy_dr' epoch 1"):
+        wide_table(records + [records[0]])
+
+
+def test_report_writes_all_outputs(report_dir):
+    for name in ("results.csv", "results_long.csv", "results.md", "learning_efficiency.png",
+                 "learning_efficiency.pdf", "report.html"):
+        assert (report_dir / name).stat().st_size > 0, name
+
+
+def test_results_csv_cells(report_dir):
+    with open(report_dir / "results.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 6
+    row = next(r for r in rows if r["run"] == "toy_dr" and r["epoch"] == "2")
+    assert float(row["toy_zeroshot/acc1"]) == pytest.approx(0.456)
+    assert float(row["toy_retrieval/mean_recall@1"]) == pytest.approx(0.35)
+    assert row["seen_samples"] == "16384" and row["dr"] == "True"
+
+
+def test_results_markdown_cells_in_percent(report_dir):
+    lines = (report_dir / "results.md").read_text().splitlines()
+    assert lines[0] == "# Toy world"
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    header, body = table[0], table[2:]
+    assert header == ["run", "data", "epoch", "seen samples", "toy_zeroshot/acc1", "toy_retrieval/mean_recall@1"]
+    assert ["toy_plain", "non-DR", "3", "24.58k", "22.2", "12.5"] in body
+    assert ["toy_dr", "DR", "1", "8.192k", "31.2", "20.0"] in body
+
+
+def test_figure_is_a_real_image(report_dir):
+    with Image.open(report_dir / "learning_efficiency.png") as image:
+        width, height = image.size
+    # two subplots side by side at 200 dpi
+    assert width > 1.5 * height and width >= 1500
+    assert (report_dir / "learning_efficiency.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_html_is_self_contained(report_dir):
+    page = (report_dir / "report.html").read_text()
+    assert "<h1>Toy world</h1>" in page
+    assert 'src="data:image/png;base64,' in page
+    assert "<td>45.6</td>" in page and "<td>toy_plain</td>" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_run_summary():
+    summary = run_summary(all_records()).set_index("run")
+    assert summary.loc["toy_dr", "data"] == "DR" and summary.loc["toy_plain", "data"] == "non-DR"
+    assert summary.loc["toy_dr", "checkpoints evaluated"] == 3
+    assert summary.loc["toy_dr", "seen samples reached"] == "24.58k"
+
+
+def test_paper_reference_points_are_fractions():
+    points = load_paper_reference()
+    dr_imagenet = {p["seen_samples"]: p["value"] for p in points
+                   if p["dataset"] == "imagenet1k" and p["dr"] and p["source"] == "equal seen samples"}
+    assert dr_imagenet == {370_000_000: pytest.approx(0.653), 1_480_000_000: pytest.approx(0.717)}
+    table2 = [p for p in points if p["seen_samples"] == 30_000 * 8192 and p["dataset"] == "imagenet1k"]
+    assert sorted(p["value"] for p in table2) == [pytest.approx(0.445), pytest.approx(0.617)]
+
+
+def test_paper_reference_overlay_on_matching_benchmark(tmp_path):
+    directory = tmp_path / "evaluations"
+    directory.mkdir()
+    for epoch, (dr_value, plain_value) in enumerate([(0.40, 0.20), (0.55, 0.33), (0.62, 0.44)], start=1):
+        for run, dr, value in (("datacompdr12m", True, dr_value), ("datacomp12m", False, plain_value)):
+            record = make_record(run, dr, epoch, "toy_zeroshot", value)
+            record.update(benchmark="imagenet1k", dataset="imagenet1k", seen_samples=epoch * 81_920_000)
+            (directory / f"{run}_{epoch}.json").write_text(json.dumps(record))
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(directory), "--out-dir", str(out), "--paper-reference"]) == 0
+    assert (out / "learning_efficiency.png").stat().st_size > 0
+    assert "DataCompDR-12M" in (out / "report.html").read_text()
+
+
+def test_chance_for_unknown_benchmark_is_an_error(records_dir, tmp_path):
+    chance = tmp_path / "chance.json"
+    chance.write_text(json.dumps({"imagenet": 0.001}))
+    with pytest.raises(ValueError, match="without records: \\['imagenet'\\]"):
+        main(["report", "--records-dir", str(records_dir), "--out-dir", str(tmp_path / "out"),
+              "--chance-json", str(chance)])
