@@ -42,13 +42,17 @@ def sha256_hex(data: bytes) -> str:
 
 
 @contextmanager
-def atomic_tar_writer(path: str | os.PathLike) -> Iterator[wds.TarWriter]:
-    """A webdataset TarWriter whose output appears at ``path`` only if the block succeeds."""
+def atomic_tar_writer(path: str | os.PathLike, *, mtime: float | None = None) -> Iterator[wds.TarWriter]:
+    """A webdataset TarWriter whose output appears at ``path`` only if the block succeeds.
+
+    ``mtime`` fixes the members' modification time; without it TarWriter stamps the
+    current time, so the same content would give different bytes on every run.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as stream:
-        writer = wds.TarWriter(stream)
+        writer = wds.TarWriter(stream, mtime=mtime)
         try:
             yield writer
         finally:
@@ -56,9 +60,18 @@ def atomic_tar_writer(path: str | os.PathLike) -> Iterator[wds.TarWriter]:
     os.replace(partial, path)
 
 
-def datacomp_record(key: str, jpg: bytes, caption: str, uid: str, url: str) -> dict:
-    """A DataComp sample, ready for ``TarWriter.write``."""
+def datacomp_record(key: str, jpg: bytes, caption: str, uid: str, url: str,
+                    extra_meta: dict | None = None) -> dict:
+    """A DataComp sample, ready for ``TarWriter.write``.
+
+    ``extra_meta`` adds fields to the ``json`` metadata (e.g. the toy world's scene, which
+    its oracle captioner reads); it may not replace the DataComp fields.
+    """
     meta = {"uid": uid, "sha256": sha256_hex(jpg), "caption": caption, "url": url}
+    clashes = sorted(set(meta) & set(extra_meta or {}))
+    if clashes:
+        raise ValueError(f"{key}: extra_meta may not override DataComp metadata fields {clashes}")
+    meta.update(extra_meta or {})
     return {"__key__": key, "jpg": jpg, "txt": caption, "json": json.dumps(meta), "url.txt": url}
 
 
