@@ -120,12 +120,16 @@ def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
     return parsed
 
 
-def load_benchmark_specs(path: str | os.PathLike) -> list[BenchmarkSpec]:
-    with open(path) as stream:
-        try:
-            specs = json.load(stream)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
+def load_benchmark_specs(source: str | os.PathLike) -> list[BenchmarkSpec]:
+    """From a JSON file, or the JSON text itself (what the Snakemake rule passes)."""
+    text = str(source)
+    if not text.lstrip().startswith("["):
+        with open(source) as stream:
+            text = stream.read()
+    try:
+        specs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON: {error}") from error
     return parse_benchmark_specs(specs)
 
 
@@ -390,7 +394,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="epoch_<k>.pt written by `train`")
     parser.add_argument("--model", default=None, help="open_clip model name (default: the checkpoint's model_name)")
     parser.add_argument("--benchmarks-json", required=True,
-                        help='JSON list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
+                        help='a JSON file, or JSON text: a list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
     parser.add_argument("--out-dir", required=True, help="one record per benchmark: <out-dir>/<name>.json")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=256)

@@ -22,7 +22,9 @@ DATA = EXP["data"]
 DATA_ROOT = RESULTS / "data"
 IS_TOY = DATA["source"] == "toy"
 # Rules run the CLI with the interpreter that runs Snakemake (the project's venv).
-CLI = f"{shlex.quote(sys.executable)} -m mobileclip_repro"
+PYTHON = shlex.quote(sys.executable)
+CLI = f"{PYTHON} -m mobileclip_repro"
+TORCHRUN = f"{PYTHON} -m torch.distributed.run"  # `torchrun`, without relying on PATH
 RUNS = list(EXP["runs"])
 TEACHERS = list(EXP["teachers"])
 BENCHMARKS = EXP["evaluation"]["benchmarks"]
@@ -67,7 +69,7 @@ def torchrun(spec):
     """The launcher prefix: single node standalone rendezvous, or one torchrun per node via srun."""
     procs = max(spec["gpus_per_node"], 1)
     if spec["nodes"] == 1:
-        return f"torchrun --standalone --nnodes 1 --nproc-per-node {procs}"
+        return f"{TORCHRUN} --standalone --nnodes 1 --nproc-per-node {procs}"
     return (f"srun --nodes {spec['nodes']} --ntasks {spec['nodes']} --ntasks-per-node 1 "
-            f"torchrun --nnodes {spec['nodes']} --nproc-per-node {procs} --rdzv-backend c10d "
+            f"{TORCHRUN} --nnodes {spec['nodes']} --nproc-per-node {procs} --rdzv-backend c10d "
             f"--rdzv-id $SLURM_JOB_ID --rdzv-endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500")

@@ -1,0 +1,231 @@
+"""DataCompDR generation: each stored embedding is the teachers' view of its stored
+augmentation, captions embedded in the documented order, bad samples dropped and counted,
+reruns deterministic and resumable, and the CoCa path producing cut captions."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobileclip_repro import cli, replay, toyworld
+from mobileclip_repro.models import create_model_and_transforms
+from mobileclip_repro.shards import atomic_tar_writer, decode_reinforcement, iter_raw_samples, sha256_hex
+from mobileclip_repro.teachers import CocaCaptioner, ReinforceConfig, TeacherEnsemble, _top_p_filtered, seed_from
+
+NUM_SAMPLES = 3
+NUM_SYN = 5
+TEACHERS = ("teacher_a.pt", "teacher_b.pt")
+MEAN = [0.48145466, 0.4578275, 0.40821073]
+STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _reinforce_json(pretrained: str = ",".join(TEACHERS), **overrides) -> dict:
+    raw = {"model_name": "toy-teacher,toy-teacher", "num_samples": NUM_SAMPLES, "pretrained": pretrained,
+           "reinforce": {"image_augmentation": {
+               "normalize": {"mean": MEAN, "std": STD},
+               "rand_augment": {"enable": True, "p": 1.0},
+               "random_resized_crop": {"interpolation": "bicubic", "size": 32},
+               "to_rgb": {"enable": True}, "to_tensor": {"enable": True}}}}
+    raw.update(overrides)
+    return raw
+
+
+def _write_bad_shard(good_shard: Path, target: Path) -> None:
+    """Four samples: one intact, one whose bytes changed after download, one that is not an
+    image (its sha256 matches), one without a caption."""
+    samples = list(iter_raw_samples(good_shard))[:4]
+    intact, tampered, not_an_image, no_caption = (
+        {k: v for k, v in s.items() if k != "__url__"} for s in samples)
+    tampered["jpg"] = tampered["jpg"][:-10] + b"\x00" * 10
+    not_an_image["jpg"] = b"<html>404 not found</html>"
+    meta = json.loads(not_an_image["json"])
+    meta["sha256"] = sha256_hex(not_an_image["jpg"])
+    not_an_image["json"] = json.dumps(meta).encode()
+    del no_caption["txt"]
+    with atomic_tar_writer(target) as writer:
+        for sample in (intact, tampered, not_an_image, no_caption):
+            writer.write({"__key__": sample.pop("__key__"), **sample})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("reinforce")
+    toyworld.generate(root / "toy", train_samples=10, teacher_samples=1, benchmark_samples=1, samples_per_shard=5)
+    datacomp = root / "toy" / "datacomp"
+    _write_bad_shard(datacomp / "00000000.tar", datacomp / "00000002.tar")
+    teachers = root / "teachers"
+    teachers.mkdir()
+    for seed, name in enumerate(TEACHERS):
+        torch.manual_seed(seed)
+        model, _, _ = create_model_and_transforms("toy-teacher")
+        torch.save({"state_dict": model.state_dict()}, teachers / name)
+    config = root / "toy.json"
+    config.write_text(json.dumps(_reinforce_json()))
+    return {"root": root, "datacomp": datacomp, "teachers": teachers, "config": config}
+
+
+def _run(setup: dict, out_dir: Path, *extra: str) -> int:
+    return cli.main(["reinforce", "--datacomp-dir", str(setup["datacomp"]), "--out-dir", str(out_dir),
+                     "--reinforce-config", str(setup["config"]), "--pretrained-root", str(setup["teachers"]),
+                     "--num-syn-captions", str(NUM_SYN), "--seed", "7", "--device", "cpu", *extra])
+
+
+def _records(tar: Path) -> list:
+    return [decode_reinforcement(sample) for sample in iter_raw_samples(tar)]
+
+
+@pytest.fixture(scope="module")
+def reinforced(setup) -> Path:
+    out_dir = setup["root"] / "dr"
+    # A batch of 4 images splits every shard over several teacher forwards.
+    assert _run(setup, out_dir, "--captioner", "world", "--batch-size", "4") == 0
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def ensemble(setup) -> TeacherEnsemble:
+    return TeacherEnsemble(["toy-teacher"] * 2, list(TEACHERS), pretrained_root=setup["teachers"])
+
+
+def test_every_shard_gets_a_dr_shard_with_the_same_keys_uids_and_hashes(setup, reinforced):
+    for name in ("00000000.tar", "00000001.tar"):
+        source = list(iter_raw_samples(setup["datacomp"] / name))
+        records = _records(reinforced / name)
+        assert [r.key for r in records] == [s["__key__"] for s in source]
+        for record, sample in zip(records, source):
+            meta = json.loads(sample["json"])
+            assert (record.uid, record.sha256) == (meta["uid"], meta["sha256"])
+            assert record.image_emb.shape == (NUM_SAMPLES, 128)
+            assert record.text_emb.shape == (1 + NUM_SYN, 128)
+            assert len(record.param_aug) == NUM_SAMPLES and len(record.syn_text) == NUM_SYN
+            # the world captioner's clean descriptions, not the web alt-text
+            assert record.syn_text == toyworld.WorldCaptioner()(meta, NUM_SYN, seed_from("captions", 7, record.key))
+            for embeddings in (record.image_emb, record.text_emb):
+                for member in (slice(0, 64), slice(64, 128)):
+                    np.testing.assert_allclose(np.linalg.norm(embeddings[:, member], axis=1), 1.0, atol=1e-5)
+        no_image_in_dr = next(iter_raw_samples(reinforced / name))
+        assert "jpg" not in no_image_in_dr and "txt" not in no_image_in_dr
+
+
+def test_image_emb_row_a_is_the_teachers_view_of_param_aug_a(setup, reinforced, ensemble):
+    sample = list(iter_raw_samples(setup["datacomp"] / "00000001.tar"))[2]
+    record = next(r for r in _records(reinforced / "00000001.tar") if r.key == sample["__key__"])
+    image = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
+    views = torch.stack([replay.replay_tensor(image, entry, 32, "bicubic", MEAN, STD) for entry in record.param_aug])
+    np.testing.assert_allclose(record.image_emb, ensemble.encode_images(views).numpy(), atol=1e-5)
+    # the crops are random draws, not one crop repeated
+    assert len({tuple(entry[0]) for entry in record.param_aug}) == NUM_SAMPLES
+
+
+def test_text_emb_is_ground_truth_caption_then_synthetic_ones(setup, reinforced, ensemble):
+    sample = next(iter_raw_samples(setup["datacomp"] / "00000000.tar"))
+    record = _records(reinforced / "00000000.tar")[0]
+    expected = ensemble.encode_texts([sample["txt"].decode(), *record.syn_text]).numpy()
+    np.testing.assert_allclose(record.text_emb, expected, atol=1e-5)
+
+
+def test_bad_samples_are_skipped_and_counted_by_reason(setup, reinforced):
+    records = _records(reinforced / "00000002.tar")
+    assert len(records) == 1
+    manifest = json.loads((reinforced / "00000002.tar.manifest.json").read_text())
+    assert manifest["samples_in"] == 4 and manifest["written"] == 1
+    assert manifest["skipped"] == {"sha256_mismatch": 1, "undecodable_image": 1, "missing_key": 1}
+    assert 0 < manifest["teacher_seconds"] <= manifest["seconds"]
+
+
+def test_rerun_skips_finished_shards_and_redoes_broken_ones(setup, reinforced, capsys):
+    finished = {name: (reinforced / name).read_bytes() for name in ("00000000.tar", "00000000.tar.manifest.json")}
+    broken = reinforced / "00000001.tar"
+    expected = _records(broken)
+    broken.write_bytes(broken.read_bytes()[:700])  # as if the copy had been interrupted
+    assert _run(setup, reinforced, "--captioner", "world", "--batch-size", "4") == 0
+    assert "00000000.tar: already reinforced" in capsys.readouterr().out
+    assert {name: (reinforced / name).read_bytes() for name in finished} == finished
+    redone = _records(broken)
+    # redone with the same draws: augmentations are seeded by (seed, key), not by run
+    assert [(r.key, r.param_aug, r.syn_text) for r in redone] == [(r.key, r.param_aug, r.syn_text) for r in expected]
+    for again, first in zip(redone, expected):
+        np.testing.assert_array_equal(again.image_emb, first.image_emb)
+        np.testing.assert_array_equal(again.text_emb, first.text_emb)
+
+
+def test_bf16_writes_pth_gz_close_to_float32(setup, reinforced):
+    out_dir = setup["root"] / "dr_bf16"
+    assert _run(setup, out_dir, "--captioner", "world", "--dtype", "bf16", "--shards", "00000000.tar") == 0
+    assert sorted(p.name for p in out_dir.glob("*.tar")) == ["00000000.tar"]
+    raw = next(iter_raw_samples(out_dir / "00000000.tar"))
+    assert "pth.gz" in raw and "npz" not in raw
+    for half, full in zip(_records(out_dir / "00000000.tar"), _records(reinforced / "00000000.tar")):
+        assert half.param_aug == full.param_aug  # same seed, same draws, whatever the batch size
+        np.testing.assert_allclose(half.image_emb, full.image_emb, atol=1e-2)
+        np.testing.assert_allclose(half.text_emb, full.text_emb, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def coca_checkpoint(setup) -> Path:
+    torch.manual_seed(0)
+    model, _, _ = create_model_and_transforms("toy-coca")
+    # open_clip leaves a fresh CoCa's decoder projection uninitialized (real runs load
+    # weights) and its MultimodalTransformer.init_parameters() is broken, so set it here.
+    decoder = model.text_decoder
+    torch.nn.init.normal_(decoder.text_projection, std=decoder.width ** -0.5)
+    path = setup["teachers"] / "toy_coca.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_coca_captioner_gives_num_captions_cut_at_the_first_period(coca_checkpoint):
+    captioner = CocaCaptioner("toy-coca", str(coca_checkpoint), num_captions=5)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40 + 9 * i, 50, 3), dtype=np.uint8)) for i in range(3)]
+    captions = captioner.caption_batch(images, [{}] * 3, [1, 2, 3])
+    assert [len(per_image) for per_image in captions] == [5, 5, 5]
+    assert all(isinstance(c, str) and "." not in c and "<" not in c for per_image in captions for c in per_image)
+    assert sum(len(c) > 0 for per_image in captions for c in per_image) > 10  # real tokens, not empty strings
+    assert captioner.caption_batch(images, [{}] * 3, [1, 2, 3]) == captions  # seeded, reproducible
+
+
+def test_reinforce_with_a_coca_captioner(setup, coca_checkpoint):
+    out_dir = setup["root"] / "dr_coca"
+    spec = json.dumps({"coca": {"model_name": "toy-coca", "pretrained": coca_checkpoint.name}})
+    assert _run(setup, out_dir, "--captioner-json", spec, "--shards", "00000001.tar") == 0
+    records = _records(out_dir / "00000001.tar")
+    assert len(records) == 5
+    assert all(len(r.syn_text) == NUM_SYN and not any("." in t for t in r.syn_text) for r in records)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]]))
+    kept = torch.isfinite(_top_p_filtered(logits, 0.7))
+    assert kept.tolist() == [[False, True, False, True]]
+    assert torch.isfinite(_top_p_filtered(logits, 0.4)).sum() == 1  # the top token always survives
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (_reinforce_json(pretrained="a.pt"), "same number of members"),
+    (_reinforce_json(num_samples=0), "num_samples must be a positive integer"),
+    ({k: v for k, v in _reinforce_json().items() if k != "reinforce"}, "missing 'reinforce'"),
+])
+def test_bad_reinforcement_configs_are_refused(raw, reason):
+    with pytest.raises(ValueError, match=reason):
+        ReinforceConfig.from_dict(raw)
+
+
+def test_unknown_augmentation_and_missing_teacher_are_refused(setup):
+    raw = copy.deepcopy(_reinforce_json())
+    raw["reinforce"]["image_augmentation"]["mixup"] = {"enable": True}
+    with pytest.raises(ValueError, match="unsupported image augmentations \\['mixup'\\]"):
+        ReinforceConfig.from_dict(raw)
+    with pytest.raises(ValueError, match="teacher checkpoint 'nope.pt' not found"):
+        TeacherEnsemble(["toy-teacher"], ["nope.pt"], pretrained_root=setup["teachers"])
+    with pytest.raises(ValueError, match="crops to 48x48"):
+        TeacherEnsemble.from_config(ReinforceConfig.from_dict(_reinforce_json(
+            reinforce={"image_augmentation": {"normalize": {"mean": MEAN, "std": STD},
+                                              "random_resized_crop": {"size": 48}}})),
+            pretrained_root=setup["teachers"])
