@@ -70,6 +70,9 @@ def _check_consistency(config: dict) -> None:
     uses_dr = any(run["data"] == "dr" for run in config["runs"].values())
     if uses_dr and config["data"]["source"] == "toy" and not config["reinforcement"]["generate"]:
         raise ConfigError("config key 'reinforcement.generate': toy data has no published DataCompDR shards; set it to true")
+    mix = config["data"]["toy"]["alt_text_mix"]
+    if abs(sum(mix.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"config key 'data.toy.alt_text_mix': fractions sum to {sum(mix.values()):g}, not 1")
     names = [b["name"] for b in config["evaluation"]["benchmarks"]]
     if len(names) != len(set(names)):
         raise ConfigError("config key 'evaluation.benchmarks': benchmark names must be unique")

@@ -12,13 +12,16 @@ if IS_TOY:
             manifest=DATA_ROOT / "manifest.json",
         params:
             toy=DATA["toy"],
+            mix=DATA["toy"]["alt_text_mix"],
         log:
             RESULTS / "logs" / "toy_data.log",
         shell:
             "{CLI} toy-data --out-dir {DATA_ROOT} --seed {params.toy[seed]}"
             " --train-samples {params.toy[train_samples]} --teacher-samples {params.toy[teacher_samples]}"
             " --benchmark-samples {params.toy[benchmark_samples]}"
-            " --samples-per-shard {params.toy[samples_per_shard]} > {log} 2>&1"
+            " --samples-per-shard {params.toy[samples_per_shard]}"
+            " --alt-full {params.mix[full]} --alt-partial {params.mix[partial]}"
+            " --alt-wrong {params.mix[wrong]} --alt-uninformative {params.mix[uninformative]} > {log} 2>&1"
 
 else:
 
