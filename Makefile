@@ -20,9 +20,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	@start=$$(date +%s); \
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(TOY) --printshellcmds && \
-	echo "Toy DAG finished in $$(( $$(date +%s) - start )) s" && \
-	$(PYTHON) -m mobileclip_repro where --configfile $(TOY)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(TOY) && \
+	echo "Toy DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
+	report=$$($(PYTHON) -c "from mobileclip_repro.config import load_config; print(load_config('$(TOY)')['results_dir'])")/report && \
+	cat $$report/results.md && echo && \
+	echo "table: $$report/results.csv  $$report/results.md" && \
+	echo "plot:  $$report/learning_efficiency.png  $$report/learning_efficiency.pdf" && \
+	echo "html:  $$report/report.html"
 
 test: $(STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

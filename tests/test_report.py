@@ -180,3 +180,11 @@ def test_chance_for_unknown_benchmark_is_an_error(records_dir, tmp_path):
     with pytest.raises(ValueError, match="without records: \\['imagenet'\\]"):
         main(["report", "--records-dir", str(records_dir), "--out-dir", str(tmp_path / "out"),
               "--chance-json", str(chance)])
+
+
+def test_chance_level_defaults_to_one_over_the_number_of_classes():
+    from mobileclip_repro.report import chance_from_records
+
+    records = [{"benchmark": "toy_zeroshot", "task": "zeroshot_classification", "num_classes": 48},
+               {"benchmark": "toy_retrieval", "task": "zeroshot_retrieval"}]
+    assert chance_from_records(records) == {"toy_zeroshot": 1 / 48}

@@ -124,6 +124,12 @@ acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieva
 """
 
 
+def chance_from_records(records: list[dict]) -> dict[str, float]:
+    """Zero-shot classification chance, 1/num_classes, for each benchmark whose records say."""
+    return {record["benchmark"]: 1.0 / record["num_classes"] for record in records
+            if record["task"] == "zeroshot_classification" and record.get("num_classes")}
+
+
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None) -> list[Path]:
     records = load_records(records_dir)
@@ -132,6 +138,8 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     unknown = sorted(set(chance or {}) - {record["benchmark"] for record in records})
     if unknown:
         raise ValueError(f"chance levels given for benchmarks without records: {unknown}")
+    if chance is None:
+        chance = chance_from_records(records)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wide = wide_table(records)
