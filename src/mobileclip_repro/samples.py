@@ -56,13 +56,18 @@ def derived_seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
+def stream_position() -> tuple[int, int, int, int]:
+    """(rank, world size, worker, workers): which slice of the data stream this iterator is."""
+    info = torch.utils.data.get_worker_info()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank() if distributed else 0,
+            torch.distributed.get_world_size() if distributed else 1,
+            0 if info is None else info.id, 1 if info is None else info.num_workers)
+
+
 def shard_stream(shard_paths: list[Path], seed: int, resampled: bool) -> Iterator[Path]:
     """Shards for this worker and rank: drawn with replacement (``--dataset-resampled``) or split."""
-    info = torch.utils.data.get_worker_info()
-    worker = 0 if info is None else info.id
-    num_workers = 1 if info is None else info.num_workers
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    rank, world, worker, num_workers = stream_position()
     rng = random.Random(derived_seed(seed, rank, worker))
     if resampled:
         while True:
@@ -126,8 +131,7 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
                 yield image, raw["txt"].decode("utf-8")
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(derived_seed(self.seed, "shuffle", 0 if info is None else info.id))
+        rng = random.Random(derived_seed(self.seed, "shuffle", *stream_position()))
         for image, caption in shuffled(self._decoded(), self.shuffle_buffer, rng):
             yield self.transform(image), self.tokenizer([caption])[0]
 
@@ -195,8 +199,7 @@ class DRSamples(torch.utils.data.IterableDataset):
                 reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn])
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(derived_seed(self.seed, "dr", 0 if info is None else info.id))
+        rng = random.Random(derived_seed(self.seed, "dr", *stream_position()))
         for pixels, caption, image_emb, caption_emb, syn, syn_emb in shuffled(
                 self._assembled(rng), self.shuffle_buffer, rng):
             yield (pixels, self.tokenizer([caption])[0], torch.from_numpy(np.ascontiguousarray(image_emb)),
