@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobileclip_repro import shards
 from mobileclip_repro.tables import RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -242,13 +243,6 @@ def _json_safe(value):
     return value
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(partial, path)
-
-
 class _CountingLoader:
     """Counts images (and captions) as clip_benchmark iterates; it exposes ``dataset`` as it expects."""
 
@@ -384,7 +378,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
         log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
         result = run_benchmark(model, eval_transform, tokenizer, spec, device, batch_size, num_workers)
         record = build_record(info, model_name, spec, result, time.perf_counter() - started)
-        write_json_atomic(paths[spec.name], record)
+        shards.write_json_atomic(paths[spec.name], record, allow_nan=False)
         log.info("%s: %s = %.4f on %d images in %.1f s -> %s", spec.name, record["main_metric_name"],
                  record["main_metric"], record["num_samples"], record["eval_seconds"], paths[spec.name])
     return list(paths.values())

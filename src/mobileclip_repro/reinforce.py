@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -236,10 +235,6 @@ class Reinforcer:
             report.written += 1
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -321,7 +316,7 @@ def command(args: argparse.Namespace) -> int:
         for source in todo:
             report = reinforcer.reinforce_shard(source, args.out_dir / source.name, progress)
             summary = report.as_dict()
-            _write_json_atomically(args.out_dir / f"{source.name}.manifest.json", {**summary, **run_info})
+            shards.write_json_atomic(args.out_dir / f"{source.name}.manifest.json", {**summary, **run_info})
             totals.update(samples_in=report.samples_in, written=report.written)
             totals.update({f"skipped_{reason}": count for reason, count in report.skipped.items()})
             tqdm.write(f"{source.name}: {report.written}/{report.samples_in} written, skipped "

@@ -42,22 +42,37 @@ def sha256_hex(data: bytes) -> str:
 
 
 @contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write; it becomes ``path`` only if the block succeeds.
+
+    Every file a rerun checks for (shards, manifests, records, checkpoints) is written
+    this way, so an interrupted job never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    yield partial
+    os.replace(partial, path)
+
+
+@contextmanager
 def atomic_tar_writer(path: str | os.PathLike, *, mtime: float | None = None) -> Iterator[wds.TarWriter]:
     """A webdataset TarWriter whose output appears at ``path`` only if the block succeeds.
 
     ``mtime`` fixes the members' modification time; without it TarWriter stamps the
     current time, so the same content would give different bytes on every run.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as stream:
+    with atomic_output(path) as partial, open(partial, "wb") as stream:
         writer = wds.TarWriter(stream, mtime=mtime)
         try:
             yield writer
         finally:
             writer.close()
-    os.replace(partial, path)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict, *, allow_nan: bool = True) -> None:
+    with atomic_output(path) as partial:
+        partial.write_text(json.dumps(payload, indent=2, allow_nan=allow_nan) + "\n")
 
 
 def datacomp_record(key: str, jpg: bytes, caption: str, uid: str, url: str,

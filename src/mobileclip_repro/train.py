@@ -196,10 +196,10 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     if is_master:
         manifest["skipped_samples"] = {reason: counter.totals().get(reason, 0) for reason in SKIP_REASONS}
         manifest["train_seconds"] = round(time.time() - started, 2)
-        _write_json(out_dir / "manifest.json", manifest)
+        shards.write_json_atomic(out_dir / "manifest.json", manifest)
         if export_path is not None:
-            export_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": model.state_dict(), "model_name": spec["model"], "run": spec}, export_path)
+            with shards.atomic_output(export_path) as partial:
+                torch.save({"state_dict": model.state_dict(), "model_name": spec["model"], "run": spec}, partial)
     if world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -226,21 +226,11 @@ def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen)
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
     path = checkpoint_path(out_dir, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    with shards.atomic_output(path) as partial:
+        torch.save(checkpoint, partial)
     if spec["save_most_recent"]:  # open_clip's --save-most-recent: an extra epoch_latest.pt
-        latest = path.with_name("epoch_latest.pt")
-        shutil.copyfile(path, latest.with_name(latest.name + ".partial"))
-        os.replace(latest.with_name(latest.name + ".partial"), latest)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2))
-    os.replace(partial, path)
+        with shards.atomic_output(path.with_name("epoch_latest.pt")) as partial:
+            shutil.copyfile(path, partial)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
