@@ -120,8 +120,7 @@ def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bo
     except UnicodeDecodeError:
         return Skipped(key, "undecodable_caption")
     try:
-        with Image.open(io.BytesIO(raw["jpg"])) as opened:
-            image = opened.convert("RGB")
+        image = shards.decode_image(raw["jpg"])
     except (OSError, ValueError, Image.DecompressionBombError):
         return Skipped(key, "undecodable_image")
     url = raw["url.txt"].decode("utf-8", errors="replace") if "url.txt" in raw else meta.get("url", "")

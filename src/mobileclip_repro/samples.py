@@ -5,50 +5,94 @@ augmentation to replay and its teacher image embedding ``image_emb[aug]``; the
 ground-truth caption goes with ``text_emb[0]``; ``s = randint(n_syn)`` picks
 ``syn_text[s]`` with ``text_emb[1 + s]``.
 
+Both pipelines shuffle raw samples (bytes) across shards and decode after the shuffle,
+as open_clip_train's webdataset pipeline does: the buffer holds compressed samples, not
+decoded 224-px tensors.
+
 A bad sample never stops a run: it is skipped and counted under a reason in
-``SkipCounter``, whose counts reach the training log and the run manifest. Counts live in
-a shared-memory tensor so DataLoader worker processes can report them.
+``SkipCounter``, whose counts reach the training log and the run manifest, and the first
+few of each reason are logged with shard, key and what was wrong. Counts live in a
+shared-memory tensor so DataLoader worker processes can report them.
 """
 from __future__ import annotations
 
-import io
 import json
+import logging
 import random
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mobileclip_repro import shards
 
+log = logging.getLogger("mobileclip_repro.samples")
+
 SKIP_REASONS = (
-    "unreadable_shard",       # truncated / corrupt tar: the rest of the shard is lost
-    "missing_key",            # a sample without jpg / txt / json / npz / paug.json / syn.json
+    "unreadable_shard",       # truncated / corrupt tar: the rest of that shard pass is lost
+    "missing_key",            # a sample without jpg / txt / json / npz|pth.gz / paug.json / syn.json
+    "bad_metadata",           # DataComp json or caption that does not decode
     "undecodable_image",
     "sha256_mismatch",        # the image is not the one the reinforcement was computed on
-    "bad_reinforcement",      # malformed npz / json / shapes / NaN
+    "uid_mismatch",           # same key, different DataComp uid: the shards are not a pair
+    "bad_reinforcement",      # malformed npz / pth.gz / json, wrong shapes
+    "non_finite_embedding",   # NaN or inf in a teacher embedding
     "bad_param_aug",          # entry that cannot be replayed (crop outside image, unknown op, ...)
     "no_reinforcement",       # DataComp sample with no DR counterpart in the paired shard
+    "no_image",               # DR sample whose image is not in the DataComp shard (download failed)
 )
+EXAMPLES_LOGGED_PER_REASON = 5
+
+
+class SampleSkipped(Exception):
+    """Why one sample cannot be used; ``reason`` is one of SKIP_REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
 class SkipCounter:
-    """Per-worker counts of skipped samples by reason, shared across DataLoader workers."""
+    """Counts of skipped samples by reason, shared across DataLoader workers.
+
+    A resampled shard is read many times, so a count is the number of skip events in the
+    run, not of distinct bad samples.
+    """
 
     def __init__(self, max_workers: int = 64):
         self.counts = torch.zeros(max_workers + 1, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+        self._logged: dict[str, int] = {}  # per process, deliberately not shared
 
-    def add(self, reason: str, n: int = 1) -> None:
+    def add(self, reason: str, where: str = "", detail: str = "", n: int = 1) -> None:
         info = torch.utils.data.get_worker_info()
         row = 0 if info is None else info.id + 1
         self.counts[row, SKIP_REASONS.index(reason)] += n
+        logged = self._logged.get(reason, 0)
+        if logged < EXAMPLES_LOGGED_PER_REASON:
+            self._logged[reason] = logged + 1
+            suffix = " (further ones are only counted)" if logged + 1 == EXAMPLES_LOGGED_PER_REASON else ""
+            log.warning("skipped sample [%s] %s: %s%s", reason, where, detail, suffix)
+
+    def skipped(self, error: SampleSkipped, where: str) -> None:
+        self.add(error.reason, where, error.detail)
 
     def totals(self) -> dict[str, int]:
         summed = self.counts.sum(0).tolist()
         return {reason: int(n) for reason, n in zip(SKIP_REASONS, summed) if n}
+
+    def as_tensor(self) -> torch.Tensor:
+        """Counts by reason (in SKIP_REASONS order), summed over this process's workers."""
+        return self.counts.sum(0)
+
+
+def counts_by_reason(counts: torch.Tensor | list[int]) -> dict[str, int]:
+    """Every reason with its count, zeros included, from a tensor in SKIP_REASONS order."""
+    return {reason: int(n) for reason, n in zip(SKIP_REASONS, list(counts))}
 
 
 def derived_seed(*parts) -> int:
@@ -65,34 +109,39 @@ def stream_position() -> tuple[int, int, int, int]:
             0 if info is None else info.id, 1 if info is None else info.num_workers)
 
 
-def shard_stream(shard_paths: list[Path], seed: int, resampled: bool) -> Iterator[Path]:
-    """Shards for this worker and rank: drawn with replacement (``--dataset-resampled``) or split."""
+def shard_stream(shard_paths: list[Path], seed: int, resampled: bool, passes: int | None = None) -> Iterator[Path]:
+    """Shards for this worker and rank, forever unless ``passes`` is given.
+
+    Resampled (``--dataset-resampled``): drawn with replacement, a pass being
+    ``len(shard_paths)`` draws. Otherwise each rank × worker gets a disjoint slice,
+    reshuffled every pass; a slice cannot be empty (that would spin without data).
+    """
     rank, world, worker, num_workers = stream_position()
     rng = random.Random(derived_seed(seed, rank, worker))
     if resampled:
-        while True:
-            yield rng.choice(shard_paths)
+        mine = None
     else:
         mine = shard_paths[rank * num_workers + worker::world * num_workers]
-        epoch = 0
-        while True:
+        if not mine:
+            raise ValueError(f"{len(shard_paths)} shards cannot be split over {world} ranks x {num_workers} "
+                             "workers without resampling; use fewer workers or dataset_resampled: true")
+    pass_index = 0
+    while passes is None or pass_index < passes:
+        if mine is None:
+            yield from (rng.choice(shard_paths) for _ in shard_paths)
+        else:
             order = list(mine)
-            random.Random(derived_seed(seed, epoch)).shuffle(order)
+            random.Random(derived_seed(seed, pass_index)).shuffle(order)
             yield from order
-            epoch += 1
+        pass_index += 1
 
 
-def _raw_samples(tar_path: Path, counter: SkipCounter) -> Iterator[dict]:
+def raw_samples(tar_path: Path, counter: SkipCounter) -> Iterator[dict]:
+    """A shard's samples; a truncated or corrupt tar loses its tail, never the run."""
     try:
         yield from shards.iter_raw_samples(tar_path)
-    except Exception:  # noqa: BLE001 - a corrupt tar loses its tail, never the run
-        counter.add("unreadable_shard")
-
-
-def decode_image(jpg: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(jpg))
-    image.load()
-    return image.convert("RGB")
+    except Exception as error:  # noqa: BLE001 - tarfile, OSError, webdataset's own: all mean "unreadable"
+        counter.add("unreadable_shard", str(tar_path), f"{type(error).__name__}: {error}")
 
 
 def shuffled(samples: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
@@ -109,99 +158,166 @@ def shuffled(samples: Iterator, buffer_size: int, rng: random.Random) -> Iterato
     yield from buffer
 
 
+def _where(sample: dict) -> str:
+    return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+
+
+def _caption(datacomp: dict) -> str:
+    try:
+        return datacomp["txt"].decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SampleSkipped("bad_metadata", f"txt is not UTF-8: {error}") from None
+
+
+def _image(jpg: bytes):
+    try:
+        return shards.decode_image(jpg)
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for bad bytes
+        raise SampleSkipped("undecodable_image", f"{type(error).__name__}: {error}") from None
+
+
 class PlainCLIPSamples(torch.utils.data.IterableDataset):
     """(image tensor, token ids) from DataComp shards with a train transform."""
 
     def __init__(self, shard_paths: list[Path], transform: Callable, tokenizer: Callable, seed: int,
-                 resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000):
+                 resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000, passes: int | None = None):
         self.shard_paths, self.transform, self.tokenizer = shard_paths, transform, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
+        self.passes = passes
 
-    def _decoded(self) -> Iterator[tuple]:
-        for shard in shard_stream(self.shard_paths, self.seed, self.resampled):
-            for raw in _raw_samples(shard, self.counter):
+    def _raw(self) -> Iterator[dict]:
+        for shard in shard_stream(self.shard_paths, self.seed, self.resampled, self.passes):
+            for raw in raw_samples(shard, self.counter):
                 if "jpg" not in raw or "txt" not in raw:
-                    self.counter.add("missing_key")
+                    missing = [k for k in ("jpg", "txt") if k not in raw]
+                    self.counter.add("missing_key", _where(raw), f"no {', '.join(missing)}")
                     continue
-                try:
-                    image = decode_image(raw["jpg"])
-                except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes
-                    self.counter.add("undecodable_image")
-                    continue
-                yield image, raw["txt"].decode("utf-8")
+                yield raw
 
     def __iter__(self):
         rng = random.Random(derived_seed(self.seed, "shuffle", *stream_position()))
-        for image, caption in shuffled(self._decoded(), self.shuffle_buffer, rng):
+        for raw in shuffled(self._raw(), self.shuffle_buffer, rng):
+            try:
+                caption, image = _caption(raw), _image(raw["jpg"])
+            except SampleSkipped as skip:
+                self.counter.skipped(skip, _where(raw))
+                continue
             yield self.transform(image), self.tokenizer([caption])[0]
 
 
 def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dict]]:
     """Merge-join a DataComp shard with its DataCompDR shard on sample key (both are key-sorted).
 
-    DataComp samples whose image failed to download have no DR partner and vice versa;
-    only DataComp samples without reinforcement are counted (they are data lost to DR).
+    Either side may lack samples the other has, and both losses are counted: a DataComp
+    sample without reinforcement (``no_reinforcement``) and a DataCompDR sample whose
+    image is not in the DataComp shard, typically a failed download (``no_image``).
     """
-    dr_iter = _raw_samples(dr_tar, counter)
+    dr_exists = Path(dr_tar).exists()
+    if not dr_exists:
+        counter.add("unreadable_shard", str(dr_tar), "no DataCompDR shard for this DataComp shard")
+    dr_iter = raw_samples(dr_tar, counter) if dr_exists else iter(())
     dr = next(dr_iter, None)
-    for datacomp in _raw_samples(datacomp_tar, counter):
+    for datacomp in raw_samples(datacomp_tar, counter):
         key = datacomp["__key__"]
         while dr is not None and dr["__key__"] < key:
+            counter.add("no_image", _where(dr), f"no sample {dr['__key__']} in {datacomp_tar}")
             dr = next(dr_iter, None)
         if dr is None or dr["__key__"] != key:
-            counter.add("no_reinforcement")
+            counter.add("no_reinforcement", _where(datacomp), f"no sample {key} in {dr_tar}")
             continue
         yield datacomp, dr
+        dr = next(dr_iter, None)
+    while dr is not None:
+        counter.add("no_image", _where(dr), f"no sample {dr['__key__']} in {datacomp_tar}")
+        dr = next(dr_iter, None)
+
+
+@dataclass
+class DRExample:
+    """One assembled DR training example (reference.md §4), before tokenization."""
+    pixels: torch.Tensor        # the student's replay of param_aug[aug]
+    caption: str                # ground-truth caption (txt)
+    image_emb: np.ndarray       # image_emb[aug]: the teachers' view of the same augmentation
+    caption_emb: np.ndarray     # text_emb[0]
+    syn_caption: str            # syn_text[s]
+    syn_emb: np.ndarray         # text_emb[1 + s]
+    aug: int
+    syn: int
+
+
+def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.Random,
+                        embedding_dim: int | None = None) -> DRExample:
+    """Join one DataComp sample with its DataCompDR sample; raises SampleSkipped naming why not.
+
+    Checks run cheapest first, and the image is decoded only once the reinforcement is
+    known to be usable and to belong to these very image bytes. ``embedding_dim`` (the
+    teachers' summed width) keeps a sample of the wrong width out of a batch, where it
+    would break collation.
+    """
+    missing = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
+    missing += [k for k in ("syn.json", "paug.json", "json") if k not in dr]
+    if "npz" not in dr and "pth.gz" not in dr:
+        missing.append("npz|pth.gz")
+    if missing:
+        raise SampleSkipped("missing_key", f"no {', '.join(missing)}")
+    try:
+        uid = json.loads(datacomp["json"])["uid"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+    try:
+        reinforcement = shards.decode_reinforcement(dr, check_finite=False)
+    except (KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as error:
+        # RuntimeError/EOFError: a torch.load of a damaged pth.gz
+        raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}") from None
+    width = reinforcement.image_emb.shape[1]
+    if embedding_dim is not None and width != embedding_dim:
+        raise SampleSkipped("bad_reinforcement", f"embeddings are {width}-D, the teachers give {embedding_dim}-D")
+    if str(uid) != str(reinforcement.uid):
+        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {reinforcement.uid}")
+    if shards.sha256_hex(datacomp["jpg"]) != reinforcement.sha256.lower():
+        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {reinforcement.sha256}")
+    aug = rng.randrange(len(reinforcement.param_aug))
+    syn = rng.randrange(len(reinforcement.syn_text))
+    # The whole payload, not only the drawn rows: a NaN anywhere means the stored
+    # reinforcement is broken, and the count should not depend on the draw.
+    if not (np.isfinite(reinforcement.image_emb).all() and np.isfinite(reinforcement.text_emb).all()):
+        raise SampleSkipped("non_finite_embedding", "NaN or inf in image_emb/text_emb")
+    caption = _caption(datacomp)
+    image = _image(datacomp["jpg"])
+    try:
+        pixels = replay(image, reinforcement.param_aug[aug])
+    except (ValueError, TypeError, IndexError) as error:
+        raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {error}") from None
+    return DRExample(pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
+                     reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn], aug, syn)
 
 
 class DRSamples(torch.utils.data.IterableDataset):
     """(image, caption ids, teacher image emb, teacher caption emb, syn caption ids, teacher syn emb)."""
 
     def __init__(self, datacomp_shards: list[Path], dr_dir: Path, replay: Callable, tokenizer: Callable,
-                 seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000):
+                 seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000,
+                 passes: int | None = None, embedding_dim: int | None = None):
         self.datacomp_shards, self.dr_dir, self.replay, self.tokenizer = datacomp_shards, Path(dr_dir), replay, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
+        self.passes, self.embedding_dim = passes, embedding_dim
 
-    def _assembled(self, rng: random.Random) -> Iterator[tuple]:
-        for shard in shard_stream(self.datacomp_shards, self.seed, self.resampled):
-            for datacomp, dr in joined_samples(shard, self.dr_dir / shard.name, self.counter):
-                sample = self._assemble(datacomp, dr, rng)
-                if sample is not None:
-                    yield sample
+    def _joined(self) -> Iterator[tuple[dict, dict]]:
+        for shard in shard_stream(self.datacomp_shards, self.seed, self.resampled, self.passes):
+            yield from joined_samples(shard, self.dr_dir / shard.name, self.counter)
 
-    def _assemble(self, datacomp: dict, dr: dict, rng: random.Random) -> tuple | None:
-        if not all(k in datacomp for k in shards.DATACOMP_KEYS) or not all(
-                k in dr for k in ("syn.json", "paug.json", "json")) or not ("npz" in dr or "pth.gz" in dr):
-            self.counter.add("missing_key")
-            return None
-        try:
-            reinforcement = shards.decode_reinforcement(dr)
-        except (KeyError, ValueError, OSError, json.JSONDecodeError):
-            self.counter.add("bad_reinforcement")
-            return None
-        if shards.sha256_hex(datacomp["jpg"]) != reinforcement.sha256:
-            self.counter.add("sha256_mismatch")
-            return None
-        try:
-            image = decode_image(datacomp["jpg"])
-        except Exception:  # noqa: BLE001
-            self.counter.add("undecodable_image")
-            return None
-        aug = rng.randrange(len(reinforcement.param_aug))
-        try:
-            pixels = self.replay(image, reinforcement.param_aug[aug])
-        except (ValueError, TypeError, IndexError):
-            self.counter.add("bad_param_aug")
-            return None
-        syn = rng.randrange(len(reinforcement.syn_text))
-        caption = datacomp["txt"].decode("utf-8")
-        return (pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
-                reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn])
+    def examples(self) -> Iterator[DRExample]:
+        rng = random.Random(derived_seed(self.seed, "dr", *stream_position()))
+        for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
+            try:
+                yield assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim)
+            except SampleSkipped as skip:
+                self.counter.skipped(skip, _where(datacomp))
 
     def __iter__(self):
-        rng = random.Random(derived_seed(self.seed, "dr", *stream_position()))
-        for pixels, caption, image_emb, caption_emb, syn, syn_emb in shuffled(
-                self._assembled(rng), self.shuffle_buffer, rng):
-            yield (pixels, self.tokenizer([caption])[0], torch.from_numpy(np.ascontiguousarray(image_emb)),
-                   torch.from_numpy(np.ascontiguousarray(caption_emb)), self.tokenizer([syn])[0],
-                   torch.from_numpy(np.ascontiguousarray(syn_emb)))
+        for example in self.examples():
+            yield (example.pixels, self.tokenizer([example.caption])[0],
+                   torch.from_numpy(np.ascontiguousarray(example.image_emb)),
+                   torch.from_numpy(np.ascontiguousarray(example.caption_emb)),
+                   self.tokenizer([example.syn_caption])[0],
+                   torch.from_numpy(np.ascontiguousarray(example.syn_emb)))

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 import webdataset as wds
+from PIL import Image
 
 DATACOMP_KEYS = ("jpg", "txt", "json")
 DR_KEYS_NPZ = ("syn.json", "paug.json", "npz", "json")
@@ -162,21 +163,46 @@ def decode_embeddings(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     raise KeyError("npz")
 
 
-def decode_reinforcement(sample: dict) -> Reinforcement:
-    """Decode a raw DataCompDR sample; raises KeyError/ValueError naming what is wrong."""
+def decode_reinforcement(sample: dict, *, check_finite: bool = True) -> Reinforcement:
+    """Decode a raw DataCompDR sample; raises KeyError/ValueError naming what is wrong.
+
+    Entries of ``param_aug`` are checked when replayed, not here: a caller that draws one
+    entry should not pay for parsing the others.
+    """
     meta = json.loads(sample["json"])
+    if not isinstance(meta, dict) or "uid" not in meta or "sha256" not in meta:
+        raise ValueError(f"json must hold uid and sha256, got {sample['json'][:80]!r}")
     image_emb, text_emb = decode_embeddings(sample)
     syn_text = json.loads(sample["syn.json"])["syn_text"]
     param_aug = decode_param_aug_field(sample["paug.json"])
+    if not isinstance(syn_text, list) or not syn_text or not all(isinstance(t, str) for t in syn_text):
+        raise ValueError("syn_text must be a non-empty list of strings")
+    if not param_aug:
+        raise ValueError("param_aug is empty")
     if image_emb.ndim != 2 or text_emb.ndim != 2:
-        raise ValueError("embeddings must be 2-D")
+        raise ValueError(f"embeddings must be 2-D, got image_emb {image_emb.shape} and text_emb {text_emb.shape}")
+    if image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"image_emb is {image_emb.shape[1]}-D but text_emb is {text_emb.shape[1]}-D")
     if len(image_emb) != len(param_aug):
         raise ValueError(f"{len(image_emb)} image_emb rows for {len(param_aug)} param_aug entries")
     if len(text_emb) != 1 + len(syn_text):
         raise ValueError(f"{len(text_emb)} text_emb rows for 1 + {len(syn_text)} captions")
-    if not (np.isfinite(image_emb).all() and np.isfinite(text_emb).all()):
+    if check_finite and not (np.isfinite(image_emb).all() and np.isfinite(text_emb).all()):
         raise ValueError("non-finite value in embeddings")
-    return Reinforcement(sample["__key__"], meta["uid"], meta["sha256"], syn_text, param_aug, image_emb, text_emb)
+    return Reinforcement(sample["__key__"], str(meta["uid"]), str(meta["sha256"]), syn_text, param_aug,
+                         image_emb, text_emb)
+
+
+def decode_image(jpg: bytes) -> Image.Image:
+    """The ``jpg`` field as an RGB image, decoded as the reference's loader does.
+
+    The reference decodes with webdataset's ``pilrgba`` and then drops alpha; going
+    through RGBA gives the same pixels for every source mode.
+    """
+    with Image.open(io.BytesIO(jpg)) as opened:
+        opened.load()
+        image = opened if opened.mode in ("RGB", "RGBA") else opened.convert("RGBA")
+        return image.convert("RGB")
 
 
 def list_shards(directory: str | os.PathLike) -> list[Path]:

@@ -28,7 +28,7 @@ from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
 from mobileclip_repro import models, shards
-from mobileclip_repro.samples import SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter
+from mobileclip_repro.samples import SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason
 
 log = logging.getLogger("mobileclip_repro.train")
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
@@ -70,7 +70,7 @@ def build_loss(spec: dict, rank: int, world_size: int) -> torch.nn.Module:
                       average_after_softmax=distill["average_after_softmax"], **common)
 
 
-def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter):
+def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter, stream_seed: int):
     shard_paths = shards.list_shards(spec["datacomp_dir"])
     if not shard_paths:
         raise FileNotFoundError(f"no .tar shards in {spec['datacomp_dir']}")
@@ -79,9 +79,17 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
 
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
-        return DRSamples(shard_paths, Path(spec["dr_dir"]), replay, tokenizer, spec["seed"],
-                         spec["dataset_resampled"], counter)
-    return PlainCLIPSamples(shard_paths, train_transform, tokenizer, spec["seed"], spec["dataset_resampled"], counter)
+        return DRSamples(shard_paths, Path(spec["dr_dir"]), replay, tokenizer, stream_seed,
+                         spec["dataset_resampled"], counter, embedding_dim=sum(spec["distill"]["teacher_dimension"]))
+    return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
+
+
+def skipped_over_ranks(counter: SkipCounter, device: torch.device, world_size: int) -> torch.Tensor:
+    """This run's skip counts by reason, summed over every rank's workers (a collective)."""
+    counts = counter.as_tensor().to(device)
+    if world_size > 1:
+        torch.distributed.all_reduce(counts)
+    return counts.cpu()
 
 
 def autocast_for(precision: str, device: torch.device):
@@ -104,16 +112,10 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    # --- model, data
+    # --- model
     model, train_transform, _ = models.create_model_and_transforms(spec["model"], device=str(device), output_dict=True)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
-    tokenizer = models.get_tokenizer(spec["model"])
-    counter = SkipCounter()
-    dataset = build_dataset(spec, model, train_transform, tokenizer, counter)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=per_process_batch, num_workers=spec["workers"],
-                                         persistent_workers=spec["workers"] > 0, pin_memory=device.type == "cuda",
-                                         prefetch_factor=4 if spec["workers"] > 0 else None)
     training_model = model
     if world_size > 1:
         training_model = torch.nn.parallel.DistributedDataParallel(
@@ -131,7 +133,7 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     loss_fn = build_loss(spec, rank, world_size)
 
     # --- resume
-    start_epoch, step = 0, 0
+    start_epoch, step, history = 0, 0, {"epochs": [], "attempts": 0}
     resume_from = latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
     if resume_from is not None:
         checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
@@ -140,13 +142,26 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
         if scaler is not None and "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+        history = checkpoint.get("history", history)
         if is_master:
             log.info("resumed from %s (epoch %d, step %d, %s seen samples)", resume_from, start_epoch, step,
                      f"{checkpoint['seen_samples']:,}")
 
+    # --- data: a resumed job draws a fresh stream rather than replaying the first epochs' samples
+    tokenizer = models.get_tokenizer(spec["model"])
+    counter = SkipCounter()
+    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"] + start_epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=per_process_batch, num_workers=spec["workers"],
+                                         persistent_workers=spec["workers"] > 0, pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if spec["workers"] > 0 else None)
+
     # --- loop over pseudo-epochs
     batches = iter(loader)
-    manifest = {"run": spec["name"], "world_size": world_size, "device": str(device), "epochs": []}
+    # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
+    # covers the epochs (and skipped samples) of the attempts before it.
+    manifest = {"run": spec["name"], "world_size": world_size, "device": str(device),
+                "attempts": history["attempts"] + 1, "epochs": list(history["epochs"])}
+    skipped_before = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)
     started = time.time()
     for epoch in range(start_epoch, spec["num_checkpoints"]):
         model.train()
@@ -159,7 +174,7 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
                 losses = _forward(training_model, model, loss_fn, batch, spec["dr"])
                 total = sum(losses.values())
             if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {step}: {({k: float(v) for k, v in losses.items()})}")
+                raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
             if scaler is not None:
                 scaler.scale(total).backward()
                 scaler.unscale_(optimizer)
@@ -178,25 +193,36 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
             window_samples += spec["global_batch_size"]
             if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
                 rate = window_samples / max(time.time() - window_start, 1e-9)
-                log.info("epoch %d step %d/%d seen %s | %s | lr %.2e | scale %.1f | %.0f samples/s | skipped %s",
+                log.info("epoch %d step %d/%d seen %s | %s | lr %.2e | scale %.1f | %.0f samples/s | skipped here %s",
                          epoch + 1, step, total_steps, f"{step * spec['global_batch_size']:,}",
-                         " ".join(f"{k} {float(v):.4f}" for k, v in losses.items()), optimizer.param_groups[0]["lr"],
+                         " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()), optimizer.param_groups[0]["lr"],
                          model.logit_scale.exp().item(), rate, counter.totals() or "none")
                 window_start, window_samples = time.time(), 0
         epoch_seconds = time.time() - epoch_start
         seen = step * spec["global_batch_size"]
+        skipped_total = skipped_over_ranks(counter, device, world_size)
+        skipped_in_epoch = counts_by_reason(skipped_total - skipped_before)
+        skipped_before = skipped_total
         if is_master:
-            _save_checkpoint(out_dir, epoch + 1, spec, model, optimizer, scaler, step, seen)
             manifest["epochs"].append({"epoch": epoch + 1, "step": step, "seen_samples": seen,
                                        "seconds": round(epoch_seconds, 2),
-                                       "samples_per_second": round(spec["samples_per_checkpoint"] / epoch_seconds, 1)})
-            log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s", epoch + 1, f"{seen:,}",
-                     epoch_seconds, spec["samples_per_checkpoint"] / epoch_seconds)
+                                       "samples_per_second": round(spec["samples_per_checkpoint"] / epoch_seconds, 1),
+                                       "skipped_samples": skipped_in_epoch})
+            _save_checkpoint(out_dir, epoch + 1, spec, model, optimizer, scaler, step, seen,
+                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
+            log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
+                     epoch + 1, f"{seen:,}", epoch_seconds, spec["samples_per_checkpoint"] / epoch_seconds,
+                     {k: v for k, v in skipped_in_epoch.items() if v} or "none")
 
     if is_master:
-        manifest["skipped_samples"] = {reason: counter.totals().get(reason, 0) for reason in SKIP_REASONS}
+        # Per-epoch counts include what the loader read ahead for the next epoch; the run
+        # total is their sum over every attempt, so nothing is counted twice or lost.
+        manifest["skipped_samples"] = counts_by_reason(
+            [sum(e["skipped_samples"][r] for e in manifest["epochs"]) for r in SKIP_REASONS])
         manifest["train_seconds"] = round(time.time() - started, 2)
         shards.write_json_atomic(out_dir / "manifest.json", manifest)
+        log.info("skipped samples over the run (all ranks, all attempts): %s",
+                 {k: v for k, v in manifest["skipped_samples"].items() if v} or "none")
         if export_path is not None:
             with shards.atomic_output(export_path) as partial:
                 torch.save({"state_dict": model.state_dict(), "model_name": spec["model"], "run": spec}, partial)
@@ -219,10 +245,10 @@ def _forward(training_model, model, loss_fn, batch, dr: bool) -> dict:
                    syn_features, syn_emb)
 
 
-def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen) -> None:
+def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen, history) -> None:
     checkpoint = {"epoch": epoch, "name": spec["name"], "model_name": spec["model"], "step": step,
                   "seen_samples": seen, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                  "run": spec}
+                  "run": spec, "history": history}
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
     path = checkpoint_path(out_dir, epoch)

@@ -1,0 +1,43 @@
+"""Hugging Face hub data: which shards a paper config names.
+
+Configs and Apple's run scripts name shards in brace notation (``data.hub.shards``):
+``"{00000000..00001023}"`` for the 12M sets, ``["{00..64}/{00000000..00000999}",
+"65/{00000000..00000535}"]`` for DataCompDR-1B. The fetch stage expands them here.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_shard_spec(spec: str | list[str]) -> list[str]:
+    """Shard ids in the hub's ``{a..b}`` brace notation, zero-padded to the width of the bounds.
+
+    Ranges are inclusive, as in bash; several groups expand as a product, the leftmost
+    slowest; a list of specs expands to the concatenation of their ids. Used by the fetch
+    stage to list the shards to download. A spec that is not literal text and ``{a..b}``
+    groups with ``a <= b`` raises ValueError naming it.
+    """
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    return [shard for one in specs for shard in _expand_one(one)]
+
+
+def _expand_one(spec) -> list[str]:
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"malformed shard spec {spec!r}: expected text such as '{{00000000..00001023}}'")
+    parts = _RANGE.split(spec)  # literal, lo, hi, literal, lo, hi, ..., literal
+    literals, bounds = parts[0::3], list(zip(parts[1::3], parts[2::3]))
+    if any(ch in literal for literal in literals for ch in "{}"):
+        raise ValueError(f"malformed shard spec {spec!r}: braces must hold exactly '{{a..b}}' with integer bounds")
+    ranges = []
+    for lo, hi in bounds:
+        if int(lo) > int(hi):
+            raise ValueError(f"malformed shard spec {spec!r}: range {{{lo}..{hi}}} runs backwards")
+        # bash pads only when a bound is written with a leading zero
+        padded = any(len(b) > 1 and b.startswith("0") for b in (lo, hi))
+        width = max(len(lo), len(hi)) if padded else 0
+        ranges.append([str(i).zfill(width) for i in range(int(lo), int(hi) + 1)])
+    return ["".join(itertools.chain.from_iterable(itertools.zip_longest(literals, combo, fillvalue="")))
+            for combo in itertools.product(*ranges)]
