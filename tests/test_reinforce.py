@@ -16,7 +16,8 @@ from PIL import Image
 from mobileclip_repro import cli, replay, toyworld
 from mobileclip_repro.models import create_model_and_transforms
 from mobileclip_repro.shards import atomic_tar_writer, decode_reinforcement, iter_raw_samples, sha256_hex
-from mobileclip_repro.teachers import CocaCaptioner, ReinforceConfig, TeacherEnsemble, _top_p_filtered, seed_from
+from mobileclip_repro.seeding import seed_from
+from mobileclip_repro.teachers import CocaCaptioner, ReinforceConfig, TeacherEnsemble, _top_p_filtered
 
 NUM_SAMPLES = 3
 NUM_SYN = 5

@@ -25,13 +25,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mobileclip_repro import replay, shards
-from mobileclip_repro.teachers import (
-    ReinforceConfig,
-    SyntheticCaptioner,
-    TeacherEnsemble,
-    build_captioner,
-    seed_from,
-)
+from mobileclip_repro.seeding import seed_from
+from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
 
 DTYPES = ("float32", "bf16")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from mobileclip_repro import shards
+from mobileclip_repro.seeding import seed_from
 
 log = logging.getLogger("mobileclip_repro.samples")
 
@@ -95,11 +95,6 @@ def counts_by_reason(counts: torch.Tensor | list[int]) -> dict[str, int]:
     return {reason: int(n) for reason, n in zip(SKIP_REASONS, list(counts))}
 
 
-def derived_seed(*parts) -> int:
-    """A stable seed from parts (Python's ``hash`` of strings changes per process)."""
-    return zlib.crc32(repr(parts).encode())
-
-
 def stream_position() -> tuple[int, int, int, int]:
     """(rank, world size, worker, workers): which slice of the data stream this iterator is."""
     info = torch.utils.data.get_worker_info()
@@ -117,7 +112,7 @@ def shard_stream(shard_paths: list[Path], seed: int, resampled: bool, passes: in
     reshuffled every pass; a slice cannot be empty (that would spin without data).
     """
     rank, world, worker, num_workers = stream_position()
-    rng = random.Random(derived_seed(seed, rank, worker))
+    rng = random.Random(seed_from(seed, rank, worker))
     if resampled:
         mine = None
     else:
@@ -131,7 +126,7 @@ def shard_stream(shard_paths: list[Path], seed: int, resampled: bool, passes: in
             yield from (rng.choice(shard_paths) for _ in shard_paths)
         else:
             order = list(mine)
-            random.Random(derived_seed(seed, pass_index)).shuffle(order)
+            random.Random(seed_from(seed, pass_index)).shuffle(order)
             yield from order
         pass_index += 1
 
@@ -195,7 +190,7 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
                 yield raw
 
     def __iter__(self):
-        rng = random.Random(derived_seed(self.seed, "shuffle", *stream_position()))
+        rng = random.Random(seed_from(self.seed, "shuffle", *stream_position()))
         for raw in shuffled(self._raw(), self.shuffle_buffer, rng):
             try:
                 caption, image = _caption(raw), _image(raw["jpg"])
@@ -307,7 +302,7 @@ class DRSamples(torch.utils.data.IterableDataset):
             yield from joined_samples(shard, self.dr_dir / shard.name, self.counter)
 
     def examples(self) -> Iterator[DRExample]:
-        rng = random.Random(derived_seed(self.seed, "dr", *stream_position()))
+        rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
         for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
             try:
                 yield assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim)

@@ -8,7 +8,6 @@ normalized before the teachers see it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from mobileclip_repro.models import create_model_and_transforms, get_tokenizer, register_project_models
+from mobileclip_repro.seeding import seed_from
 
 # Transform names a reinforcement JSON may carry; to_rgb/to_tensor are implied by the
 # replay (it always yields RGB tensors), the others are read below.
@@ -223,12 +223,6 @@ class TeacherEnsemble:
                 features.append(F.normalize(chunk_features.float(), dim=-1).cpu())
             outputs.append(torch.cat(features))
         return torch.cat(outputs, dim=1)
-
-
-def seed_from(*parts) -> int:
-    """A 63-bit seed from any printable parts, stable across processes (unlike ``hash``)."""
-    digest = hashlib.sha256("/".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class SyntheticCaptioner(Protocol):
