@@ -80,37 +80,52 @@ def caption(rng: np.random.Generator, lo: int = 4, hi: int = 16) -> str:
     return " ".join(rng.choice(WORDS, int(rng.integers(lo, hi))))
 
 
-def natural_image(rng: np.random.Generator):
-    """An RGB PIL image sized like a web image, with photo-like (not noise-like) content."""
-    from PIL import Image, ImageDraw, ImageFilter
+def natural_image(rng: np.random.Generator, noise_tiles: list[np.ndarray]):
+    """An RGB PIL image sized like a web image, with photo-like (not noise-like) content.
+
+    Smooth colour gradients and soft-edged shapes (drawn at half size, then upscaled
+    bicubic), plus mild luma and chroma noise cropped from precomputed tiles.
+    """
+    from PIL import Image, ImageDraw
 
     short = int(round(np.exp(rng.uniform(np.log(256), np.log(1024)))))
     aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.8))))  # width / height
     width, height = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
-    # Smooth background: a coarse random colour grid, bicubic-upscaled (gradients, soft blobs).
+    small = (max(1, width // 2), max(1, height // 2))
+    # Background: a coarse random colour grid, bicubic-upscaled (gradients, soft blobs).
     grid = rng.integers(0, 256, (int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3), dtype=np.uint8)
-    image = Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC)
+    image = Image.fromarray(grid).resize(small, Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(image)
+    sw, sh = small
     for _ in range(int(rng.integers(4, 14))):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x0, x1 = sorted(rng.integers(-width // 4, width + width // 4, 2).tolist())
-        y0, y1 = sorted(rng.integers(-height // 4, height + height // 4, 2).tolist())
+        x0, x1 = sorted(rng.integers(-sw // 4, sw + sw // 4, 2).tolist())
+        y0, y1 = sorted(rng.integers(-sh // 4, sh + sh // 4, 2).tolist())
         kind = rng.integers(4)
         if kind == 0:
             draw.ellipse((x0, y0, x1 + 1, y1 + 1), fill=colour)
         elif kind == 1:
             draw.rectangle((x0, y0, x1, y1), fill=colour)
         elif kind == 2:
-            points = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(int(rng.integers(3, 7)))]
+            points = [(int(rng.integers(0, sw)), int(rng.integers(0, sh))) for _ in range(int(rng.integers(3, 7)))]
             draw.polygon(points, fill=colour)
         else:
-            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(2, max(3, short // 40))))
-    image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.6, 1.6))))  # soft, photo-like edges
-    pixels = np.asarray(image, np.float32)
-    noise = rng.standard_normal((height, width, 1), dtype=np.float32) * float(rng.uniform(2.0, 5.0))
-    chroma = rng.standard_normal((height, width, 3), dtype=np.float32) * 1.5
-    pixels = np.clip(pixels + noise + chroma + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+            draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(1, max(2, sw // 60))))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)  # soft, photo-like edges
+    noise = noise_tiles[int(rng.integers(len(noise_tiles)))]
+    top, left = int(rng.integers(0, noise.shape[0] - height + 1)), int(rng.integers(0, noise.shape[1] - width + 1))
+    pixels = np.asarray(image, np.int16) + noise[top:top + height, left:left + width]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_noise_tiles(rng: np.random.Generator, size: int = 2048) -> list[np.ndarray]:
+    """Sensor-like noise (luma sigma 2.5 or 4.5, chroma sigma 1.5) to crop windows from."""
+    tiles = []
+    for luma_sigma in (2.5, 4.5):
+        luma = rng.standard_normal((size, size, 1), dtype=np.float32) * luma_sigma
+        chroma = rng.standard_normal((size, size, 3), dtype=np.float32) * 1.5
+        tiles.append(np.rint(luma + chroma).astype(np.int16))
+    return tiles
 
 
 def make_data(root: Path, num_samples: int, num_shards: int, seed: int) -> dict:
@@ -121,6 +136,7 @@ def make_data(root: Path, num_samples: int, num_shards: int, seed: int) -> dict:
     datacomp_dir.mkdir()
     dr_dir.mkdir()
     rng = np.random.default_rng(seed)
+    noise_tiles = make_noise_tiles(rng)
     per_shard = -(-num_samples // num_shards)
     stats = defaultdict(float)
     index = 0
@@ -130,7 +146,7 @@ def make_data(root: Path, num_samples: int, num_shards: int, seed: int) -> dict:
                 shards.atomic_tar_writer(dr_dir / shards.shard_name(shard), mtime=0) as dr_tar:
             for position in range(count):
                 key = shards.sample_key(shard, position)
-                image = natural_image(rng)
+                image = natural_image(rng, noise_tiles)
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=90)
                 jpg = buffer.getvalue()
@@ -207,11 +223,20 @@ def plain_pipeline(urls: list[str], preprocess, seed: int, shuffle_buffer: int):
                             wds.to_tuple("image", "text"))
 
 
+def shard_pairs(data: dict) -> list[tuple[Path, Path]]:
+    return [(shard, Path(data["dr_dir"]) / shard.name) for shard in data["datacomp"]]
+
+
 def dr_samples(data: dict, replay, seed: int, shuffle_buffer: int, counter):
+    import inspect
+
     from mobileclip_repro.samples import DRSamples
 
-    return DRSamples(data["datacomp"], data["dr_dir"], replay, tokenizer=None, seed=seed, resampled=False,
-                     counter=counter, shuffle_buffer=max(1, shuffle_buffer), passes=1, embedding_dim=EMBEDDING_DIM)
+    options = dict(replay=replay, tokenizer=None, seed=seed, resampled=False, counter=counter,
+                   shuffle_buffer=max(1, shuffle_buffer), passes=1, embedding_dim=EMBEDDING_DIM)
+    if "shard_pairs" in inspect.signature(DRSamples).parameters:  # DRSamples(shard_pairs, replay, ...)
+        return DRSamples(shard_pairs(data), **options)
+    return DRSamples(data["datacomp"], data["dr_dir"], **options)  # DRSamples(datacomp_shards, dr_dir, replay, ...)
 
 
 def time_plain_pass(data: dict, preprocess, seed: int, shuffle_buffer: int, record: list | None) -> float:
@@ -288,9 +313,10 @@ def dr_breakdown(data: dict, replay, seed: int, shuffle_buffer: int, expected: l
     # DRSamples.examples()'s generator: it shuffles and draws (aug, syn) from one rng.
     seed_from = getattr(samples, "seed_from", None) or getattr(samples, "derived_seed")
     rng = random.Random(seed_from(seed, "dr", *samples.stream_position()))
-    paths, dr_dir = data["datacomp"], Path(data["dr_dir"])
-    joined = (pair for shard in samples.shard_stream(paths, seed, False, 1)
-              for pair in samples.joined_samples(shard, dr_dir / shard.name, counter))
+    # shard_stream's order is a seeded permutation of the list, the same whether the list
+    # holds DataComp shards or (DataComp, DataCompDR) pairs.
+    joined = (pair for datacomp_tar, dr_tar in samples.shard_stream(shard_pairs(data), seed, False, 1)
+              for pair in samples.joined_samples(datacomp_tar, dr_tar, counter))
     T = time.process_time
     got = []
     gc.collect()

@@ -19,7 +19,7 @@ from mobileclip_repro import replay, shards, toyworld
 from mobileclip_repro.config import REPO_ROOT, load_config, resolve_run
 from mobileclip_repro.reinforce import encode_pth
 from mobileclip_repro.samples import (DRSamples, SampleSkipped, SkipCounter, assemble_dr_example,
-                                      joined_samples)
+                                      joined_samples, paired_shards)
 
 EMBEDDING_DIM = 8
 NUM_AUGMENTATIONS = 4
@@ -79,7 +79,7 @@ def _pair(root: Path, datacomp_samples: list[dict], dr_samples: list[dict], shar
 
 
 def _examples(datacomp_dir: Path, dr_dir: Path, counter: SkipCounter, workers: int = 0) -> list:
-    dataset = DRSamples(shards.list_shards(datacomp_dir), dr_dir, REPLAY, tokenizer=None, seed=0, resampled=False,
+    dataset = DRSamples(paired_shards(datacomp_dir, dr_dir), REPLAY, tokenizer=None, seed=0, resampled=False,
                         counter=counter, shuffle_buffer=1, passes=1, embedding_dim=EMBEDDING_DIM)
     if workers == 0:
         return list(dataset.examples())
@@ -333,3 +333,15 @@ def test_a_requeued_run_keeps_the_earlier_attempts_epochs_and_counts(datacomp, t
     assert [e["epoch"] for e in second["epochs"]] == [1, 2]
     totals = {r: sum(e["skipped_samples"][r] for e in second["epochs"]) for r in second["skipped_samples"]}
     assert second["skipped_samples"] == totals
+
+
+def test_shards_pair_by_relative_path_in_the_nested_1b_layout(tmp_path):
+    for root in ("datacomp", "dr"):
+        for shard in ("00/00000000.tar", "00/00000001.tar", "65/00000535.tar"):
+            (tmp_path / root / shard).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / shard).write_bytes(b"")
+    (tmp_path / "datacomp" / "00" / "00000002.tar.partial").write_bytes(b"")  # an interrupted write
+    pairs = paired_shards(tmp_path / "datacomp", tmp_path / "dr")
+    assert [(d.relative_to(tmp_path).as_posix(), r.relative_to(tmp_path).as_posix()) for d, r in pairs] == [
+        ("datacomp/00/00000000.tar", "dr/00/00000000.tar"), ("datacomp/00/00000001.tar", "dr/00/00000001.tar"),
+        ("datacomp/65/00000535.tar", "dr/65/00000535.tar")]

@@ -41,3 +41,15 @@ def _expand_one(spec) -> list[str]:
         ranges.append([str(i).zfill(width) for i in range(int(lo), int(hi) + 1)])
     return ["".join(itertools.chain.from_iterable(itertools.zip_longest(literals, combo, fillvalue="")))
             for combo in itertools.product(*ranges)]
+
+
+def shard_groups(spec: str | list[str], group_size: int) -> list[list[str]]:
+    """The expanded shard ids in consecutive groups of ``group_size``: one fetch/reinforce job each.
+
+    One job per shard would put 65,536 fetch jobs in the DataCompDR-1B DAG; grouping keeps
+    planning fast and each job long enough to amortize its start-up.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be positive, got {group_size}")
+    ids = expand_shard_spec(spec)
+    return [ids[start:start + group_size] for start in range(0, len(ids), group_size)]

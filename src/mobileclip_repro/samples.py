@@ -104,7 +104,7 @@ def stream_position() -> tuple[int, int, int, int]:
             0 if info is None else info.id, 1 if info is None else info.num_workers)
 
 
-def shard_stream(shard_paths: list[Path], seed: int, resampled: bool, passes: int | None = None) -> Iterator[Path]:
+def shard_stream(shard_paths: list, seed: int, resampled: bool, passes: int | None = None) -> Iterator:
     """Shards for this worker and rank, forever unless ``passes`` is given.
 
     Resampled (``--dataset-resampled``): drawn with replacement, a pass being
@@ -287,19 +287,25 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
                      reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn], aug, syn)
 
 
+def paired_shards(datacomp_dir: str | Path, dr_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Each DataComp shard with the DataCompDR shard at the same relative path."""
+    datacomp_dir, dr_dir = Path(datacomp_dir), Path(dr_dir)
+    return [(shard, dr_dir / shard.relative_to(datacomp_dir)) for shard in shards.list_shards(datacomp_dir)]
+
+
 class DRSamples(torch.utils.data.IterableDataset):
     """(image, caption ids, teacher image emb, teacher caption emb, syn caption ids, teacher syn emb)."""
 
-    def __init__(self, datacomp_shards: list[Path], dr_dir: Path, replay: Callable, tokenizer: Callable,
+    def __init__(self, shard_pairs: list[tuple[Path, Path]], replay: Callable, tokenizer: Callable,
                  seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000,
                  passes: int | None = None, embedding_dim: int | None = None):
-        self.datacomp_shards, self.dr_dir, self.replay, self.tokenizer = datacomp_shards, Path(dr_dir), replay, tokenizer
+        self.shard_pairs, self.replay, self.tokenizer = shard_pairs, replay, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
         self.passes, self.embedding_dim = passes, embedding_dim
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
-        for shard in shard_stream(self.datacomp_shards, self.seed, self.resampled, self.passes):
-            yield from joined_samples(shard, self.dr_dir / shard.name, self.counter)
+        for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
+            yield from joined_samples(datacomp_tar, dr_tar, self.counter)
 
     def examples(self) -> Iterator[DRExample]:
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))

@@ -206,7 +206,8 @@ def decode_image(jpg: bytes) -> Image.Image:
 
 
 def list_shards(directory: str | os.PathLike) -> list[Path]:
-    return sorted(Path(directory).glob("*.tar"))
+    """Every finished ``.tar`` under ``directory``, nested ones too (DataCompDR-1B's ``00/00000000.tar``)."""
+    return sorted(Path(directory).rglob("*.tar"))
 
 
 def is_readable_tar(path: str | os.PathLike) -> bool:

@@ -28,7 +28,8 @@ from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
 from mobileclip_repro import models, shards
-from mobileclip_repro.samples import SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason
+from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
+                                      paired_shards)
 
 log = logging.getLogger("mobileclip_repro.train")
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
@@ -79,7 +80,7 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
 
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
-        return DRSamples(shard_paths, Path(spec["dr_dir"]), replay, tokenizer, stream_seed,
+        return DRSamples(paired_shards(spec["datacomp_dir"], spec["dr_dir"]), replay, tokenizer, stream_seed,
                          spec["dataset_resampled"], counter, embedding_dim=sum(spec["distill"]["teacher_dimension"]))
     return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
 

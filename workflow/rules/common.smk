@@ -9,6 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir
+from mobileclip_repro.hub import shard_groups
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
@@ -25,6 +26,11 @@ IS_TOY = DATA["source"] == "toy"
 PYTHON = shlex.quote(sys.executable)
 CLI = f"{PYTHON} -m mobileclip_repro"
 TORCHRUN = f"{PYTHON} -m torch.distributed.run"  # `torchrun`, without relying on PATH
+REINFORCE = EXP["reinforcement"]
+HUB = DATA["hub"]
+# Hub shards in groups, one fetch (and reinforce) job each; toy data is one job.
+HUB_GROUPS = [] if IS_TOY else shard_groups(HUB["shards"], HUB["group_size"])
+GROUP_IDS = [f"{index:05d}" for index in range(len(HUB_GROUPS))]
 RUNS = list(EXP["runs"])
 TEACHERS = list(EXP["teachers"])
 BENCHMARKS = EXP["evaluation"]["benchmarks"]
@@ -32,6 +38,25 @@ BENCHMARKS = EXP["evaluation"]["benchmarks"]
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
     epoch=r"\d+",
+    group=r"\d{5}",
+
+
+def fetch_manifest(group):
+    return DATA_ROOT / "fetch" / f"group_{group}.json"
+
+
+def reinforce_manifest(group):
+    return DATA_ROOT / "reinforce" / f"group_{group}.json"
+
+
+def training_data(dr):
+    """What a run's training reads: shard directories (toy) or every group's manifest (hub)."""
+    if IS_TOY:
+        return {"datacomp": DATA["datacomp_dir"], **({"dr": DATA["dr_dir"]} if dr else {})}
+    inputs = {"fetched": [fetch_manifest(group) for group in GROUP_IDS]}
+    if dr and REINFORCE["generate"]:
+        inputs["reinforced"] = [reinforce_manifest(group) for group in GROUP_IDS]
+    return inputs
 
 
 def run_spec(run):

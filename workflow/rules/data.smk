@@ -24,17 +24,25 @@ if IS_TOY:
             " --alt-wrong {params.mix[wrong]} --alt-uninformative {params.mix[uninformative]} > {log} 2>&1"
 
 else:
+    # One job per group of hub shards (data.hub.group_size): DataComp captions/URLs and,
+    # unless we reinforce ourselves, Apple's DataCompDR shards; images via img2dataset,
+    # joined by uid and sha256-checked. The declared output is the group's manifest;
+    # shards are not outputs, so a failed job keeps what it finished and a rerun resumes.
 
     rule fetch:
         output:
-            datacomp=directory(DATA["datacomp_dir"]),
-            dr=directory(DATA["dr_dir"]),
+            manifest=fetch_manifest("{group}"),
         params:
-            hub=DATA["hub"],
-        log:
-            RESULTS / "logs" / "fetch.log",
+            shard_spec=lambda wc: json.dumps(HUB["shards"]),  # a function: its braces are not wildcards
+            dr_repo="" if REINFORCE["generate"] else f"--dr-repo {HUB['dr_repo']}",
+        threads: 16
         resources:
-            runtime=24 * 60,
+            runtime=12 * 60,
+            mem_mb=32000,
+        log:
+            RESULTS / "logs" / "fetch" / "group_{group}.log",
         shell:
-            "{CLI} fetch --datacomp-repo {params.hub[datacomp_repo]} --dr-repo {params.hub[dr_repo]}"
-            " --shards {params.hub[shards]:q} --datacomp-dir {output.datacomp} --dr-dir {output.dr} > {log} 2>&1"
+            "{CLI} fetch --datacomp-repo {HUB[datacomp_repo]} {params.dr_repo}"
+            " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {HUB[group_size]}"
+            " --datacomp-dir {DATA[datacomp_dir]} --dr-dir {DATA[dr_dir]} --processes {threads}"
+            " --manifest {output.manifest} > {log} 2>&1"

@@ -1,9 +1,6 @@
 # Stage 2 (optional): dataset reinforcement. In the toy world the DAG first trains its own
 # teacher ensemble on clean captions, then writes DataCompDR-format shards.
 
-REINFORCE = EXP["reinforcement"]
-
-
 rule train_teacher:
     input:
         data=DATA_ROOT / "teacher_data",
@@ -23,7 +20,7 @@ rule train_teacher:
         " --out-dir {params.out_dir} --export {output.weights} > {log} 2>&1"
 
 
-if REINFORCE["generate"]:
+if REINFORCE["generate"] and IS_TOY:
 
     rule reinforce:
         input:
@@ -43,6 +40,38 @@ if REINFORCE["generate"]:
             RESULTS / "logs" / "reinforce.log",
         shell:
             "OMP_NUM_THREADS={threads} {CLI} reinforce --datacomp-dir {input.datacomp} --out-dir {output.dr}"
+            " --reinforce-config {input.reinforce_config} --pretrained-root {params.teachers_dir}"
+            " --captioner-json {params.captioner:q} --num-syn-captions {REINFORCE[num_syn_captions]}"
+            " --dtype {REINFORCE[dtype]} --batch-size {REINFORCE[batch_size]} --seed {REINFORCE[seed]}"
+            " > {log} 2>&1"
+
+
+elif REINFORCE["generate"]:
+    # Hub data reinforced by us: one GPU job per fetched shard group, teachers from the
+    # reinforcement JSON's pretrained tags (or local weights under teachers/).
+
+    rule reinforce:
+        input:
+            fetched=fetch_manifest("{group}"),
+            reinforce_config=REINFORCE["config"],
+            teachers=[RESULTS / "teachers" / name for name in TEACHERS],
+        output:
+            manifest=reinforce_manifest("{group}"),
+        params:
+            captioner=json.dumps(REINFORCE["captioner"]),
+            teachers_dir=RESULTS / "teachers",
+            shard_spec=lambda wc: json.dumps(HUB["shards"]),  # a function: its braces are not wildcards
+        threads: 8
+        resources:
+            gpu=1,
+            runtime=24 * 60,
+            mem_mb=64000,
+        log:
+            RESULTS / "logs" / "reinforce" / "group_{group}.log",
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} reinforce --datacomp-dir {DATA[datacomp_dir]} --out-dir {DATA[dr_dir]}"
+            " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {HUB[group_size]}"
+            " --manifest {output.manifest}"
             " --reinforce-config {input.reinforce_config} --pretrained-root {params.teachers_dir}"
             " --captioner-json {params.captioner:q} --num-syn-captions {REINFORCE[num_syn_captions]}"
             " --dtype {REINFORCE[dtype]} --batch-size {REINFORCE[batch_size]} --seed {REINFORCE[seed]}"

@@ -6,11 +6,7 @@
 
 
 def train_inputs(wc):
-    spec = run_spec(wc.run)
-    inputs = {"datacomp": spec["datacomp_dir"]}
-    if spec["dr"]:
-        inputs["dr"] = spec["dr_dir"]
-    return inputs
+    return training_data(run_spec(wc.run)["dr"])
 
 
 rule train:
