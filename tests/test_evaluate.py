@@ -71,7 +71,8 @@ def world(tmp_path_factory):
     ]
     benchmarks_json = root / "benchmarks.json"
     benchmarks_json.write_text(json.dumps(benchmarks))
-    return {"root": root, "checkpoint": checkpoint, "benchmarks_json": benchmarks_json}
+    return {"root": root, "checkpoint": checkpoint, "benchmarks_json": benchmarks_json,
+            "classification": classification}
 
 
 def _evaluate(world, out_dir, *extra):
@@ -179,6 +180,12 @@ def test_missing_dataset_root_fails_before_any_download(world, tmp_path):
     ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "recall_k": [0]}, "positive integers"),
     ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "recal_k": [1]}, "unknown keys"),
     ({"name": "x", "dataset": "wds/x", "task": "zeroshot_retrieval"}, "'root' is required"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "main_metric": "acc1"},
+     "main_metric for zeroshot_retrieval"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_classification", "main_metric": "acc5"},
+     "main_metric for zeroshot_classification"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "hub_repo": "wds_x"}, "owner/name"),
+    ({"name": "x", "dataset": "wds/x", "root": "r", "task": "zeroshot_retrieval", "tags": "vtab"}, "list of"),
 ])
 def test_bad_benchmark_specs_are_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -188,3 +195,27 @@ def test_bad_benchmark_specs_are_rejected(spec, message):
 def test_named_datasets_get_their_task():
     (spec,) = parse_benchmark_specs([{"name": "flickr", "dataset": "flickr30k", "root": "/data/flickr30k"}])
     assert spec.task == "zeroshot_retrieval" and spec.split == "test" and spec.recall_k == (1, 5, 10)
+
+
+def test_a_listed_main_metric_is_the_records_number(world, tmp_path):
+    """DataComp scores Caltech-101, Aircraft, Flowers and Pets by mean per-class recall."""
+    spec = {"name": "pets_like", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification",
+            "root": str(world["classification"]), "main_metric": "mean_per_class_recall", "tags": ["vtab"]}
+    (tmp_path / "b.json").write_text(json.dumps([spec]))
+    main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+          "--out-dir", str(tmp_path / "out")])
+    record = json.loads((tmp_path / "out" / "pets_like.json").read_text())
+    assert record["main_metric_name"] == "mean_per_class_recall" and record["tags"] == ["vtab"]
+    assert record["main_metric"] == record["metrics"]["mean_per_class_recall"]
+
+
+def test_the_datacomp_suite_overlay_parses(repo_root):
+    import yaml
+
+    suite = yaml.safe_load((repo_root / "configs" / "eval" / "datacomp_suite.yaml").read_text())
+    specs = parse_benchmark_specs(suite["evaluation"]["benchmarks"])
+    assert len(specs) == 33 and all(spec.hub_repo.startswith("clip-benchmark/wds_") for spec in specs)
+    by_name = {spec.name: spec for spec in specs}
+    assert by_name["imagenet1k"].main_metric == "acc1" and by_name["caltech101"].main_metric == "mean_per_class_recall"
+    assert by_name["mscoco"].task == "zeroshot_retrieval" and "retrieval" in by_name["mscoco"].tags
+    assert sum("imagenet_dist_shifts" in spec.tags for spec in specs) == 6

@@ -13,8 +13,10 @@ import sys
 
 COMMANDS = {
     "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
+    "fetch": ("mobileclip_repro.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
     "reinforce": ("mobileclip_repro.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
     "train": ("mobileclip_repro.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
+    "fetch-benchmark": ("mobileclip_repro.benchmark_sets", "download a clip_benchmark webdataset mirror from the hub into a local root"),
     "evaluate": ("mobileclip_repro.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),
     "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
     "validate-config": ("mobileclip_repro.config", "validate a config file against the schema and print the resolved runs"),

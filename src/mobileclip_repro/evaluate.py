@@ -42,7 +42,8 @@ TASKS = (CLASSIFICATION, RETRIEVAL)
 # Named datasets clip_benchmark reads from local files, and their only sensible task.
 NAMED_DATASETS = {"imagenet1k": CLASSIFICATION, "flickr30k": RETRIEVAL, "mscoco_captions": RETRIEVAL}
 DEFAULT_RECALL_K = (1, 5, 10)
-SPEC_KEYS = {"name", "dataset", "task", "root", "split", "recall_k", "annotation_file"}
+SPEC_KEYS = {"name", "dataset", "task", "root", "split", "recall_k", "annotation_file", "main_metric", "hub_repo", "tags"}
+MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall"), RETRIEVAL: ("mean_recall@1",)}
 WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
 
@@ -56,6 +57,9 @@ class BenchmarkSpec:
     split: str = "test"
     recall_k: tuple[int, ...] = DEFAULT_RECALL_K
     annotation_file: str | None = None
+    main_metric: str | None = None  # None: DataComp's default for the task
+    hub_repo: str | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def is_wds(self) -> bool:
@@ -115,9 +119,19 @@ def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
         split = spec.get("split", "test")
         if not isinstance(split, str) or not split:
             raise ValueError(f"{where}: split must be a non-empty string")
+        metric = spec.get("main_metric", MAIN_METRICS[task][0])
+        if metric not in MAIN_METRICS[task]:
+            raise ValueError(f"{where}: main_metric for {task} must be one of {MAIN_METRICS[task]}, got {metric!r}")
+        tags = spec.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+            raise ValueError(f"{where}: tags must be a list of non-empty strings, got {tags!r}")
+        hub_repo = spec.get("hub_repo")
+        if hub_repo is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(hub_repo)):
+            raise ValueError(f"{where}: hub_repo must be 'owner/name', got {hub_repo!r}")
         parsed.append(BenchmarkSpec(name=name, dataset=dataset, task=task, root=spec["root"], split=split,
                                     recall_k=tuple(sorted(set(recall_k))),
-                                    annotation_file=spec.get("annotation_file")))
+                                    annotation_file=spec.get("annotation_file"), main_metric=metric,
+                                    hub_repo=hub_repo, tags=tuple(tags)))
     return parsed
 
 
@@ -221,11 +235,13 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
                           model_name=checkpoint.get("model_name"), run_spec=run_spec)
 
 
-def main_metric(task: str, metrics: dict) -> tuple[str, float]:
-    """DataComp's convention: top-1 accuracy, or the mean of the two retrieval R@1."""
-    if task == CLASSIFICATION:
-        return "acc1", metrics["acc1"]
-    return "mean_recall@1", (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
+def main_metric(task: str, metrics: dict, name: str | None = None) -> tuple[str, float]:
+    """DataComp's convention: top-1 accuracy (or the task's listed metric, e.g. mean per-class
+    recall for Caltech-101, Aircraft, Flowers, Pets), or the mean of the two retrieval R@1."""
+    name = name or MAIN_METRICS[task][0]
+    if name == "mean_recall@1":
+        return name, (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
+    return name, metrics[name]
 
 
 def clamp_recall_k(recall_k: tuple[int, ...], num_images: int, benchmark: str) -> list[int]:
@@ -316,7 +332,7 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
 
 def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, result: dict,
                  eval_seconds: float) -> dict:
-    metric_name, metric_value = main_metric(spec.task, result["metrics"])
+    metric_name, metric_value = main_metric(spec.task, result["metrics"], spec.main_metric)
     record = {
         "schema": RECORD_SCHEMA,
         "run": info.run,
@@ -329,6 +345,7 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
         "dataset": spec.dataset,
         "task": spec.task,
         "split": spec.split,
+        "tags": list(spec.tags),
         "metrics": result["metrics"],
         "main_metric_name": metric_name,
         "main_metric": metric_value,
@@ -390,7 +407,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks-json", required=True,
                         help='a JSON file, or JSON text: a list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
     parser.add_argument("--out-dir", required=True, help="one record per benchmark: <out-dir>/<name>.json")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: cuda when this job has a GPU")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
@@ -399,7 +417,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     benchmarks = load_benchmark_specs(args.benchmarks_json)
-    paths = evaluate_checkpoint(args.checkpoint, benchmarks, args.out_dir, model_name=args.model, device=args.device,
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    paths = evaluate_checkpoint(args.checkpoint, benchmarks, args.out_dir, model_name=args.model, device=device,
                                 batch_size=args.batch_size, num_workers=args.num_workers, force=args.force)
     for path in paths:
         print(path)
