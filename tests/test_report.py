@@ -188,3 +188,75 @@ def test_chance_level_defaults_to_one_over_the_number_of_classes():
     records = [{"benchmark": "toy_zeroshot", "task": "zeroshot_classification", "num_classes": 48},
                {"benchmark": "toy_retrieval", "task": "zeroshot_retrieval"}]
     assert chance_from_records(records) == {"toy_zeroshot": 1 / 48}
+
+
+# --- the data section: fetch group manifests (report --fetch-manifests-dir) -----------------
+
+def make_fetch_manifest(group, kept, listed, tried, fetched, failed, mismatch, no_caption, shards_failed=0):
+    from mobileclip_repro.tables import FETCH_MANIFEST_SCHEMA
+
+    totals = {"shards": 4, "shards_ok": 4 - shards_failed, "shards_failed": shards_failed, "shards_resumed": 0,
+              "samples_listed": listed, "no_caption": no_caption, "no_url": 0, "urls_tried": tried,
+              "images_fetched": fetched, "sha256_mismatch": mismatch, "samples_kept": kept, "failed": failed}
+    return {"schema": FETCH_MANIFEST_SCHEMA, "group": group, "totals": totals, "shards": []}
+
+
+@pytest.fixture
+def fetch_dir(tmp_path):
+    directory = tmp_path / "data" / "fetch"
+    directory.mkdir(parents=True)
+    manifests = [
+        make_fetch_manifest("00000", kept=70, listed=100, tried=98, fetched=80,
+                            failed={"http_404": 10, "http_error": 2, "timeout": 4, "connection": 2}, mismatch=10,
+                            no_caption=2),
+        make_fetch_manifest("00001", kept=50, listed=60, tried=60, fetched=55,
+                            failed={"http_404": 3, "http_error": 0, "timeout": 2, "connection": 0}, mismatch=5,
+                            no_caption=0, shards_failed=1),
+    ]
+    for manifest in manifests:
+        (directory / f"group_{manifest['group']}.json").write_text(json.dumps(manifest))
+    (directory / "notes.json").write_text(json.dumps({"not": "a manifest"}))
+    return directory
+
+
+def test_fetch_counters_match_the_fetch_stage():
+    from mobileclip_repro import fetch, tables
+
+    assert tables.FETCH_MANIFEST_SCHEMA == fetch.MANIFEST_SCHEMA
+    assert tables.FETCH_COUNTERS == fetch.COUNTERS
+    assert tables.FETCH_FAILURE_ORDER == fetch.FAILURE_REASONS
+
+
+def test_report_data_section_totals_fetch_manifests(records_dir, fetch_dir, tmp_path):
+    out = tmp_path / "report_with_data"
+    assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out),
+                 "--fetch-manifests-dir", str(fetch_dir)]) == 0
+    with open(out / "data.csv") as stream:
+        rows = {row["group"]: row for row in csv.DictReader(stream)}
+    assert list(rows) == ["00000", "00001", "total"]
+    total = rows["total"]
+    counts = ("shards", "shards_failed", "samples_listed", "urls_tried", "images_fetched", "samples_kept")
+    assert [int(total[name]) for name in counts] == [8, 1, 160, 158, 135, 120]
+    assert (int(total["failed_http_404"]), int(total["failed_timeout"]), int(total["sha256_mismatch"]),
+            int(total["no_caption"])) == (13, 6, 15, 2)
+    assert float(total["kept_fraction"]) == pytest.approx(120 / 160)
+    assert float(rows["00001"]["fetched_fraction"]) == pytest.approx(55 / 60)
+    markdown = (out / "results.md").read_text()
+    assert "## Data" in markdown
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.split("## Data")[1].splitlines()
+             if line.startswith("|")]
+    header = table[0]
+    assert "failed_opted_out" not in header  # reasons that never occurred are left out of the printed table
+    row = dict(zip(header, table[-1]))
+    assert row["group"] == "total" and row["samples_kept"] == "120" and row["kept %"] == "75.0"
+    page = (out / "report.html").read_text()
+    assert "<h2>Data</h2>" in page and "<td>total</td>" in page
+
+
+def test_report_without_fetch_manifests_has_no_data_section(records_dir, tmp_path):
+    for extra in ([], ["--fetch-manifests-dir", str(tmp_path / "does-not-exist")]):
+        out = tmp_path / f"report{len(extra)}"
+        assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out), *extra]) == 0
+        assert not (out / "data.csv").exists()
+        assert "## Data" not in (out / "results.md").read_text()
+        assert "<h2>Data</h2>" not in (out / "report.html").read_text()

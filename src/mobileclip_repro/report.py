@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
-from mobileclip_repro.tables import (display_table, format_seen_samples, load_records, long_table, wide_table,
+from mobileclip_repro.tables import (display_fetch_table, display_table, fetch_markdown, fetch_table,
+                                     format_seen_samples, load_fetch_manifests, load_records, long_table, wide_table,
                                      write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
@@ -81,7 +82,7 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
 
 
 def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: Path,
-                paper_reference: list[dict] | None) -> str:
+                paper_reference: list[dict] | None, data: pd.DataFrame | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in records:
@@ -96,6 +97,12 @@ def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: P
                           + pd.DataFrame(paper_reference).assign(value=lambda t: (100 * t["value"]).round(1))
                           .to_html(index=False, classes="table", border=0))
     table_html = display_table(wide).to_html(index=False, classes="table", border=0)
+    data_section = ""
+    if data is not None and not data.empty:
+        data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
+                        "fetched, failed URLs by reason, images dropped for a sha256 mismatch, samples kept "
+                        "(kept % = kept / listed).</p>\n"
+                        + display_fetch_table(data).to_html(index=False, classes="table", border=0))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -118,6 +125,7 @@ acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieva
 {run_summary(records).to_html(index=False, classes="table", border=0)}
 <h2>Benchmarks</h2>
 {benchmark_summary(records).to_html(index=False, classes="table", border=0)}
+{data_section}
 <h2>Run specs</h2>
 {spec_blocks}
 </body></html>
@@ -131,7 +139,9 @@ def chance_from_records(records: list[dict]) -> dict[str, float]:
 
 
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
-                 paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None) -> list[Path]:
+                 paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
+                 fetch_manifests_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section."""
     records = load_records(records_dir)
     if not records:
         raise ValueError(f"no evaluation records under {records_dir}")
@@ -146,10 +156,18 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     paths = [write_csv(wide, out_dir / "results.csv"),
              write_csv(long_table(records), out_dir / "results_long.csv"),
              write_markdown(wide, out_dir / "results.md", title=title)]
+    data = None
+    manifests = load_fetch_manifests(fetch_manifests_dir)
+    if manifests:
+        data = fetch_table(manifests)
+        paths.append(write_csv(data, out_dir / "data.csv"))
+        markdown = out_dir / "results.md"
+        markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data))
     paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
                                       paper_reference=paper_reference)
     html_path = out_dir / "report.html"
-    html_path.write_text(render_html(title, records, wide, out_dir / "learning_efficiency.png", paper_reference))
+    html_path.write_text(render_html(title, records, wide, out_dir / "learning_efficiency.png", paper_reference,
+                                     data))
     return paths + [html_path]
 
 
@@ -163,6 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reference.add_argument("--paper-reference", action="store_true",
                            help="overlay the paper's anchor points shipped with the package")
     parser.add_argument("--chance-json", default=None, help='{"<benchmark>": chance level as a fraction}')
+    parser.add_argument("--fetch-manifests-dir", default=None,
+                        help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
+                             "a missing or empty directory adds nothing")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -172,6 +193,7 @@ def command(args: argparse.Namespace) -> int:
     elif args.paper_reference:
         paper_reference = load_paper_reference()
     chance = load_chance_levels(args.chance_json) if args.chance_json else None
-    for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance):
+    for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance,
+                             fetch_manifests_dir=args.fetch_manifests_dir):
         print(path)
     return 0

@@ -149,3 +149,75 @@ def write_markdown(wide: pd.DataFrame, path: str | os.PathLike, title: str | Non
     text += "Main metric per benchmark, in percent (acc1: zero-shot top-1; mean_recall@1: mean of image and text R@1).\n\n"
     path.write_text(text + to_markdown(display_table(wide)))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: what the fetch stage got from the hub and the web (reference.md §8: URLs rot, so a
+# reproduction reports what it lost). One row per fetch group manifest, plus a total.
+
+FETCH_MANIFEST_SCHEMA = "mobileclip_repro/fetch-manifest/1"  # fetch.MANIFEST_SCHEMA
+FETCH_COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch",
+                  "samples_kept")
+FETCH_FAILURE_ORDER = ("http_404", "http_error", "timeout", "connection", "invalid_url", "too_large", "opted_out")
+
+
+def load_fetch_manifests(directory: str | os.PathLike | None) -> list[dict]:
+    """Every fetch group manifest under ``directory`` (recursively), in path order.
+
+    No directory, a missing one or one without manifests gives an empty list (no data
+    section): toy runs have no fetch stage. Other JSON files are passed over.
+    """
+    if directory is None or not Path(directory).is_dir():
+        return []
+    manifests = []
+    for path in sorted(Path(directory).glob("**/*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        if not isinstance(payload, dict) or payload.get("schema") != FETCH_MANIFEST_SCHEMA:
+            continue
+        if not isinstance(payload.get("totals"), dict):
+            raise ValueError(f"{path}: fetch manifest has no 'totals'")
+        manifests.append({**payload, "group": str(payload.get("group", path.stem))})
+    return manifests
+
+
+def fetch_table(manifests: list[dict]) -> pd.DataFrame:
+    """One row per group and a ``total`` row: shards, counts by outcome, failed URLs by reason, fractions."""
+    reasons = list(FETCH_FAILURE_ORDER)
+    reasons += sorted({r for m in manifests for r in m["totals"].get("failed", {})} - set(reasons))
+    rows = []
+    for manifest in sorted(manifests, key=lambda m: m["group"]):
+        totals = manifest["totals"]
+        row = {"group": manifest["group"], "shards": int(totals.get("shards", 0)),
+               "shards_failed": int(totals.get("shards_failed", 0))}
+        row.update({name: int(totals.get(name, 0)) for name in FETCH_COUNTERS})
+        row.update({f"failed_{reason}": int(totals.get("failed", {}).get(reason, 0)) for reason in reasons})
+        rows.append(row)
+    columns = ["group", "shards", "shards_failed", *FETCH_COUNTERS, *(f"failed_{r}" for r in reasons)]
+    table = pd.DataFrame(rows, columns=columns)
+    if rows:
+        total = {column: int(table[column].sum()) for column in columns[1:]}
+        table = pd.concat([table, pd.DataFrame([{"group": "total", **total}])], ignore_index=True)
+    # Fractions of what could have been had: kept of listed, fetched of tried.
+    table["kept_fraction"] = (table["samples_kept"] / table["samples_listed"].where(table["samples_listed"] > 0))
+    table["fetched_fraction"] = (table["images_fetched"] / table["urls_tried"].where(table["urls_tried"] > 0))
+    return table
+
+
+def display_fetch_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The data table as printed: failure reasons that never occurred are dropped, fractions in percent."""
+    shown = table.copy()
+    unused = [c for c in shown.columns if c.startswith("failed_") and not shown[c].any()]
+    shown = shown.drop(columns=unused)
+    for column in ("kept_fraction", "fetched_fraction"):
+        shown[column] = shown[column].map(lambda value: "n/a" if pd.isna(value) else f"{100 * value:.1f}")
+    return shown.rename(columns={"kept_fraction": "kept %", "fetched_fraction": "fetched %"})
+
+
+def fetch_markdown(table: pd.DataFrame) -> str:
+    text = ("## Data\n\nWhat the fetch stage got, per group of hub shards: samples listed in the shards, "
+            "URLs tried and images fetched, failed URLs by reason, images dropped because their sha256 "
+            "differs from the recorded one, and samples kept (kept % = kept / listed).\n\n")
+    return text + to_markdown(display_fetch_table(table))

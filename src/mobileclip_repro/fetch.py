@@ -1,0 +1,753 @@
+"""`fetch`: one group of hub shards -> DataComp shards with images (+ Apple's DataCompDR shards).
+
+What is on the hub, and so what this module reads
+-------------------------------------------------
+* ``apple/DataCompDR-12M`` / ``apple/DataCompDR-1B`` (``--dr-repo``): webdataset tars named
+  by shard id (``00000000.tar``, ..., and ``00/00000000.tar``, ... for 1B), one sample per
+  image with ``url.txt``, ``syn.json``, ``paug.json``, ``npz`` and ``json`` {uid, sha256}:
+  no image and no caption (the DataCompDR dataset cards; reference.md §3).
+* ``mlfoundations/DataComp-12M`` -> layout ``shards``: webdataset tars with the *same shard
+  ids* at the repo root (``00000093.tar``, 1,024 shards, 12,784,978 samples), one sample
+  per image with ``url.txt``, ``txt`` (the original caption) and ``json`` {uid, sha256,
+  original_height, original_width}, no image. Sources: that repo's dataset card and file
+  listing, and Apple's cards (apple/DataComp-12M, apple/DataCompDR-12M): "The UIDs per
+  shards match between mlfoundations/DataComp-12M and apple/DataCompDR-12M", and "the
+  image assignment to shards is the same for both" (DataCompDR-12M discussion #5). So
+  DataComp shard <id> is joined with DataCompDR shard <id>, by uid.
+* ``mlfoundations/datacomp_1b`` -> layout ``parquet``: metadata in parquet files named by a
+  hash, not by shard, with ``uid``, ``url``, ``text``, ``sha256``, ... (the repo's file listing;
+  mlfoundations/datacomp's download_upstream.py reads the same columns, ``url_col="url"``,
+  ``caption_col="text"``, and hands them to img2dataset). DataCompDR-1B's shards are a subset
+  of it, so every ``*.parquet`` of the repo is downloaded once (into the staging folder,
+  shared by all groups) and scanned for the uids of the group's DataCompDR shards; only the
+  caption comes from the parquet, URL and sha256 from the DataCompDR sample. This layout
+  needs ``--dr-repo``: without it nothing says which rows form a shard.
+
+``--datacomp-layout auto`` (the default) lists the repo once and picks ``shards`` when it
+holds ``*.tar`` files and ``parquet`` when it holds ``*.parquet`` files.
+
+Per shard id of the group: the DataCompDR tar is downloaded with ``hf_hub_download``
+(``HF_ENDPOINT``, ``HF_TOKEN`` and the other ``HF_*`` variables apply as in
+huggingface_hub), checked (``shards.is_readable_tar`` and every member's data inside the
+file), re-downloaded once if broken and otherwise the shard is counted as failed; it is
+installed atomically at ``<dr-dir>/<id>.tar``. Captions (and, without DataCompDR, URLs and
+sha256) come from the DataComp source above. Images are downloaded from their URLs, their
+bytes are checked against the recorded sha256 (DataCompDR's ``json``, else DataComp's) and
+stored *unmodified* under ``jpg`` (whatever their format: re-encoding would break the
+sha256 the reinforcement was computed for). The DataComp shard ``<datacomp-dir>/<id>.tar``
+has exactly the DataCompDR keys, in sorted order, minus the samples lost, so training's
+merge-join by key (``samples.joined_samples``) pairs them; without DataCompDR the DataComp
+keys are kept.
+
+Why not img2dataset: img2dataset 1.47.0 requires ``webdataset<0.3`` (this project pins
+webdataset 1.0.2) and pulls wandb, albumentations and opencv; and by default it re-encodes
+images, which breaks the sha256 check. The downloader here is ~100 lines over requests: a
+thread pool per process (``--processes`` shards at a time x ``--threads`` URLs per shard;
+DataComp's own download uses 16 x 128), a per-URL deadline (``--timeout``: a connect or a
+silent read fails after ``timeout`` s, a trickling body is cut once ``timeout`` s have
+passed since its first byte, so one URL costs at most about twice the timeout per try),
+(DNS lookups are bounded by the system resolver, not by ``--timeout``), retries
+(``--retries``) only for connection errors and HTTP 429/5xx, a size cap, and
+img2dataset's default opt-out rule (``X-Robots-Tag: noai|noimageai|noindex|noimageindex``
+drops the image).
+
+Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
+(``--manifest``, with the per-shard entries and totals): ``samples_listed`` =
+``no_caption`` + ``no_url`` + ``urls_tried``; ``urls_tried`` = ``images_fetched`` + the
+``failed`` counts by reason (FAILURE_REASONS); ``images_fetched`` = ``sha256_mismatch`` +
+``samples_kept``. ``report --fetch-manifests-dir`` totals the group manifests.
+
+Resumable: every file gets its final name only once complete (``shards.atomic_output``);
+a rerun skips a shard whose DataComp tar, manifest (and DataCompDR tar) exist and read
+back, and redoes any other (a ``.partial`` leftover is overwritten). A shard that fails
+(its DataCompDR tar is broken twice, or missing on the hub) is recorded in the group
+manifest and retried by the next run; a failed URL never stops its shard.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tarfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from mobileclip_repro import shards
+from mobileclip_repro.hub import shard_groups
+
+log = logging.getLogger("mobileclip_repro.fetch")
+
+MANIFEST_SCHEMA = "mobileclip_repro/fetch-manifest/1"
+SHARD_MANIFEST_SCHEMA = "mobileclip_repro/fetch-shard/1"
+FAILURE_REASONS = (
+    "http_404",      # 404 / 410: the image is gone
+    "http_error",    # any other non-200 status (after retries for 429 / 5xx)
+    "timeout",       # no answer, or no complete body, within the deadline
+    "connection",    # DNS, refused, reset, TLS, broken transfer (after retries)
+    "invalid_url",   # not an http(s) URL
+    "too_large",     # body over --max-image-bytes
+    "opted_out",     # X-Robots-Tag noai / noimageai / noindex / noimageindex
+)
+COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch",
+            "samples_kept")
+OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+USER_AGENT_TOKEN = "mobileclip-repro-fetch"
+USER_AGENT = f"{USER_AGENT_TOKEN}/0.1 (research reproduction of DataComp/DataCompDR; image-text pairs)"
+TAR_MTIME = 0  # fixed member mtime: the same bytes give the same shard
+
+
+class ShardFailed(Exception):
+    """The shard cannot be built in this run (hub file missing or broken); it is retried next run."""
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    datacomp_repo: str
+    datacomp_dir: Path
+    dr_repo: str | None = None
+    dr_dir: Path | None = None
+    layout: str = "auto"              # auto | shards | parquet
+    datacomp_revision: str | None = None
+    dr_revision: str | None = None
+    staging_dir: Path | None = None
+    processes: int = 1                # shards in parallel (processes)
+    threads: int = 64                 # URLs in flight per shard
+    timeout: float = 10.0
+    retries: int = 1
+    max_image_bytes: int = 64 << 20
+
+    def staging(self) -> Path:
+        """Hub downloads land here first; a sibling of the shard folders, so moves are renames."""
+        if self.staging_dir is not None:
+            return Path(self.staging_dir)
+        return Path(self.datacomp_dir).parent / ".fetch-staging"
+
+
+@dataclass
+class SourceSample:
+    """One sample to build: where its image is and what it must hash to."""
+    key: str
+    uid: str
+    url: str | None
+    sha256: str | None
+    caption: str | None
+
+
+@dataclass
+class ShardCounts:
+    samples_listed: int = 0
+    no_caption: int = 0
+    no_url: int = 0
+    urls_tried: int = 0
+    images_fetched: int = 0
+    sha256_mismatch: int = 0
+    samples_kept: int = 0
+    failed: dict = field(default_factory=lambda: {reason: 0 for reason in FAILURE_REASONS})
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub access
+
+
+def _endpoint() -> str | None:
+    """``HF_ENDPOINT`` read now, not when huggingface_hub was imported (None: the library's default)."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
+def hub_download(repo_id: str, filename: str, local_dir: Path, *, revision: str | None = None,
+                 force: bool = False) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=local_dir,
+                                force_download=force, endpoint=_endpoint()))
+
+
+def hub_list_files(repo_id: str, revision: str | None = None) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=_endpoint()).list_repo_files(repo_id, repo_type="dataset", revision=revision)
+
+
+def detect_layout(files: list[str]) -> str:
+    if any(name.endswith(".tar") for name in files):
+        return "shards"
+    if any(name.endswith(".parquet") for name in files):
+        return "parquet"
+    raise ValueError("the DataComp repo holds neither *.tar shards nor *.parquet metadata "
+                     f"({len(files)} files); pass --datacomp-layout")
+
+
+def tar_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete tar (None when it is): unreadable headers or data past its end."""
+    if not shards.is_readable_tar(path):
+        return "not a readable tar (truncated or corrupt)"
+    size = path.stat().st_size
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.offset_data + member.size > size:
+                return f"member {member.name} runs past the end of the file"
+    return None
+
+
+def _install(source: Path, destination: Path) -> None:
+    """Move a checked download to its final name, atomically (a copy when they are on two file systems)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, destination)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        with shards.atomic_output(destination) as partial:
+            shutil.copyfile(source, partial)
+        source.unlink()
+
+
+def download_checked_tar(repo_id: str, filename: str, local_dir: Path, revision: str | None) -> Path:
+    """Download a tar from the hub; one re-download if it is broken, then ShardFailed."""
+    problem = None
+    for attempt in range(2):
+        try:
+            path = hub_download(repo_id, filename, local_dir, revision=revision, force=attempt > 0)
+        except Exception as error:  # noqa: BLE001 - huggingface_hub / network errors: the shard fails, not the group
+            raise ShardFailed(f"{repo_id}/{filename}: download failed: {type(error).__name__}: {error}") from None
+        problem = tar_problem(path)
+        if problem is None:
+            return path
+        log.warning("%s/%s: %s%s", repo_id, filename, problem, "; downloading it again" if attempt == 0 else "")
+    path.unlink(missing_ok=True)
+    raise ShardFailed(f"{repo_id}/{filename}: {problem} (twice)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading shards without decoding their payloads
+
+
+def _small_members(path: Path, wanted: tuple[str, ...]) -> dict[str, dict[str, bytes]]:
+    """``{key: {ext: bytes}}`` for members whose extension is in ``wanted``; other members are skipped unread."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, _, base = member.name.rpartition("/")
+            stem, dot, ext = base.partition(".")
+            if not dot or ext not in wanted:
+                continue
+            key = f"{directory}/{stem}" if directory else stem
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        return None
+
+
+def _meta(raw: bytes | None) -> dict:
+    try:
+        meta = json.loads(raw) if raw is not None else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_dr_index(path: Path) -> list[SourceSample]:
+    """The DataCompDR samples of a shard (key, uid, URL, sha256), sorted by key; no caption yet."""
+    index = []
+    for key, members in _small_members(path, ("json", "url.txt")).items():
+        meta = _meta(members.get("json"))
+        if "uid" not in meta:
+            continue  # not a DataCompDR sample; training would skip it as well
+        sha = meta.get("sha256")
+        index.append(SourceSample(key, str(meta["uid"]), _text(members.get("url.txt")),
+                                  str(sha).lower() if sha else None, None))
+    return sorted(index, key=lambda sample: sample.key)
+
+
+def read_datacomp_index(path: Path) -> list[SourceSample]:
+    """The DataComp samples of a caption shard (``url.txt``, ``txt``, ``json``), sorted by key."""
+    index = []
+    for key, members in _small_members(path, ("json", "txt", "url.txt")).items():
+        meta = _meta(members.get("json"))
+        if "uid" not in meta:
+            continue
+        caption = _text(members.get("txt"))
+        if caption is None and isinstance(meta.get("caption") or meta.get("text"), str):
+            caption = (meta.get("caption") or meta.get("text")).strip() or None
+        url = _text(members.get("url.txt")) or (meta.get("url") if isinstance(meta.get("url"), str) else None)
+        sha = meta.get("sha256")
+        index.append(SourceSample(key, str(meta["uid"]), url, str(sha).lower() if sha else None, caption))
+    return sorted(index, key=lambda sample: sample.key)
+
+
+def _parquet_columns(schema) -> tuple[list[str], object, object]:
+    """Columns to read and how to get uid and caption: datacomp_1b's ``uid``/``text``, or the
+    datasets-converted webdataset layout (``json`` struct holding ``uid``, ``txt``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = schema.names
+    if "uid" in names:
+        uid_column, uid_of = "uid", lambda batch: batch.column("uid")
+    elif "json" in names and pa.types.is_struct(schema.field("json").type) \
+            and schema.field("json").type.get_field_index("uid") >= 0:
+        uid_column, uid_of = "json", lambda batch: pc.struct_field(batch.column("json"), "uid")
+    else:
+        raise ValueError(f"DataComp parquet has no uid column (columns: {names})")
+    text_column = next((name for name in ("text", "txt", "caption") if name in names), None)
+    if text_column is None:
+        raise ValueError(f"DataComp parquet has no caption column text/txt/caption (columns: {names})")
+    return [uid_column, text_column], uid_of, lambda batch: batch.column(text_column)
+
+
+def parquet_captions(paths: list[Path], uids: set[str]) -> dict[str, str]:
+    """``{uid: caption}`` for the wanted uids, scanning DataComp parquet metadata one batch at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    found: dict[str, str] = {}
+    if not uids:
+        return found
+    value_set = pa.array(sorted(uids), pa.string())
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        try:
+            columns, uid_of, text_of = _parquet_columns(parquet.schema_arrow)
+        except ValueError as error:
+            raise ValueError(f"{path.name}: {error}") from None
+        for batch in parquet.iter_batches(columns=columns, batch_size=1 << 16):
+            batch_uids = pc.cast(uid_of(batch), pa.string())
+            mask = pc.fill_null(pc.is_in(batch_uids, value_set=value_set), False)
+            if pc.any(mask).as_py():
+                found.update(zip(pc.filter(batch_uids, mask).to_pylist(), pc.filter(text_of(batch), mask).to_pylist()))
+        if len(found) == len(uids):
+            break
+    return {uid: text.strip() for uid, text in found.items() if isinstance(text, str) and text.strip()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image downloads
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def _opted_out(headers) -> bool:
+    """img2dataset's rule: an X-Robots-Tag for every agent (or for ours) with an opt-out directive."""
+    value = headers.get("X-Robots-Tag")
+    if not value:
+        return False
+    agent, colon, directives = value.partition(":")
+    if colon and agent.strip().lower() != USER_AGENT_TOKEN:
+        if any(part.strip().lower() in OPT_OUT_DIRECTIVES for part in agent.split(",")):
+            return True  # "noai, googlebot: ..." : the part before the agent applies to all
+        return False
+    listed = directives if colon else value
+    return any(part.strip().lower() in OPT_OUT_DIRECTIVES for part in listed.split(","))
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """requests reports a read timeout inside a streamed body as a ConnectionError wrapping urllib3's."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return isinstance(error, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in error.args)
+
+
+def fetch_url(url: str, timeout: float, retries: int, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """``(body, None)`` or ``(None, reason)`` with reason in FAILURE_REASONS. Never raises."""
+    if not url.lower().startswith(("http://", "https://")):
+        return None, "invalid_url"
+    reason = "connection"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(0.5 * attempt, 2.0))
+        try:
+            with _session().get(url, timeout=(timeout, timeout), stream=True) as response:
+                if response.status_code in (404, 410):
+                    return None, "http_404"
+                if response.status_code != 200:
+                    reason = "http_error"
+                    if response.status_code == 429 or response.status_code >= 500:
+                        continue
+                    return None, reason
+                if _opted_out(response.headers):
+                    return None, "opted_out"
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    return None, "too_large"
+                deadline = time.monotonic() + timeout
+                body = bytearray()
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        return None, "too_large"
+                    if time.monotonic() > deadline:
+                        return None, "timeout"
+                return bytes(body), None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema, ValueError):
+            return None, "invalid_url"
+        except (requests.RequestException, OSError) as error:
+            if _is_timeout(error):
+                return None, "timeout"  # not retried: a retry would double the stall
+            reason = "connection"
+    return None, reason
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard
+
+
+def _paths(shard_id: str, opts: FetchOptions) -> tuple[Path, Path, Path | None]:
+    datacomp_tar = Path(opts.datacomp_dir) / f"{shard_id}.tar"
+    manifest = datacomp_tar.with_name(datacomp_tar.name + ".manifest.json")
+    dr_tar = Path(opts.dr_dir) / f"{shard_id}.tar" if opts.dr_repo else None
+    return datacomp_tar, manifest, dr_tar
+
+
+def load_done_shard(shard_id: str, opts: FetchOptions) -> dict | None:
+    """The shard's manifest if the shard is complete for these repos (so a rerun skips it), else None."""
+    datacomp_tar, manifest_path, dr_tar = _paths(shard_id, opts)
+    if not (datacomp_tar.is_file() and manifest_path.is_file()):
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(manifest, dict) or manifest.get("schema") != SHARD_MANIFEST_SCHEMA
+            or manifest.get("status") != "ok" or manifest.get("datacomp_repo") != opts.datacomp_repo
+            or manifest.get("dr_repo") != opts.dr_repo):
+        return None
+    if not shards.is_readable_tar(datacomp_tar):
+        return None
+    if dr_tar is not None and not (dr_tar.is_file() and shards.is_readable_tar(dr_tar)):
+        return None
+    return manifest
+
+
+def ensure_dr_shard(shard_id: str, opts: FetchOptions) -> Path:
+    """The installed DataCompDR tar of the shard, downloaded unless a complete one is already there."""
+    _, _, dr_tar = _paths(shard_id, opts)
+    if dr_tar.is_file() and tar_problem(dr_tar) is None:
+        return dr_tar
+    staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_revision)
+    _install(staged, dr_tar)
+    return dr_tar
+
+
+def datacomp_shard_index(shard_id: str, opts: FetchOptions) -> list[SourceSample]:
+    """Layout ``shards``: the DataComp caption shard of the same id, read, then its download removed."""
+    staged = download_checked_tar(opts.datacomp_repo, f"{shard_id}.tar", opts.staging() / "datacomp",
+                                  opts.datacomp_revision)
+    try:
+        return read_datacomp_index(staged)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def join_captions(dr_index: list[SourceSample], by_uid: dict[str, SourceSample]) -> list[SourceSample]:
+    """DataCompDR samples with their DataComp caption (and the DataComp URL when DR has none)."""
+    joined = []
+    for sample in dr_index:
+        source = by_uid.get(sample.uid)
+        joined.append(replace(sample, caption=source.caption if source else None,
+                              url=sample.url or (source.url if source else None),
+                              sha256=sample.sha256 or (source.sha256 if source else None)))
+    return joined
+
+
+def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) -> ShardCounts:
+    """Download the images of ``samples`` and write the DataComp shard (keys in sorted order)."""
+    counts = ShardCounts(samples_listed=len(samples))
+    todo = []
+    for sample in sorted(samples, key=lambda s: s.key):
+        if sample.caption is None:
+            counts.no_caption += 1
+        elif not sample.url:
+            counts.no_url += 1
+        else:
+            todo.append(sample)
+    datacomp_tar, _, _ = _paths(shard_id, opts)
+    window = max(1, opts.threads) * 4  # bounds memory: at most this many images held at once
+    with shards.atomic_tar_writer(datacomp_tar, mtime=TAR_MTIME) as writer, \
+            ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+        pending: collections.deque = collections.deque()
+        upcoming = iter(todo)
+
+        def submit_next() -> None:
+            sample = next(upcoming, None)
+            if sample is not None:
+                pending.append((sample, pool.submit(fetch_url, sample.url, opts.timeout, opts.retries,
+                                                    opts.max_image_bytes)))
+
+        for _ in range(window):
+            submit_next()
+        while pending:
+            sample, future = pending.popleft()
+            body, reason = future.result()  # in key order; later URLs keep downloading meanwhile
+            submit_next()
+            counts.urls_tried += 1
+            if body is None:
+                counts.failed[reason] += 1
+                continue
+            counts.images_fetched += 1
+            if sample.sha256 is not None and shards.sha256_hex(body) != sample.sha256:
+                counts.sha256_mismatch += 1
+                continue
+            writer.write(shards.datacomp_record(sample.key, body, sample.caption, sample.uid, sample.url))
+            counts.samples_kept += 1
+    return counts
+
+
+def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | None = None) -> dict:
+    """Build one shard; returns its manifest entry (status ``ok`` or ``failed``). Never raises ShardFailed."""
+    start = time.monotonic()
+    datacomp_tar, manifest_path, dr_tar = _paths(shard_id, opts)
+    entry = {"schema": SHARD_MANIFEST_SCHEMA, "shard": shard_id, "datacomp_repo": opts.datacomp_repo,
+             "dr_repo": opts.dr_repo, "layout": opts.layout}
+    try:
+        if opts.dr_repo:
+            dr_path = ensure_dr_shard(shard_id, opts)
+            dr_index = read_dr_index(dr_path)
+            if captions is not None:
+                by_uid = {uid: SourceSample("", uid, None, None, text) for uid, text in captions.items()}
+            else:
+                by_uid = {sample.uid: sample for sample in datacomp_shard_index(shard_id, opts)}
+            samples = join_captions(dr_index, by_uid)
+        else:
+            samples = datacomp_shard_index(shard_id, opts)
+        counts = build_shard(shard_id, samples, opts)
+    except ShardFailed as error:
+        log.warning("shard %s failed: %s", shard_id, error)
+        return {**entry, "status": "failed", "error": str(error), "elapsed_s": round(time.monotonic() - start, 3)}
+    elapsed = time.monotonic() - start
+    entry.update(status="ok", datacomp_tar=str(datacomp_tar), dr_tar=str(dr_tar) if dr_tar else None,
+                 **{name: getattr(counts, name) for name in COUNTERS}, failed=counts.failed,
+                 elapsed_s=round(elapsed, 3), images_per_s=round(counts.images_fetched / max(elapsed, 1e-9), 2))
+    shards.write_json_atomic(manifest_path, entry)
+    return entry
+
+
+def _fetch_shard_job(shard_id: str, opts: FetchOptions, captions: dict | None, log_level: int) -> dict:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return fetch_shard(shard_id, opts, captions)
+
+
+def _dr_uids_job(shard_id: str, opts: FetchOptions, log_level: int) -> tuple[str, list[str] | None, str | None]:
+    """Layout ``parquet``, first pass: the shard's DataCompDR tar installed, and its uids."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return shard_id, [sample.uid for sample in read_dr_index(ensure_dr_shard(shard_id, opts))], None
+    except ShardFailed as error:
+        log.warning("shard %s failed: %s", shard_id, error)
+        return shard_id, None, str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# One group
+
+
+def _totals(entries: list[dict]) -> dict:
+    ok = [entry for entry in entries if entry.get("status") == "ok"]
+    totals = {name: sum(int(entry.get(name, 0)) for entry in ok) for name in COUNTERS}
+    reasons = list(FAILURE_REASONS) + sorted({r for e in ok for r in e.get("failed", {})} - set(FAILURE_REASONS))
+    totals["failed"] = {reason: sum(int(entry.get("failed", {}).get(reason, 0)) for entry in ok) for reason in reasons}
+    totals.update(shards=len(entries), shards_ok=len(ok), shards_failed=len(entries) - len(ok),
+                  shards_resumed=sum(bool(entry.get("resumed")) for entry in entries))
+    return totals
+
+
+def _parallel(function, jobs: list[tuple], processes: int, description: str):
+    """``function(*job)`` for each job: in this process when ``processes`` is 1, else in spawned processes.
+
+    Yields results as they complete, under one tqdm bar.
+    """
+    bar = tqdm(total=len(jobs), desc=description, unit="shard", mininterval=5)
+    try:
+        if processes <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield function(*job)
+                bar.update()
+            return
+        # forkserver: workers fork from a clean single-threaded server that imported this module
+        # once (no fork of a process with live threads, no re-import of torch per worker)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
+            for future in as_completed([pool.submit(function, *job) for job in jobs]):
+                yield future.result()
+                bar.update()
+    finally:
+        bar.close()
+
+
+def _parquet_files(opts: FetchOptions) -> list[Path]:
+    names = sorted(name for name in hub_list_files(opts.datacomp_repo, opts.datacomp_revision)
+                   if name.endswith(".parquet"))
+    if not names:
+        raise ValueError(f"{opts.datacomp_repo} holds no *.parquet files")
+    local_dir = opts.staging() / "parquet" / opts.datacomp_repo.replace("/", "--")
+    return [hub_download(opts.datacomp_repo, name, local_dir, revision=opts.datacomp_revision) for name in names]
+
+
+def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
+    """Fetch every shard of a group that is not already complete; returns the group manifest."""
+    start = time.monotonic()
+    level = log.getEffectiveLevel()
+    entries: dict[str, dict] = {}
+    pending = []
+    for shard_id in shard_ids:
+        done = load_done_shard(shard_id, opts)
+        if done is not None:
+            entries[shard_id] = {**done, "resumed": True}
+        else:
+            pending.append(shard_id)
+    log.info("%d shards in the group: %d already complete, %d to fetch", len(shard_ids), len(entries), len(pending))
+
+    layout = opts.layout
+    if pending and layout == "auto":
+        layout = detect_layout(hub_list_files(opts.datacomp_repo, opts.datacomp_revision))
+        log.info("%s: layout %r", opts.datacomp_repo, layout)
+    opts = replace(opts, layout=layout)
+    if layout == "parquet" and not opts.dr_repo:
+        raise ValueError(f"{opts.datacomp_repo} is parquet metadata, not shards: it needs --dr-repo to say which "
+                         "samples form each shard")
+
+    captions: dict[str, dict[str, str] | None] = {shard_id: None for shard_id in pending}
+    if pending and layout == "parquet":
+        uids_by_shard = {}
+        for shard_id, uids, error in _parallel(_dr_uids_job, [(s, opts, level) for s in pending], opts.processes,
+                                               "DataCompDR shards"):
+            if error is not None:
+                entries[shard_id] = {"schema": SHARD_MANIFEST_SCHEMA, "shard": shard_id, "status": "failed",
+                                     "error": error, "datacomp_repo": opts.datacomp_repo, "dr_repo": opts.dr_repo,
+                                     "layout": layout}
+            else:
+                uids_by_shard[shard_id] = uids
+        wanted = {uid for uids in uids_by_shard.values() for uid in uids}
+        log.info("looking up %d uids in %s", len(wanted), opts.datacomp_repo)
+        found = parquet_captions(_parquet_files(opts), wanted) if wanted else {}
+        pending = [shard_id for shard_id in pending if shard_id in uids_by_shard]
+        captions = {shard_id: {uid: found[uid] for uid in uids_by_shard[shard_id] if uid in found}
+                    for shard_id in pending}
+
+    jobs = [(shard_id, opts, captions[shard_id], level) for shard_id in pending]
+    for entry in _parallel(_fetch_shard_job, jobs, opts.processes, "shards"):
+        entries[entry["shard"]] = entry
+        if entry["status"] == "ok":
+            log.info("shard %s: %d/%d samples kept; %d of %d URLs fetched in %.1f s (%.1f images/s)",
+                     entry["shard"], entry["samples_kept"], entry["samples_listed"], entry["images_fetched"],
+                     entry["urls_tried"], entry["elapsed_s"], entry["images_per_s"])
+
+    ordered = [entries[shard_id] for shard_id in shard_ids]
+    elapsed = time.monotonic() - start
+    fetched_now = sum(e.get("images_fetched", 0) for e in ordered if e.get("status") == "ok" and not e.get("resumed"))
+    return {"schema": MANIFEST_SCHEMA, "datacomp_repo": opts.datacomp_repo, "dr_repo": opts.dr_repo,
+            "layout": layout, "datacomp_dir": str(opts.datacomp_dir),
+            "dr_dir": str(opts.dr_dir) if opts.dr_repo else None, "totals": _totals(ordered), "shards": ordered,
+            "elapsed_s": round(elapsed, 3), "images_per_s": round(fetched_now / max(elapsed, 1e-9), 2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_shard_spec(text: str):
+    """``--shard-spec``: JSON (a string or a list of strings), or a bare brace pattern."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(spec, str) or (isinstance(spec, list) and all(isinstance(item, str) for item in spec)):
+        return spec
+    raise ValueError(f"--shard-spec must be a brace pattern or a JSON list of them, got {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datacomp-repo", required=True, help="hub dataset with DataComp captions/URLs")
+    parser.add_argument("--dr-repo", default=None,
+                        help="hub dataset with DataCompDR shards (absent: no reinforcement is fetched)")
+    parser.add_argument("--shard-spec", required=True,
+                        help='shard ids in brace notation, as JSON: "{00000000..00001023}" or a list of such')
+    parser.add_argument("--group", required=True, help="group index (e.g. 00003) among the spec's groups")
+    parser.add_argument("--group-size", type=int, required=True, help="shards per group")
+    parser.add_argument("--datacomp-dir", type=Path, required=True, help="where DataComp shards (with images) go")
+    parser.add_argument("--dr-dir", type=Path, default=None, help="where DataCompDR shards go (with --dr-repo)")
+    parser.add_argument("--manifest", type=Path, required=True, help="the group manifest to write")
+    parser.add_argument("--processes", type=int, default=1, help="shards fetched in parallel (processes)")
+    parser.add_argument("--threads", type=int, default=64, help="image downloads in flight per process")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per URL (connect, read, whole body)")
+    parser.add_argument("--retries", type=int, default=1, help="extra tries after a connection error or HTTP 429/5xx")
+    parser.add_argument("--max-image-bytes", type=int, default=64 << 20)
+    parser.add_argument("--datacomp-layout", choices=("auto", "shards", "parquet"), default="auto",
+                        help="DataComp repo layout: per-shard tars or parquet metadata (auto: from its file list)")
+    parser.add_argument("--datacomp-revision", default=None, help="branch, tag or commit of --datacomp-repo")
+    parser.add_argument("--dr-revision", default=None, help="branch, tag or commit of --dr-repo")
+    parser.add_argument("--staging-dir", type=Path, default=None,
+                        help="hub downloads before they are checked (default: <datacomp-dir>/../.fetch-staging)")
+
+
+def command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.dr_repo and args.dr_dir is None:
+        raise ValueError("--dr-repo needs --dr-dir")
+    if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0:
+        raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries >= 0")
+    groups = shard_groups(parse_shard_spec(args.shard_spec), args.group_size)
+    index = int(args.group)
+    if not 0 <= index < len(groups):
+        raise ValueError(f"--group {args.group}: the spec has {len(groups)} groups of {args.group_size}")
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # one bar per hub file would drown the log; ours counts shards
+    except ImportError:
+        pass
+    opts = FetchOptions(datacomp_repo=args.datacomp_repo, datacomp_dir=args.datacomp_dir, dr_repo=args.dr_repo or None,
+                        dr_dir=args.dr_dir, layout=args.datacomp_layout, datacomp_revision=args.datacomp_revision,
+                        dr_revision=args.dr_revision, staging_dir=args.staging_dir, processes=args.processes,
+                        threads=args.threads, timeout=args.timeout, retries=args.retries,
+                        max_image_bytes=args.max_image_bytes)
+    manifest = fetch_group(groups[index], opts)
+    manifest.update(group=args.group, group_index=index, group_size=args.group_size,
+                    options={key: str(value) if isinstance(value, Path) else value
+                             for key, value in asdict(opts).items()})
+    totals = manifest["totals"]
+    failures = ", ".join(f"{reason} {n}" for reason, n in totals["failed"].items() if n) or "none"
+    log.info("group %s: %d/%d shards ok (%d resumed); %d samples kept of %d listed; URLs: %d tried, %d fetched "
+             "(%.1f images/s this run), failed: %s; sha256 mismatches %d; no caption %d",
+             args.group, totals["shards_ok"], totals["shards"], totals["shards_resumed"], totals["samples_kept"],
+             totals["samples_listed"], totals["urls_tried"], totals["images_fetched"], manifest["images_per_s"],
+             failures, totals["sha256_mismatch"], totals["no_caption"])
+    if totals["shards"] and not totals["shards_ok"]:
+        log.error("group %s: no shard could be fetched (check the repo names, HF_ENDPOINT and HF_TOKEN); "
+                  "no manifest written", args.group)
+        return 1
+    shards.write_json_atomic(args.manifest, manifest)
+    print(args.manifest)
+    return 0

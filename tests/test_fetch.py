@@ -1,0 +1,472 @@
+"""`fetch` against a fake hub + image server on 127.0.0.1: huggingface_hub's real download path
+(HEAD/GET /datasets/<repo>/resolve/<rev>/<file>, the tree API for the layout), images that
+404, time out, fail, changed, opted out; resumability; the DataComp ⋈ DataCompDR join."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from mobileclip_repro import fetch, shards, toyworld
+from mobileclip_repro.cli import main
+
+TIMEOUT = 1.0          # the fetch's per-URL timeout in these tests
+SLOW_SECONDS = 2.5     # how long the slow URL sleeps before answering
+PER_SHARD = 8
+DR_REPO = "apple/DataCompDR-toy"
+DC_REPO = "mlfoundations/DataComp-toy"
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake hub
+
+
+class FakeHub:
+    """Files of hub dataset repos, images by name, and a log of every request."""
+
+    def __init__(self):
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.images: dict[str, bytes] = {}
+        self.special: dict[str, str] = {}       # image name -> "slow" | "error" | "opted_out"
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.base_url = ""
+
+    def log(self, method: str, path: str) -> None:
+        with self.lock:
+            self.requests.append((method, path))
+
+    def taken(self) -> list[tuple[str, str]]:
+        with self.lock:
+            taken, self.requests = self.requests, []
+        return taken
+
+
+def _handler(hub: FakeHub):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict | None = None, head: bool = False) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _route(self, head: bool) -> None:
+            path = unquote(urlsplit(self.path).path)
+            hub.log(self.command, path)
+            parts = path.strip("/").split("/")
+            try:
+                if parts[:1] == ["datasets"] and len(parts) >= 6 and parts[3] == "resolve":
+                    return self._resolve(f"{parts[1]}/{parts[2]}", "/".join(parts[5:]), head)
+                if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "tree":
+                    return self._tree(f"{parts[2]}/{parts[3]}")
+                if parts[:1] == ["img"] and len(parts) == 2:
+                    return self._image(parts[1], head)
+                self._send(404, b"not found")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timed-out URL)
+
+        def _resolve(self, repo: str, filename: str, head: bool) -> None:
+            content = hub.files.get((repo, filename))
+            commit = hashlib.sha1(repo.encode()).hexdigest()
+            if content is None:
+                return self._send(404, b'{"error": "Entry not found"}',
+                                  {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, head)
+            self._send(200, content, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
+                                      "Content-Type": "application/octet-stream"}, head)
+
+        def _tree(self, repo: str) -> None:
+            listing = [{"type": "file", "path": name, "size": len(content),
+                        "oid": hashlib.sha1(content).hexdigest()}
+                       for (owner, name), content in sorted(hub.files.items()) if owner == repo]
+            if not listing:
+                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
+
+        def _image(self, name: str, head: bool) -> None:
+            special = hub.special.get(name)
+            if special == "slow":
+                time.sleep(SLOW_SECONDS)
+            if special == "error":
+                return self._send(500, b"server error", head=head)
+            if name not in hub.images:
+                return self._send(404, b"gone", head=head)
+            headers = {"Content-Type": "image/jpeg"}
+            if special == "opted_out":
+                headers["X-Robots-Tag"] = "noai, noimageai"
+            self._send(200, hub.images[name], headers, head)
+
+        def do_HEAD(self):
+            self._route(head=True)
+
+        def do_GET(self):
+            self._route(head=False)
+
+    return Handler
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    fake = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", fake.base_url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub content from the project's own generators
+
+
+@dataclass
+class Sample:
+    key: str
+    uid: str
+    jpg: bytes
+    caption: str
+
+    @property
+    def sha256(self) -> str:
+        return shards.sha256_hex(self.jpg)
+
+
+def _tar_bytes(records: list[dict]) -> bytes:
+    stream = io.BytesIO()
+    writer = wds.TarWriter(stream, mtime=0)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    return stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def toy_samples(tmp_path_factory) -> list[list[Sample]]:
+    """Three shards of toy-world DataComp samples (images, captions, uids)."""
+    root = tmp_path_factory.mktemp("toy")
+    toyworld.generate(root, train_samples=3 * PER_SHARD, teacher_samples=1, benchmark_samples=1,
+                      samples_per_shard=PER_SHARD)
+    return [[Sample(raw["__key__"], json.loads(raw["json"])["uid"], raw["jpg"], raw["txt"].decode())
+             for raw in shards.iter_raw_samples(path)]
+            for path in shards.list_shards(root / "datacomp")]
+
+
+def dr_tar(samples: list[Sample], base_url: str, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return _tar_bytes([shards.dr_record(s.key, s.uid, s.sha256, f"{base_url}/img/{s.uid}.jpg",
+                                        ["a synthetic caption", "another one"], [[[0, 0, 16, 16], [[0, 0.0]]]] * 2,
+                                        rng.normal(size=(2, 8)), rng.normal(size=(3, 8)))
+                       for s in samples])
+
+
+def datacomp_caption_tar(samples: list[Sample], base_url: str) -> bytes:
+    """As mlfoundations/DataComp-12M's shards: url.txt, txt, json; no image."""
+    return _tar_bytes([{"__key__": s.key, "url.txt": f"{base_url}/img/{s.uid}.jpg", "txt": s.caption,
+                        "json": json.dumps({"uid": s.uid, "sha256": s.sha256, "original_height": 64,
+                                            "original_width": 64})}
+                       for s in samples])
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/img/refused.jpg"
+
+
+@dataclass
+class World:
+    ids: list[str]
+    samples: dict[str, list[Sample]]
+    good_dr: dict[str, bytes]
+
+
+def publish_shards_world(hub: FakeHub, toy_samples) -> World:
+    """Shard 0 holds one sample of each kind of loss; shard 1's DR tar is truncated on the hub; shard 2 is clean."""
+    ids = [f"{i:08d}" for i in range(3)]
+    world = World(ids, dict(zip(ids, toy_samples)), {})
+    for shard_id, samples in world.samples.items():
+        world.good_dr[shard_id] = dr_tar(samples, hub.base_url)
+        hub.files[(DR_REPO, f"{shard_id}.tar")] = world.good_dr[shard_id]
+        captioned = [s for s in samples if not (shard_id == ids[0] and s is samples[4])]  # sample 4: no caption
+        hub.files[(DC_REPO, f"{shard_id}.tar")] = datacomp_caption_tar(captioned, hub.base_url)
+        for s in samples:
+            hub.images[f"{s.uid}.jpg"] = s.jpg
+    first = world.samples[ids[0]]
+    del hub.images[f"{first[1].uid}.jpg"]                                  # 404
+    hub.special[f"{first[2].uid}.jpg"] = "slow"                             # timeout
+    hub.images[f"{first[3].uid}.jpg"] = first[3].jpg[:-10] + b"changed!!!"  # sha256 mismatch
+    hub.special[f"{first[5].uid}.jpg"] = "error"                            # HTTP 500
+    hub.special[f"{first[7].uid}.jpg"] = "opted_out"                        # X-Robots-Tag: noai
+    # sample 6: a URL nobody listens on (connection refused), in the DR tar
+    rng = np.random.default_rng(0)
+    rebuilt = []
+    for s in first:
+        url = closed_port_url() if s is first[6] else f"{hub.base_url}/img/{s.uid}.jpg"
+        rebuilt.append(shards.dr_record(s.key, s.uid, s.sha256, url, ["a synthetic caption", "another one"],
+                                        [[[0, 0, 16, 16], [[0, 0.0]]]] * 2, rng.normal(size=(2, 8)),
+                                        rng.normal(size=(3, 8))))
+    world.good_dr[ids[0]] = _tar_bytes(rebuilt)
+    hub.files[(DR_REPO, f"{ids[0]}.tar")] = world.good_dr[ids[0]]
+    good = world.good_dr[ids[1]]
+    hub.files[(DR_REPO, f"{ids[1]}.tar")] = good[: len(good) // 2]            # truncated upload
+    return world
+
+
+def options(tmp_path: Path, **overrides) -> fetch.FetchOptions:
+    values = dict(datacomp_repo=DC_REPO, datacomp_dir=tmp_path / "data" / "datacomp", dr_repo=DR_REPO,
+                  dr_dir=tmp_path / "data" / "datacompdr", processes=1, threads=8, timeout=TIMEOUT, retries=1)
+    values.update(overrides)
+    return fetch.FetchOptions(**values)
+
+
+def image_requests(requests: list[tuple[str, str]]) -> list[str]:
+    return [path for method, path in requests if path.startswith("/img/")]
+
+
+EXPECTED_SHARD0 = {"samples_listed": 8, "no_caption": 1, "no_url": 0, "urls_tried": 7, "images_fetched": 2,
+                   "sha256_mismatch": 1, "samples_kept": 1}
+EXPECTED_SHARD0_FAILED = {"http_404": 1, "http_error": 1, "timeout": 1, "connection": 1, "invalid_url": 0,
+                          "too_large": 0, "opted_out": 1}
+
+
+def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
+    from mobileclip_repro.samples import SkipCounter, assemble_dr_example, joined_samples
+
+    world = publish_shards_world(hub, toy_samples)
+    opts = options(tmp_path)
+    started = time.monotonic()
+    manifest = fetch.fetch_group(world.ids, opts)
+    # the slow URL costs about one timeout, not its full SLOW_SECONDS, and nothing waits on it twice
+    assert time.monotonic() - started < 2 * SLOW_SECONDS + 5
+    first_run = hub.taken()
+
+    entries = {entry["shard"]: entry for entry in manifest["shards"]}
+    assert manifest["layout"] == "shards"
+    assert [entry["status"] for entry in manifest["shards"]] == ["ok", "failed", "ok"]
+    shard0 = entries[world.ids[0]]
+    assert {name: shard0[name] for name in EXPECTED_SHARD0} == EXPECTED_SHARD0
+    assert shard0["failed"] == EXPECTED_SHARD0_FAILED
+    assert "truncated" in entries[world.ids[1]]["error"]
+    assert entries[world.ids[2]]["samples_kept"] == PER_SHARD and entries[world.ids[2]]["urls_tried"] == PER_SHARD
+    totals = manifest["totals"]
+    assert totals["shards"] == 3 and totals["shards_ok"] == 2 and totals["shards_failed"] == 1
+    assert totals["samples_listed"] == 16 and totals["urls_tried"] == 15 and totals["images_fetched"] == 10
+    assert totals["samples_kept"] == 9 and totals["sha256_mismatch"] == 1 and totals["no_caption"] == 1
+    assert totals["failed"] == EXPECTED_SHARD0_FAILED
+    # the truncated DR tar was downloaded twice, then given up; its shard's images were never asked for
+    dr1 = f"/datasets/{DR_REPO}/resolve/main/{world.ids[1]}.tar"
+    assert [m for m, p in first_run if p == dr1] == ["HEAD", "GET", "HEAD", "GET"]
+    assert not any(s.uid in path for s in world.samples[world.ids[1]] for path in image_requests(first_run))
+    # HTTP 500 was retried once; the 404 was not
+    uid5, uid1 = world.samples[world.ids[0]][5].uid, world.samples[world.ids[0]][1].uid
+    assert image_requests(first_run).count(f"/img/{uid5}.jpg") == 2
+    assert image_requests(first_run).count(f"/img/{uid1}.jpg") == 1
+
+    # The DataComp shard joins the DR shard key by key, with the original image bytes.
+    datacomp_dir, dr_dir = opts.datacomp_dir, opts.dr_dir
+    for shard_id, kept in ((world.ids[0], [0]), (world.ids[2], range(PER_SHARD))):
+        counter = SkipCounter()
+        pairs = list(joined_samples(datacomp_dir / f"{shard_id}.tar", dr_dir / f"{shard_id}.tar", counter))
+        expected = [world.samples[shard_id][i] for i in kept]
+        assert [dc["__key__"] for dc, _ in pairs] == [s.key for s in expected]
+        for (datacomp, dr), sample in zip(pairs, expected):
+            assert datacomp["jpg"] == sample.jpg and datacomp["txt"].decode() == sample.caption
+            example = assemble_dr_example(datacomp, dr, lambda image, aug: image.size, random.Random(0))
+            assert example.caption == sample.caption
+        assert counter.totals() == ({"no_image": PER_SHARD - 1} if shard_id == world.ids[0] else {})
+    assert not (datacomp_dir / f"{world.ids[1]}.tar").exists()
+    per_shard = json.loads((datacomp_dir / f"{world.ids[0]}.tar.manifest.json").read_text())
+    assert {name: per_shard[name] for name in EXPECTED_SHARD0} == EXPECTED_SHARD0
+
+    # Rerun: complete shards are not touched; the failed one is tried again (still broken).
+    manifest = fetch.fetch_group(world.ids, opts)
+    rerun = hub.taken()
+    assert {path for _, path in rerun} == {dr1, f"/api/datasets/{DC_REPO}/tree/main"}
+    assert [e.get("resumed", False) for e in manifest["shards"]] == [True, False, True]
+    assert manifest["totals"]["samples_kept"] == 9
+
+    # The hub's file is fixed: the rerun completes the shard, and the next one asks for nothing at all.
+    hub.files[(DR_REPO, f"{world.ids[1]}.tar")] = world.good_dr[world.ids[1]]
+    manifest = fetch.fetch_group(world.ids, opts)
+    assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 9 + PER_SHARD
+    assert len(image_requests(hub.taken())) == PER_SHARD
+    manifest = fetch.fetch_group(world.ids, opts)
+    assert hub.taken() == []
+    assert all(entry["resumed"] for entry in manifest["shards"])
+
+    # A deleted DataComp shard is fetched again (its installed DR shard is reused).
+    (datacomp_dir / f"{world.ids[2]}.tar").unlink()
+    manifest = fetch.fetch_group(world.ids, opts)
+    refetch = hub.taken()
+    assert len(image_requests(refetch)) == PER_SHARD
+    assert not any(path.startswith(f"/datasets/{DR_REPO}/") for _, path in refetch)
+    assert manifest["shards"][2]["samples_kept"] == PER_SHARD and not manifest["shards"][2].get("resumed")
+
+    # A truncated DataComp shard (e.g. a killed copy) and a .partial leftover are redone too.
+    tar2 = datacomp_dir / f"{world.ids[2]}.tar"
+    tar2.write_bytes(tar2.read_bytes()[:3000])
+    (datacomp_dir / f"{world.ids[0]}.tar.partial").write_bytes(b"leftover")
+    (datacomp_dir / f"{world.ids[0]}.tar").unlink()
+    manifest = fetch.fetch_group(world.ids, opts)
+    assert shards.is_readable_tar(tar2) and manifest["totals"]["samples_kept"] == 1 + 2 * PER_SHARD
+    hub.taken()
+
+    # Nothing half-written or staged is left behind.
+    assert list(tmp_path.rglob("*.partial")) == [] and list(tmp_path.rglob("*.incomplete")) == []
+    assert list(opts.staging().rglob("*.tar")) == []
+
+
+def test_plain_datacomp_without_dr(hub, toy_samples, tmp_path):
+    """No --dr-repo: DataComp shards only, keys and sha256 from DataComp's own metadata."""
+    samples = toy_samples[2]
+    hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(samples, hub.base_url)
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    hub.images[f"{samples[0].uid}.jpg"] = b"not the recorded image"
+    opts = options(tmp_path, dr_repo=None, dr_dir=None, layout="shards")
+    manifest = fetch.fetch_group(["00000000"], opts)
+    totals = manifest["totals"]
+    assert (totals["urls_tried"], totals["images_fetched"], totals["sha256_mismatch"], totals["samples_kept"]) == \
+        (PER_SHARD, PER_SHARD, 1, PER_SHARD - 1)
+    written = list(shards.iter_raw_samples(opts.datacomp_dir / "00000000.tar"))
+    assert [raw["__key__"] for raw in written] == [s.key for s in samples[1:]]
+    for raw, sample in zip(written, samples[1:]):
+        meta = json.loads(raw["json"])
+        assert raw["jpg"] == sample.jpg and meta["uid"] == sample.uid and meta["sha256"] == sample.sha256
+    assert not (tmp_path / "data" / "datacompdr").exists()
+
+
+def test_parquet_layout_nested_shards(hub, toy_samples, tmp_path):
+    """DataComp-1B style: captions in parquet files named by hash, DR shards under 00/."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = toy_samples[0] + toy_samples[1]
+    ids = ["00/00000000", "00/00000001"]
+    for shard_id, part in zip(ids, (toy_samples[0], toy_samples[1])):
+        hub.files[(DR_REPO, f"{shard_id}.tar")] = dr_tar(part, hub.base_url)
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    rows = [s for s in samples if s is not samples[3]]  # one uid absent from the metadata
+    random.Random(1).shuffle(rows)
+    for name, chunk in (("0a1b2c.parquet", rows[:7]), ("ff00ee.parquet", rows[7:])):
+        table = pa.table({"uid": [s.uid for s in chunk], "url": [f"{hub.base_url}/img/{s.uid}.jpg" for s in chunk],
+                          "text": [s.caption for s in chunk], "sha256": [s.sha256 for s in chunk]})
+        stream = io.BytesIO()
+        pq.write_table(table, stream)
+        hub.files[(DC_REPO, name)] = stream.getvalue()
+    opts = options(tmp_path)
+    manifest = fetch.fetch_group(ids, opts)
+    assert manifest["layout"] == "parquet"
+    assert [e["samples_kept"] for e in manifest["shards"]] == [PER_SHARD - 1, PER_SHARD]
+    assert manifest["shards"][0]["no_caption"] == 1
+    written = list(shards.iter_raw_samples(opts.datacomp_dir / "00" / "00000000.tar"))
+    expected = [s for s in toy_samples[0] if s is not samples[3]]
+    assert [(raw["__key__"], raw["txt"].decode(), raw["jpg"]) for raw in written] == \
+        [(s.key, s.caption, s.jpg) for s in expected]
+    assert (opts.dr_dir / "00" / "00000001.tar").is_file()
+    hub.taken()
+    assert fetch.fetch_group(ids, opts)["totals"]["shards_resumed"] == 2 and hub.taken() == []
+
+
+def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
+    world = publish_shards_world(hub, toy_samples)
+    results = tmp_path / "results" / "x" / "data"
+    group_manifest = results / "fetch" / "group_00000.json"
+    command = [sys.executable, "-m", "mobileclip_repro", "fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO,
+               "--shard-spec", json.dumps(["{00000000..00000002}"]), "--group", "00000", "--group-size", "3",
+               "--datacomp-dir", str(results / "datacomp"), "--dr-dir", str(results / "datacompdr"),
+               "--processes", "2", "--threads", "4", "--timeout", str(TIMEOUT), "--manifest", str(group_manifest)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads(group_manifest.read_text())
+    assert manifest["schema"] == fetch.MANIFEST_SCHEMA and manifest["group"] == "00000"
+    assert manifest["totals"]["shards_ok"] == 2 and manifest["totals"]["samples_kept"] == 1 + PER_SHARD
+    assert manifest["totals"]["failed"] == EXPECTED_SHARD0_FAILED
+    assert [entry["shard"] for entry in manifest["shards"]] == world.ids
+    assert "images/s" in done.stderr
+
+
+def test_group_with_no_usable_shard_fails_without_manifest(hub, toy_samples, tmp_path):
+    manifest_path = tmp_path / "group_00001.json"
+    code = main(["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", "apple/missing", "--shard-spec",
+                 '"{00000000..00000003}"', "--group", "00001", "--group-size", "2", "--datacomp-layout", "shards",
+                 "--datacomp-dir", str(tmp_path / "dc"), "--dr-dir", str(tmp_path / "dr"),
+                 "--manifest", str(manifest_path), "--timeout", str(TIMEOUT)])
+    assert code == 1 and not manifest_path.exists()
+    # the group index picks shards 2 and 3 of the spec
+    assert {p for _, p in hub.taken()} == {f"/datasets/apple/missing/resolve/main/0000000{i}.tar" for i in (2, 3)}
+
+
+def test_group_index_out_of_range(tmp_path):
+    with pytest.raises(ValueError, match="the spec has 2 groups"):
+        main(["fetch", "--datacomp-repo", DC_REPO, "--shard-spec", "{00..03}", "--group", "2", "--group-size", "2",
+              "--datacomp-dir", str(tmp_path), "--manifest", str(tmp_path / "m.json")])
+
+
+@pytest.mark.parametrize("value, opted_out", [
+    ("noai", True), ("noindex, nofollow", True), ("googlebot: noindex", False),
+    ("mobileclip-repro-fetch: noimageai", True), ("nofollow", False), ("", False),
+])
+def test_opt_out_header(value, opted_out):
+    assert fetch._opted_out({"X-Robots-Tag": value} if value else {}) is opted_out
+
+
+def test_shard_spec_forms():
+    assert fetch.parse_shard_spec('"{00..01}"') == "{00..01}"
+    assert fetch.parse_shard_spec("{00..01}") == "{00..01}"
+    assert fetch.parse_shard_spec('["{00..01}/{0..1}", "02/0"]') == ["{00..01}/{0..1}", "02/0"]
+    with pytest.raises(ValueError):
+        fetch.parse_shard_spec('{"a": 1}')
+
+
+def test_parquet_captions_reads_both_metadata_schemas(tmp_path):
+    """datacomp_1b's uid/text columns, and the datasets-converted webdataset schema (json.uid, txt)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"uid": ["a1", "b2", "c3"], "url": ["u"] * 3, "text": [" cat ", None, "dog"]}),
+                   tmp_path / "flat.parquet")
+    pq.write_table(pa.table({"url.txt": ["u", "u"], "txt": ["bird", "fish"],
+                             "json": [{"uid": "d4", "sha256": "x"}, {"uid": "e5", "sha256": "y"}]}),
+                   tmp_path / "converted.parquet")
+    pq.write_table(pa.table({"url": ["u"], "caption_missing": ["x"]}), tmp_path / "bad.parquet")
+    found = fetch.parquet_captions([tmp_path / "flat.parquet", tmp_path / "converted.parquet"],
+                                   {"a1", "b2", "e5", "zz"})
+    assert found == {"a1": "cat", "e5": "fish"}  # b2 has no caption, zz is nowhere
+    with pytest.raises(ValueError, match="bad.parquet: DataComp parquet has no uid column"):
+        fetch.parquet_captions([tmp_path / "bad.parquet"], {"a1"})
