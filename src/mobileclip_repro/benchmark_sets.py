@@ -18,6 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from mobileclip_repro.hub import hub_download
+
 log = logging.getLogger(__name__)
 
 CLASSIFICATION_FILES = ("classnames.txt", "zeroshot_classification_templates.txt")
@@ -26,13 +28,12 @@ OPTIONAL_FILES = ("dataset_type.txt",)
 
 def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", revision: str | None = None) -> dict:
     """Download one clip_benchmark webdataset set; returns what was fetched (the set's manifest)."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     root = Path(root)
 
     def download(filename: str) -> Path:
-        return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=root))
+        return hub_download(repo_id, filename, root, revision=revision)
 
     present = []
     for filename in (*OPTIONAL_FILES, *CLASSIFICATION_FILES):

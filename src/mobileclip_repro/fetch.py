@@ -84,7 +84,7 @@ import requests
 from tqdm import tqdm
 
 from mobileclip_repro import shards
-from mobileclip_repro.hub import shard_groups
+from mobileclip_repro.hub import hub_download, hub_list_files, shard_groups
 
 log = logging.getLogger("mobileclip_repro.fetch")
 
@@ -158,26 +158,6 @@ class ShardCounts:
 
 # ---------------------------------------------------------------------------------------------
 # Hub access
-
-
-def _endpoint() -> str | None:
-    """``HF_ENDPOINT`` read now, not when huggingface_hub was imported (None: the library's default)."""
-    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    return value or None
-
-
-def hub_download(repo_id: str, filename: str, local_dir: Path, *, revision: str | None = None,
-                 force: bool = False) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=local_dir,
-                                force_download=force, endpoint=_endpoint()))
-
-
-def hub_list_files(repo_id: str, revision: str | None = None) -> list[str]:
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=_endpoint()).list_repo_files(repo_id, repo_type="dataset", revision=revision)
 
 
 def detect_layout(files: list[str]) -> str:

@@ -7,7 +7,9 @@ Configs and Apple's run scripts name shards in brace notation (``data.hub.shards
 from __future__ import annotations
 
 import itertools
+import os
 import re
+from pathlib import Path
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -53,3 +55,23 @@ def shard_groups(spec: str | list[str], group_size: int) -> list[list[str]]:
         raise ValueError(f"group_size must be positive, got {group_size}")
     ids = expand_shard_spec(spec)
     return [ids[start:start + group_size] for start in range(0, len(ids), group_size)]
+
+
+def hub_endpoint() -> str | None:
+    """``HF_ENDPOINT`` read now, not when huggingface_hub was imported (None: the library's default)."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
+def hub_download(repo_id: str, filename: str, local_dir: Path, *, revision: str | None = None,
+                 force: bool = False) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=local_dir,
+                                force_download=force, endpoint=hub_endpoint()))
+
+
+def hub_list_files(repo_id: str, revision: str | None = None) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub_endpoint()).list_repo_files(repo_id, repo_type="dataset", revision=revision)
