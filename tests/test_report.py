@@ -260,3 +260,35 @@ def test_report_without_fetch_manifests_has_no_data_section(records_dir, tmp_pat
         assert not (out / "data.csv").exists()
         assert "## Data" not in (out / "results.md").read_text()
         assert "<h2>Data</h2>" not in (out / "report.html").read_text()
+
+
+def test_suite_averages_follow_the_tags_of_each_benchmark():
+    from mobileclip_repro.tables import suite_averages
+
+    records = [make_record("toy_dr", True, 1, "toy_zeroshot", 0.4), make_record("toy_dr", True, 1, "toy_retrieval", 0.2)]
+    extra = make_record("toy_dr", True, 1, "toy_zeroshot", 0.6)
+    extra["benchmark"] = "toy_shift"
+    records.append(extra)
+    records[0]["tags"], records[1]["tags"], records[2]["tags"] = ["shifts"], ["retrieval"], ["shifts"]
+    (row,) = suite_averages(records).to_dict("records")
+    assert row["average (3)"] == pytest.approx(0.4)
+    assert row["shifts (2)"] == pytest.approx(0.5) and row["retrieval (1)"] == pytest.approx(0.2)
+
+
+def test_without_tags_there_is_no_averages_section(report_dir):
+    assert not (report_dir / "suite_averages.csv").exists()
+    assert "Averages over benchmark groups" not in (report_dir / "results.md").read_text()
+
+
+def test_tagged_records_get_an_averages_section(records_dir, tmp_path):
+    for path in records_dir.glob("*/*/*.json"):
+        record = json.loads(path.read_text())
+        record["tags"] = ["retrieval"] if record["task"] == "zeroshot_retrieval" else []
+        path.write_text(json.dumps(record))
+    out = tmp_path / "tagged"
+    assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out)]) == 0
+    assert "Averages over benchmark groups" in (out / "results.md").read_text()
+    assert "Averages over benchmark groups" in (out / "report.html").read_text()
+    with open(out / "suite_averages.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 6 and set(rows[0]) >= {"average (2)", "retrieval (1)"}

@@ -18,8 +18,8 @@ import pandas as pd
 
 from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
 from mobileclip_repro.tables import (display_fetch_table, display_table, fetch_markdown, fetch_table,
-                                     format_seen_samples, load_fetch_manifests, load_records, long_table, wide_table,
-                                     write_csv, write_markdown)
+                                     format_seen_samples, load_fetch_manifests, load_records, long_table,
+                                     suite_averages, suite_markdown, wide_table, write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
 DEFAULT_TITLE = "MobileCLIP reproduction: learning efficiency"
@@ -82,7 +82,8 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
 
 
 def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: Path,
-                paper_reference: list[dict] | None, data: pd.DataFrame | None = None) -> str:
+                paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
+                averages: pd.DataFrame | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in records:
@@ -97,6 +98,11 @@ def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: P
                           + pd.DataFrame(paper_reference).assign(value=lambda t: (100 * t["value"]).round(1))
                           .to_html(index=False, classes="table", border=0))
     table_html = display_table(wide).to_html(index=False, classes="table", border=0)
+    averages_section = ""
+    if averages is not None and not averages.empty:
+        averages_section = ("<h2>Averages over benchmark groups</h2>\n<p>Main metric averaged over the benchmarks "
+                            "of each group (their number in parentheses), as DataComp reports its suite.</p>\n"
+                            + display_table(averages).to_html(index=False, classes="table", border=0))
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
@@ -121,6 +127,7 @@ acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieva
 {reference_note}
 <h2>Results</h2>
 {table_html}
+{averages_section}
 <h2>Runs</h2>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
 <h2>Benchmarks</h2>
@@ -156,6 +163,11 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     paths = [write_csv(wide, out_dir / "results.csv"),
              write_csv(long_table(records), out_dir / "results_long.csv"),
              write_markdown(wide, out_dir / "results.md", title=title)]
+    averages = suite_averages(records)
+    if not averages.empty:
+        paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
+        markdown = out_dir / "results.md"
+        markdown.write_text(markdown.read_text() + "\n" + suite_markdown(averages))
     data = None
     manifests = load_fetch_manifests(fetch_manifests_dir)
     if manifests:
@@ -167,7 +179,7 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
                                       paper_reference=paper_reference)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, wide, out_dir / "learning_efficiency.png", paper_reference,
-                                     data))
+                                     data, averages))
     return paths + [html_path]
 
 

@@ -221,3 +221,31 @@ def fetch_markdown(table: pd.DataFrame) -> str:
             "URLs tried and images fetched, failed URLs by reason, images dropped because their sha256 "
             "differs from the recorded one, and samples kept (kept % = kept / listed).\n\n")
     return text + to_markdown(display_fetch_table(table))
+
+
+def suite_averages(records: list[dict]) -> pd.DataFrame:
+    """DataComp's summary columns: the main metric averaged over every benchmark and per tag.
+
+    Rows (run, dr, epoch, seen_samples); columns ``average`` and one per tag (e.g.
+    ``imagenet_dist_shifts``, ``vtab``, ``retrieval``), each over the benchmarks that carry
+    it. Empty when no record has tags (then a per-benchmark table says it all).
+    """
+    if not any(record.get("tags") for record in records):
+        return pd.DataFrame(columns=ROW_KEYS)
+    rows = [{**{key: record[key] for key in ROW_KEYS}, "group": group, "benchmark": record["benchmark"],
+             "value": record["main_metric"]}
+            for record in records for group in ["average", *record.get("tags", [])]]
+    table = pd.DataFrame(rows)
+    sizes = table.drop_duplicates(["group", "benchmark"])["group"].value_counts()
+    averaged = table.groupby(ROW_KEYS + ["group"])["value"].mean().unstack("group")
+    order = ["average"] + sorted(set(averaged.columns) - {"average"})
+    averaged = averaged[order].rename(columns={group: f"{group} ({sizes[group]})" for group in order})
+    averaged.columns.name = None
+    return averaged.reset_index().sort_values(["run", "seen_samples"], kind="stable").reset_index(drop=True)
+
+
+def suite_markdown(averages: pd.DataFrame) -> str:
+    shown = display_table(averages)
+    return ("## Averages over benchmark groups\n\nMain metric averaged over the benchmarks of each group "
+            "(number of benchmarks in parentheses), in percent, as DataComp reports its suite.\n\n"
+            + to_markdown(shown) + "\n")
