@@ -199,10 +199,13 @@ def decode_image(jpg: bytes) -> Image.Image:
     The reference decodes with webdataset's ``pilrgba`` and then drops alpha; going
     through RGBA gives the same pixels for every source mode.
     """
-    with Image.open(io.BytesIO(jpg)) as opened:
-        opened.load()
-        image = opened if opened.mode in ("RGB", "RGBA") else opened.convert("RGBA")
-        return image.convert("RGB")
+    image = Image.open(io.BytesIO(jpg))  # in-memory: load() leaves no file to close
+    image.load()
+    if image.mode == "RGB":  # most JPEGs: no copy
+        return image
+    if image.mode != "RGBA":
+        image = image.convert("RGBA")
+    return image.convert("RGB")
 
 
 def list_shards(directory: str | os.PathLike) -> list[Path]:
