@@ -19,6 +19,7 @@ import pytest
 import webdataset as wds
 
 from mobileclip_repro import fetch, shards, toyworld
+from mobileclip_repro.hub import parse_shard_spec
 from mobileclip_repro.cli import main
 
 import fake_hub  # tests/fake_hub.py
@@ -335,11 +336,11 @@ def test_opt_out_header(value, opted_out):
 
 
 def test_shard_spec_forms():
-    assert fetch.parse_shard_spec('"{00..01}"') == "{00..01}"
-    assert fetch.parse_shard_spec("{00..01}") == "{00..01}"
-    assert fetch.parse_shard_spec('["{00..01}/{0..1}", "02/0"]') == ["{00..01}/{0..1}", "02/0"]
+    assert parse_shard_spec('"{00..01}"') == "{00..01}"
+    assert parse_shard_spec("{00..01}") == "{00..01}"
+    assert parse_shard_spec('["{00..01}/{0..1}", "02/0"]') == ["{00..01}/{0..1}", "02/0"]
     with pytest.raises(ValueError):
-        fetch.parse_shard_spec('{"a": 1}')
+        parse_shard_spec('{"a": 1}')
 
 
 def test_parquet_captions_reads_both_metadata_schemas(tmp_path):

@@ -4,20 +4,26 @@ reruns deterministic and resumable, and the CoCa path producing cut captions."""
 from __future__ import annotations
 
 import copy
+import gzip
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
-from mobileclip_repro import cli, replay, toyworld
+from mobileclip_repro import cli, reinforce, replay, toyworld
 from mobileclip_repro.models import create_model_and_transforms
 from mobileclip_repro.shards import atomic_tar_writer, decode_reinforcement, iter_raw_samples, sha256_hex
 from mobileclip_repro.seeding import seed_from
-from mobileclip_repro.teachers import CocaCaptioner, ReinforceConfig, TeacherEnsemble, _top_p_filtered
+from mobileclip_repro.teachers import (CocaCaptioner, ReinforceConfig, TeacherEnsemble, _top_p_filtered,
+                                       build_captioner, resolve_pretrained)
+
+REPO = Path(__file__).resolve().parents[1]
 
 NUM_SAMPLES = 3
 NUM_SYN = 5
@@ -71,8 +77,8 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "datacomp": datacomp, "teachers": teachers, "config": config}
 
 
-def _run(setup: dict, out_dir: Path, *extra: str) -> int:
-    return cli.main(["reinforce", "--datacomp-dir", str(setup["datacomp"]), "--out-dir", str(out_dir),
+def _run(setup: dict, out_dir: Path, *extra: str, datacomp: Path | None = None) -> int:
+    return cli.main(["reinforce", "--datacomp-dir", str(datacomp or setup["datacomp"]), "--out-dir", str(out_dir),
                      "--reinforce-config", str(setup["config"]), "--pretrained-root", str(setup["teachers"]),
                      "--num-syn-captions", str(NUM_SYN), "--seed", "7", "--device", "cpu", *extra])
 
@@ -124,6 +130,17 @@ def test_image_emb_row_a_is_the_teachers_view_of_param_aug_a(setup, reinforced, 
     assert len({tuple(entry[0]) for entry in record.param_aug}) == NUM_SAMPLES
 
 
+def test_views_travel_as_uint8_and_normalize_to_the_replay_bit_for_bit(setup):
+    config = ReinforceConfig.from_dict(_reinforce_json())
+    raw = next(iter_raw_samples(setup["datacomp"] / "00000001.tar"))
+    prepared = reinforce.prepare_sample(raw, config, 7, keep_image=False)
+    assert prepared.views.dtype == torch.uint8 and prepared.views.shape == (NUM_SAMPLES, 3, 32, 32)
+    image = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
+    expected = torch.stack([replay.replay_tensor(image, entry, 32, "bicubic", MEAN, STD)
+                            for entry in prepared.param_aug])
+    assert torch.equal(reinforce.normalize_views(prepared.views, MEAN, STD), expected)
+
+
 def test_text_emb_is_ground_truth_caption_then_synthetic_ones(setup, reinforced, ensemble):
     sample = next(iter_raw_samples(setup["datacomp"] / "00000000.tar"))
     record = _records(reinforced / "00000000.tar")[0]
@@ -162,6 +179,9 @@ def test_bf16_writes_pth_gz_close_to_float32(setup, reinforced):
     assert sorted(p.name for p in out_dir.glob("*.tar")) == ["00000000.tar"]
     raw = next(iter_raw_samples(out_dir / "00000000.tar"))
     assert "pth.gz" in raw and "npz" not in raw
+    payload = torch.load(io.BytesIO(gzip.decompress(raw["pth.gz"])), weights_only=True)
+    # each sample stores its own rows, not the storage of the whole teacher batch
+    assert payload["image_emb"].untyped_storage().nbytes() == NUM_SAMPLES * 128 * 2
     for half, full in zip(_records(out_dir / "00000000.tar"), _records(reinforced / "00000000.tar")):
         assert half.param_aug == full.param_aug  # same seed, same draws, whatever the batch size
         np.testing.assert_allclose(half.image_emb, full.image_emb, atol=1e-2)
@@ -195,7 +215,8 @@ def test_coca_captioner_gives_num_captions_cut_at_the_first_period(coca_checkpoi
 def test_reinforce_with_a_coca_captioner(setup, coca_checkpoint):
     out_dir = setup["root"] / "dr_coca"
     spec = json.dumps({"coca": {"model_name": "toy-coca", "pretrained": coca_checkpoint.name}})
-    assert _run(setup, out_dir, "--captioner-json", spec, "--shards", "00000001.tar") == 0
+    # a worker process runs CoCa's preprocessing along with the replay
+    assert _run(setup, out_dir, "--captioner-json", spec, "--shards", "00000001.tar", "--workers", "1") == 0
     records = _records(out_dir / "00000001.tar")
     assert len(records) == 5
     assert all(len(r.syn_text) == NUM_SYN and not any("." in t for t in r.syn_text) for r in records)
@@ -211,6 +232,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 @pytest.mark.parametrize("raw,reason", [
     (_reinforce_json(pretrained="a.pt"), "same number of members"),
     (_reinforce_json(num_samples=0), "num_samples must be a positive integer"),
+    (_reinforce_json(pretrained=","), "has an empty entry"),
     ({k: v for k, v in _reinforce_json().items() if k != "reinforce"}, "missing 'reinforce'"),
 ])
 def test_bad_reinforcement_configs_are_refused(raw, reason):
@@ -223,10 +245,151 @@ def test_unknown_augmentation_and_missing_teacher_are_refused(setup):
     raw["reinforce"]["image_augmentation"]["mixup"] = {"enable": True}
     with pytest.raises(ValueError, match="unsupported image augmentations \\['mixup'\\]"):
         ReinforceConfig.from_dict(raw)
-    with pytest.raises(ValueError, match="teacher checkpoint 'nope.pt' not found"):
+    with pytest.raises(ValueError, match="checkpoint 'nope.pt' for toy-teacher not found"):
         TeacherEnsemble(["toy-teacher"], ["nope.pt"], pretrained_root=setup["teachers"])
     with pytest.raises(ValueError, match="crops to 48x48"):
         TeacherEnsemble.from_config(ReinforceConfig.from_dict(_reinforce_json(
             reinforce={"image_augmentation": {"normalize": {"mean": MEAN, "std": STD},
                                               "random_resized_crop": {"size": 48}}})),
             pretrained_root=setup["teachers"])
+
+
+def test_workers_write_the_same_shard(setup, reinforced, tmp_path):
+    assert _run(setup, tmp_path, "--captioner", "world", "--batch-size", "4", "--workers", "2",
+                "--shards", "00000001.tar") == 0
+    assert (tmp_path / "00000001.tar").read_bytes() == (reinforced / "00000001.tar").read_bytes()
+
+
+def test_a_finished_shard_made_with_other_settings_stops_the_run(setup, reinforced):
+    with pytest.raises(ValueError, match="was reinforced with seed = 7, this run has 8"):
+        cli.main(["reinforce", "--datacomp-dir", str(setup["datacomp"]), "--out-dir", str(reinforced),
+                  "--reinforce-config", str(setup["config"]), "--pretrained-root", str(setup["teachers"]),
+                  "--captioner", "world", "--num-syn-captions", str(NUM_SYN), "--seed", "8"])
+
+
+def test_one_group_of_nested_hub_shards_with_a_missing_one(setup, tmp_path, capsys):
+    datacomp = tmp_path / "datacomp"
+    for shard, source in (("00/00000000", "00000000.tar"), ("00/00000001", "00000001.tar"),
+                          ("01/00000001", "00000000.tar")):
+        (datacomp / shard).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(setup["datacomp"] / source, datacomp / f"{shard}.tar")
+    # 00/0, 00/1, 01/0, 01/1 in groups of 3: group 0 is 00/0, 00/1 and 01/0, which the fetch lost
+    out_dir, manifest_path = tmp_path / "dr", tmp_path / "reinforce" / "group_00000.json"
+    group = ["--shard-spec", json.dumps(["{00..01}/{00000000..00000001}"]), "--group", "00000",
+             "--group-size", "3", "--manifest", str(manifest_path), "--captioner", "world"]
+    assert _run(setup, out_dir, *group, datacomp=datacomp) == 0
+    assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.tar")) == [
+        "00/00000000.tar", "00/00000001.tar"]  # group 1's 01/00000001 is another job's
+    for shard in ("00/00000000", "00/00000001"):
+        keys = [s["__key__"] for s in iter_raw_samples(datacomp / f"{shard}.tar")]
+        assert [r.key for r in _records(out_dir / f"{shard}.tar")] == keys
+    manifest = json.loads(manifest_path.read_text())
+    assert [(e["id"], e["status"]) for e in manifest["shards"]] == [
+        ("00/00000000", "ok"), ("00/00000001", "ok"), ("01/00000000", "missing")]
+    totals = manifest["totals"]
+    assert {k: totals[k] for k in ("shards", "shards_reinforced", "shards_resumed", "shards_missing",
+                                   "samples_in", "written", "skipped")} == {
+        "shards": 3, "shards_reinforced": 2, "shards_resumed": 0, "shards_missing": 1,
+        "samples_in": 10, "written": 10, "skipped": {}}
+    assert 0 < totals["teacher_seconds"] <= totals["seconds"]
+    assert totals["teacher_share"] == pytest.approx(totals["teacher_seconds"] / totals["seconds"], abs=1e-3)
+    assert manifest["run"]["teachers"] == ["toy-teacher", "toy-teacher"] and manifest["run"]["dims"] == [64, 64]
+
+    finished = {p: p.read_bytes() for p in out_dir.rglob("*.tar")}
+    capsys.readouterr()
+    assert _run(setup, out_dir, *group, datacomp=datacomp) == 0
+    assert "00/00000001.tar: already reinforced" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in out_dir.rglob("*.tar")} == finished
+    again = json.loads(manifest_path.read_text())["totals"]
+    assert (again["shards_reinforced"], again["shards_resumed"], again["written"]) == (0, 2, 10)
+
+
+@pytest.mark.parametrize("extra,reason", [
+    (["--group", "00000", "--group-size", "2"], "go with --shard-spec"),
+    (["--shard-spec", '"{00000000..00000001}"'], "needs --group and --group-size"),
+    (["--shard-spec", '"{00000000..00000001}"', "--group", "00001", "--group-size", "2"], "has 1 groups of 2"),
+])
+def test_bad_group_arguments_are_refused(setup, tmp_path, extra, reason):
+    with pytest.raises(ValueError, match=reason):
+        _run(setup, tmp_path, "--captioner", "world", *extra)
+
+
+def test_amp_and_workers_defaults_keep_the_cpu_in_fp32_without_workers():
+    cpu = torch.device("cpu")
+    assert reinforce.autocast_dtype("auto", cpu) is None and reinforce.resolve_workers("auto", cpu) == 0
+    assert reinforce.autocast_dtype("bf16", cpu) is torch.bfloat16 and reinforce.autocast_dtype("off", cpu) is None
+
+
+# --- pretrained tags go through open_clip's factory --------------------------------------------
+
+@pytest.fixture
+def hub_tags(monkeypatch):
+    """A pretrained tag registered for a toy architecture, its hub download served from a local file."""
+    downloads = []
+    served = {}
+
+    def register(model_name: str, tag: str, checkpoint: Path) -> None:
+        cfg = open_clip.pretrained._pcfg(hf_hub=f"test-org/{model_name}-{tag}/")
+        monkeypatch.setitem(open_clip.pretrained._PRETRAINED, model_name, {tag: cfg})
+        served[cfg["hf_hub"]] = str(checkpoint)
+
+    def download_pretrained(cfg, prefer_hf_hub=True, cache_dir=None):
+        downloads.append(cfg["hf_hub"])
+        return served[cfg["hf_hub"]]
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", download_pretrained)
+    register.downloads = downloads
+    return register
+
+
+def test_a_teacher_tag_loads_the_weights_open_clip_downloads_for_it(setup, ensemble, hub_tags):
+    hub_tags("toy-teacher", "test_tag", setup["teachers"] / "teacher_a.pt")
+    tagged = TeacherEnsemble(["toy-teacher"], ["test_tag"], pretrained_root=setup["teachers"])
+    assert hub_tags.downloads == ["test-org/toy-teacher-test_tag/"] and tagged.pretrained == ("test_tag",)
+    views = torch.randn(3, 3, 32, 32)
+    np.testing.assert_allclose(tagged.encode_images(views), ensemble.encode_images(views)[:, :64], atol=1e-6)
+    random_init = TeacherEnsemble(["toy-teacher"], [None])
+    assert not torch.allclose(random_init.encode_images(views), tagged.encode_images(views), atol=1e-3)
+
+
+def test_the_paper_teachers_are_requested_by_tag_with_openai_in_quickgelu(tmp_path, monkeypatch):
+    config = ReinforceConfig.load(REPO / "configs" / "reinforce" / "datacompdr12m.json")
+    assert config.model_names == ("ViT-L-14", "ViT-L-14")
+    assert config.pretrained == ("openai", "datacomp_xl_s13b_b90k")
+    assert open_clip.get_pretrained_cfg("ViT-L-14", "openai")["quick_gelu"] is True
+    calls = []
+    real = open_clip.create_model_and_transforms
+
+    def spy(model_name, pretrained=None, **kwargs):
+        calls.append((model_name, pretrained, kwargs.get("force_quick_gelu", False)))
+        return real("toy-teacher")  # stands in for the two 428M-parameter downloads
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", spy)
+    ensemble = TeacherEnsemble(config.model_names, config.pretrained, pretrained_root=tmp_path)
+    assert calls == [("ViT-L-14", "openai", True), ("ViT-L-14", "datacomp_xl_s13b_b90k", False)]
+    assert ensemble.pretrained == config.pretrained and ensemble.dims == [768, 768]
+    with pytest.raises(ValueError, match="neither an open_clip pretrained tag of it"):
+        TeacherEnsemble(["ViT-L-14"], ["opnai"], pretrained_root=tmp_path)
+    assert len(calls) == 2  # refused before any model was built
+    coca_tag = "mscoco_finetuned_laion2b_s13b_b90k"  # the paper captioner's tag stays a tag for the factory
+    assert resolve_pretrained("coca_ViT-L-14", coca_tag, tmp_path) == coca_tag
+
+
+def test_a_coca_tag_goes_through_the_same_factory(coca_checkpoint, hub_tags):
+    hub_tags("toy-coca", "test_tag", coca_checkpoint)
+    tagged = build_captioner({"coca": {"model_name": "toy-coca", "pretrained": "test_tag"}}, num_captions=2)
+    assert hub_tags.downloads == ["test-org/toy-coca-test_tag/"]
+    from_file = CocaCaptioner("toy-coca", str(coca_checkpoint), num_captions=2)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert tagged.caption_batch([image], [{}], [4]) == from_file.caption_batch([image], [{}], [4])
+
+
+def test_a_truncated_input_shard_keeps_its_readable_samples_and_counts_the_rest(setup, tmp_path):
+    source = tmp_path / "datacomp"
+    source.mkdir()
+    data = (setup["datacomp"] / "00000000.tar").read_bytes()
+    (source / "00000000.tar").write_bytes(data[: len(data) * 3 // 5])
+    assert _run(setup, tmp_path / "dr", "--captioner", "world", datacomp=source) == 0
+    manifest = json.loads((tmp_path / "dr" / "00000000.tar.manifest.json").read_text())
+    assert manifest["skipped"].get("unreadable_shard") == 1
+    assert 1 <= manifest["written"] < 5 and len(_records(tmp_path / "dr" / "00000000.tar")) == manifest["written"]

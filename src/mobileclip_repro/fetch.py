@@ -84,7 +84,7 @@ import requests
 from tqdm import tqdm
 
 from mobileclip_repro import shards
-from mobileclip_repro.hub import hub_download, hub_list_files, shard_groups
+from mobileclip_repro.hub import hub_download, hub_list_files, parse_shard_spec, shard_groups
 
 log = logging.getLogger("mobileclip_repro.fetch")
 
@@ -655,17 +655,6 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # CLI
-
-
-def parse_shard_spec(text: str):
-    """``--shard-spec``: JSON (a string or a list of strings), or a bare brace pattern."""
-    try:
-        spec = json.loads(text)
-    except ValueError:
-        return text
-    if isinstance(spec, str) or (isinstance(spec, list) and all(isinstance(item, str) for item in spec)):
-        return spec
-    raise ValueError(f"--shard-spec must be a brace pattern or a JSON list of them, got {text!r}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ Configs and Apple's run scripts name shards in brace notation (``data.hub.shards
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -43,6 +44,17 @@ def _expand_one(spec) -> list[str]:
         ranges.append([str(i).zfill(width) for i in range(int(lo), int(hi) + 1)])
     return ["".join(itertools.chain.from_iterable(itertools.zip_longest(literals, combo, fillvalue="")))
             for combo in itertools.product(*ranges)]
+
+
+def parse_shard_spec(text: str):
+    """``--shard-spec``: JSON (a string or a list of strings), or a bare brace pattern."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(spec, str) or (isinstance(spec, list) and all(isinstance(item, str) for item in spec)):
+        return spec
+    raise ValueError(f"--shard-spec must be a brace pattern or a JSON list of them, got {text!r}")
 
 
 def shard_groups(spec: str | list[str], group_size: int) -> list[list[str]]:

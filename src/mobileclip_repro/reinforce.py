@@ -5,30 +5,63 @@ For each image: ``num_samples`` random-resized-crop + RandAugment draws, stored 
 student will use* (so ``image_emb[a]`` is exactly the teachers' view of ``param_aug[a]``);
 the ground-truth caption and the synthetic captions embedded by the same teachers.
 
-One output shard per input shard, same name, same keys, written atomically: a rerun skips
-every shard that is already complete, and a half-written one is never mistaken for done.
-Augmentations are drawn from a generator seeded by (seed, sample key), so a rerun, on any
-number of workers, draws the same crops.
+One output shard per input shard, same relative path (``17/00000042.tar`` stays nested),
+same keys, written atomically: a rerun skips every shard whose tar and per-shard manifest
+are complete, and a half-written one is never mistaken for done. Augmentations are drawn
+from a generator seeded by (seed, sample key), so a rerun, on any number of workers, draws
+the same crops.
+
+The same code path serves the toy DAG (every shard of ``--datacomp-dir``) and the hub DAG
+(``--shard-spec/--group/--group-size``: one group of hub shard ids per job, a group
+manifest with per-shard entries and totals). Per shard the work is pipelined:
+
+* data: decode + sha256 check + replay of the ``num_samples`` augmentations (and the
+  captioner's own preprocessing) run in ``--workers`` DataLoader processes, prefetched
+  deep enough to keep two teacher batches ready while the teachers run; views travel as
+  uint8 (pinned for CUDA) and are scaled and normalized on the teachers' device;
+* teachers and captioner: batched, eval mode, ``torch.inference_mode``, on CUDA under
+  bf16 autocast by default (fp32 on the CPU);
+* writing: records are encoded (npz, or bf16 ``pth.gz`` gzipped at level 1) and written by
+  a background thread while the next batch runs.
+
+Each shard's manifest says where its wall time went (``teacher_seconds`` / ``seconds`` =
+``teacher_share``; data wait, captioner, writing), so a slow stage shows up in the numbers.
 """
 from __future__ import annotations
 
 import argparse
-import io
+import gzip
 import json
+import logging
+import math
+import os
+import queue
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torchvision.transforms.functional as TF
+import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from mobileclip_repro import replay, shards
+from mobileclip_repro import hub, replay, shards
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
 
+log = logging.getLogger(__name__)
 DTYPES = ("float32", "bf16")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+GROUP_MANIFEST_SCHEMA = "mobileclip_repro/reinforce-manifest/1"
+# What decides a DR shard's content: a finished shard made with other values is not silently reused.
+CONTENT_SETTINGS = ("teachers", "pretrained_entries", "num_samples", "captioner", "num_syn_captions", "seed", "dtype")
+_TIMINGS = ("seconds", "teacher_seconds", "image_teacher_seconds", "text_teacher_seconds", "captioner_seconds",
+            "data_seconds", "upload_seconds", "write_seconds", "other_seconds", "writer_busy_seconds")
 
 
 @dataclass
@@ -41,8 +74,17 @@ class PreparedSample:
     caption: str
     meta: dict
     param_aug: list
-    views: torch.Tensor  # [num_samples, 3, S, S], normalized with the config's mean/std
-    image: Image.Image | None  # kept only when the captioner looks at pixels
+    # [num_samples, 3, S, S] uint8: the replayed crops before to-tensor + normalize, which
+    # normalize_views does on the teachers' device (a quarter of the bytes between processes).
+    views: torch.Tensor
+    # What the captioner looks at, only when it looks at pixels: the decoded image, or its
+    # image_transform output when it has one (made in the data workers, not the main loop).
+    caption_input: Image.Image | torch.Tensor | None
+
+    def pin_memory(self) -> "PreparedSample":
+        """Called by the DataLoader's pinning thread: page-locked views copy to the GPU asynchronously."""
+        self.views = self.views.pin_memory()
+        return self
 
 
 @dataclass
@@ -53,6 +95,15 @@ class Skipped:
 
 @dataclass
 class ShardReport:
+    """Counts and where the wall time of one shard went.
+
+    ``seconds`` is the shard's wall time; the main loop's parts are ``data_seconds`` (waiting
+    for prepared samples: the decode + replay itself when there are no workers),
+    ``upload_seconds`` (a batch's views to the teachers' device, normalized there),
+    ``captioner_seconds``, ``image_teacher_seconds``, ``text_teacher_seconds`` and
+    ``write_seconds`` (waiting for the writer thread); ``other_seconds`` is the rest.
+    ``writer_busy_seconds`` is the writer thread's own time, overlapped with the rest.
+    """
     shard: str
     samples_in: int = 0
     written: int = 0
@@ -61,14 +112,21 @@ class ShardReport:
     image_teacher_seconds: float = 0.0
     text_teacher_seconds: float = 0.0
     captioner_seconds: float = 0.0
+    data_seconds: float = 0.0
+    upload_seconds: float = 0.0
+    write_seconds: float = 0.0
+    writer_busy_seconds: float = 0.0
 
     @property
     def teacher_seconds(self) -> float:
         return self.image_teacher_seconds + self.text_teacher_seconds
 
     def as_dict(self) -> dict:
+        accounted = (self.teacher_seconds + self.captioner_seconds + self.data_seconds + self.upload_seconds
+                     + self.write_seconds)
         return {
             "shard": self.shard,
+            "status": "ok",
             "samples_in": self.samples_in,
             "written": self.written,
             "skipped": dict(sorted(self.skipped.items())),
@@ -78,6 +136,11 @@ class ShardReport:
             "image_teacher_seconds": round(self.image_teacher_seconds, 3),
             "text_teacher_seconds": round(self.text_teacher_seconds, 3),
             "captioner_seconds": round(self.captioner_seconds, 3),
+            "data_seconds": round(self.data_seconds, 3),
+            "upload_seconds": round(self.upload_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3),
+            "other_seconds": round(max(0.0, self.seconds - accounted), 3),
+            "writer_busy_seconds": round(self.writer_busy_seconds, 3),
             "samples_per_second": round(self.samples_in / self.seconds, 2) if self.seconds else None,
         }
 
@@ -97,7 +160,8 @@ def augmentation_generator(seed: int, key: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed_from("param_aug", seed, key))
 
 
-def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bool) -> PreparedSample | Skipped:
+def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bool,
+                   image_transform=None) -> PreparedSample | Skipped:
     """Validate one raw DataComp sample and replay its augmentations; a Skipped names why not."""
     key = raw["__key__"]
     if not all(ext in raw for ext in shards.DATACOMP_KEYS):
@@ -120,11 +184,12 @@ def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bo
         return Skipped(key, "undecodable_image")
     url = raw["url.txt"].decode("utf-8", errors="replace") if "url.txt" in raw else meta.get("url", "")
     param_aug = draw_param_aug(config, image.width, image.height, augmentation_generator(seed, key))
-    views = torch.stack([
-        replay.replay_tensor(image, entry, config.crop_size, config.interpolation, config.mean, config.std)
-        for entry in param_aug])
-    return PreparedSample(key, str(meta["uid"]), meta["sha256"], url, caption, meta, param_aug, views,
-                          image if keep_image else None)
+    views = torch.stack([TF.pil_to_tensor(replay.replay_pil(image, entry, config.crop_size, config.interpolation))
+                         for entry in param_aug])
+    caption_input = None
+    if keep_image:
+        caption_input = image_transform(image) if image_transform is not None else image
+    return PreparedSample(key, str(meta["uid"]), meta["sha256"], url, caption, meta, param_aug, views, caption_input)
 
 
 class _PreparedShard(torch.utils.data.IterableDataset):
@@ -134,71 +199,233 @@ class _PreparedShard(torch.utils.data.IterableDataset):
     in file order whatever the number of workers.
     """
 
-    def __init__(self, path: Path, config: ReinforceConfig, seed: int, keep_images: bool):
+    def __init__(self, path: Path, config: ReinforceConfig, seed: int, keep_images: bool, image_transform=None):
         self.path, self.config, self.seed, self.keep_images = path, config, seed, keep_images
+        self.image_transform = image_transform
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        for position, raw in enumerate(shards.iter_raw_samples(self.path)):
-            if position % workers == worker:
-                yield prepare_sample(raw, self.config, self.seed, self.keep_images)
+        try:
+            for position, raw in enumerate(shards.iter_raw_samples(self.path)):
+                if position % workers == worker:
+                    yield prepare_sample(raw, self.config, self.seed, self.keep_images, self.image_transform)
+        except Exception as error:  # noqa: BLE001 - a truncated or corrupt tar: keep what came before it
+            if worker == 0:  # every worker hits the same tail; count it once
+                log.warning("%s: unreadable after the samples read so far (%s: %s)", self.path,
+                            type(error).__name__, error)
+                yield Skipped(f"{self.path.name}:<unreadable tail>", "unreadable_shard")
 
 
 def _unbatched(item):
     return item
 
 
+def normalize_views(views: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 views [N, 3, S, S] -> float32, scaled to [0, 1] and normalized, on ``views``' device.
+
+    The same float32 operations as ``replay.replay_tensor`` (torchvision's to_tensor, then
+    normalize), in the same order, so the result is that function's, bit for bit.
+    """
+    tensor = views.to(torch.float32).div(255)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
 def encode_pth(image_emb: torch.Tensor, text_emb: torch.Tensor) -> bytes:
     """The DataCompDR-12M-bf16 payload before compression: ``torch.save`` of two bf16 tensors.
 
-    Stored under the ``pth.gz`` key, which webdataset's TarWriter gzips by itself.
+    Stored under the ``pth.gz`` key; the tar writer gzips it.
     """
+    import io
+
     buffer = io.BytesIO()
-    torch.save({"image_emb": image_emb.to(torch.bfloat16).contiguous(),
-                "text_emb": text_emb.to(torch.bfloat16).contiguous()}, buffer)
+    # clone(): torch.save writes a view's whole storage, i.e. the whole batch for a row slice.
+    torch.save({"image_emb": image_emb.to(torch.bfloat16).clone(memory_format=torch.contiguous_format),
+                "text_emb": text_emb.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)}, buffer)
     return buffer.getvalue()
 
 
+def _encode_record(sample: dict) -> dict:
+    """TarWriter encoder for DR records: text as UTF-8, ``*.gz`` members gzipped at level 1.
+
+    webdataset's default encoder gzips at level 9 and stamps the current time in the gzip
+    header: ~3x slower for bf16 embeddings that barely compress anyway (89.8 vs 89.0 kB a
+    sample), and not byte-reproducible. Readers only gunzip, so the level is invisible.
+    """
+    encoded = {}
+    for key, value in sample.items():
+        if not key.startswith("__"):
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if key.endswith(".gz"):
+                value = gzip.compress(value, compresslevel=1, mtime=0)
+        encoded[key] = value
+    return encoded
+
+
+@contextmanager
+def _atomic_dr_writer(path: Path) -> Iterator[wds.TarWriter]:
+    with shards.atomic_output(path) as partial, open(partial, "wb") as stream:
+        writer = wds.TarWriter(stream, mtime=0, encoder=_encode_record)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+class _BackgroundWriter:
+    """Builds and writes DR records on a thread of its own, batch by batch, in submission order.
+
+    ``submit`` returns as soon as the batch is queued (it waits only when ``depth`` batches
+    are already waiting), so encoding and gzip overlap the next teacher batch. An error on
+    the thread is raised in the caller at the next ``submit`` or on exit; when the caller
+    fails, queued batches are dropped, not written (the tar is discarded anyway).
+    """
+
+    def __init__(self, writer: wds.TarWriter, dtype: str, report: ShardReport, depth: int = 2):
+        self.writer, self.dtype, self.report = writer, dtype, report
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._abort = False
+        self._thread = threading.Thread(target=self._run, name="dr-writer", daemon=True)
+
+    def __enter__(self) -> "_BackgroundWriter":
+        self._thread.start()
+        return self
+
+    def submit(self, batch: tuple) -> None:
+        self._raise_error()
+        start = time.perf_counter()
+        self._queue.put(batch)
+        self.report.write_seconds += time.perf_counter() - start
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        start = time.perf_counter()
+        self._abort = exc_type is not None
+        self._queue.put(None)
+        self._thread.join()
+        self.report.write_seconds += time.perf_counter() - start
+        if exc_type is None:
+            self._raise_error()
+        return False
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing the DR shard failed: {self._error!r}") from self._error
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self._error is not None or self._abort:
+                continue  # keep draining so that submit() never blocks forever
+            start = time.perf_counter()
+            try:
+                self._write(*batch)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+                self._error = error
+            self.report.writer_busy_seconds += time.perf_counter() - start
+
+    def _write(self, samples: list[PreparedSample], syn_texts: list[list[str]], image_emb: torch.Tensor,
+               text_emb: torch.Tensor) -> None:
+        image_np, text_np = image_emb.numpy(), text_emb.numpy()
+        if self.dtype == "bf16":
+            # One conversion per batch, not per sample: a CPU tensor op has a fixed cost (the
+            # thread pool's wake-up; up to ~15 ms on a busy 2-core machine, whatever the size).
+            image_emb, text_emb = image_emb.to(torch.bfloat16), text_emb.to(torch.bfloat16)
+        image_rows = text_rows = 0
+        for sample, syn in zip(samples, syn_texts):
+            image_slice = slice(image_rows, image_rows + len(sample.param_aug))
+            text_slice = slice(text_rows, text_rows + 1 + len(syn))
+            image_rows, text_rows = image_slice.stop, text_slice.stop
+            record = shards.dr_record(sample.key, sample.uid, sample.sha256, sample.url, syn, sample.param_aug,
+                                      image_np[image_slice], text_np[text_slice])
+            if self.dtype == "bf16":
+                del record["npz"]
+                record["pth.gz"] = encode_pth(image_emb[image_slice], text_emb[text_slice])
+            self.writer.write(record)
+            self.report.written += 1
+
+
+_END = object()
+
+
 class Reinforcer:
-    """Teachers + captioner + config: reinforces one shard at a time."""
+    """Teachers + captioner + config: reinforces one shard at a time.
+
+    ``batch_size`` is the teachers' batch (views, or captions, per forward). A batch of
+    ``images_per_batch`` images is gathered so that both its views and its captions fill at
+    least one teacher batch; the captioner sees the same images at once.
+    """
 
     def __init__(self, config: ReinforceConfig, teachers: TeacherEnsemble, captioner: SyntheticCaptioner, *,
                  seed: int = 0, dtype: str = "float32", batch_size: int = 256, workers: int = 0):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if batch_size < 1 or workers < 0:
+            raise ValueError(f"batch_size must be positive and workers non-negative, got {batch_size}, {workers}")
         self.config, self.teachers, self.captioner = config, teachers, captioner
         self.seed, self.dtype, self.batch_size, self.workers = seed, dtype, batch_size, workers
 
-    def reinforce_shard(self, source: Path, target: Path, progress: tqdm | None = None) -> ShardReport:
-        report = ShardReport(shard=source.name)
+    @property
+    def images_per_batch(self) -> int:
+        per_image = min(self.config.num_samples, 1 + self.captioner.num_captions)
+        return max(1, math.ceil(self.batch_size / per_image))
+
+    def loader(self, source: Path) -> torch.utils.data.DataLoader:
+        """The prepared samples of ``source``, in file order, from ``workers`` processes.
+
+        The workers keep two image batches in flight (prefetch), so that decoding and replaying
+        batch k+1 overlaps the teachers' forward of batch k; for CUDA teachers the views arrive
+        in page-locked memory (the DataLoader's pinning thread), ready for an async copy.
+        """
+        dataset = _PreparedShard(source, self.config, self.seed, self.captioner.needs_images,
+                                 getattr(self.captioner, "image_transform", None))
+        options = {}
+        if self.workers > 0:
+            options["prefetch_factor"] = max(2, math.ceil(2 * self.images_per_batch / self.workers))
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                                           collate_fn=_unbatched, pin_memory=self.teachers.device.type == "cuda",
+                                           **options)
+
+    def reinforce_shard(self, source: Path, target: Path, progress: tqdm | None = None,
+                        name: str | None = None) -> ShardReport:
+        report = ShardReport(shard=name or source.name)
         start = time.perf_counter()
-        samples = torch.utils.data.DataLoader(
-            _PreparedShard(source, self.config, self.seed, self.captioner.needs_images), batch_size=None,
-            num_workers=self.workers, collate_fn=_unbatched)
         pending: list[PreparedSample] = []
-        with shards.atomic_tar_writer(target, mtime=0) as writer:
-            for item in samples:
+        with _atomic_dr_writer(target) as writer, _BackgroundWriter(writer, self.dtype, report) as output:
+            waited = time.perf_counter()
+            samples = iter(self.loader(source))  # starts the workers
+            report.data_seconds += time.perf_counter() - waited
+            while True:
+                waited = time.perf_counter()
+                item = next(samples, _END)
+                report.data_seconds += time.perf_counter() - waited
+                if item is _END:
+                    break
                 report.samples_in += 1
                 if isinstance(item, Skipped):
                     report.skipped[item.reason] += 1
                 else:
                     pending.append(item)
-                if len(pending) * self.config.num_samples >= self.batch_size:
-                    self._flush(pending, writer, report)
+                if len(pending) >= self.images_per_batch:
+                    self._flush(pending, output, report)
                     pending = []
                 if progress is not None:
                     progress.update(1)
-            self._flush(pending, writer, report)
+            self._flush(pending, output, report)
         report.seconds = time.perf_counter() - start
         return report
 
-    def _flush(self, pending: list[PreparedSample], writer, report: ShardReport) -> None:
+    def _flush(self, pending: list[PreparedSample], output: _BackgroundWriter, report: ShardReport) -> None:
         if not pending:
             return
         start = time.perf_counter()
         syn_texts = self.captioner.caption_batch(
-            [sample.image for sample in pending], [sample.meta for sample in pending],
+            [sample.caption_input for sample in pending], [sample.meta for sample in pending],
             [seed_from("captions", self.seed, sample.key) for sample in pending])
         report.captioner_seconds += time.perf_counter() - start
         counts = {len(syn) for syn in syn_texts}
@@ -208,36 +435,49 @@ class Reinforcer:
 
         texts = [text for sample, syn in zip(pending, syn_texts) for text in [sample.caption, *syn]]
         start = time.perf_counter()
-        image_emb = self.teachers.encode_images(torch.cat([sample.views for sample in pending]))
+        device = self.teachers.device
+        views = torch.cat([sample.views.to(device, non_blocking=True) for sample in pending])
+        views = normalize_views(views, self.config.mean, self.config.std)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # charge the copy to the upload, not to the teachers
+        report.upload_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        image_emb = self.teachers.encode_images(views)
         report.image_teacher_seconds += time.perf_counter() - start
         start = time.perf_counter()
         text_emb = self.teachers.encode_texts(texts)
         report.text_teacher_seconds += time.perf_counter() - start
-
-        image_rows = text_rows = 0
-        for sample, syn in zip(pending, syn_texts):
-            sample_image_emb = image_emb[image_rows:image_rows + len(sample.param_aug)]
-            sample_text_emb = text_emb[text_rows:text_rows + 1 + len(syn)]
-            image_rows += len(sample.param_aug)
-            text_rows += 1 + len(syn)
-            record = shards.dr_record(sample.key, sample.uid, sample.sha256, sample.url, syn, sample.param_aug,
-                                      sample_image_emb.numpy(), sample_text_emb.numpy())
-            if self.dtype == "bf16":
-                del record["npz"]
-                record["pth.gz"] = encode_pth(sample_image_emb, sample_text_emb)
-            writer.write(record)
-            report.written += 1
+        del views
+        for sample in pending:
+            sample.views = sample.caption_input = None  # the writer needs neither: free them now
+        output.submit((pending, syn_texts, image_emb, text_emb))
 
 
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse_workers(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a non-negative integer, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datacomp-dir", required=True, type=Path, help="DataComp shards (jpg, txt, json)")
-    parser.add_argument("--out-dir", required=True, type=Path, help="where the DataCompDR shards go (same names)")
+    parser.add_argument("--out-dir", required=True, type=Path,
+                        help="where the DataCompDR shards go (same relative paths as in --datacomp-dir)")
     parser.add_argument("--reinforce-config", required=True, type=Path,
                         help="Apple's reinforcement JSON (teachers, num_samples, image_augmentation)")
     parser.add_argument("--pretrained-root", type=Path, default=None,
-                        help="directory against which relative *.pt teacher entries in the JSON are resolved")
+                        help="directory against which teacher/captioner checkpoint files named in the JSON are "
+                             "resolved; entries that are open_clip pretrained tags (openai, ...) are downloaded")
     captioner = parser.add_mutually_exclusive_group()
     captioner.add_argument("--captioner", choices=["world"], default=None,
                            help="the toy world's oracle captioner (reads toy_scene from each sample's json)")
@@ -245,13 +485,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help='captioner spec as JSON: "world" or {"coca": {"model_name": ..., "pretrained": ...}}')
     parser.add_argument("--num-syn-captions", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shards", nargs="+", default=None, help="shard file names in --datacomp-dir (default: all)")
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--shards", nargs="+", default=None,
+                           help="shard files in --datacomp-dir, relative paths (default: every *.tar under it)")
+    selection.add_argument("--shard-spec", default=None,
+                           help='hub shard ids in brace notation, as JSON ("{00000000..00001023}" or a list of '
+                                'such) or bare; with --group and --group-size: reinforce that group only')
+    parser.add_argument("--group", default=None, help="group index among the spec's groups (e.g. 00003)")
+    parser.add_argument("--group-size", type=int, default=None, help="shards per group")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="write a manifest of the selected shards here (per-shard entries and totals)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="float32 writes npz; bf16 writes pth.gz (as DataCompDR-12M-bf16)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per teacher forward")
+    parser.add_argument("--batch-size", type=int, default=256, help="views (or captions) per teacher forward")
     parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
-    parser.add_argument("--amp", action="store_true", help="run teachers and captioner under bf16 autocast")
-    parser.add_argument("--workers", type=int, default=0, help="processes decoding and augmenting images")
+    parser.add_argument("--amp", nargs="?", const="bf16", choices=AMP_MODES, default="auto",
+                        help="autocast for teachers and captioner: auto = bf16 (fp16 without bf16 support) "
+                             "on CUDA, none on the CPU; a bare --amp means bf16")
+    parser.add_argument("--workers", type=parse_workers, default="auto",
+                        help="DataLoader processes decoding and replaying images while the teachers run; "
+                             "auto = 0 on the CPU, one per available core but one (at most 16) with CUDA")
 
 
 def _captioner_spec(args: argparse.Namespace):
@@ -263,58 +516,178 @@ def _captioner_spec(args: argparse.Namespace):
     return args.captioner or "world"
 
 
-def _select_shards(args: argparse.Namespace) -> list[Path]:
+def _shard_id(relative: str) -> str:
+    return relative[:-len(".tar")] if relative.endswith(".tar") else relative
+
+
+def _select_shards(args: argparse.Namespace) -> tuple[list[str], list[str], int | None]:
+    """(selected shard ids in order, those of them missing in --datacomp-dir, group index or None).
+
+    An id is a shard's path relative to --datacomp-dir without ``.tar`` (``00000042``,
+    ``17/00000042``); its DR shard gets the same relative path under --out-dir.
+    """
     if not args.datacomp_dir.is_dir():
         raise ValueError(f"--datacomp-dir {args.datacomp_dir} is not a directory")
+    grouped = (args.group is not None, args.group_size is not None)
+    if args.shard_spec is not None:
+        if not all(grouped):
+            raise ValueError("--shard-spec needs --group and --group-size")
+        groups = hub.shard_groups(hub.parse_shard_spec(args.shard_spec), args.group_size)
+        try:
+            index = int(args.group)
+        except ValueError:
+            raise ValueError(f"--group must be a group index such as 00003, got {args.group!r}") from None
+        if not 0 <= index < len(groups):
+            raise ValueError(f"--group {args.group}: the spec has {len(groups)} groups of {args.group_size}")
+        ids = groups[index]
+        missing = [shard for shard in ids if not (args.datacomp_dir / f"{shard}.tar").is_file()]
+        return ids, missing, index
+    if any(grouped):
+        raise ValueError("--group and --group-size go with --shard-spec")
     if args.shards is None:
-        selected = shards.list_shards(args.datacomp_dir)
+        selected = [path.relative_to(args.datacomp_dir).as_posix() for path in shards.list_shards(args.datacomp_dir)]
         if not selected:
             raise ValueError(f"no *.tar shards in {args.datacomp_dir}")
-        return selected
-    selected = [args.datacomp_dir / name for name in args.shards]
-    missing = [path.name for path in selected if not path.is_file()]
+        return [_shard_id(name) for name in selected], [], None
+    missing = [name for name in args.shards if not (args.datacomp_dir / name).is_file()]
     if missing:
         raise ValueError(f"shards not found in {args.datacomp_dir}: {missing}")
-    return selected
+    return [_shard_id(name) for name in args.shards], [], None
+
+
+def _shard_manifest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".manifest.json")
+
+
+def _finished_shard(source: Path, target: Path, settings: dict) -> dict | None:
+    """The per-shard manifest of a DR shard that a rerun can keep, else None (it is redone).
+
+    Kept: a readable tar with a manifest, made from a DataComp shard of the same size.
+    A finished shard made with other content settings (teachers, seed, ...) stops the run:
+    redoing it silently would mix two reinforcements in one dataset.
+    """
+    manifest_path = _shard_manifest_path(target)
+    if not (target.is_file() and manifest_path.is_file()):
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not shards.is_readable_tar(target):
+        return None
+    if manifest.get("source_bytes", source.stat().st_size) != source.stat().st_size:
+        return None  # the DataComp shard was rewritten since
+    for key in CONTENT_SETTINGS:
+        if key in manifest and manifest[key] != settings[key]:
+            raise ValueError(f"{target} was reinforced with {key} = {manifest[key]!r}, this run has "
+                             f"{settings[key]!r}; delete it (and its manifest) or choose another --out-dir")
+    return manifest
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 (fp16 where the GPU lacks bf16) autocast on CUDA by default; fp32 on the CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def resolve_workers(workers: str | int, device: torch.device) -> int:
+    if workers != "auto":
+        return int(workers)
+    if device.type != "cuda":
+        return 0  # on the CPU the teachers want every core
+    return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
+
+
+def totals(entries: list[dict]) -> dict:
+    """Sums over a group's shards: counts, skips by reason, seconds by stage, and the teachers' share."""
+    done = [entry for entry in entries if entry.get("status") == "ok"]
+    skipped = Counter()
+    for entry in done:
+        skipped.update(entry.get("skipped", {}))
+    summed = {name: round(sum(float(entry.get(name) or 0.0) for entry in done), 3) for name in _TIMINGS}
+    return {
+        "shards": len(entries),
+        "shards_reinforced": sum(not entry.get("resumed") for entry in done),
+        "shards_resumed": sum(bool(entry.get("resumed")) for entry in done),
+        "shards_missing": sum(entry.get("status") == "missing" for entry in entries),
+        "samples_in": sum(int(entry.get("samples_in", 0)) for entry in done),
+        "written": sum(int(entry.get("written", 0)) for entry in done),
+        "skipped": dict(sorted(skipped.items())),
+        **summed,
+        "teacher_share": round(summed["teacher_seconds"] / summed["seconds"], 4) if summed["seconds"] else None,
+    }
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.num_syn_captions < 1 or args.batch_size < 1 or args.workers < 0:
-        raise ValueError("--num-syn-captions and --batch-size must be positive, --workers non-negative")
-    sources = _select_shards(args)
+    if args.num_syn_captions < 1 or args.batch_size < 1:
+        raise ValueError("--num-syn-captions and --batch-size must be positive")
+    if args.group_size is not None and args.group_size < 1:
+        raise ValueError(f"--group-size must be positive, got {args.group_size}")
+    start = time.perf_counter()
+    selected, missing, group_index = _select_shards(args)
     config = ReinforceConfig.load(args.reinforce_config)
-    todo = [source for source in sources if not shards.is_readable_tar(args.out_dir / source.name)]
-    for source in sources:
-        if source not in todo:
-            tqdm.write(f"{source.name}: already reinforced, skipped")
-    if not todo:
-        return 0
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    autocast_dtype = torch.bfloat16 if args.amp else None
     spec = _captioner_spec(args)
-    teachers = TeacherEnsemble.from_config(config, pretrained_root=args.pretrained_root, device=device,
-                                           autocast_dtype=autocast_dtype, batch_size=args.batch_size)
-    captioner = build_captioner(spec, num_captions=args.num_syn_captions, device=device,
-                                pretrained_root=args.pretrained_root, autocast_dtype=autocast_dtype)
-    reinforcer = Reinforcer(config, teachers, captioner, seed=args.seed, dtype=args.dtype,
-                            batch_size=args.batch_size, workers=args.workers)
-    run_info = {"reinforce_config": str(args.reinforce_config), "teachers": list(config.model_names),
-                "pretrained": list(teachers.pretrained), "dims": teachers.dims, "num_samples": config.num_samples,
-                "captioner": spec, "num_syn_captions": args.num_syn_captions, "seed": args.seed,
-                "dtype": args.dtype, "batch_size": args.batch_size, "device": device}
+    settings = {"reinforce_config": str(args.reinforce_config), "teachers": list(config.model_names),
+                "pretrained_entries": list(config.pretrained), "num_samples": config.num_samples,
+                "captioner": spec, "num_syn_captions": args.num_syn_captions, "seed": args.seed, "dtype": args.dtype,
+                "batch_size": args.batch_size}
+    for shard in missing:
+        tqdm.write(f"{shard}.tar: not in {args.datacomp_dir} (lost by the fetch?), skipped")
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    totals = Counter()
-    with tqdm(desc="reinforce", unit="sample", dynamic_ncols=True) as progress:
-        for source in todo:
-            report = reinforcer.reinforce_shard(source, args.out_dir / source.name, progress)
-            summary = report.as_dict()
-            shards.write_json_atomic(args.out_dir / f"{source.name}.manifest.json", {**summary, **run_info})
-            totals.update(samples_in=report.samples_in, written=report.written)
-            totals.update({f"skipped_{reason}": count for reason, count in report.skipped.items()})
-            tqdm.write(f"{source.name}: {report.written}/{report.samples_in} written, skipped "
-                       f"{dict(report.skipped) or 'none'}, {summary['samples_per_second']} samples/s, "
-                       f"teachers {100 * (summary['teacher_share'] or 0):.0f}% of the time")
-    tqdm.write(f"reinforced {len(todo)} shards: {dict(totals)}")
+    entries: dict[str, dict] = {shard: {"id": shard, "shard": f"{shard}.tar", "status": "missing"} for shard in missing}
+    todo = []
+    for shard in (shard for shard in selected if shard not in entries):
+        source, target = args.datacomp_dir / f"{shard}.tar", args.out_dir / f"{shard}.tar"
+        finished = _finished_shard(source, target, settings)
+        if finished is None:
+            todo.append(shard)
+        else:
+            entries[shard] = {**finished, "id": shard, "status": "ok", "resumed": True}
+            tqdm.write(f"{shard}.tar: already reinforced, skipped")
+
+    run_info = dict(settings)
+    if todo:
+        device = resolve_device(args.device)
+        amp = autocast_dtype(args.amp, device)
+        workers = resolve_workers(args.workers, device)
+        teachers = TeacherEnsemble.from_config(config, pretrained_root=args.pretrained_root, device=device,
+                                               autocast_dtype=amp, batch_size=args.batch_size)
+        captioner = build_captioner(spec, num_captions=args.num_syn_captions, device=device,
+                                    pretrained_root=args.pretrained_root, autocast_dtype=amp)
+        reinforcer = Reinforcer(config, teachers, captioner, seed=args.seed, dtype=args.dtype,
+                                batch_size=args.batch_size, workers=workers)
+        run_info.update(pretrained=list(teachers.pretrained), quick_gelu=list(teachers.quick_gelu),
+                        dims=teachers.dims, device=str(device), amp=str(amp).replace("torch.", "") if amp else "off",
+                        workers=workers)
+        with tqdm(desc="reinforce", unit="sample", dynamic_ncols=True) as progress:
+            for shard in todo:
+                source, target = args.datacomp_dir / f"{shard}.tar", args.out_dir / f"{shard}.tar"
+                report = reinforcer.reinforce_shard(source, target, progress, name=f"{shard}.tar")
+                summary = {**report.as_dict(), **run_info, "source_bytes": source.stat().st_size}
+                shards.write_json_atomic(_shard_manifest_path(target), summary)
+                entries[shard] = {**summary, "id": shard}
+                tqdm.write(f"{shard}.tar: {report.written}/{report.samples_in} written, skipped "
+                           f"{dict(report.skipped) or 'none'}, {summary['samples_per_second']} samples/s, "
+                           f"teachers {100 * (summary['teacher_share'] or 0):.0f}% of the time")
+
+    ordered = [entries[shard] for shard in selected]
+    summary = totals(ordered)
+    if args.manifest is not None:
+        shards.write_json_atomic(args.manifest, {
+            "schema": GROUP_MANIFEST_SCHEMA, "group": args.group, "group_index": group_index,
+            "group_size": args.group_size, "datacomp_dir": str(args.datacomp_dir), "dr_dir": str(args.out_dir),
+            "run": run_info, "totals": summary, "shards": ordered,
+            "elapsed_s": round(time.perf_counter() - start, 3)})
+    share = summary["teacher_share"]
+    tqdm.write(f"reinforced {summary['shards_reinforced']} shards ({summary['shards_resumed']} already done, "
+               f"{summary['shards_missing']} missing): {summary['written']}/{summary['samples_in']} samples written, "
+               f"skipped {summary['skipped'] or 'none'}"
+               + (f", teachers {100 * share:.0f}% of the time" if share is not None else ""))
     return 0

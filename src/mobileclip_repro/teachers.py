@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import open_clip
 import torch
@@ -58,6 +58,11 @@ class ReinforceConfig:
         if len(model_names) != len(pretrained) or not all(model_names):
             raise ValueError(f"reinforcement config: model_name {raw['model_name']!r} and pretrained "
                              f"{raw['pretrained']!r} must list the same number of members")
+        if not all(pretrained):
+            # A random-init teacher is only for benchmarks (TeacherEnsemble(..., [None, ...]));
+            # an empty entry in a config is a typo that would silently distil from noise.
+            raise ValueError(f"reinforcement config: pretrained {raw['pretrained']!r} has an empty entry; name an "
+                             f"open_clip pretrained tag or a checkpoint file for every teacher")
         num_samples = need(raw, "num_samples", "")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"reinforcement config: num_samples must be a positive integer, got {num_samples!r}")
@@ -118,21 +123,56 @@ class ReinforceConfig:
         return cls.from_dict(raw)
 
 
-def resolve_pretrained(entry: str, pretrained_root: str | os.PathLike | None) -> str:
-    """An open_clip tag unchanged; a checkpoint path (relative ``*.pt`` against ``pretrained_root``) checked to exist.
+def resolve_pretrained(model_name: str, entry: str | None, pretrained_root: str | os.PathLike | None) -> str | None:
+    """Where ``model_name``'s weights come from: an open_clip pretrained tag, a checkpoint file, or None.
 
-    The toy DAG trains its own teachers and names their checkpoint files in the JSON
-    relative to its working directory; real configs name open_clip tags such as ``openai``.
+    * an open_clip pretrained tag of ``model_name`` (``open_clip.get_pretrained_cfg`` knows it,
+      e.g. ``openai`` or ``datacomp_xl_s13b_b90k`` for ``ViT-L-14``): returned unchanged, and
+      open_clip's factory downloads the weights from the hub (or finds them in its cache).
+      Tags win over files, as in open_clip's own factory.
+    * anything else names a checkpoint file: absolute, or relative to ``pretrained_root``
+      (the working directory without one). The toy DAG's ``teacher_a.pt`` is one. It must exist.
+    * ``None``: random initialisation. Only the Python API can ask for it (benchmarks);
+      a reinforcement JSON cannot, ``ReinforceConfig`` refuses empty entries.
     """
-    looks_like_path = entry.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in entry
-    if not looks_like_path:
+    if entry is None:
+        return None
+    if not entry:
+        raise ValueError(f"empty pretrained entry for {model_name}: name an open_clip tag or a checkpoint file")
+    if open_clip.get_pretrained_cfg(model_name, entry):
         return entry
     path = Path(entry)
     if not path.is_absolute() and pretrained_root is not None:
         path = Path(pretrained_root) / path
-    if not path.is_file():
-        raise ValueError(f"teacher checkpoint {entry!r} not found (looked at {path})")
-    return str(path)
+    if path.is_file():
+        return str(path)
+    looks_like_path = entry.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in entry
+    if looks_like_path:
+        raise ValueError(f"checkpoint {entry!r} for {model_name} not found (looked at {path})")
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    raise ValueError(f"pretrained {entry!r} for {model_name} is neither an open_clip pretrained tag of it "
+                     f"(known: {tags or 'none'}) nor a checkpoint file (looked at {path})")
+
+
+def load_model(model_name: str, pretrained: str | None, *, pretrained_root: str | os.PathLike | None = None,
+               device: str | torch.device = "cpu"):
+    """(model in eval mode without gradients, eval preprocess, resolved weights, quick_gelu) via open_clip's factory.
+
+    ``pretrained`` as in ``resolve_pretrained``. For a tag, the tag's own settings are kept:
+    open_clip 3.x no longer switches ``ViT-L-14`` to QuickGELU for ``openai`` weights (it
+    only warns), so the tag's ``quick_gelu`` is forced here -- OpenAI's ViT-L-14 was trained
+    with QuickGELU, and with plain GELU its embeddings would be off.
+    """
+    register_project_models()
+    if open_clip.get_model_config(model_name) is None:
+        raise ValueError(f"unknown open_clip architecture {model_name!r}")
+    weights = resolve_pretrained(model_name, pretrained, pretrained_root)
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, weights) if weights is not None else {}
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    model, _, preprocess = create_model_and_transforms(model_name, pretrained=weights, device=str(device),
+                                                       force_quick_gelu=quick_gelu)
+    model.eval().requires_grad_(False)
+    return model, preprocess, weights, quick_gelu
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -145,11 +185,17 @@ class TeacherEnsemble:
     """Frozen CLIP teachers whose L2-normalized features are concatenated in member order.
 
     Each member's slice is normalized on its own so that the distillation loss can take
-    teacher k's features as slice k (reference.md §5). Outputs are float32 on the CPU,
-    ready to be stored.
+    teacher k's features as slice k (reference.md §5); member k's width is its open_clip
+    ``embed_dim`` (768 + 768 for the paper's two ViT-L-14). Outputs are float32 on the CPU,
+    ready to be stored. Inputs are cut into chunks of ``batch_size``; each chunk goes to the
+    device once and through every member, in eval mode under ``torch.inference_mode`` and,
+    when ``autocast_dtype`` is given (bf16/fp16 on CUDA), under autocast.
+
+    ``pretrained`` entries as in ``resolve_pretrained``: open_clip tags, checkpoint files, or
+    None for a random-init member (benchmarks only).
     """
 
-    def __init__(self, model_names: Sequence[str], pretrained: Sequence[str], *,
+    def __init__(self, model_names: Sequence[str], pretrained: Sequence[str | None], *,
                  pretrained_root: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  autocast_dtype: torch.dtype | None = None, batch_size: int = 256):
         if len(model_names) != len(pretrained) or not model_names:
@@ -161,17 +207,21 @@ class TeacherEnsemble:
         self.autocast_dtype = autocast_dtype
         self.batch_size = batch_size
         self.model_names = tuple(model_names)
-        self.pretrained = tuple(resolve_pretrained(entry, pretrained_root) for entry in pretrained)
-        self.models, self.tokenizers, self._dims = [], [], []
-        for name, weights in zip(self.model_names, self.pretrained):
-            model_config = open_clip.get_model_config(name)
-            if model_config is None:
+        for name, entry in zip(self.model_names, pretrained):  # every entry checked before any model loads
+            if open_clip.get_model_config(name) is None:
                 raise ValueError(f"unknown teacher architecture {name!r}")
-            model, _, _ = create_model_and_transforms(name, pretrained=weights, device=str(self.device))
-            model.eval().requires_grad_(False)
+            resolve_pretrained(name, entry, pretrained_root)
+        self.models, self.tokenizers, self._dims, resolved, quick_gelu = [], [], [], [], []
+        for name, entry in zip(self.model_names, pretrained):
+            model, _, weights, member_quick_gelu = load_model(name, entry, pretrained_root=pretrained_root,
+                                                              device=self.device)
             self.models.append(model)
             self.tokenizers.append(get_tokenizer(name))
-            self._dims.append(int(model_config["embed_dim"]))
+            self._dims.append(int(open_clip.get_model_config(name)["embed_dim"]))
+            resolved.append(weights)
+            quick_gelu.append(member_quick_gelu)
+        self.pretrained = tuple(resolved)
+        self.quick_gelu = tuple(quick_gelu)
 
     @classmethod
     def from_config(cls, config: ReinforceConfig, **kwargs) -> "TeacherEnsemble":
@@ -199,38 +249,45 @@ class TeacherEnsemble:
         """Normalized images [N, 3, S, S] -> [N, sum(dims)]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [N, 3, S, S], got {tuple(images.shape)}")
-        return self._encode(images, lambda member, chunk: self.models[member].encode_image(chunk.to(self.device)))
+        return self._encode(len(images), lambda start, stop: images[start:stop].to(self.device),
+                            lambda member, chunk: self.models[member].encode_image(chunk))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Captions -> [N, sum(dims)], each member with its own tokenizer."""
-        def forward(member: int, chunk: list[str]) -> torch.Tensor:
-            return self.models[member].encode_text(self.tokenizers[member](chunk).to(self.device))
-
         # Captions repeat a lot (templated synthetic captions, stock alt-text): embed each once.
         unique = list(dict.fromkeys(texts))
         row_of = {text: row for row, text in enumerate(unique)}
-        features = self._encode(unique, forward)
+
+        def forward(member: int, chunk: list[str]) -> torch.Tensor:
+            return self.models[member].encode_text(self.tokenizers[member](chunk).to(self.device))
+
+        features = self._encode(len(unique), lambda start, stop: unique[start:stop], forward)
         return features[[row_of[text] for text in texts]]
 
-    def _encode(self, inputs, forward) -> torch.Tensor:
-        outputs = []
-        for member, dim in enumerate(self._dims):
-            features = [torch.empty(0, dim)]
-            for start in range(0, len(inputs), self.batch_size):
+    def _encode(self, count: int, take, forward) -> torch.Tensor:
+        chunks = []
+        for start in range(0, count, self.batch_size):
+            inputs = take(start, min(count, start + self.batch_size))
+            members = []
+            for member in range(len(self.models)):
                 with _autocast(self.device, self.autocast_dtype):
-                    chunk_features = forward(member, inputs[start:start + self.batch_size])
-                features.append(F.normalize(chunk_features.float(), dim=-1).cpu())
-            outputs.append(torch.cat(features))
-        return torch.cat(outputs, dim=1)
+                    features = forward(member, inputs)
+                members.append(F.normalize(features.float(), dim=-1))
+            chunks.append(torch.cat(members, dim=1).cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, sum(self._dims))
 
 
 class SyntheticCaptioner(Protocol):
     num_captions: int
     needs_images: bool  # False lets the data pipeline drop decoded images early
+    # Optional: PIL image -> model input, picklable and free of model state, so the data
+    # pipeline can run it in its worker processes; caption_batch then gets its outputs.
+    image_transform: Callable[[Image.Image], torch.Tensor] | None
 
-    def caption_batch(self, images: list[Image.Image], metas: list[dict], seeds: list[int]) -> list[list[str]]:
-        """``num_captions`` captions for each image; ``seeds`` makes the result reproducible."""
+    def caption_batch(self, images: list, metas: list[dict], seeds: list[int]) -> list[list[str]]:
+        """``num_captions`` captions for each image (PIL, or ``image_transform``'s output);
+        ``seeds`` makes the result reproducible."""
 
 
 class CocaCaptioner:
@@ -260,11 +317,11 @@ class CocaCaptioner:
             raise ValueError(f"the {model_name} captioner needs pretrained weights (an open_clip tag or a checkpoint)")
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
-        self.model, _, self.preprocess = create_model_and_transforms(
-            model_name, pretrained=resolve_pretrained(pretrained, pretrained_root), device=str(self.device))
+        self.model, self.preprocess, self.pretrained, _ = load_model(model_name, pretrained,
+                                                                    pretrained_root=pretrained_root, device=self.device)
         if not hasattr(self.model, "text_decoder"):
             raise ValueError(f"{model_name} is not a CoCa model (no text decoder), it cannot caption")
-        self.model.eval().requires_grad_(False)
+        self.image_transform = self.preprocess  # torchvision transforms: run in the data workers
         context_length = int(self.model.context_length)
         # open_clip's default of 30 tokens, capped so every prefix fits the decoder's context.
         self.seq_len = min(30, context_length) if seq_len is None else seq_len
@@ -279,31 +336,34 @@ class CocaCaptioner:
         self.sot_id, self.eot_id = tokenizer.sot_token_id, tokenizer.eot_token_id
         self.pad_id = int(self.model.pad_id)
 
-    def caption_batch(self, images: list[Image.Image], metas: list[dict], seeds: list[int]) -> list[list[str]]:
+    def caption_batch(self, images: list, metas: list[dict], seeds: list[int]) -> list[list[str]]:
         generator = torch.Generator(device=self.device).manual_seed(seed_from("coca", *seeds))
         return self(images, generator=generator)
 
     @torch.inference_mode()
-    def __call__(self, images: list[Image.Image], generator: torch.Generator | None = None) -> list[list[str]]:
+    def __call__(self, images: list, generator: torch.Generator | None = None) -> list[list[str]]:
+        """Captions for PIL images, or for tensors that ``image_transform`` already made of them."""
         if not images:
             return []
-        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device)
-        # Each caption is an independent draw: repeat every image num_captions times.
-        pixels = pixels.repeat_interleave(self.num_captions, dim=0)
+        pixels = torch.stack([image if isinstance(image, torch.Tensor) else self.preprocess(image)
+                              for image in images]).to(self.device)
         tokens = self._sample_tokens(pixels, generator)
         captions = [self._decode(row) for row in tokens.tolist()]
         n = self.num_captions
         return [captions[index * n:(index + 1) * n] for index in range(len(images))]
 
     def _sample_tokens(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        rows = pixels.shape[0]
         with _autocast(self.device, self.autocast_dtype):
-            encoded = self.model(pixels)
+            encoded = self.model(pixels)  # each image through the vision tower once
+            # Each caption is an independent draw: every image's encoding repeated num_captions times.
+            image_latent = encoded["image_features"].repeat_interleave(self.num_captions, dim=0)
+            image_embs = encoded["image_embs"].repeat_interleave(self.num_captions, dim=0)
+            rows = image_latent.shape[0]
             tokens = torch.full((rows, 1), self.sot_id, dtype=torch.long, device=self.device)
             finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
             while tokens.shape[1] < self.seq_len and not finished.all():
-                logits = self.model(pixels, tokens, image_latent=encoded["image_features"],
-                                    image_embs=encoded["image_embs"], output_labels=False)["logits"][:, -1].float()
+                logits = self.model(None, tokens, image_latent=image_latent, image_embs=image_embs,
+                                    output_labels=False)["logits"][:, -1].float()
                 if tokens.shape[1] < self.min_seq_len:
                     logits[:, self.eot_id] = float("-inf")
                 if tokens.shape[1] + 1 == self.seq_len:
@@ -340,6 +400,7 @@ class WorldSyntheticCaptioner:
     """The toy world's captioner behind the same batch interface as CoCa."""
 
     needs_images = False
+    image_transform = None
 
     def __init__(self, num_captions: int = 5):
         from mobileclip_repro.toyworld import WorldCaptioner
