@@ -219,7 +219,7 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
         # Per-epoch counts include what the loader read ahead for the next epoch; the run
         # total is their sum over every attempt, so nothing is counted twice or lost.
         manifest["skipped_samples"] = counts_by_reason(
-            [sum(e["skipped_samples"][r] for e in manifest["epochs"]) for r in SKIP_REASONS])
+            [sum(e.get("skipped_samples", {}).get(r, 0) for e in manifest["epochs"]) for r in SKIP_REASONS])
         manifest["train_seconds"] = round(time.time() - started, 2)
         shards.write_json_atomic(out_dir / "manifest.json", manifest)
         log.info("skipped samples over the run (all ranks, all attempts): %s",
