@@ -7,7 +7,7 @@ CORES     ?= 2
 TOY       ?= configs/toy.yaml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test dry-run-paper clean
+.PHONY: install demo test slurm-deps slurm-cluster dry-run-paper clean
 
 install: $(STAMP)
 
@@ -28,8 +28,18 @@ demo: $(STAMP)
 	echo "plot:  $$report/learning_efficiency.png  $$report/learning_efficiency.pdf" && \
 	echo "html:  $$report/report.html"
 
-test: $(STAMP)
+test: $(STAMP) slurm-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# tests/test_slurm.py runs the toy DAG through a throwaway SLURM cluster on this machine:
+# installs munge, slurmctld, slurmd and the client tools from Debian when they are missing
+# (root with apt-get only; otherwise that test skips and says why). Idempotent.
+slurm-deps:
+	@bash tests/slurm/install.sh
+
+# That cluster, for trying `snakemake --profile slurm` by hand (as root; Ctrl-C stops it).
+slurm-cluster: $(STAMP) slurm-deps
+	$(PYTHON) tests/slurm/cluster.py $(or $(SLURM_DIR),/tmp/mobileclip-slurm)
 
 dry-run-paper: $(STAMP)
 	for c in configs/paper/*.yaml; do $(VENV)/bin/snakemake -n --quiet --configfile $$c || exit 1; done

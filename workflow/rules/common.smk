@@ -90,11 +90,26 @@ def toy_benchmark_roots():
     return [b["root"] for b in BENCHMARKS if IS_TOY and b["dataset"].startswith("wds/toy")]
 
 
-def torchrun(spec):
-    """The launcher prefix: single node standalone rendezvous, or one torchrun per node via srun."""
+def torchrun(spec, cpus_per_task=None):
+    """The launcher prefix: on one node torchrun's standalone rendezvous; on several, one torchrun
+    per node through srun, with a c10d rendezvous on the allocation's first node.
+
+    Under snakemake-executor-plugin-slurm a multi-node train job carries the `mpi` resource
+    (train.smk), so the rule's shell runs in the batch script on the first node, not inside the
+    plugin's one-task `srun` step, and this srun is the job's one step across all nodes. The plugin
+    keeps only SLURM_JOB_ID (and a few ids) of the SLURM_* variables there: no SLURM_JOB_NODELIST,
+    SLURM_CPUS_PER_TASK or SLURM_CONF. So the step's counts are explicit (CPUs per task: the job's
+    `cpus_per_task` resource, after any --set-resources), the node list comes from squeue when the
+    variable is absent, and srun/squeue/scontrol read the cluster's default config (/etc/slurm or
+    configless). GPUs: a step gets all of the job's GRES on each node by default.
+    """
     procs = max(spec["gpus_per_node"], 1)
-    if spec["nodes"] == 1:
+    nodes = spec["nodes"]
+    if nodes == 1:
         return f"{TORCHRUN} --standalone --nnodes 1 --nproc-per-node {procs}"
-    return (f"srun --nodes {spec['nodes']} --ntasks {spec['nodes']} --ntasks-per-node 1 "
-            f"{TORCHRUN} --nnodes {spec['nodes']} --nproc-per-node {procs} --rdzv-backend c10d "
-            f"--rdzv-id $SLURM_JOB_ID --rdzv-endpoint $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1):29500")
+    cpus = cpus_per_task or procs * spec["slurm"]["cpus_per_gpu"]
+    node_list = '"${SLURM_JOB_NODELIST:-$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)}"'
+    first_node = f"$(scontrol show hostnames {node_list} | head -n 1)"
+    return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --cpus-per-task {cpus} --kill-on-bad-exit=1 "
+            f"{TORCHRUN} --nnodes {nodes} --nproc-per-node {procs} --rdzv-backend c10d "
+            f"--rdzv-id \"$SLURM_JOB_ID\" --rdzv-endpoint {first_node}:29500")

@@ -16,12 +16,18 @@ rule train:
         manifest=RESULTS / "runs" / "{run}" / "manifest.json",
     params:
         spec=lambda wc: spec_json(run_spec(wc.run)),
-        launcher=lambda wc: torchrun(run_spec(wc.run)),
+        launcher=lambda wc, resources: torchrun(run_spec(wc.run), resources.get("cpus_per_task")),
         out_dir=lambda wc: run_dir(EXP, wc.run),
     threads: 1
     resources:
         # One torchrun launcher per node (srun), each spawning one process per GPU.
         nodes=lambda wc: run_spec(wc.run)["nodes"],
+        # Several nodes: the rule's own srun (torchrun() in common.smk) starts the per-node
+        # launchers, so snakemake-executor-plugin-slurm must run the shell in the batch script
+        # rather than inside its one-task srun step (that is what its `mpi` resource does), and
+        # sbatch gets --ntasks=nodes. One node: no `mpi` (None leaves the resource unset).
+        mpi=lambda wc: "srun" if run_spec(wc.run)["nodes"] > 1 else None,
+        tasks=lambda wc: run_spec(wc.run)["nodes"],
         gres=lambda wc: f"gpu:{run_spec(wc.run)['gpus_per_node']}" if run_spec(wc.run)["gpus_per_node"] else "",
         tasks_per_gpu=0,
         slurm_extra="'--ntasks-per-node=1'",
