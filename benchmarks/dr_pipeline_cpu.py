@@ -178,7 +178,8 @@ def make_data(root: Path, num_samples: int, num_shards: int, seed: int) -> dict:
                 stats["npz_bytes"] += len(record["npz"])
                 stats["paug_bytes"] += len(record["paug.json"])
                 index += 1
-    return {"datacomp": shards.list_shards(datacomp_dir), "dr_dir": dr_dir, "samples": index,
+    return {"datacomp": shards.list_shards(datacomp_dir), "datacomp_dir": datacomp_dir, "dr_dir": dr_dir,
+            "samples": index,
             "mean_mp": stats["pixels"] / index / 1e6, "mean_jpg_kb": stats["jpg_bytes"] / index / 1e3,
             "bits_per_px": 8 * stats["jpg_bytes"] / stats["pixels"],
             "mean_npz_kb": stats["npz_bytes"] / index / 1e3, "mean_paug_kb": stats["paug_bytes"] / index / 1e3}
@@ -236,19 +237,16 @@ def plain_pipeline(urls: list[str], preprocess, seed: int, shuffle_buffer: int):
 
 
 def shard_pairs(data: dict) -> list[tuple[Path, Path]]:
-    return [(shard, Path(data["dr_dir"]) / shard.name) for shard in data["datacomp"]]
+    from mobileclip_repro.samples import paired_shards
+
+    return paired_shards(data["datacomp"], data["datacomp_dir"], data["dr_dir"])
 
 
 def dr_samples(data: dict, replay, seed: int, shuffle_buffer: int, counter):
-    import inspect
-
     from mobileclip_repro.samples import DRSamples
 
-    options = dict(replay=replay, tokenizer=None, seed=seed, resampled=False, counter=counter,
-                   shuffle_buffer=max(1, shuffle_buffer), passes=1, embedding_dim=EMBEDDING_DIM)
-    if "shard_pairs" in inspect.signature(DRSamples).parameters:  # DRSamples(shard_pairs, replay, ...)
-        return DRSamples(shard_pairs(data), **options)
-    return DRSamples(data["datacomp"], data["dr_dir"], **options)  # DRSamples(datacomp_shards, dr_dir, replay, ...)
+    return DRSamples(shard_pairs(data), replay=replay, tokenizer=None, seed=seed, resampled=False, counter=counter,
+                     shuffle_buffer=max(1, shuffle_buffer), passes=1, embedding_dim=EMBEDDING_DIM)
 
 
 def time_plain_pass(data: dict, preprocess, seed: int, shuffle_buffer: int, record: list | None) -> float:
@@ -358,7 +356,7 @@ def dr_breakdown(data: dict, replay, seed: int, shuffle_buffer: int,
         image = shards.decode_image(datacomp["jpg"])
         t5 = T()
         param = replay_module.parse_param_aug(param_aug[aug])
-        image = replay_module._rgb(image)
+        image = shards.to_rgb(image)
         replay_module.check_fits(param, image.width, image.height)
         t6 = T()
         top, left, height, width = param.crop

@@ -79,7 +79,8 @@ def _pair(root: Path, datacomp_samples: list[dict], dr_samples: list[dict], shar
 
 
 def _examples(datacomp_dir: Path, dr_dir: Path, counter: SkipCounter, workers: int = 0) -> list:
-    dataset = DRSamples(paired_shards(datacomp_dir, dr_dir), REPLAY, tokenizer=None, seed=0, resampled=False,
+    pairs = paired_shards(shards.list_shards(datacomp_dir), datacomp_dir, dr_dir)
+    dataset = DRSamples(pairs, REPLAY, tokenizer=None, seed=0, resampled=False,
                         counter=counter, shuffle_buffer=1, passes=1, embedding_dim=EMBEDDING_DIM)
     if workers == 0:
         return list(dataset.examples())
@@ -341,7 +342,7 @@ def test_shards_pair_by_relative_path_in_the_nested_1b_layout(tmp_path):
             (tmp_path / root / shard).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / root / shard).write_bytes(b"")
     (tmp_path / "datacomp" / "00" / "00000002.tar.partial").write_bytes(b"")  # an interrupted write
-    pairs = paired_shards(tmp_path / "datacomp", tmp_path / "dr")
+    pairs = paired_shards(shards.list_shards(tmp_path / "datacomp"), tmp_path / "datacomp", tmp_path / "dr")
     assert [(d.relative_to(tmp_path).as_posix(), r.relative_to(tmp_path).as_posix()) for d, r in pairs] == [
         ("datacomp/00/00000000.tar", "dr/00/00000000.tar"), ("datacomp/00/00000001.tar", "dr/00/00000001.tar"),
         ("datacomp/65/00000535.tar", "dr/65/00000535.tar")]

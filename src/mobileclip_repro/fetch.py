@@ -169,18 +169,6 @@ def detect_layout(files: list[str]) -> str:
                      f"({len(files)} files); pass --datacomp-layout")
 
 
-def tar_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete tar (None when it is): unreadable headers or data past its end."""
-    if not shards.is_readable_tar(path):
-        return "not a readable tar (truncated or corrupt)"
-    size = path.stat().st_size
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.offset_data + member.size > size:
-                return f"member {member.name} runs past the end of the file"
-    return None
-
-
 def _install(source: Path, destination: Path) -> None:
     """Move a checked download to its final name, atomically (a copy when they are on two file systems)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +190,7 @@ def download_checked_tar(repo_id: str, filename: str, local_dir: Path, revision:
             path = hub_download(repo_id, filename, local_dir, revision=revision, force=attempt > 0)
         except Exception as error:  # noqa: BLE001 - huggingface_hub / network errors: the shard fails, not the group
             raise ShardFailed(f"{repo_id}/{filename}: download failed: {type(error).__name__}: {error}") from None
-        problem = tar_problem(path)
+        problem = shards.tar_problem(path)
         if problem is None:
             return path
         log.warning("%s/%s: %s%s", repo_id, filename, problem, "; downloading it again" if attempt == 0 else "")
@@ -433,7 +421,7 @@ def load_done_shard(shard_id: str, opts: FetchOptions) -> dict | None:
 def ensure_dr_shard(shard_id: str, opts: FetchOptions) -> Path:
     """The installed DataCompDR tar of the shard, downloaded unless a complete one is already there."""
     _, _, dr_tar = _paths(shard_id, opts)
-    if dr_tar.is_file() and tar_problem(dr_tar) is None:
+    if dr_tar.is_file() and shards.is_readable_tar(dr_tar):
         return dr_tar
     staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_revision)
     _install(staged, dr_tar)

@@ -39,10 +39,8 @@ import queue
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torchvision.transforms.functional as TF
@@ -265,16 +263,6 @@ def _encode_record(sample: dict) -> dict:
     return encoded
 
 
-@contextmanager
-def _atomic_dr_writer(path: Path) -> Iterator[wds.TarWriter]:
-    with shards.atomic_output(path) as partial, open(partial, "wb") as stream:
-        writer = wds.TarWriter(stream, mtime=0, encoder=_encode_record)
-        try:
-            yield writer
-        finally:
-            writer.close()
-
-
 class _BackgroundWriter:
     """Builds and writes DR records on a thread of its own, batch by batch, in submission order.
 
@@ -396,7 +384,8 @@ class Reinforcer:
         report = ShardReport(shard=name or source.name)
         start = time.perf_counter()
         pending: list[PreparedSample] = []
-        with _atomic_dr_writer(target) as writer, _BackgroundWriter(writer, self.dtype, report) as output:
+        with (shards.atomic_tar_writer(target, mtime=0, encoder=_encode_record) as writer,
+              _BackgroundWriter(writer, self.dtype, report) as output):
             waited = time.perf_counter()
             samples = iter(self.loader(source))  # starts the workers
             report.data_seconds += time.perf_counter() - waited

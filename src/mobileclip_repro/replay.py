@@ -26,6 +26,8 @@ from torchvision.transforms import functional as F
 # copy of its dispatch) keeps the op semantics tied to the pinned torchvision.
 from torchvision.transforms.autoaugment import _apply_op
 
+from mobileclip_repro import shards
+
 OP_NAMES = (
     "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
     "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
@@ -144,21 +146,11 @@ def _interpolation(interpolation: InterpolationMode | str) -> InterpolationMode:
         raise ValueError(f"unknown interpolation {interpolation!r} (valid: {valid})") from None
 
 
-def _rgb(image: Image.Image) -> Image.Image:
-    # The reference decodes with webdataset's "pilrgba" and then drops alpha with
-    # convert("RGB"); going through RGBA gives the same pixels for every source mode.
-    if image.mode == "RGB":
-        return image
-    if image.mode != "RGBA":
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
 def replay_pil(image: Image.Image, entry, size: int | Sequence[int],
                interpolation: InterpolationMode | str = InterpolationMode.BICUBIC) -> Image.Image:
     """Crop, resize to ``size`` and apply the entry's RandAugment ops; returns an RGB PIL image."""
     param = parse_param_aug(entry)
-    image = _rgb(image)
+    image = shards.to_rgb(image)
     check_fits(param, image.width, image.height)
     top, left, crop_height, crop_width = param.crop
     image = F.resized_crop(image, top, left, crop_height, crop_width, _size_hw(size),

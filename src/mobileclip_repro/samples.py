@@ -287,10 +287,11 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
                      reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn], aug, syn)
 
 
-def paired_shards(datacomp_dir: str | Path, dr_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Each DataComp shard with the DataCompDR shard at the same relative path."""
+def paired_shards(datacomp_shards: list[Path], datacomp_dir: str | Path,
+                  dr_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Each DataComp shard (listed under ``datacomp_dir``) with the DataCompDR shard at the same relative path."""
     datacomp_dir, dr_dir = Path(datacomp_dir), Path(dr_dir)
-    return [(shard, dr_dir / shard.relative_to(datacomp_dir)) for shard in shards.list_shards(datacomp_dir)]
+    return [(shard, dr_dir / shard.relative_to(datacomp_dir)) for shard in datacomp_shards]
 
 
 class DRSamples(torch.utils.data.IterableDataset):

@@ -57,14 +57,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_tar_writer(path: str | os.PathLike, *, mtime: float | None = None) -> Iterator[wds.TarWriter]:
+def atomic_tar_writer(path: str | os.PathLike, *, mtime: float | None = None,
+                      encoder=True) -> Iterator[wds.TarWriter]:
     """A webdataset TarWriter whose output appears at ``path`` only if the block succeeds.
 
     ``mtime`` fixes the members' modification time; without it TarWriter stamps the
     current time, so the same content would give different bytes on every run.
+    ``encoder`` is TarWriter's (True: webdataset's default encoding by extension).
     """
     with atomic_output(path) as partial, open(partial, "wb") as stream:
-        writer = wds.TarWriter(stream, mtime=mtime)
+        writer = wds.TarWriter(stream, mtime=mtime, encoder=encoder)
         try:
             yield writer
         finally:
@@ -193,19 +195,24 @@ def decode_reinforcement(sample: dict, *, check_finite: bool = True) -> Reinforc
                          image_emb, text_emb)
 
 
-def decode_image(jpg: bytes) -> Image.Image:
-    """The ``jpg`` field as an RGB image, decoded as the reference's loader does.
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as the reference's loader makes it: webdataset's ``pilrgba``, then alpha dropped.
 
-    The reference decodes with webdataset's ``pilrgba`` and then drops alpha; going
-    through RGBA gives the same pixels for every source mode.
+    Going through RGBA gives the same pixels for every source mode; an RGB image (most
+    JPEGs) is returned as it is, without a copy.
     """
-    image = Image.open(io.BytesIO(jpg))  # in-memory: load() leaves no file to close
-    image.load()
-    if image.mode == "RGB":  # most JPEGs: no copy
+    if image.mode == "RGB":
         return image
     if image.mode != "RGBA":
         image = image.convert("RGBA")
     return image.convert("RGB")
+
+
+def decode_image(jpg: bytes) -> Image.Image:
+    """The ``jpg`` field as an RGB image (``to_rgb``), fully loaded."""
+    image = Image.open(io.BytesIO(jpg))  # in-memory: load() leaves no file to close
+    image.load()
+    return to_rgb(image)
 
 
 def list_shards(directory: str | os.PathLike) -> list[Path]:
@@ -213,10 +220,23 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
     return sorted(Path(directory).rglob("*.tar"))
 
 
-def is_readable_tar(path: str | os.PathLike) -> bool:
+def tar_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete tar, None when it is.
+
+    Reading the headers is not enough: a tar cut inside its last member's data still lists
+    every member, so each member's data must also end within the file.
+    """
     try:
         with tarfile.open(path) as tar:
-            tar.getmembers()
-        return True
+            members = tar.getmembers()
     except (tarfile.TarError, OSError, EOFError):
-        return False
+        return "not a readable tar (truncated or corrupt)"
+    size = Path(path).stat().st_size
+    for member in members:
+        if member.isfile() and member.offset_data + member.size > size:
+            return f"member {member.name} runs past the end of the file"
+    return None
+
+
+def is_readable_tar(path: str | os.PathLike) -> bool:
+    return tar_problem(path) is None

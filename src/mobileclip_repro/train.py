@@ -80,8 +80,9 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
 
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
-        return DRSamples(paired_shards(spec["datacomp_dir"], spec["dr_dir"]), replay, tokenizer, stream_seed,
-                         spec["dataset_resampled"], counter, embedding_dim=sum(spec["distill"]["teacher_dimension"]))
+        pairs = paired_shards(shard_paths, spec["datacomp_dir"], spec["dr_dir"])
+        return DRSamples(pairs, replay, tokenizer, stream_seed, spec["dataset_resampled"], counter,
+                         embedding_dim=sum(spec["distill"]["teacher_dimension"]))
     return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
 
 
