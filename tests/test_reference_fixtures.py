@@ -26,8 +26,17 @@ LOSS_DIR = FIXTURES / "dr_loss"
 
 # One grey level: the README promises exact agreement for a Pillow-exact pipeline.
 REPLAY_TOLERANCE = 1 / 255
-LOSS_RTOL = 1e-6
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+# float64 proves the maths: any summation order keeps ~1e-16 relative, so 1e-10 is tight.
+# float32 proves the implementation on whatever x86 CPU runs the suite. Its unit roundoff is
+# u = 2**-24 = 6e-8; the teacher logits are 100 * cos over 768-wide slices, and another CPU's GEMM
+# (AVX2 vs AVX-512 blocking, MKL vs oneDNN, thread split) sums those 768 products in another order,
+# moving a logit by ~sqrt(768) * u * 100 = 1.7e-4 and the distillation cross-entropy (~0.75) by up
+# to ~1e-5 relative. Two float32 implementations can each sit that far from the exact value, in
+# opposite directions, so the fixture's float32 numbers (from one CPU) are matched within 5e-5.
+# test_float32_tolerance_covers_reordered_sums measures that spread here and keeps the bound honest.
+LOSS_RTOL = {"float64": 1e-10, "float32": 5e-5}
+LOSS_ATOL = {"float64": 1e-12, "float32": 1e-9}  # terms that are exactly 0 (weight 0) stay 0
 
 
 def _replay_cases() -> list[dict]:
@@ -110,7 +119,8 @@ def test_loss_matches_reference(case, precision):
     expected = case["expected"][precision]
     assert set(expected) <= set(values)
     for term, value in expected.items():
-        assert values[term] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-12), f"{case['case']} {precision} {term}"
+        assert values[term] == pytest.approx(value, rel=LOSS_RTOL[precision], abs=LOSS_ATOL[precision]), \
+            f"{case['case']} {precision} {term}"
 
 
 COMPONENT_CASES = [c for c in LOSS_CASES if "components_float64" in c]
@@ -127,16 +137,46 @@ def test_loss_pair_components_match_reference(case):
         with torch.no_grad():
             contrastive, distill = loss.pair_loss(inputs["image_features"], inputs[text], inputs["logit_scale"],
                                                   inputs["dist_image_features"], inputs[dist_text])
-        assert float(contrastive) == pytest.approx(expected["contrastive_loss"], rel=LOSS_RTOL, abs=1e-12)
-        assert float(distill) == pytest.approx(expected["distill_loss"], rel=LOSS_RTOL, abs=1e-12)
+        assert float(contrastive) == pytest.approx(expected["contrastive_loss"], rel=LOSS_RTOL["float64"], abs=1e-12)
+        assert float(distill) == pytest.approx(expected["distill_loss"], rel=LOSS_RTOL["float64"], abs=1e-12)
 
 
-def test_loss_max_relative_error_over_all_cases():
-    errors = dr_loss.loss_relative_errors(LOSS_DIR)
-    assert set(errors) == {c["case"] for c in LOSS_CASES}
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_loss_max_relative_error_over_all_cases(precision):
+    errors = dr_loss.loss_relative_errors(LOSS_DIR, PRECISIONS[precision])
+    assert set(errors) == {c["case"] for c in LOSS_CASES if precision in c["expected"]}
     worst = max(errors, key=errors.get)
-    print(f"loss: max relative error over {len(errors)} cases = {errors[worst]:.3g} ({worst})")
-    assert errors[worst] <= LOSS_RTOL
+    print(f"loss ({precision}): max relative error over {len(errors)} cases = {errors[worst]:.3g} ({worst})")
+    assert errors[worst] <= LOSS_RTOL[precision]
+
+
+def _reordered(inputs: dict, teacher_dimension: list[int], generator: torch.Generator) -> dict:
+    """The same case with feature columns permuted (within each teacher's slice): identical maths,
+    another order of every dot product's sum, as another CPU's GEMM kernel would take."""
+    student = torch.randperm(inputs["image_features"].shape[1], generator=generator)
+    offsets = torch.cumsum(torch.tensor([0] + teacher_dimension[:-1]), 0)
+    teacher = torch.cat([torch.randperm(d, generator=generator) + int(o) for d, o in zip(teacher_dimension, offsets)])
+    columns = {name: (teacher if name.startswith("dist_") else student) for name in dr_loss.FIXTURE_FEATURES}
+    return {name: (value[:, columns[name]] if name in columns and value is not None else value)
+            for name, value in inputs.items()}
+
+
+def test_float32_tolerance_covers_reordered_sums():
+    """Float32 results under 10 reorderings per case stay within half the float32 tolerance of the
+    exact (float64) value: two CPUs' float32 results then agree within the tolerance."""
+    generator = torch.Generator().manual_seed(0)
+    spread = 0.0
+    for case in LOSS_CASES:
+        loss = dr_loss.loss_from_config(case["config"])
+        inputs = dr_loss.case_inputs(LOSS_DIR, case, torch.float32)
+        exact = case["expected"]["float64"]
+        for _ in range(10):
+            with torch.no_grad():
+                out = loss(**_reordered(inputs, case["config"]["teacher_dimension"], generator))
+            spread = max([spread] + [dr_loss.relative_error(float(out[term]), exact[term])
+                                     for term in ("contrastive_loss", "distill_loss") if exact[term] != 0])
+    print(f"loss: float32 under reordered sums, max relative error vs float64 = {spread:.3g}")
+    assert 0 < spread <= LOSS_RTOL["float32"] / 2
 
 
 def test_loss_does_not_normalize_teacher_features():
