@@ -260,18 +260,24 @@ def test_the_skip_reason_names_what_is_wrong(datacomp, name):
     assert skipped.value.reason == reason and skipped.value.detail
 
 
-def test_a_truncated_shard_keeps_the_samples_before_the_cut(datacomp, tmp_path):
+def test_a_truncated_shard_keeps_the_samples_before_the_cut(datacomp, tmp_path, caplog):
     datacomp_tar, _ = _pair(tmp_path, datacomp[:8], [_dr_sample(s, i) for i, s in enumerate(datacomp[:8])])
     data = datacomp_tar.read_bytes()
     datacomp_tar.write_bytes(data[: len(data) // 2])
     counter = SkipCounter()
-    examples = _examples(tmp_path / "datacomp", tmp_path / "dr", counter)
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+        examples = _examples(tmp_path / "datacomp", tmp_path / "dr", counter)
 
     counts = counter.totals()
     assert counts["unreadable_shard"] == 1
     assert 1 <= len(examples) < 8
-    # every DR sample is accounted for: used, or its image lost with the tail of the tar
-    assert len(examples) + counts.get("no_image", 0) + counts.get("missing_key", 0) == 8
+    # every DR sample is accounted for: used, or unjoined after the cut, which the
+    # unreadable_shard report at the DataComp tar's path counts (not as failed downloads)
+    assert "no_image" not in counts
+    [report] = [r.getMessage() for r in caplog.records if "[unreadable_shard]" in r.getMessage()]
+    assert f"{datacomp_tar}:" in report
+    unjoined = int(report.split(" DataCompDR samples after the cut")[0].rsplit(" ", 1)[1])
+    assert len(examples) + unjoined + counts.get("missing_key", 0) == 8
 
 
 def test_the_first_skips_of_a_reason_are_logged_with_shard_and_key(caplog):
@@ -294,7 +300,11 @@ def _training_spec(root: Path, **overrides) -> dict:
                                        "warmup_steps": 1, **overrides})
     config["runs"]["smoke_dr"]["distill"]["teacher_dimension"] = [EMBEDDING_DIM // 2] * 2
     spec = resolve_run(config, "smoke_dr")
-    spec.update(datacomp_dir=str(root / "datacomp"), dr_dir=str(root / "dr"))
+    # the reinforcement JSON these shards were made with (the train job checks them against it)
+    made_with = json.loads((REPO_ROOT / "configs" / "reinforce" / "toy.json").read_text())
+    (root / "reinforce.json").write_text(json.dumps({**made_with, "num_samples": NUM_AUGMENTATIONS}))
+    spec.update(datacomp_dir=str(root / "datacomp"), dr_dir=str(root / "dr"),
+                reinforcement_config=str(root / "reinforce.json"))
     return spec
 
 

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from mobileclip_repro.config import ConfigError  # jsonschema + yaml only: cheap
+
 COMMANDS = {
     "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
     "fetch": ("mobileclip_repro.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"mobileclip-repro {name}", description=help_text)
     module.add_arguments(parser)
-    return module.command(parser.parse_args(rest)) or 0
+    args = parser.parse_args(rest)
+    try:
+        return module.command(args) or 0
+    except ConfigError as error:  # a config mistake is a message naming the key, not a traceback
+        print(f"{parser.prog}: invalid config: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -20,6 +21,18 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 class ConfigError(ValueError):
     """A config value is missing, mistyped or inconsistent; the message names the key."""
+
+
+def strict_validator(validator_class=jsonschema.Draft202012Validator):
+    """``validator_class`` where ``integer`` means an integer as written: 128.0 is not one.
+
+    JSON Schema (Draft 2020-12, like jsonschema's default type checker) counts any number
+    with a zero fractional part as an integer, so ``global_batch_size: 128.0`` would pass and
+    break integer arithmetic later; booleans are not integers either.
+    """
+    checker = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _, instance: isinstance(instance, int) and not isinstance(instance, bool))
+    return jsonschema.validators.extend(validator_class, type_checker=checker)
 
 
 def _with_defaults(validator_class):
@@ -53,7 +66,7 @@ def load_schema() -> dict:
 def validate(config: dict) -> dict:
     """Validate in place, filling defaults; raises ConfigError naming the first bad key."""
     schema = load_schema()
-    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    validator = _with_defaults(strict_validator())(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # the deepest error names the actual key; oneOf wrappers hide it otherwise
@@ -73,6 +86,11 @@ def _check_consistency(config: dict) -> None:
     mix = config["data"]["toy"]["alt_text_mix"]
     if abs(sum(mix.values()) - 1.0) > 1e-6:
         raise ConfigError(f"config key 'data.toy.alt_text_mix': fractions sum to {sum(mix.values()):g}, not 1")
+    for position, pair in enumerate(config["report"].get("efficiency_pairs") or []):
+        for role, name, dr in (("DR", pair[0], True), ("non-DR", pair[1], False)):
+            if name not in config["runs"] or (config["runs"][name]["data"] == "dr") != dr:
+                raise ConfigError(f"config key 'report.efficiency_pairs.{position}': {name!r} is not a {role} run "
+                                  f"of this config")
     names = [b["name"] for b in config["evaluation"]["benchmarks"]]
     if len(names) != len(set(names)):
         raise ConfigError("config key 'evaluation.benchmarks': benchmark names must be unique")
@@ -84,20 +102,47 @@ def _derived(run: dict, where: str) -> dict:
     if global_batch % world_size:
         raise ConfigError(f"config key '{where}.global_batch_size': {global_batch} is not divisible by "
                           f"nodes x gpus_per_node = {world_size}")
-    samples_per_checkpoint, remainder = divmod(run["seen_samples"], run["num_checkpoints"])
-    if remainder or samples_per_checkpoint % global_batch:
-        raise ConfigError(f"config key '{where}.seen_samples': {run['seen_samples']} must split into "
-                          f"{run['num_checkpoints']} checkpoints of whole global batches of {global_batch}")
+    total_steps, remainder = divmod(run["seen_samples"], global_batch)
+    if remainder:
+        raise ConfigError(f"config key '{where}.seen_samples': {run['seen_samples']} is not a whole number of "
+                          f"global batches of {global_batch}")
     weights = run["distill"]["loss_weights"]
     if run["data"] == "dr" and sum(weights) <= 0:
         raise ConfigError(f"config key '{where}.distill.loss_weights': at least one weight must be positive")
-    return {
-        "world_size": world_size,
-        "per_gpu_batch_size": global_batch // world_size,
-        "samples_per_checkpoint": samples_per_checkpoint,
-        "steps_per_checkpoint": samples_per_checkpoint // global_batch,
-        "total_steps": run["seen_samples"] // global_batch,
-    }
+    if len(run_seeds(run, where)) > 1 and where.startswith("teachers."):
+        raise ConfigError(f"config key '{where}.seeds': a teacher is one checkpoint file; give it one seed")
+    steps = checkpoint_steps(total_steps, run["num_checkpoints"], run["checkpoint_spacing"], where)
+    derived = {"world_size": world_size, "per_gpu_batch_size": global_batch // world_size,
+               "total_steps": total_steps, "checkpoint_steps": steps}
+    if run["checkpoint_spacing"] == "linear":
+        derived["steps_per_checkpoint"] = steps[0]
+        derived["samples_per_checkpoint"] = steps[0] * global_batch
+    return derived
+
+
+def checkpoint_steps(total_steps: int, num_checkpoints: int, spacing: str, where: str = "run") -> list[int]:
+    """The optimizer step after which each checkpoint is written (the last one at ``total_steps``).
+
+    linear: equal pseudo-epochs (the run scripts' ``--epochs``); log: checkpoint k of n at
+    ``total_steps / 2**(n - k)``, rounded, so that the curve has evenly spaced points on a log axis.
+    """
+    if spacing == "linear":
+        if total_steps % num_checkpoints:
+            raise ConfigError(f"config key '{where}.seen_samples': {total_steps} steps do not split into "
+                              f"{num_checkpoints} equal pseudo-epochs (num_checkpoints)")
+        return [total_steps // num_checkpoints * k for k in range(1, num_checkpoints + 1)]
+    steps = [round(total_steps / 2 ** (num_checkpoints - k)) for k in range(1, num_checkpoints + 1)]
+    if steps[0] < 1 or len(set(steps)) != len(steps):
+        raise ConfigError(f"config key '{where}.num_checkpoints': {num_checkpoints} log-spaced checkpoints need at "
+                          f"least {2 ** (num_checkpoints - 1)} steps, the run has {total_steps}")
+    return steps
+
+
+def run_seeds(run: dict, where: str = "run") -> list[int]:
+    """A run's student seeds: ``seeds`` if given, else its single ``seed`` (default 0)."""
+    if "seeds" in run and "seed" in run:
+        raise ConfigError(f"config key '{where}.seeds': give either 'seed' or 'seeds', not both")
+    return list(run.get("seeds") or [run.get("seed", 0)])
 
 
 def load_config(source: str | Path | dict) -> dict:
@@ -118,16 +163,29 @@ def load_config(source: str | Path | dict) -> dict:
     data.setdefault("dr_dir", str(results / "data" / "datacompdr"))
     for benchmark in config["evaluation"]["benchmarks"]:
         benchmark.setdefault("root", str(results / "data" / "benchmarks" / benchmark["name"]))
+    from mobileclip_repro import preflight  # models, reinforcement JSON, teacher widths, DR shards on disk
+
+    preflight.check_config(config)
     return config
 
 
-def resolve_run(config: dict, name: str, section: str = "runs") -> dict:
-    """The full spec of one run: schema values + derived quantities + where its data lives."""
+def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None = None) -> dict:
+    """The full spec of one training job: schema values + derived quantities + where its data lives.
+
+    A run with several ``seeds`` is one job per seed; ``seed`` picks it (a one-seed run needs none).
+    """
     runs = config[section]
     if name not in runs:
         raise ConfigError(f"config key '{section}.{name}': no such run (have: {', '.join(runs)})")
     run = copy.deepcopy(runs[name])
     run.update(_derived(run, f"{section}.{name}"))
+    seeds = run_seeds(run)
+    if seed is None and len(seeds) > 1:
+        raise ConfigError(f"config key '{section}.{name}.seeds': {seeds}; say which seed to resolve")
+    if seed is not None and seed not in seeds:
+        raise ConfigError(f"config key '{section}.{name}.seeds': {seeds} has no seed {seed}")
+    run.pop("seeds", None)
+    run["seed"] = seeds[0] if seed is None else seed
     run["name"] = name
     run["dr"] = run["data"] == "dr"
     data = config["data"]
@@ -142,9 +200,12 @@ def resolve_run(config: dict, name: str, section: str = "runs") -> dict:
     return run
 
 
-def run_dir(config: dict, name: str, section: str = "runs") -> Path:
+def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = None) -> Path:
+    """A training job's folder: ``runs/<run>/seed_<seed>`` (``teachers/<stem>`` for a teacher)."""
     results = Path(config["results_dir"])
-    return results / "teachers" / Path(name).stem if section == "teachers" else results / "runs" / name
+    if section == "teachers":
+        return results / "teachers" / Path(name).stem
+    return results / "runs" / name / f"seed_{resolve_run(config, name, seed=seed)['seed']}"
 
 
 def add_arguments(parser) -> None:
@@ -153,13 +214,19 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
-    config = load_config(args.configfile)
+    """Prints the resolved runs; a bad config prints its message (naming the key), not a traceback."""
+    try:
+        config = load_config(args.configfile)
+        names = [args.run] if args.run else list(config["runs"])
+        specs = [resolve_run(config, name, seed=seed) for name in names for seed in run_seeds(config["runs"][name])]
+    except ConfigError as error:
+        print(f"invalid config: {error}", file=sys.stderr)
+        return 2
     if args.run:
-        print(json.dumps(resolve_run(config, args.run), indent=2))
+        print(json.dumps(specs if len(specs) > 1 else specs[0], indent=2))
     else:
-        for name in config["runs"]:
-            spec = resolve_run(config, name)
-            print(f"{name}: {spec['model']} data={spec['data']} world={spec['world_size']} "
+        for spec in specs:
+            print(f"{spec['name']} seed {spec['seed']}: {spec['model']} data={spec['data']} world={spec['world_size']} "
                   f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc) "
-                  f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints={spec['num_checkpoints']}")
+                  f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints at steps {spec['checkpoint_steps']}")
     return 0

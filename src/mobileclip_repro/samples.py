@@ -12,7 +12,11 @@ decoded 224-px tensors.
 A bad sample never stops a run: it is skipped and counted under a reason in
 ``SkipCounter``, whose counts reach the training log and the run manifest, and the first
 few of each reason are logged with shard, key and what was wrong. Counts live in a
-shared-memory tensor so DataLoader worker processes can report them.
+shared-memory tensor so DataLoader worker processes can report them. A run whose data is
+broken as a whole never spins either: more than ``max_consecutive_skips`` skips in a row
+at one stage (reading shards, assembling samples) with no sample getting through, over at
+least ``SHARD_READS_IN_A_FATAL_RUN`` shard reads, stops it with ``TooManySkips``, naming the
+top reasons and an example.
 """
 from __future__ import annotations
 
@@ -45,16 +49,57 @@ SKIP_REASONS = (
     "no_image",               # DR sample whose image is not in the DataComp shard (download failed)
 )
 EXAMPLES_LOGGED_PER_REASON = 5
+# Where a skip happens: a raw sample (or DataComp/DataCompDR pair) read from the shards, or
+# an assembled training sample after the shuffle. Each stage has its own run of skips.
+STAGES = {"raw": "reading the shards", "sample": "assembling samples"}
+# A run of skips stops the job only once it also spans this many shard reads (or every
+# shard, when there are fewer): one shard lost whole -- e.g. a fetch that got none of its
+# images, 10,000 DataCompDR samples without one -- is counted, not fatal.
+SHARD_READS_IN_A_FATAL_RUN = 3
 
 
 class SampleSkipped(Exception):
-    """Why one sample cannot be used; ``reason`` is one of SKIP_REASONS."""
+    """Why one sample cannot be used; ``reason`` is one of SKIP_REASONS.
 
-    def __init__(self, reason: str, detail: str):
+    ``side`` says which shard of a DataComp/DataCompDR pair holds the problem
+    (``datacomp``, ``dr`` or ``both``), so it is reported at that shard's path.
+    """
+
+    def __init__(self, reason: str, detail: str, side: str = "datacomp"):
         if reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {reason!r}")
+        if side not in ("datacomp", "dr", "both"):
+            raise ValueError(f"unknown side {side!r}")
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.side = reason, detail, side
+
+
+class TooManySkips(RuntimeError):
+    """More consecutive samples skipped than the run allows: the data or the config is broken as a whole."""
+
+
+class _Streak:
+    """Skips in a row at one stage of one process, with the first example of each reason."""
+
+    def __init__(self, first_shard_read: int):
+        self.first_shard_read = first_shard_read
+        self.count = 0
+        self.reasons: dict[str, int] = {}
+        self.examples: dict[str, tuple[str, str]] = {}
+
+    def add(self, reason: str, where: str, detail: str, n: int) -> None:
+        self.count += n
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.examples.setdefault(reason, (where, detail))
+
+    def message(self, stage: str, limit: int, shard_reads: int) -> str:
+        top = sorted(self.reasons.items(), key=lambda item: -item[1])
+        where, detail = self.examples[top[0][0]]
+        return (f"{self.count} samples skipped in a row while {STAGES[stage]} "
+                f"({shard_reads} shard read{'s' if shard_reads != 1 else ''}), "
+                f"none usable (max_consecutive_skips = {limit}): the data or the config is broken as a whole. "
+                f"Top reasons: {', '.join(f'{reason} {n}' for reason, n in top[:3])}. "
+                f"Example [{top[0][0]}] {where}: {detail}")
 
 
 class SkipCounter:
@@ -62,13 +107,23 @@ class SkipCounter:
 
     A resampled shard is read many times, so a count is the number of skip events in the
     run, not of distinct bad samples.
+
+    ``max_consecutive``: the most skips in a row one process may see at one stage
+    (``STAGES``) before it raises ``TooManySkips``, once the run also spans
+    ``SHARD_READS_IN_A_FATAL_RUN`` shard reads (``shard_started``); ``passed(stage)`` ends a
+    run of skips. None: no limit (the trainer passes the run's ``max_consecutive_skips``).
     """
 
-    def __init__(self, max_workers: int = 64):
+    def __init__(self, max_workers: int = 64, max_consecutive: int | None = None):
+        if max_consecutive is not None and max_consecutive < 1:
+            raise ValueError(f"max_consecutive must be positive, got {max_consecutive}")
         self.counts = torch.zeros(max_workers + 1, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+        self.max_consecutive = max_consecutive
         self._logged: dict[str, int] = {}  # per process, deliberately not shared
+        self._streaks: dict[str, _Streak] = {}  # per process: each worker reads its own stream
+        self._shard_reads, self._shards_per_pass = 0, 1
 
-    def add(self, reason: str, where: str = "", detail: str = "", n: int = 1) -> None:
+    def add(self, reason: str, where: str = "", detail: str = "", n: int = 1, stage: str = "raw") -> None:
         info = torch.utils.data.get_worker_info()
         row = 0 if info is None else info.id + 1
         self.counts[row, SKIP_REASONS.index(reason)] += n
@@ -77,9 +132,27 @@ class SkipCounter:
             self._logged[reason] = logged + 1
             suffix = " (further ones are only counted)" if logged + 1 == EXAMPLES_LOGGED_PER_REASON else ""
             log.warning("skipped sample [%s] %s: %s%s", reason, where, detail, suffix)
+        if stage not in self._streaks:
+            self._streaks[stage] = _Streak(self._shard_reads)
+        streak = self._streaks[stage]
+        streak.add(reason, where, detail, n)
+        shard_reads = self._shard_reads - streak.first_shard_read + 1
+        if (self.max_consecutive is not None and streak.count > self.max_consecutive
+                and shard_reads >= min(SHARD_READS_IN_A_FATAL_RUN, self._shards_per_pass)):
+            raise TooManySkips(streak.message(stage, self.max_consecutive, shard_reads))
 
-    def skipped(self, error: SampleSkipped, where: str) -> None:
-        self.add(error.reason, where, error.detail)
+    def skipped(self, error: SampleSkipped, where: str, stage: str = "sample") -> None:
+        self.add(error.reason, where, error.detail, stage=stage)
+
+    def passed(self, stage: str) -> None:
+        """A sample got through ``stage``: the run of skips there is over."""
+        if stage in self._streaks:
+            del self._streaks[stage]
+
+    def shard_started(self, shards_per_pass: int) -> None:
+        """This process starts reading a shard (of ``shards_per_pass`` in its stream)."""
+        self._shard_reads += 1
+        self._shards_per_pass = max(shards_per_pass, 1)
 
     def totals(self) -> dict[str, int]:
         summed = self.counts.sum(0).tolist()
@@ -131,12 +204,25 @@ def shard_stream(shard_paths: list, seed: int, resampled: bool, passes: int | No
         pass_index += 1
 
 
+class _ShardReader:
+    """A shard's samples; a read error ends them and is kept in ``error`` rather than raised."""
+
+    def __init__(self, tar_path: Path):
+        self.path, self.error = tar_path, None
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            yield from shards.iter_raw_samples(self.path)
+        except Exception as error:  # noqa: BLE001 - tarfile, OSError, webdataset's own: all mean "unreadable"
+            self.error = f"{type(error).__name__}: {error}"
+
+
 def raw_samples(tar_path: Path, counter: SkipCounter) -> Iterator[dict]:
     """A shard's samples; a truncated or corrupt tar loses its tail, never the run."""
-    try:
-        yield from shards.iter_raw_samples(tar_path)
-    except Exception as error:  # noqa: BLE001 - tarfile, OSError, webdataset's own: all mean "unreadable"
-        counter.add("unreadable_shard", str(tar_path), f"{type(error).__name__}: {error}")
+    reader = _ShardReader(tar_path)
+    yield from reader
+    if reader.error is not None:
+        counter.add("unreadable_shard", str(tar_path), reader.error)
 
 
 def shuffled(samples: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
@@ -157,6 +243,13 @@ def _where(sample: dict) -> str:
     return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
 
 
+def _pair_where(datacomp: dict, dr: dict, side: str) -> str:
+    """Where a joined pair's problem lies: the DataComp shard, the DataCompDR shard, or both."""
+    if side == "both":
+        return f"{_where(datacomp)} + {_where(dr)}"
+    return _where(dr if side == "dr" else datacomp)
+
+
 def _caption(datacomp: dict) -> str:
     try:
         return datacomp["txt"].decode("utf-8")
@@ -171,6 +264,25 @@ def _image(jpg: bytes):
         raise SampleSkipped("undecodable_image", f"{type(error).__name__}: {error}") from None
 
 
+def _check_recorded_sha256(datacomp: dict) -> None:
+    """A DataComp sample whose json records the jpg's sha256 must hash to it (plain path).
+
+    No json, or a json without ``sha256``: nothing to check. A json that does not decode
+    is ``bad_metadata``, as on the DR path.
+    """
+    if "json" not in datacomp:
+        return
+    try:
+        meta = json.loads(datacomp["json"])
+    except ValueError as error:
+        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+    recorded = meta.get("sha256") if isinstance(meta, dict) else None
+    if recorded is None:
+        return
+    if not isinstance(recorded, str) or shards.sha256_hex(datacomp["jpg"]) != recorded.lower():
+        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to the json's sha256 {recorded}")
+
+
 class PlainCLIPSamples(torch.utils.data.IterableDataset):
     """(image tensor, token ids) from DataComp shards with a train transform."""
 
@@ -182,21 +294,25 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
 
     def _raw(self) -> Iterator[dict]:
         for shard in shard_stream(self.shard_paths, self.seed, self.resampled, self.passes):
+            self.counter.shard_started(len(self.shard_paths))
             for raw in raw_samples(shard, self.counter):
                 if "jpg" not in raw or "txt" not in raw:
                     missing = [k for k in ("jpg", "txt") if k not in raw]
                     self.counter.add("missing_key", _where(raw), f"no {', '.join(missing)}")
                     continue
+                self.counter.passed("raw")
                 yield raw
 
     def __iter__(self):
         rng = random.Random(seed_from(self.seed, "shuffle", *stream_position()))
         for raw in shuffled(self._raw(), self.shuffle_buffer, rng):
             try:
+                _check_recorded_sha256(raw)
                 caption, image = _caption(raw), _image(raw["jpg"])
             except SampleSkipped as skip:
                 self.counter.skipped(skip, _where(raw))
                 continue
+            self.counter.passed("sample")
             yield self.transform(image), self.tokenizer([caption])[0]
 
 
@@ -206,13 +322,18 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
     Either side may lack samples the other has, and both losses are counted: a DataComp
     sample without reinforcement (``no_reinforcement``) and a DataCompDR sample whose
     image is not in the DataComp shard, typically a failed download (``no_image``).
+
+    A DataComp tar that cannot be read to its end is one ``unreadable_shard`` at that tar's
+    path, whose detail says how many DataCompDR samples after the cut went unjoined: their
+    images were not lost by a download, so they are not ``no_image``.
     """
     dr_exists = Path(dr_tar).exists()
     if not dr_exists:
         counter.add("unreadable_shard", str(dr_tar), "no DataCompDR shard for this DataComp shard")
     dr_iter = raw_samples(dr_tar, counter) if dr_exists else iter(())
     dr = next(dr_iter, None)
-    for datacomp in raw_samples(datacomp_tar, counter):
+    datacomp_reader = _ShardReader(datacomp_tar)
+    for datacomp in datacomp_reader:
         key = datacomp["__key__"]
         while dr is not None and dr["__key__"] < key:
             counter.add("no_image", _where(dr), f"no sample {dr['__key__']} in {datacomp_tar}")
@@ -220,8 +341,14 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
         if dr is None or dr["__key__"] != key:
             counter.add("no_reinforcement", _where(datacomp), f"no sample {key} in {dr_tar}")
             continue
+        counter.passed("raw")
         yield datacomp, dr
         dr = next(dr_iter, None)
+    if datacomp_reader.error is not None:
+        unjoined = sum(1 for _ in dr_iter) + (dr is not None)
+        counter.add("unreadable_shard", str(datacomp_tar),
+                    f"{datacomp_reader.error}; {unjoined} DataCompDR samples after the cut in {dr_tar} not joined")
+        return
     while dr is not None:
         counter.add("no_image", _where(dr), f"no sample {dr['__key__']} in {datacomp_tar}")
         dr = next(dr_iter, None)
@@ -249,12 +376,13 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     teachers' summed width) keeps a sample of the wrong width out of a batch, where it
     would break collation.
     """
-    missing = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
-    missing += [k for k in ("syn.json", "paug.json", "json") if k not in dr]
+    missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
+    missing_dr = [k for k in ("syn.json", "paug.json", "json") if k not in dr]
     if "npz" not in dr and "pth.gz" not in dr:
-        missing.append("npz|pth.gz")
-    if missing:
-        raise SampleSkipped("missing_key", f"no {', '.join(missing)}")
+        missing_dr.append("npz|pth.gz")
+    if missing_datacomp or missing_dr:
+        side = "both" if missing_datacomp and missing_dr else "datacomp" if missing_datacomp else "dr"
+        raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
     try:
         uid = json.loads(datacomp["json"])["uid"]
     except (ValueError, KeyError, TypeError) as error:
@@ -263,26 +391,27 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
         reinforcement = shards.decode_reinforcement(dr, check_finite=False)
     except (KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as error:
         # RuntimeError/EOFError: a torch.load of a damaged pth.gz
-        raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}") from None
+        raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}", "dr") from None
     width = reinforcement.image_emb.shape[1]
     if embedding_dim is not None and width != embedding_dim:
-        raise SampleSkipped("bad_reinforcement", f"embeddings are {width}-D, the teachers give {embedding_dim}-D")
+        raise SampleSkipped("bad_reinforcement", f"embeddings are {width}-D, the teachers give {embedding_dim}-D "
+                            "(distill.teacher_dimension)", "dr")
     if str(uid) != str(reinforcement.uid):
-        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {reinforcement.uid}")
+        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {reinforcement.uid}", "both")
     if shards.sha256_hex(datacomp["jpg"]) != reinforcement.sha256.lower():
-        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {reinforcement.sha256}")
+        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {reinforcement.sha256}", "both")
     aug = rng.randrange(len(reinforcement.param_aug))
     syn = rng.randrange(len(reinforcement.syn_text))
     # The whole payload, not only the drawn rows: a NaN anywhere means the stored
     # reinforcement is broken, and the count should not depend on the draw.
     if not (np.isfinite(reinforcement.image_emb).all() and np.isfinite(reinforcement.text_emb).all()):
-        raise SampleSkipped("non_finite_embedding", "NaN or inf in image_emb/text_emb")
+        raise SampleSkipped("non_finite_embedding", "NaN or inf in image_emb/text_emb", "dr")
     caption = _caption(datacomp)
     image = _image(datacomp["jpg"])
     try:
         pixels = replay(image, reinforcement.param_aug[aug])
     except (ValueError, TypeError, IndexError) as error:
-        raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {error}") from None
+        raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {error}", "dr") from None
     return DRExample(pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
                      reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn], aug, syn)
 
@@ -306,15 +435,19 @@ class DRSamples(torch.utils.data.IterableDataset):
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
+            self.counter.shard_started(len(self.shard_pairs))
             yield from joined_samples(datacomp_tar, dr_tar, self.counter)
 
     def examples(self) -> Iterator[DRExample]:
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
         for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
             try:
-                yield assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim)
+                example = assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim)
             except SampleSkipped as skip:
-                self.counter.skipped(skip, _where(datacomp))
+                self.counter.skipped(skip, _pair_where(datacomp, dr, skip.side))
+                continue
+            self.counter.passed("sample")
+            yield example
 
     def __iter__(self):
         for example in self.examples():

@@ -1,9 +1,9 @@
 """The trainer: one run, plain CLIP or DR, as Apple's run scripts configure open_clip_train.
 
 Reads top to bottom: distributed setup, data, model, optimizer + schedule, loss, then the
-loop of pseudo-epochs (``num_checkpoints`` of ``samples_per_checkpoint`` each, shards
-drawn with replacement), checkpointing in open_clip's format after each with its
-seen-sample count. ``resume: latest`` restarts from the newest checkpoint, so a requeued
+loop of pseudo-epochs (``num_checkpoints``, ending at ``checkpoint_steps``: equal ones as in
+Apple's scripts, or log-spaced for a learning curve; shards drawn with replacement),
+checkpointing in open_clip's format after each with its seen-sample count. ``resume: latest`` restarts from the newest checkpoint, so a requeued
 or preempted job continues where it stopped.
 
 Launch under torchrun (the Snakemake rule does) for one or many processes.
@@ -11,12 +11,18 @@ Launch under torchrun (the Snakemake rule does) for one or many processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import signal
+import socket
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,23 +33,74 @@ from open_clip_train.distributed import init_distributed_device_so
 from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
-from mobileclip_repro import models, shards
+from mobileclip_repro import models, preflight, shards
+from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
 
 log = logging.getLogger("mobileclip_repro.train")
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
 LOG_EVERY_STEPS = 20
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def checkpoint_path(out_dir: Path, epoch: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"epoch_{epoch}.pt"
+RESUME_CHECKPOINT = "resume.pt"  # the newest intra-epoch checkpoint; each one replaces the one before
+
+
+def checkpoint_path(out_dir: Path, epoch: int | None) -> Path:
+    """``epoch_<k>.pt`` after pseudo-epoch k (open_clip's name); ``resume.pt`` inside an epoch."""
+    return Path(out_dir) / "checkpoints" / (RESUME_CHECKPOINT if epoch is None else f"epoch_{epoch}.pt")
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in (Path(out_dir) / "checkpoints").glob("epoch_*.pt")
              if (m := CHECKPOINT_PATTERN.search(p.name))]
     return max(found)[1] if found else None
+
+
+def load_latest_checkpoint(out_dir: Path) -> dict | None:
+    """The checkpoint with the most steps that loads; one that does not (truncated by a crash,
+    corrupt) is passed over with a warning, so a job falls back to the one before."""
+    candidates = list((Path(out_dir) / "checkpoints").glob("epoch_*.pt"))
+    candidates.append(checkpoint_path(out_dir, None))
+    loaded = []
+    for path in candidates:
+        if not path.is_file() or not (path.name == RESUME_CHECKPOINT or CHECKPOINT_PATTERN.search(path.name)):
+            continue
+        try:
+            # mmap: only the step is read here; the one picked is loaded in full below
+            loaded.append((torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"], path))
+        except Exception as error:  # noqa: BLE001 -- any unreadable file is the same case: skip it
+            log.warning("checkpoint %s cannot be loaded (%s: %s); falling back to an earlier one",
+                        path, type(error).__name__, error)
+    for _, path in sorted(loaded, key=lambda item: (item[0], item[1].name != RESUME_CHECKPOINT), reverse=True):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            log.info("resuming from %s", path)
+            return checkpoint
+        except Exception as error:  # noqa: BLE001
+            log.warning("checkpoint %s cannot be loaded (%s: %s); falling back to an earlier one",
+                        path, type(error).__name__, error)
+    return None
+
+
+def segment_boundaries(spec: dict) -> set[int]:
+    """Steps at which the data stream and torch's RNG restart: every checkpoint (pseudo-epoch ends,
+    and every ``resume_every_steps`` in between, where a preempted job resumes)."""
+    every = spec["resume_every_steps"]
+    intra = set(range(every, spec["total_steps"], every)) if every else set()
+    return intra | set(spec["checkpoint_steps"])
+
+
+def segment_loader(dataset, spec: dict, step: int, rank: int, batch_size: int, device: torch.device):
+    """A DataLoader whose stream depends only on (run seed, ``step``): the dataset's shard order,
+    shuffling and augmentation draws, and torch's RNG (random crops, worker seeds) restart here.
+    Workers are not persistent: each segment's workers take the new seed with the dataset."""
+    dataset.seed = seed_from(spec["seed"], "stream", step)
+    torch.manual_seed(seed_from(spec["seed"], "torch", rank, step))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=spec["workers"],
+                                       pin_memory=device.type == "cuda",
+                                       prefetch_factor=4 if spec["workers"] > 0 else None)
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -78,6 +135,9 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
     if spec["dr"]:
         from mobileclip_repro.replay import ReplayTransform
 
+        # shards made with other settings (num_samples, teachers, widths) stop the job here, not mid-run
+        preflight.check_run_shards(spec)
+
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
         pairs = paired_shards(shard_paths, spec["datacomp_dir"], spec["dr_dir"])
@@ -101,9 +161,51 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class RunFolderBusy(RuntimeError):
+    """Another trainer holds the run folder's lock."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path):
+    """One writer per run folder: an exclusive, non-blocking lock on ``<out_dir>/.lock``, held
+    until the trainer ends (the kernel drops it when the process dies, however it dies)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunFolderBusy(f"{out_dir} is being written by another trainer ({handle.read().strip() or 'pid ?'}); "
+                                "wait for it to end or kill it, then rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, end this worker when its launcher dies (SIGKILL included): torchrun starts
+    workers in sessions of their own, so killing the launcher's process group would leave them
+    training into the run folder."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    launcher = os.getppid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != launcher:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path: Path | None = None) -> dict:
     out_dir = Path(out_dir)
-    dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # Locked before the process group forms: a busy folder fails this worker at once, and
+    # torchrun then stops the others rather than leaving them waiting for rank 0.
+    with run_folder_lock(out_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return _train(spec, out_dir, dist, export_path)
+
+
+def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> dict:
     device, rank, world_size = torch.device(dist["device"]), dist["global_rank"], dist["world_size"]
     is_master = rank == 0
     if world_size != spec["world_size"] and spec["world_size"] > 1:
@@ -134,41 +236,42 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     autocast = autocast_for(spec["precision"], device)
     loss_fn = build_loss(spec, rank, world_size)
 
-    # --- resume
-    start_epoch, step, history = 0, 0, {"epochs": [], "attempts": 0}
-    resume_from = latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
-    if resume_from is not None:
-        checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
+    # --- resume: the newest checkpoint that loads (a truncated one falls back to the one before)
+    tokenizer = models.get_tokenizer(spec["model"])
+    counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
+    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"])
+    step, history = 0, {"epochs": [], "attempts": 0}
+    carried_skips = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)  # this epoch's, from before a mid-epoch resume
+    checkpoint = load_latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scaler is not None and "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+        step = checkpoint["step"]
         history = checkpoint.get("history", history)
+        carried_skips = torch.tensor(checkpoint.get("epoch_skipped", carried_skips.tolist()), dtype=torch.int64)
         if is_master:
-            log.info("resumed from %s (epoch %d, step %d, %s seen samples)", resume_from, start_epoch, step,
-                     f"{checkpoint['seen_samples']:,}")
+            log.info("resumed at step %d (%s seen samples)", step, f"{checkpoint['seen_samples']:,}")
+    start_epoch = sum(end <= step for end in spec["checkpoint_steps"])
 
-    # --- data: a resumed job draws a fresh stream rather than replaying the first epochs' samples
-    tokenizer = models.get_tokenizer(spec["model"])
-    counter = SkipCounter()
-    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"] + start_epoch)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=per_process_batch, num_workers=spec["workers"],
-                                         persistent_workers=spec["workers"] > 0, pin_memory=device.type == "cuda",
-                                         prefetch_factor=4 if spec["workers"] > 0 else None)
-
-    # --- loop over pseudo-epochs
-    batches = iter(loader)
+    # --- loop: the data stream restarts at every segment boundary (pseudo-epoch ends and the
+    # intra-epoch checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG,
+    # so a job resumed at a boundary draws exactly what an uninterrupted one draws there.
+    boundaries = segment_boundaries(spec)
     # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
     # covers the epochs (and skipped samples) of the attempts before it.
-    manifest = {"run": spec["name"], "world_size": world_size, "device": str(device),
+    manifest = {"run": spec["name"], "seed": spec["seed"], "world_size": world_size, "device": str(device),
                 "attempts": history["attempts"] + 1, "epochs": list(history["epochs"])}
-    skipped_before = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)
+    skipped_before = -carried_skips  # counts since the epoch began = counter now - skipped_before
     started = time.time()
+    batches = None
     for epoch in range(start_epoch, spec["num_checkpoints"]):
         model.train()
-        epoch_start, window_start, window_samples = time.time(), time.time(), 0
-        for _ in range(spec["steps_per_checkpoint"]):
+        epoch_start, window_start, window_samples, epoch_first_step = time.time(), time.time(), 0, step
+        while step < spec["checkpoint_steps"][epoch]:
+            if batches is None:
+                batches = iter(segment_loader(dataset, spec, step, rank, per_process_batch, device))
             adjust_lr(step)
             batch = [t.to(device, non_blocking=True) for t in next(batches)]
             optimizer.zero_grad(set_to_none=True)
@@ -200,20 +303,31 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
                          " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()), optimizer.param_groups[0]["lr"],
                          model.logit_scale.exp().item(), rate, counter.totals() or "none")
                 window_start, window_samples = time.time(), 0
+            if step in boundaries:
+                batches = None  # the next segment draws a stream of its own (and the loader's read-ahead ends here)
+                if step < spec["checkpoint_steps"][epoch]:
+                    epoch_skipped = skipped_over_ranks(counter, device, world_size) - skipped_before
+                    if is_master:
+                        _save_checkpoint(out_dir, None, spec, model, optimizer, scaler, step,
+                                         step * spec["global_batch_size"],
+                                         {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
+                                         epoch_skipped=epoch_skipped.tolist())
+                        log.info("resume checkpoint at step %d", step)
         epoch_seconds = time.time() - epoch_start
         seen = step * spec["global_batch_size"]
+        epoch_samples = (step - epoch_first_step) * spec["global_batch_size"]
         skipped_total = skipped_over_ranks(counter, device, world_size)
         skipped_in_epoch = counts_by_reason(skipped_total - skipped_before)
         skipped_before = skipped_total
         if is_master:
             manifest["epochs"].append({"epoch": epoch + 1, "step": step, "seen_samples": seen,
                                        "seconds": round(epoch_seconds, 2),
-                                       "samples_per_second": round(spec["samples_per_checkpoint"] / epoch_seconds, 1),
+                                       "samples_per_second": round(epoch_samples / epoch_seconds, 1),
                                        "skipped_samples": skipped_in_epoch})
             _save_checkpoint(out_dir, epoch + 1, spec, model, optimizer, scaler, step, seen,
                              {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
             log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
-                     epoch + 1, f"{seen:,}", epoch_seconds, spec["samples_per_checkpoint"] / epoch_seconds,
+                     epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
                      {k: v for k, v in skipped_in_epoch.items() if v} or "none")
 
     if is_master:
@@ -247,15 +361,23 @@ def _forward(training_model, model, loss_fn, batch, dr: bool) -> dict:
                    syn_features, syn_emb)
 
 
-def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen, history) -> None:
-    checkpoint = {"epoch": epoch, "name": spec["name"], "model_name": spec["model"], "step": step,
-                  "seen_samples": seen, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                  "run": spec, "history": history}
+def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen, history,
+                     epoch_skipped: list[int] | None = None) -> None:
+    """``epoch`` None: the intra-epoch resume checkpoint, with the epoch's skip counts so far."""
+    checkpoint = {"epoch": epoch or len(history["epochs"]), "name": spec["name"], "model_name": spec["model"],
+                  "step": step, "seen_samples": seen, "state_dict": model.state_dict(),
+                  "optimizer": optimizer.state_dict(), "run": spec, "history": history}
+    if epoch_skipped is not None:
+        checkpoint["epoch_skipped"] = epoch_skipped
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
     path = checkpoint_path(out_dir, epoch)
     with shards.atomic_output(path) as partial:
         torch.save(checkpoint, partial)
+    if epoch is None:
+        return
+    resume = checkpoint_path(out_dir, None)
+    resume.unlink(missing_ok=True)  # superseded: an epoch checkpoint is at least as new
     if spec["save_most_recent"]:  # open_clip's --save-most-recent: an extra epoch_latest.pt
         with shards.atomic_output(path.with_name("epoch_latest.pt")) as partial:
             shutil.copyfile(path, partial)
@@ -264,8 +386,10 @@ def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--spec", help="the resolved run spec as JSON (what the Snakemake rule passes)")
-    source.add_argument("--config", help="experiment YAML; use with --run")
-    parser.add_argument("--run", help="run name in the config")
+    source.add_argument("--config", help="experiment YAML; use with --run-name")
+    # --run-name: under torchrun, whose own parser would take "--run" for an abbreviation of its --run-path
+    parser.add_argument("--run-name", "--run", dest="run", metavar="NAME",
+                        help="run name in the config (write --run-name when launching through torchrun)")
     parser.add_argument("--section", choices=["runs", "teachers"], default="runs")
     parser.add_argument("--out-dir", required=True, help="run directory: checkpoints/, manifest.json")
     parser.add_argument("--export", type=Path, help="also write the final weights here (teachers)")
@@ -273,12 +397,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args) -> int:
+    die_with_launcher()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.spec:
         spec = json.loads(args.spec)
     else:
         if not args.run:
-            raise SystemExit("--config needs --run NAME")
+            raise SystemExit("--config needs --run-name NAME")
         spec = config_lib.resolve_run(config_lib.load_config(args.config), args.run, args.section)
-    train(spec, Path(args.out_dir), args.device, args.export)
+    try:
+        train(spec, Path(args.out_dir), args.device, args.export)
+    except RunFolderBusy as error:
+        log.error("%s", error)
+        return 3
     return 0

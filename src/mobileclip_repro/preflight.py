@@ -1,0 +1,266 @@
+"""Checks across files that ``config.load_config`` runs before the first job, naming the key.
+
+The schema sees one YAML file; these look at what it points to:
+
+* model names (``runs.*.model``, ``teachers.*.model``, the CoCa captioner, the teachers of the
+  reinforcement JSON) against open_clip's registry and the project's ``model_configs/``;
+* the reinforcement JSON (Apple's format), against ``workflow/schemas/reinforce.schema.yaml``
+  and one entry of ``pretrained`` per ``model_name``;
+* ``distill.teacher_dimension`` of each DR run against the teachers' ``embed_dim``;
+* DataCompDR shards already on disk, against the settings the config would make them with
+  (their per-shard manifests, and the embeddings of a few samples). ``train`` repeats the
+  shard check when it starts, for shards that appeared after the DAG started (a fetch).
+
+None of this imports torch or open_clip (20 s on a 2-core machine): the registry is read
+from the same JSON files open_clip reads, and shards only when some exist.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import json
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from mobileclip_repro.config import REPO_ROOT, ConfigError, strict_validator
+
+REINFORCE_SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "reinforce.schema.yaml"
+PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+# open_clip's own schemes: a config fetched from the hub or read from a folder at load time
+UNCHECKED_MODEL_PREFIXES = ("hf-hub:", "local-dir:")
+MANIFESTS_CHECKED = 64   # shard manifests read at most (evenly spread over the shards)
+SAMPLES_PEEKED = 8       # samples decoded from the first and the last shard
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def _open_clip_config_dir() -> Path:
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("open_clip is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+
+
+@functools.lru_cache(maxsize=1)
+def known_models() -> dict[str, dict]:
+    """Model name -> open_clip config, as ``open_clip.list_models()`` sees them once the project's are added.
+
+    Same rule as open_clip's ``_rescan_model_configs``: every ``*.json`` of its
+    ``model_configs/`` and of ours holding ``embed_dim``, ``vision_cfg`` and ``text_cfg``.
+    """
+    models = {}
+    for directory in (_open_clip_config_dir(), PROJECT_MODEL_CONFIGS):
+        for path in sorted(directory.glob("*.json")):
+            config = json.loads(path.read_text())
+            if all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):
+                models[path.stem] = config
+    return models
+
+
+def check_model(name: str, key: str, context: str = "") -> dict | None:
+    """The model's open_clip config (None for an ``hf-hub:``/``local-dir:`` name); ConfigError if unknown."""
+    if name.startswith(UNCHECKED_MODEL_PREFIXES):
+        return None
+    models = known_models()
+    if name not in models:
+        close = difflib.get_close_matches(name, list(models), n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        ours = ", ".join(sorted(path.stem for path in PROJECT_MODEL_CONFIGS.glob("*.json")))
+        raise ConfigError(f"config key '{key}': {context}unknown model {name!r}: not an open_clip architecture "
+                          f"nor one of the project's model_configs ({ours}){hint}")
+    return models[name]
+
+
+# -- the reinforcement JSON -------------------------------------------------------------------
+
+def resolve_path(path: str | Path) -> Path | None:
+    """A config's file path as the DAG reads it (relative to the working directory), else under the repository."""
+    path = Path(path)
+    for candidate in (path, REPO_ROOT / path) if not path.is_absolute() else (path,):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_reinforce_json(path: str | Path, key: str = "reinforcement.config") -> dict:
+    """Apple's reinforcement JSON, checked: schema, one pretrained entry per teacher, known teachers.
+
+    Returns the raw JSON with ``model_names`` / ``pretrained_entries`` lists added.
+    """
+    found = resolve_path(path)
+    if found is None:
+        raise ConfigError(f"config key '{key}': reinforcement JSON {str(path)!r} not found "
+                          f"(looked in {Path.cwd()} and {REPO_ROOT})")
+    try:
+        raw = json.loads(found.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config key '{key}': {path} is not readable JSON: {error}") from None
+    schema = yaml.safe_load(REINFORCE_SCHEMA_PATH.read_text())
+    errors = list(strict_validator()(schema).iter_errors(raw))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        inner = ".".join(str(part) for part in best.absolute_path) or "<top level>"
+        raise ConfigError(f"config key '{key}': {path}: '{inner}': {best.message} "
+                          f"(Apple's format, {REINFORCE_SCHEMA_PATH.name})")
+    model_names = [name.strip() for name in raw["model_name"].split(",")]
+    pretrained = [entry.strip() for entry in raw["pretrained"].split(",")]
+    if len(pretrained) != len(model_names):
+        raise ConfigError(f"config key '{key}': {path}: 'pretrained' lists {len(pretrained)} entries for "
+                          f"{len(model_names)} teachers in 'model_name' ({raw['model_name']!r}); one per teacher")
+    if not all(model_names) or not all(pretrained):
+        raise ConfigError(f"config key '{key}': {path}: an empty entry in 'model_name' or 'pretrained'")
+    size = raw["reinforce"]["image_augmentation"]["random_resized_crop"]["size"]
+    if isinstance(size, list) and size[0] != size[1]:
+        raise ConfigError(f"config key '{key}': {path}: 'reinforce.image_augmentation.random_resized_crop.size' "
+                          f"{size}: only square crops are supported")
+    for name in model_names:
+        check_model(name, key, f"{path}: 'model_name': ")
+    return {**raw, "model_names": model_names, "pretrained_entries": pretrained}
+
+
+def teacher_dims(reinforce: dict) -> list[int] | None:
+    """Each teacher's embedding width (open_clip ``embed_dim``), None when one is not knowable here."""
+    configs = [known_models().get(name) for name in reinforce["model_names"]]
+    if any(config is None for config in configs):
+        return None
+    return [int(config["embed_dim"]) for config in configs]
+
+
+# -- DataCompDR shards already on disk ----------------------------------------------------------
+
+def _spread(items: list, limit: int) -> list:
+    if len(items) <= limit:
+        return items
+    return [items[round(i * (len(items) - 1) / (limit - 1))] for i in range(limit)]
+
+
+def _peek(shard: Path) -> tuple[int, int, int] | None:
+    """(augmentations, embedding width, synthetic captions) most of the first samples of a shard have."""
+    from mobileclip_repro import shards  # webdataset: only imported when there are shards to read
+
+    seen = Counter()
+    try:
+        for _, raw in zip(range(SAMPLES_PEEKED), shards.iter_raw_samples(shard)):
+            try:
+                record = shards.decode_reinforcement(raw, check_finite=False)
+            except Exception:  # noqa: BLE001 - one broken sample is training's to count, not a setting
+                continue
+            seen[(len(record.param_aug), int(record.image_emb.shape[1]), len(record.syn_text))] += 1
+    except Exception:  # noqa: BLE001 - an unreadable shard is counted by training too
+        pass
+    return seen.most_common(1)[0][0] if seen else None
+
+
+def _mismatch(key: str, dr_dir: Path, what: str, recorded, expected, source: Path) -> ConfigError:
+    return ConfigError(f"config key '{key}': the DataCompDR shards in {dr_dir} were made with {what} "
+                       f"{recorded!r} ({source}), the config has {expected!r}; delete them (and their "
+                       f".manifest.json files) to reinforce again, or make the config match them")
+
+
+def check_dr_shards(dr_dir: str | Path, settings: dict[str, tuple[str, object]],
+                    dimensions: dict[str, list[int]]) -> None:
+    """DR shards on disk must have been made with the config's settings; nothing on disk passes.
+
+    ``settings``: manifest field (``num_samples``, ``teachers``, ``seed``, ...) -> (config key,
+    the value the config would reinforce with). ``dimensions``: config key of a run's
+    ``distill.teacher_dimension`` -> its value. Per-shard manifests (``reinforce`` writes them)
+    are compared field by field, and a few decoded samples of the first and last shard give
+    the augmentations per image, the embedding width and the synthetic captions, for shards
+    without a manifest (Apple's).
+    """
+    dr_dir = Path(dr_dir)
+    if not dr_dir.is_dir():
+        return
+    tars = sorted(dr_dir.rglob("*.tar"))
+    if not tars:
+        return
+    for tar in _spread(tars, MANIFESTS_CHECKED):
+        manifest_path = tar.with_name(tar.name + ".manifest.json")
+        try:
+            manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+        except (OSError, ValueError):
+            manifest = None  # a broken manifest makes reinforce redo the shard; nothing to compare
+        if not isinstance(manifest, dict):
+            continue
+        for field, (key, expected) in settings.items():
+            if field in manifest and manifest[field] != expected:
+                raise _mismatch(key, dr_dir, field, manifest[field], expected, manifest_path)
+        if isinstance(manifest.get("dims"), list):
+            for key, dimension in dimensions.items():
+                if manifest["dims"] != list(dimension):
+                    raise _mismatch(key, dr_dir, "teachers of widths", manifest["dims"], list(dimension),
+                                    manifest_path)
+    for tar in dict.fromkeys((tars[0], tars[-1])):
+        peeked = _peek(tar)
+        if peeked is None:
+            continue
+        augmentations, width, syn = peeked
+        source = Path(f"{tar}, first samples")
+        if "num_samples" in settings and augmentations != settings["num_samples"][1]:
+            raise _mismatch(settings["num_samples"][0], dr_dir, "num_samples", augmentations,
+                            settings["num_samples"][1], source)
+        if "num_syn_captions" in settings and syn != settings["num_syn_captions"][1]:
+            raise _mismatch(settings["num_syn_captions"][0], dr_dir, "num_syn_captions", syn,
+                            settings["num_syn_captions"][1], source)
+        for key, dimension in dimensions.items():
+            if width != sum(dimension):
+                raise _mismatch(key, dr_dir, f"{width}-D embeddings, i.e. a teacher_dimension summing to",
+                                width, list(dimension), source)
+
+
+# -- the whole config ---------------------------------------------------------------------------
+
+def check_config(config: dict) -> None:
+    """Every check above on a validated config with its paths resolved (``load_config``'s last step)."""
+    for section in ("teachers", "runs"):
+        for name, run in config.get(section, {}).items():
+            check_model(run["model"], f"{section}.{name}.model")
+    captioner = config["reinforcement"]["captioner"]
+    if isinstance(captioner, dict):
+        check_model(captioner["coca"]["model_name"], "reinforcement.captioner.coca.model_name")
+    dr_runs = {f"{section}.{name}": run for section in ("teachers", "runs")
+               for name, run in config.get(section, {}).items() if run["data"] == "dr"}
+    if not dr_runs:
+        return
+    reinforcement = config["reinforcement"]
+    reinforce = load_reinforce_json(reinforcement["config"])
+    dims = teacher_dims(reinforce)
+    dimensions = {f"{where}.distill.teacher_dimension": run["distill"]["teacher_dimension"]
+                  for where, run in dr_runs.items()}
+    if dims is not None:
+        for key, dimension in dimensions.items():
+            if list(dimension) != dims:
+                raise ConfigError(
+                    f"config key '{key}': {list(dimension)} does not match the teachers of "
+                    f"{reinforcement['config']} ({', '.join(reinforce['model_names'])}: embed_dim "
+                    f"{' + '.join(map(str, dims))}); set it to {dims}")
+    settings = json_settings(reinforce)
+    if reinforcement["generate"]:
+        settings.update(generate_settings(reinforcement))
+    check_dr_shards(config["data"]["dr_dir"], settings, dimensions)
+
+
+def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[str, tuple[str, object]]:
+    """The shard-manifest fields the reinforcement JSON fixes, with the key that names them."""
+    return {"teachers": (key, reinforce["model_names"]),
+            "pretrained_entries": (key, reinforce["pretrained_entries"]),
+            "num_samples": (key, reinforce["num_samples"])}
+
+
+def generate_settings(reinforcement: dict) -> dict[str, tuple[str, object]]:
+    """The shard-manifest fields this DAG's own reinforce job would write from ``reinforcement``."""
+    return {name: (f"reinforcement.{name}", reinforcement[name])
+            for name in ("num_syn_captions", "seed", "dtype", "captioner")}
+
+
+def check_run_shards(spec: dict) -> None:
+    """At a DR train job's start: the shards it is about to read match its reinforcement JSON and widths."""
+    if not spec.get("dr"):
+        return
+    reinforce = load_reinforce_json(spec["reinforcement_config"])
+    key = f"distill.teacher_dimension' of run '{spec['name']}"  # reads: config key '...' of run '...'
+    check_dr_shards(spec["dr_dir"], json_settings(reinforce), {key: spec["distill"]["teacher_dimension"]})

@@ -1,0 +1,295 @@
+"""Every config error before the first job, naming the key (issue 10, item 5).
+
+Integers where the schema means integers, model names that exist, a reinforcement JSON in
+Apple's format, teacher widths that match the teachers, DataCompDR shards on disk made with
+the config's settings: each fails when the config loads, so ``snakemake -n`` stops before
+any job with a message naming the key. ``validate-config`` prints that message, not a
+traceback, and ``train --config X --run-name Y`` passes through torchrun's parser.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mobileclip_repro import preflight, shards
+from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, resolve_run
+
+TOY_JSON = json.loads((REPO_ROOT / "configs" / "reinforce" / "toy.json").read_text())
+
+
+@pytest.fixture
+def toy(tmp_path) -> dict:
+    """configs/toy.yaml with its outputs under tmp_path (a JSON round trip unshares the YAML anchors)."""
+    config = json.loads(json.dumps(yaml.safe_load((REPO_ROOT / "configs" / "toy.yaml").read_text())))
+    config["results_dir"] = str(tmp_path / "results")
+    return config
+
+
+def _reinforce_json(tmp_path: Path, **changes) -> str:
+    path = tmp_path / "reinforce.json"
+    path.write_text(json.dumps({**TOY_JSON, **changes}))
+    return str(path)
+
+
+def _dr_shard(dr_dir: Path, *, num_samples: int = 5, width: int = 128, syn: int = 5,
+              manifest: dict | None = None) -> Path:
+    """One DataCompDR shard of 3 samples with these settings (and a reinforce-style manifest, if given)."""
+    path = dr_dir / shards.shard_name(0)
+    with shards.atomic_tar_writer(path, mtime=0) as writer:
+        for index in range(3):
+            writer.write(shards.dr_record(shards.sample_key(0, index), f"{index:032x}", "0" * 64, "http://x",
+                                          [f"syn {s}" for s in range(syn)], [[[0, 0, 8, 8], []]] * num_samples,
+                                          np.ones((num_samples, width), np.float32),
+                                          np.ones((1 + syn, width), np.float32)))
+    if manifest is not None:
+        made_with = {"teachers": ["toy-teacher", "toy-teacher"], "pretrained_entries": ["teacher_a.pt", "teacher_b.pt"],
+                     "num_samples": 5, "captioner": "world", "num_syn_captions": 5, "seed": 0, "dtype": "float32",
+                     "dims": [64, 64]}
+        shards.write_json_atomic(path.with_name(path.name + ".manifest.json"), {**made_with, **manifest})
+    return path
+
+
+def _set(config: dict, path: tuple, value) -> dict:
+    target = config
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return config
+
+
+# -- integers ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, value", [
+    (("runs", "toy_dr", "global_batch_size"), 128.0),
+    (("data", "toy", "train_samples"), 4000.0),
+    (("runs", "toy_plain", "workers"), True),
+    (("runs", "toy_dr", "distill", "teacher_dimension"), [64.0, 64]),
+])
+def test_an_integer_written_as_a_float_or_bool_is_refused(toy, path, value):
+    key = ".".join(map(str, path)) + (".0" if isinstance(value, list) else "")
+    with pytest.raises(ConfigError, match=rf"config key '{key}': {value[0] if isinstance(value, list) else value} "
+                                          r"is not of type 'integer'"):
+        load_config(_set(toy, path, value))
+
+
+# -- model names ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, name, key", [
+    (("runs", "toy_dr", "model"), "toy-studnet", "runs.toy_dr.model"),
+    (("teachers", "teacher_a.pt", "model"), "ViT-B-17", "teachers.teacher_a.pt.model"),
+    (("reinforcement", "captioner"), {"coca": {"model_name": "toy-cocoa", "pretrained": "coca.pt"}},
+     "reinforcement.captioner.coca.model_name"),
+])
+def test_a_model_name_open_clip_does_not_know_is_refused(toy, path, name, key):
+    with pytest.raises(ConfigError, match=rf"config key '{key}': unknown model '"):
+        load_config(_set(toy, path, name))
+
+
+def test_a_misspelt_model_name_gets_a_suggestion(toy):
+    with pytest.raises(ConfigError, match=r"unknown model 'toy-studnet'.*did you mean 'toy-student'"):
+        load_config(_set(toy, ("runs", "toy_dr", "model"), "toy-studnet"))
+
+
+def test_open_clip_models_and_hub_names_pass(toy):
+    toy["runs"]["toy_plain"]["model"] = "ViT-B-16"
+    toy["runs"]["toy_dr"]["model"] = "hf-hub:timm/ViT-B-16-SigLIP"  # only knowable at load time
+    load_config(toy)
+
+
+def test_the_registry_is_open_clips_own_plus_the_project_configs():
+    import open_clip
+
+    from mobileclip_repro.models import register_project_models
+
+    register_project_models()
+    assert sorted(preflight.known_models()) == sorted(open_clip.list_models())
+    assert preflight.known_models()["toy-teacher"]["embed_dim"] == open_clip.get_model_config("toy-teacher")["embed_dim"]
+
+
+# -- the reinforcement JSON -------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_samples": "five"}, r"'num_samples': 'five' is not of type 'integer'"),
+    ({"num_samples": 5.0}, r"'num_samples': 5\.0 is not of type 'integer'"),
+    ({"num_samples": 0}, r"'num_samples': 0 is less than the minimum of 1"),
+    ({"pretrained": "teacher_a.pt"}, r"'pretrained' lists 1 entries for 2 teachers in 'model_name'"),
+    ({"pretrained": "teacher_a.pt,"}, r"'pretrained': 'teacher_a.pt,' does not match"),
+    ({"model_name": "toy-teacher,toy-teachr"}, r"'model_name': unknown model 'toy-teachr'"),
+    ({"reinforce": {"image_augmentation": {**TOY_JSON["reinforce"]["image_augmentation"],
+                                           "random_resized_crop": {"size": 32, "interpolation": "cubic"}}}},
+     r"'reinforce.image_augmentation.random_resized_crop.interpolation': 'cubic' is not one of"),
+    ({"reinforce": {"image_augmentation": {**TOY_JSON["reinforce"]["image_augmentation"], "mixup": {}}}},
+     r"'reinforce.image_augmentation': Additional properties are not allowed \('mixup'"),
+    ({"reinforce": {}}, r"'reinforce': 'image_augmentation' is a required property"),
+])
+def test_a_reinforcement_json_not_in_apples_format_is_refused(toy, tmp_path, changes, message):
+    toy["reinforcement"]["config"] = _reinforce_json(tmp_path, **changes)
+    with pytest.raises(ConfigError, match=rf"config key 'reinforcement.config': .*reinforce\.json: {message}"):
+        load_config(toy)
+
+
+def test_a_reinforcement_json_that_does_not_exist_is_refused(toy, tmp_path):
+    toy["reinforcement"]["config"] = str(tmp_path / "nope.json")
+    with pytest.raises(ConfigError, match=r"config key 'reinforcement.config': reinforcement JSON .*nope.json.* not found"):
+        load_config(toy)
+
+
+def test_the_shipped_reinforcement_jsons_pass_and_interpolations_are_torchvisions():
+    from torchvision.transforms import InterpolationMode
+
+    for path in sorted((REPO_ROOT / "configs" / "reinforce").glob("*.json")):
+        assert preflight.load_reinforce_json(path)["num_samples"] >= 1
+    schema = yaml.safe_load(preflight.REINFORCE_SCHEMA_PATH.read_text())
+    crop = schema["properties"]["reinforce"]["properties"]["image_augmentation"]["properties"]["random_resized_crop"]
+    assert crop["properties"]["interpolation"]["enum"] == [mode.value for mode in InterpolationMode]
+
+
+# -- teacher widths -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dimension", [[768, 768], [32, 96], [64]])
+def test_a_teacher_dimension_other_than_the_teachers_widths_is_refused(toy, dimension):
+    toy["runs"]["toy_dr"]["distill"]["teacher_dimension"] = dimension
+    with pytest.raises(ConfigError, match=r"config key 'runs.toy_dr.distill.teacher_dimension': .* does not match "
+                                          r"the teachers of .*embed_dim 64 \+ 64\); set it to \[64, 64\]"):
+        load_config(toy)
+
+
+def test_the_paper_teachers_are_768_wide(repo_root):
+    for name in ("datacompdr12m", "datacompdr1b"):
+        config = load_config(repo_root / "configs" / "paper" / f"{name}.yaml")
+        reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
+        assert preflight.teacher_dims(reinforce) == [768, 768]
+
+
+# -- DataCompDR shards already on disk -------------------------------------------------------------
+
+def _dr_dir(toy: dict) -> Path:
+    return Path(toy["results_dir"]) / "data" / "datacompdr"
+
+
+def test_dr_shards_made_with_the_configs_settings_pass(toy):
+    _dr_shard(_dr_dir(toy), manifest={})
+    load_config(toy)
+
+
+@pytest.mark.parametrize("shard, message", [
+    (dict(manifest={"num_samples": 3}), r"'reinforcement.config': .* made with num_samples 3 \(.*manifest.json\), "
+                                        r"the config has 5"),
+    (dict(num_samples=3), r"'reinforcement.config': .* made with num_samples 3 \(.*00000000.tar, first samples\)"),
+    (dict(manifest={"seed": 7}), r"'reinforcement.seed': .* made with seed 7 .* the config has 0"),
+    (dict(manifest={"teachers": ["toy-student", "toy-teacher"]}), r"'reinforcement.config': .* made with teachers"),
+    (dict(syn=2), r"'reinforcement.num_syn_captions': .* made with num_syn_captions 2"),
+    (dict(width=16), r"'runs.toy_dr.distill.teacher_dimension': .* made with 16-D embeddings"),
+])
+def test_dr_shards_made_with_other_settings_are_refused_when_the_config_loads(toy, shard, message):
+    _dr_shard(_dr_dir(toy), **shard)
+    with pytest.raises(ConfigError, match=rf"config key {message}"):
+        load_config(toy)
+
+
+def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
+    spec = resolve_run(load_config(toy), "toy_dr")  # nothing on disk yet: the DAG starts
+    _dr_shard(_dr_dir(toy), num_samples=3)          # then a fetch brings shards made otherwise
+    with pytest.raises(ConfigError, match=r"config key 'reinforcement.config': .* made with num_samples 3"):
+        preflight.check_run_shards(spec)
+
+
+def test_the_manifest_fields_compared_are_ones_reinforce_records():
+    from mobileclip_repro.reinforce import CONTENT_SETTINGS
+
+    config = load_config(REPO_ROOT / "configs" / "toy.yaml")
+    reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
+    compared = {**preflight.json_settings(reinforce), **preflight.generate_settings(config["reinforcement"])}
+    assert set(compared) <= set(CONTENT_SETTINGS)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def test_validate_config_prints_the_message_not_a_traceback(toy, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_set(toy, ("runs", "toy_dr", "global_batch_size"), 128.0)))
+    result = subprocess.run([sys.executable, "-m", "mobileclip_repro", "validate-config", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("invalid config: config key 'runs.toy_dr.global_batch_size': "
+                                     "128.0 is not of type 'integer'")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_torchrun_hands_every_train_option_to_the_trainer_unchanged():
+    """torchrun parses the whole command line first, abbreviations included (its --run-path took --run)."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from mobileclip_repro import train
+
+    def launch(*script_args):
+        return get_args_parser().parse_args(["--standalone", "--nproc-per-node", "1", "-m", "mobileclip_repro",
+                                             "train", *script_args])
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    command = ["--config", "configs/toy.yaml", "--run-name", "toy_dr", "--out-dir", "runs/x"]
+    launched = launch(*command)
+    assert launched.module and launched.training_script == "mobileclip_repro"
+    assert launched.training_script_args == ["train", *command]
+    assert parser.parse_args(launched.training_script_args[1:]).run == "toy_dr"
+    # every other option of the trainer passes through as well
+    ours = [option for action in parser._actions for option in action.option_strings
+            if option.startswith("--") and option not in ("--help", "--run")]
+    assert "--run-name" in ours
+    everything = [arg for option in ours for arg in (option, "x")]
+    assert launch(*everything).training_script_args == ["train", *everything]
+
+
+# -- at DAG start ---------------------------------------------------------------------------------
+
+BAD_CONFIGS = {
+    # name: (change to configs/toy.yaml, what the message must name)
+    "integer written as float": (lambda c, tmp: _set(c, ("runs", "toy_dr", "global_batch_size"), 128.0),
+                                 r"'runs.toy_dr.global_batch_size': 128.0 is not of type 'integer'"),
+    "unknown model": (lambda c, tmp: _set(c, ("runs", "toy_dr", "model"), "toy-studnet"),
+                      r"'runs.toy_dr.model': unknown model 'toy-studnet'"),
+    "num_samples not an integer": (
+        lambda c, tmp: _set(c, ("reinforcement", "config"), _reinforce_json(tmp, num_samples="five")),
+        r"'reinforcement.config': .*'num_samples': 'five' is not of type 'integer'"),
+    "reinforcement JSON missing": (lambda c, tmp: _set(c, ("reinforcement", "config"), str(tmp / "nope.json")),
+                                   r"'reinforcement.config': reinforcement JSON .*nope.json.* not found"),
+    "teacher_dimension not the teachers'": (
+        lambda c, tmp: _set(c, ("runs", "toy_dr", "distill", "teacher_dimension"), [768, 768]),
+        r"'runs.toy_dr.distill.teacher_dimension': \[768, 768\] does not match the teachers"),
+    "DR shards with another num_samples": (
+        lambda c, tmp: _dr_shard(_dr_dir(c), num_samples=3) and c,
+        r"'reinforcement.config': the DataCompDR shards in .* were made with num_samples 3"),
+}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory, snakemake_cmd, repo_root):
+    """``snakemake -n`` on every bad config, started together (each spends ~6 s importing Snakemake)."""
+    running = {}
+    for name, (change, _) in BAD_CONFIGS.items():
+        tmp = tmp_path_factory.mktemp("bad")
+        config = json.loads(json.dumps(yaml.safe_load((repo_root / "configs" / "toy.yaml").read_text())))
+        config["results_dir"] = str(tmp / "results")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(change(config, tmp)))
+        running[name] = subprocess.Popen([*snakemake_cmd, "-n", "--configfile", str(tmp / "config.yaml")],
+                                         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return {name: (process.communicate(timeout=600)[0], process.returncode) for name, process in running.items()}
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_each_bad_config_fails_snakemake_dry_run_naming_the_key(dry_runs, name):
+    output, returncode = dry_runs[name]
+    assert returncode != 0
+    assert "invalid config: config key " in output, output[-2000:]
+    assert re.search(BAD_CONFIGS[name][1], output), output[-2000:]
+    assert "Job stats" not in output, "no job was planned"
