@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from mobileclip_repro.config import ConfigError, load_config, resolve_run
+from mobileclip_repro.config import ConfigError, checkpoint_steps, load_config, resolve_run, run_dir, run_seeds
 
 
 @pytest.fixture
@@ -78,3 +78,53 @@ def test_loading_does_not_mutate_the_callers_dict(toy):
     before = copy.deepcopy(toy)
     load_config(toy)
     assert toy == before
+
+
+def test_log_spaced_checkpoints_double_and_end_at_the_budget(toy):
+    toy["runs"]["toy_dr"].update(seen_samples=128 * 96, num_checkpoints=6, checkpoint_spacing="log")
+    run = resolve_run(load_config(toy), "toy_dr", seed=toy["runs"]["toy_dr"].get("seeds", [0])[0])
+    assert run["checkpoint_steps"] == [3, 6, 12, 24, 48, 96]
+    assert "steps_per_checkpoint" not in run  # pseudo-epochs of unequal length
+
+
+def test_linear_checkpoints_are_equal_pseudo_epochs():
+    assert checkpoint_steps(30_000, 20, "linear") == [1_500 * k for k in range(1, 21)]
+
+
+def test_too_many_log_spaced_checkpoints_for_the_steps_is_an_error(toy):
+    toy["runs"]["toy_dr"].update(seen_samples=128 * 8, num_checkpoints=6, checkpoint_spacing="log")
+    with pytest.raises(ConfigError, match=r"runs\.toy_dr\.num_checkpoints"):
+        load_config(toy)
+
+
+def test_a_run_with_seeds_is_one_job_per_seed(toy):
+    toy["runs"]["toy_dr"].pop("seed", None)
+    toy["runs"]["toy_dr"]["seeds"] = [3, 5]
+    config = load_config(toy)
+    assert run_seeds(config["runs"]["toy_dr"]) == [3, 5]
+    assert resolve_run(config, "toy_dr", seed=5)["seed"] == 5
+    assert run_dir(config, "toy_dr", seed=5).as_posix() == "results/toy/runs/toy_dr/seed_5"
+    with pytest.raises(ConfigError, match=r"runs\.toy_dr\.seeds.*say which seed"):
+        resolve_run(config, "toy_dr")
+    with pytest.raises(ConfigError, match=r"runs\.toy_dr\.seeds.*no seed 4"):
+        resolve_run(config, "toy_dr", seed=4)
+
+
+def test_a_single_seed_is_still_accepted(toy):
+    toy["runs"]["toy_plain"].pop("seeds", None)
+    toy["runs"]["toy_plain"]["seed"] = 7
+    config = load_config(toy)
+    assert run_seeds(config["runs"]["toy_plain"]) == [7]
+    assert resolve_run(config, "toy_plain")["seed"] == 7
+
+
+def test_seed_and_seeds_together_is_an_error(toy):
+    toy["runs"]["toy_dr"].update(seed=1, seeds=[1, 2])
+    with pytest.raises(ConfigError, match=r"runs\.toy_dr\.seeds.*either 'seed' or 'seeds'"):
+        load_config(toy)
+
+
+def test_efficiency_pairs_must_name_a_dr_and_a_non_dr_run(toy):
+    toy["report"]["efficiency_pairs"] = [["toy_plain", "toy_dr"]]
+    with pytest.raises(ConfigError, match=r"report\.efficiency_pairs\.0.*'toy_plain' is not a DR run"):
+        load_config(toy)

@@ -47,15 +47,31 @@ def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, tmp_path):
     assert sorted(p.name for p in (results / "data" / "datacompdr").glob("*.tar")) == \
         sorted(p.name for p in (results / "data" / "datacomp").glob("*.tar"))
     for run in ("smoke_dr", "smoke_plain"):
-        manifest = json.loads((results / "runs" / run / "manifest.json").read_text())
-        assert [e["seen_samples"] for e in manifest["epochs"]] == [384, 768]
-        assert all(count == 0 for count in manifest["skipped_samples"].values())
+        for seed in (0, 1):  # seeds: [0, 1]: one training job each
+            manifest = json.loads((results / "runs" / run / f"seed_{seed}" / "manifest.json").read_text())
+            assert manifest["seed"] == seed
+            # log-spaced checkpoints: each pseudo-epoch as long as all before it
+            assert [e["seen_samples"] for e in manifest["epochs"]] == [192, 384, 768]
+            assert all(count == 0 for count in manifest["skipped_samples"].values())
     table = pd.read_csv(results / "report" / "results_long.csv")
     zeroshot = table[(table["benchmark"] == "toy_zeroshot") & table["is_main"]]
-    assert sorted(zip(zeroshot["run"], zeroshot["seen_samples"])) == [
-        ("smoke_dr", 384), ("smoke_dr", 768), ("smoke_plain", 384), ("smoke_plain", 768)]
+    assert sorted(zip(zeroshot["run"], zeroshot["seed"], zeroshot["seen_samples"])) == [
+        (run, seed, seen) for run in ("smoke_dr", "smoke_plain") for seed in (0, 1) for seen in (192, 384, 768)]
     assert zeroshot["value"].between(0, 1).all()
-    for name in ("results.csv", "results.md", "learning_efficiency.png", "learning_efficiency.pdf", "report.html"):
+    summary = pd.read_csv(results / "report" / "results.csv")
+    assert (summary["seeds"] == 2).all() and len(summary) == 6
+    assert (summary["toy_zeroshot/acc1 min"] <= summary["toy_zeroshot/acc1"]).all()
+    # the multiplier for the one (DR, non-DR) pair, per benchmark, over both seed pairs
+    efficiency = json.loads((results / "report" / "efficiency.json").read_text())
+    assert [e["benchmark"] for e in efficiency] == ["toy_zeroshot", "toy_retrieval"]
+    assert all(e["dr_run"] == "smoke_dr" and e["plain_run"] == "smoke_plain" and len(e["per_seed"]) == 2
+               and e["multiplier"] > 0 for e in efficiency)
+    assert "DR (smoke_dr)" in (results / "report" / "results.md").read_text()
+    # the teachers and their ensemble, evaluated on the same sets
+    teachers = pd.read_csv(results / "report" / "teachers.csv")
+    assert sorted(teachers["teacher"]) == ["ensemble", "teacher_a", "teacher_b"]
+    for name in ("results.csv", "results.md", "efficiency.json", "learning_efficiency.png",
+                 "learning_efficiency.pdf", "report.html"):
         assert (results / "report" / name).stat().st_size > 0
 
     # a second invocation finds nothing to do: every output is up to date

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 
 import pytest
@@ -78,7 +79,8 @@ def test_malformed_record_is_an_error(records_dir):
 
 def test_wide_table_places_each_main_metric_in_its_cell():
     wide = wide_table(all_records())
-    assert list(wide.columns) == ["run", "dr", "epoch", "seen_samples", "toy_zeroshot/acc1", "toy_retrieval/mean_recall@1"]
+    assert list(wide.columns) == ["run", "dr", "seed", "epoch", "seen_samples", "toy_zeroshot/acc1",
+                                  "toy_retrieval/mean_recall@1"]
     assert len(wide) == 6
     row = wide[(wide["run"] == "toy_plain") & (wide["epoch"] == 2)].iloc[0]
     assert row["seen_samples"] == 2 * SEEN_PER_EPOCH and not row["dr"]
@@ -98,7 +100,7 @@ def test_long_table_keeps_every_metric():
 
 def test_duplicate_records_are_an_error():
     records = all_records()
-    with pytest.raises(ValueError, match="two records for run 'toy_dr' epoch 1"):
+    with pytest.raises(ValueError, match="two records for run 'toy_dr' seed 0 epoch 1"):
         wide_table(records + [records[0]])
 
 
@@ -123,9 +125,10 @@ def test_results_markdown_cells_in_percent(report_dir):
     assert lines[0] == "# Toy world"
     table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
     header, body = table[0], table[2:]
-    assert header == ["run", "data", "epoch", "seen samples", "toy_zeroshot/acc1", "toy_retrieval/mean_recall@1"]
-    assert ["toy_plain", "non-DR", "3", "24.58k", "22.2", "12.5"] in body
-    assert ["toy_dr", "DR", "1", "8.192k", "31.2", "20.0"] in body
+    assert header == ["run", "data", "epoch", "seen samples", "seeds", "toy_zeroshot/acc1",
+                      "toy_retrieval/mean_recall@1"]
+    assert ["toy_plain", "non-DR", "3", "24.58k", "1", "22.2", "12.5"] in body
+    assert ["toy_dr", "DR", "1", "8.192k", "1", "31.2", "20.0"] in body
 
 
 def test_figure_is_a_real_image(report_dir):
@@ -292,3 +295,75 @@ def test_tagged_records_get_an_averages_section(records_dir, tmp_path):
     with open(out / "suite_averages.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 6 and set(rows[0]) >= {"average (2)", "retrieval (1)"}
+
+
+# --- seeds, teachers and the efficiency multiplier -------------------------------------------
+
+@pytest.fixture
+def seeded_records_dir(tmp_path):
+    """Two seeds per run (seed 1 = seed 0 + 0.02), and two teachers with their ensemble."""
+    directory = tmp_path / "evaluations"
+    for seed in (0, 1):
+        for record in all_records():
+            record = {**record, "seed": seed, "role": "student", "main_metric": record["main_metric"] + 0.02 * seed}
+            path = directory / record["run"] / f"seed_{seed}" / f"epoch_{record['epoch']}" / f"{record['benchmark']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+    for member, role, value in (("teacher_a", "teacher", 0.81), ("teacher_b", "teacher", 0.83),
+                                ("ensemble", "ensemble", 0.86)):
+        for benchmark in ("toy_zeroshot", "toy_retrieval"):
+            record = {**make_record(member, False, 0, benchmark, value), "role": role, "seed": None,
+                      "seen_samples": 0, "model": "toy-teacher"}
+            path = directory / "teachers" / member / f"{benchmark}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+    return directory
+
+
+@pytest.fixture
+def seeded_report(seeded_records_dir, tmp_path):
+    out = tmp_path / "seeded_report"
+    assert main(["report", "--records-dir", str(seeded_records_dir), "--out-dir", str(out)]) == 0
+    return out
+
+
+def test_results_are_the_mean_over_seeds_with_min_and_max(seeded_report):
+    with open(seeded_report / "results.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 6  # (run, checkpoint); teachers are not rows here
+    row = next(r for r in rows if r["run"] == "toy_dr" and r["epoch"] == "2")
+    assert row["seeds"] == "2"
+    assert float(row["toy_zeroshot/acc1"]) == pytest.approx(0.466)
+    assert float(row["toy_zeroshot/acc1 min"]) == pytest.approx(0.456)
+    assert float(row["toy_zeroshot/acc1 max"]) == pytest.approx(0.476)
+    markdown = (seeded_report / "results.md").read_text()
+    assert "| toy_dr | DR | 2 | 16.38k | 2 | 46.6 (45.6–47.6) |" in markdown
+    with open(seeded_report / "results_per_seed.csv") as stream:
+        assert len(list(csv.DictReader(stream))) == 12
+
+
+def test_teachers_are_listed_and_drawn_as_the_ceiling(seeded_report):
+    with open(seeded_report / "teachers.csv") as stream:
+        rows = {row["teacher"]: row for row in csv.DictReader(stream)}
+    assert set(rows) == {"teacher_a", "teacher_b", "ensemble"}
+    assert rows["ensemble"]["role"] == "ensemble" and float(rows["ensemble"]["toy_zeroshot/acc1"]) == 0.86
+    assert "## Teachers" in (seeded_report / "results.md").read_text()
+    assert "<h2>Teachers</h2>" in (seeded_report / "report.html").read_text()
+
+
+def test_efficiency_json_and_its_sentence(seeded_report):
+    results = {r["benchmark"]: r for r in json.loads((seeded_report / "efficiency.json").read_text())}
+    zeroshot = results["toy_zeroshot"]
+    assert set(zeroshot) >= {"dr_run", "plain_run", "benchmark", "metric", "multiplier", "per_seed", "lower_bound"}
+    assert zeroshot["dr_run"] == "toy_dr" and zeroshot["plain_run"] == "toy_plain"
+    assert [entry["dr_seed"] for entry in zeroshot["per_seed"]] == [0, 1]
+    # DR's first point (31%) already beats non-DR's last (22-24%): at least 3x (24,576 / 8,192), a bound
+    assert zeroshot["lower_bound"] and zeroshot["multiplier"] == pytest.approx(3.0)
+    sentence = "DR (toy_dr) reaches non-DR's (toy_plain) final toy_zeroshot acc1 (23.2%) with ≥ 3.0× fewer"
+    assert sentence in (seeded_report / "results.md").read_text()
+    assert sentence in html.unescape((seeded_report / "report.html").read_text())
+
+
+def test_every_benchmark_gets_a_multiplier(seeded_report):
+    results = json.loads((seeded_report / "efficiency.json").read_text())
+    assert sorted(r["benchmark"] for r in results) == ["toy_retrieval", "toy_zeroshot"]

@@ -34,8 +34,9 @@ from cluster import ClusterUnavailable, SlurmCluster, client_env, missing_comman
 
 SMOKE = "configs/toy-smoke.yaml"
 RUNS = ("smoke_dr", "smoke_plain")
+SEEDS = (0, 1)
 TEACHERS = ("teacher_a.pt", "teacher_b.pt")
-EPOCHS = (1, 2)
+EPOCHS = (1, 2, 3)
 INSTALL = Path(__file__).resolve().parent / "slurm" / "install.sh"
 
 # What the profile's users edit, overridden for this one-machine cluster. Command-line
@@ -188,7 +189,7 @@ def test_slurm_outputs_equal_a_local_run(slurm_smoke, local_smoke):
         return blob.get("state_dict", blob)
 
     checkpoints = [f"teachers/{t}" for t in TEACHERS] + \
-        [f"runs/{run}/checkpoints/epoch_{epoch}.pt" for run in RUNS for epoch in EPOCHS]
+        [f"runs/{run}/seed_{seed}/checkpoints/epoch_{epoch}.pt" for run in RUNS for seed in SEEDS for epoch in EPOCHS]
     for name in checkpoints:
         mine, theirs = weights(slurm / name), weights(local / name)
         assert mine.keys() == theirs.keys(), name
@@ -196,15 +197,17 @@ def test_slurm_outputs_equal_a_local_run(slurm_smoke, local_smoke):
 
     # run manifests (timings aside), every eval record (timings and paths aside), the report table
     for run in RUNS:
-        assert normalized(read_json(slurm / f"runs/{run}/manifest.json"), slurm) == \
-            normalized(read_json(local / f"runs/{run}/manifest.json"), local)
+        for seed in SEEDS:
+            assert normalized(read_json(slurm / f"runs/{run}/seed_{seed}/manifest.json"), slurm) == \
+                normalized(read_json(local / f"runs/{run}/seed_{seed}/manifest.json"), local)
     records = sorted(p.relative_to(slurm / "eval") for p in (slurm / "eval").rglob("*.json"))
     assert records == sorted(p.relative_to(local / "eval") for p in (local / "eval").rglob("*.json"))
-    assert len(records) == len(RUNS) * len(EPOCHS) * 2
+    # per training job: each checkpoint on 2 benchmarks + the job's index; teachers a, b and ensemble on 2
+    assert len(records) == len(RUNS) * len(SEEDS) * (len(EPOCHS) * 2 + 1) + 3 * 2
     for record in records:
         assert normalized(read_json(slurm / "eval" / record), slurm) == \
             normalized(read_json(local / "eval" / record), local), record
-    for table in ("results.csv", "results_long.csv", "results.md"):
+    for table in ("results.csv", "results_per_seed.csv", "results_long.csv", "results.md", "efficiency.json"):
         assert (slurm / "report" / table).read_text() == (local / "report" / table).read_text(), table
 
 
@@ -217,12 +220,12 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
     (`scontrol requeue`, as a preemption would), the same SLURM job resumes from epoch_1.pt."""
     results = slurm_smoke["results"]  # its toy data is reused: only the new run's train job runs
     config = yaml.safe_load((repo_root / SMOKE).read_text())
-    run = dict(config["runs"]["smoke_plain"], nodes=2, seen_samples=1536, num_checkpoints=4,
-               slurm={"cpus_per_gpu": 1, "mem_mb_per_node": 1000, "runtime": 20})
+    run = dict(config["runs"]["smoke_plain"], nodes=2, seen_samples=1536, num_checkpoints=4, seeds=[0],
+               checkpoint_spacing="linear", slurm={"cpus_per_gpu": 1, "mem_mb_per_node": 1000, "runtime": 20})
     config.update(results_dir=str(results), runs={"smoke_2node": run})
     (tmp_path / "two_nodes.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # key order kept:
     # toy_data's params (dict reprs) then equal the first run's, so its data are reused, not rebuilt
-    run_dir = results / "runs" / "smoke_2node"
+    run_dir = results / "runs" / "smoke_2node" / "seed_0"
 
     requeued = {}
 
@@ -231,7 +234,7 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
             while time.monotonic() < deadline and not requeued:
                 if (run_dir / "checkpoints" / "epoch_1.pt").exists():
                     job = next((j for j in slurm_cluster.jobs().values() if j["JobState"] == "RUNNING"
-                                and j["Comment"] == "rule_train_wildcards_smoke_2node"), None)
+                                and j["Comment"].startswith("rule_train_wildcards_smoke_2node")), None)
                     if job is not None:
                         slurm_cluster.command("scontrol", "requeue", job["JobId"], check=True)
                         requeued["id"] = job["JobId"]
@@ -255,7 +258,7 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
         cwd=repo_root, capture_output=True, text=True, timeout=900, env={**client_env(), "LOGLEVEL": "INFO"})
     watcher.join(timeout=5)
     log = result.stdout + result.stderr
-    train_log = (results / "logs" / "train" / "smoke_2node.log")
+    train_log = (results / "logs" / "train" / "smoke_2node_seed_0.log")
     assert result.returncode == 0, (log[-4000:], train_log.read_text()[-4000:] if train_log.exists() else "",
                                     slurm_cluster.logs())
     assert "id" in requeued and "error" not in requeued, ("could not requeue the job while it ran", requeued)
@@ -284,4 +287,4 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
     assert manifest["world_size"] == 2 and manifest["attempts"] == 2, manifest
     assert [e["seen_samples"] for e in manifest["epochs"]] == [384, 768, 1152, 1536]
     # the second attempt started from the first one's checkpoint
-    assert re.search(r"resumed from \S*epoch_[123]\.pt", text), text[-3000:]
+    assert re.search(r"resuming from \S*epoch_[123]\.pt", text), text[-3000:]

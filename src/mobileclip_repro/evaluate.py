@@ -1,4 +1,4 @@
-"""Evaluate one checkpoint on benchmark sets with clip_benchmark; one JSON record per benchmark.
+"""Evaluate checkpoints (and the reinforcement's teachers) with clip_benchmark; one JSON record per benchmark.
 
 clip_benchmark 1.6.2 computes the metrics (``zeroshot_classification.evaluate``,
 ``zeroshot_retrieval.evaluate``); this module picks the datasets, steers around the
@@ -75,6 +75,10 @@ class CheckpointInfo:
     dr: bool
     model_name: str | None
     run_spec: dict = field(default_factory=dict)
+    # "student": a training run's checkpoint; "teacher": one member of the reinforcement's
+    # ensemble; "ensemble": the members' concatenated features, as the DR targets see them.
+    role: str = "student"
+    seed: int | None = None
 
 
 def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
@@ -232,7 +236,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         raise ValueError(f"{path}: run spec has neither 'dr' nor 'data'; cannot tell a DR run from a plain one")
     return CheckpointInfo(path=str(path), run=str(checkpoint["name"]), epoch=int(checkpoint["epoch"]),
                           seen_samples=int(checkpoint["seen_samples"]), dr=bool(dr),
-                          model_name=checkpoint.get("model_name"), run_spec=run_spec)
+                          model_name=checkpoint.get("model_name"), run_spec=run_spec, seed=run_spec.get("seed"))
 
 
 def main_metric(task: str, metrics: dict, name: str | None = None) -> tuple[str, float]:
@@ -336,6 +340,8 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
     record = {
         "schema": RECORD_SCHEMA,
         "run": info.run,
+        "role": info.role,
+        "seed": info.seed,
         "epoch": info.epoch,
         "seen_samples": info.seen_samples,
         "dr": info.dr,
@@ -401,17 +407,113 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
     return list(paths.values())
 
 
+class _StringBatch(list):
+    """Captions handed through clip_benchmark's ``tokenizer(texts).to(device)`` untouched, so that
+    each teacher tokenizes them with its own tokenizer."""
+
+    def to(self, device):
+        return self
+
+
+def _teacher_models(ensemble) -> dict[int | None, object]:
+    """clip_benchmark-facing models: member k alone (key k) and the whole ensemble (key None).
+
+    Features are each member's L2-normalized output, concatenated for the ensemble: after
+    clip_benchmark normalizes again, the ensemble's similarity is the members' mean cosine,
+    the quantity whose softmax the DR loss distils (reference.md §5, average over members).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class Member(torch.nn.Module):
+        def __init__(self, member: int | None):
+            super().__init__()
+            self.member = member
+
+        @torch.inference_mode()
+        def encode_image(self, images):
+            if self.member is None:
+                return ensemble.encode_images(images).to(images.device)
+            return F.normalize(ensemble.models[self.member].encode_image(images.to(ensemble.device)).float(), dim=-1)
+
+        @torch.inference_mode()
+        def encode_text(self, texts):
+            if self.member is None:
+                return ensemble.encode_texts(list(texts)).to(ensemble.device)
+            tokens = ensemble.tokenizers[self.member](list(texts)).to(ensemble.device)
+            return F.normalize(ensemble.models[self.member].encode_text(tokens).float(), dim=-1)
+
+    return {member: Member(member) for member in [*range(len(ensemble.models)), None]}
+
+
+def teacher_eval_transform(ensemble):
+    """The members' shared eval preprocessing; members that preprocess differently cannot be one ensemble view."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    configs = [dict(model.visual.preprocess_cfg) for model in ensemble.models]
+    if any(config != configs[0] for config in configs[1:]):
+        raise ValueError(f"teachers {list(ensemble.model_names)} preprocess images differently ({configs}); "
+                         "their ensemble has no single eval transform")
+    return image_transform_v2(PreprocessCfg(**configs[0]), is_train=False)
+
+
+def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[BenchmarkSpec],
+                      out_dir: str | os.PathLike, pretrained_root: str | os.PathLike | None = None,
+                      device: str = "cpu", batch_size: int = 256, num_workers: int = 0) -> list[Path]:
+    """Evaluate each teacher of a reinforcement JSON and their ensemble: ``<out_dir>/<member>/<benchmark>.json``
+    (member = the pretrained entry's stem, or ``<model>_<tag>``) and ``<out_dir>/ensemble/<benchmark>.json``."""
+    from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble
+
+    for spec in benchmarks:
+        check_dataset_present(spec)
+    _check_numpy()
+    config = ReinforceConfig.load(reinforce_config)
+    ensemble = TeacherEnsemble.from_config(config, pretrained_root=pretrained_root, device=device,
+                                           batch_size=batch_size)
+    transform = teacher_eval_transform(ensemble)
+    names = [Path(entry).stem if entry.endswith((".pt", ".pth", ".bin", ".safetensors")) else f"{model}_{entry}"
+             for model, entry in zip(config.model_names, config.pretrained)]
+    if len(set(names)) != len(names):
+        names = [f"{position}_{name}" for position, name in enumerate(names)]
+    out_dir = Path(out_dir)
+    paths = []
+    for member, model in _teacher_models(ensemble).items():
+        label = "ensemble" if member is None else names[member]
+        model_name = "+".join(config.model_names) if member is None else config.model_names[member]
+        info = CheckpointInfo(path=str(reinforce_config), run=label, epoch=0, seen_samples=0, dr=False,
+                              model_name=model_name, role="ensemble" if member is None else "teacher",
+                              run_spec={"reinforce_config": str(reinforce_config),
+                                        "pretrained": list(ensemble.pretrained)})
+        for spec in benchmarks:
+            started = time.perf_counter()
+            result = run_benchmark(model, transform, lambda texts: _StringBatch(texts), spec, device, batch_size,
+                                   num_workers)
+            record = build_record(info, model_name, spec, result, time.perf_counter() - started)
+            path = out_dir / label / f"{spec.name}.json"
+            shards.write_json_atomic(path, record, allow_nan=False)
+            log.info("%s %s: %s = %.4f", label, spec.name, record["main_metric_name"], record["main_metric"])
+            paths.append(path)
+    return paths
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="epoch_<k>.pt written by `train`")
+    parser.add_argument("--checkpoint", nargs="+", help="epoch_<k>.pt files written by `train`")
+    parser.add_argument("--teachers", metavar="REINFORCE_JSON",
+                        help="instead of checkpoints: each teacher of this reinforcement JSON and their ensemble")
+    parser.add_argument("--pretrained-root", default=None, help="with --teachers: where checkpoint files it names are")
     parser.add_argument("--model", default=None, help="open_clip model name (default: the checkpoint's model_name)")
     parser.add_argument("--benchmarks-json", required=True,
                         help='a JSON file, or JSON text: a list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
-    parser.add_argument("--out-dir", required=True, help="one record per benchmark: <out-dir>/<name>.json")
+    parser.add_argument("--out-dir", required=True, nargs="+",
+                        help="one per checkpoint, each getting one record per benchmark: <out-dir>/<name>.json; "
+                             "with --teachers one folder with a subfolder per teacher and ensemble/")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda when this job has a GPU")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
+    parser.add_argument("--index", type=Path, default=None,
+                        help="also write the list of record paths here (the Snakemake rule's declared output)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -422,8 +524,22 @@ def command(args: argparse.Namespace) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    paths = evaluate_checkpoint(args.checkpoint, benchmarks, args.out_dir, model_name=args.model, device=device,
-                                batch_size=args.batch_size, num_workers=args.num_workers, force=args.force)
+    if bool(args.checkpoint) == bool(args.teachers):
+        raise SystemExit("give --checkpoint or --teachers")
+    if args.teachers:
+        if len(args.out_dir) != 1:
+            raise SystemExit("--teachers writes into one --out-dir")
+        paths = evaluate_teachers(args.teachers, benchmarks, args.out_dir[0], args.pretrained_root, device=device,
+                                  batch_size=args.batch_size, num_workers=args.num_workers)
+    else:
+        if len(args.out_dir) != len(args.checkpoint):
+            raise SystemExit(f"{len(args.checkpoint)} checkpoints need as many --out-dir, got {len(args.out_dir)}")
+        paths = [path for checkpoint, out_dir in zip(args.checkpoint, args.out_dir)
+                 for path in evaluate_checkpoint(checkpoint, benchmarks, out_dir, model_name=args.model,
+                                                 device=device, batch_size=args.batch_size,
+                                                 num_workers=args.num_workers, force=args.force)]
+    if args.index is not None:
+        shards.write_json_atomic(args.index, {"records": [str(path) for path in paths]})
     for path in paths:
         print(path)
     return 0

@@ -2,13 +2,16 @@
 
 The paper's claim is about efficiency (DR reaches a given accuracy with ~10x fewer seen
 samples), so the x axis is seen samples on a log scale and every checkpoint is a marker.
-DR runs are solid lines with round markers, non-DR runs dashed with square markers.
+DR runs are solid lines with round markers, non-DR runs dashed with square markers; with
+several seeds the line is their mean and a band spans their min and max. The teachers the
+DR targets come from are horizontal lines: the ensemble (dash-dot) and each member (thin).
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import defaultdict
+from statistics import mean
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
-from mobileclip_repro.tables import TASK_ORDER, format_seen_samples  # noqa: E402
+from mobileclip_repro.tables import TASK_ORDER, format_seen_samples, student_records, teacher_records  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +51,20 @@ def _benchmarks_in_order(records: list[dict]) -> list[dict]:
     return sorted(first.values(), key=lambda r: (TASK_ORDER.get(r["task"], 2), r["benchmark"]))
 
 
-def _run_curves(records: list[dict], benchmark: str) -> dict[tuple[str, bool], list[tuple[int, float]]]:
-    curves = defaultdict(list)
-    for record in records:
+def _run_curves(records: list[dict], benchmark: str) -> dict[tuple[str, bool], list[tuple[int, float, float, float]]]:
+    """(run, dr) -> [(seen samples, mean, min, max over seeds)], DR runs first."""
+    values = defaultdict(lambda: defaultdict(list))
+    for record in student_records(records):
         if record["benchmark"] != benchmark or record["main_metric"] is None:
             continue
         if record["seen_samples"] <= 0:
             log.warning("%s/%s epoch %s: seen_samples %s cannot be drawn on a log axis; left out of the plot",
                         record["run"], benchmark, record["epoch"], record["seen_samples"])
             continue
-        curves[(record["run"], bool(record["dr"]))].append((record["seen_samples"], record["main_metric"]))
-    return {key: sorted(points) for key, points in sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0]))}
+        values[(record["run"], bool(record["dr"]))][record["seen_samples"]].append(record["main_metric"])
+    curves = {key: [(seen, mean(v), min(v), max(v)) for seen, v in sorted(points.items())]
+              for key, points in values.items()}
+    return dict(sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0])))
 
 
 def validate_reference_points(points: list[dict]) -> list[dict]:
@@ -85,7 +91,8 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
     chance = chance or {}
     paper_reference = validate_reference_points(paper_reference or [])
     benchmarks = _benchmarks_in_order(records)
-    runs = sorted({(r["run"], bool(r["dr"])) for r in records}, key=lambda run: (not run[1], run[0]))
+    runs = sorted({(r["run"], bool(r["dr"])) for r in student_records(records)}, key=lambda run: (not run[1], run[0]))
+    teachers = teacher_records(records)
     palette = plt.get_cmap("tab10").colors
     colours = {run: palette[position % len(palette)] for position, run in enumerate(runs)}
     # one marker per paper source (a table, a figure), filled for DR and hollow for non-DR
@@ -101,13 +108,26 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
             benchmark, metric = first["benchmark"], first["main_metric_name"]
             highest = 0.0
             for (run, dr), points in _run_curves(records, benchmark).items():
-                seen, values = zip(*points)
+                seen, values, lowest, largest = zip(*points)
                 label = f"{run} ({'DR' if dr else 'non-DR'})"
                 (line,) = axis.plot(seen, [100 * v for v in values], color=colours[(run, dr)],
                                     linestyle="-" if dr else "--", marker="o" if dr else "s",
                                     markersize=5, linewidth=1.8, label=label)
+                if lowest != largest:
+                    axis.fill_between(seen, [100 * v for v in lowest], [100 * v for v in largest],
+                                      color=colours[(run, dr)], alpha=0.18, linewidth=0)
+                    legend_handles.setdefault("min–max over seeds", axis.fill_between(
+                        [], [], [], color="0.5", alpha=0.3, linewidth=0))
                 legend_handles.setdefault(label, line)
-                highest = max(highest, max(values))
+                highest = max(highest, max(largest))
+            for teacher in (t for t in teachers if t["benchmark"] == benchmark and t["main_metric"] is not None):
+                ensemble = teacher["role"] == "ensemble"
+                style = dict(color="0.15", linestyle="-.", linewidth=1.6) if ensemble else \
+                    dict(color="0.55", linestyle="-", linewidth=0.8)
+                axis.axhline(100 * teacher["main_metric"], **style)
+                label = "teacher ensemble" if ensemble else "single teachers"
+                legend_handles.setdefault(label, Line2D([], [], **style))
+                highest = max(highest, teacher["main_metric"])
             if benchmark in chance:
                 level = chance[benchmark]
                 axis.axhline(100 * level, color="0.45", linestyle=":", linewidth=1.2)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from mobileclip_repro import efficiency
 from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
 from mobileclip_repro.tables import (display_fetch_table, display_table, fetch_markdown, fetch_table,
                                      format_seen_samples, load_fetch_manifests, load_records, long_table,
-                                     suite_averages, suite_markdown, wide_table, write_csv, write_markdown)
+                                     student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
+                                     teacher_table, wide_table, write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
 DEFAULT_TITLE = "MobileCLIP reproduction: learning efficiency"
@@ -53,6 +55,7 @@ def load_chance_levels(path: str | os.PathLike) -> dict[str, float]:
 def run_summary(records: list[dict]) -> pd.DataFrame:
     """One row per run: what was trained and how far the evaluated checkpoints reach."""
     rows = []
+    records = student_records(records)
     for run in sorted({record["run"] for record in records}):
         mine = [record for record in records if record["run"] == run]
         spec = mine[0].get("run_spec") or {}
@@ -62,6 +65,7 @@ def run_summary(records: list[dict]) -> pd.DataFrame:
             "model": mine[0]["model"],
             "global batch": spec.get("global_batch_size", "n/a"),
             "planned seen samples": format_seen_samples(spec["seen_samples"]) if "seen_samples" in spec else "n/a",
+            "seeds": ", ".join(str(seed) for seed in sorted({record.get("seed") or 0 for record in mine})),
             "checkpoints evaluated": len({record["epoch"] for record in mine}),
             "last epoch": max(record["epoch"] for record in mine),
             "seen samples reached": format_seen_samples(max(record["seen_samples"] for record in mine)),
@@ -81,12 +85,13 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: Path,
+def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path: Path,
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
-                averages: pd.DataFrame | None = None) -> str:
+                averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
+                multipliers: list[dict] | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
-    for record in records:
+    for record in student_records(records):
         specs.setdefault(record["run"], record.get("run_spec") or {})
     spec_blocks = "\n".join(
         f"<details><summary>{html.escape(run)}</summary><pre>{html.escape(json.dumps(spec, indent=2, sort_keys=True))}</pre></details>"
@@ -97,12 +102,26 @@ def render_html(title: str, records: list[dict], wide: pd.DataFrame, png_path: P
                           "one shape per source), ViT-B/16 at the paper's scale.</p>"
                           + pd.DataFrame(paper_reference).assign(value=lambda t: (100 * t["value"]).round(1))
                           .to_html(index=False, classes="table", border=0))
-    table_html = display_table(wide).to_html(index=False, classes="table", border=0)
+    table_html = display_table(summary).to_html(index=False, classes="table", border=0)
+    efficiency_section = ""
+    if multipliers:
+        efficiency_section = ("<p>" + "</p>\n<p>".join(html.escape(efficiency.describe(m)) for m in multipliers)
+                              + "</p>\n<p>Multiplier: the non-DR budget over the seen samples at which the DR curve "
+                              "reaches non-DR's final accuracy (log-x interpolation between checkpoints); per seed "
+                              "pair and on the seed means (<code>efficiency.json</code>).</p>")
+    teacher_section = ""
+    if teachers is not None and not teachers.empty:
+        shown = teachers.copy()
+        for column in shown.columns[3:]:
+            shown[column] = shown[column].map(lambda v: "n/a" if pd.isna(v) else f"{100 * v:.1f}")
+        teacher_section = ("<h2>Teachers</h2>\n<p>The reinforcement's teachers on the same sets, alone and as the "
+                           "ensemble the DR targets come from: the ceiling line in the figure.</p>\n"
+                           + shown.to_html(index=False, classes="table", border=0))
     averages_section = ""
     if averages is not None and not averages.empty:
         averages_section = ("<h2>Averages over benchmark groups</h2>\n<p>Main metric averaged over the benchmarks "
                             "of each group (their number in parentheses), as DataComp reports its suite.</p>\n"
-                            + display_table(averages).to_html(index=False, classes="table", border=0))
+                            + display_table(summary_table(averages)).to_html(index=False, classes="table", border=0))
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
@@ -120,13 +139,16 @@ img {{ max-width: 100%; }}
 pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(records)} evaluation records, {wide['run'].nunique()} runs. Metrics in percent:
-acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieval R@1 (DataComp's convention).</p>
+<p>{len(records)} evaluation records, {summary['run'].nunique()} runs. Metrics in percent:
+acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieval R@1 (DataComp's convention);
+with several seeds, the mean over seeds and (min–max).</p>
 <h2>Learning efficiency</h2>
+{efficiency_section}
 <img alt="main metric against seen samples" src="data:image/png;base64,{image}">
 {reference_note}
 <h2>Results</h2>
 {table_html}
+{teacher_section}
 {averages_section}
 <h2>Runs</h2>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
@@ -145,13 +167,25 @@ def chance_from_records(records: list[dict]) -> dict[str, float]:
             if record["task"] == "zeroshot_classification" and record.get("num_classes")}
 
 
+def efficiency_markdown(multipliers: list[dict]) -> str:
+    return ("## Learning efficiency\n\n" + "\n\n".join(efficiency.describe(m) for m in multipliers)
+            + "\n\nMultiplier: the non-DR budget over the seen samples at which the DR curve reaches non-DR's "
+            "final accuracy (log-x interpolation between checkpoints); on the seed means, and its range over seed "
+            "pairs (`efficiency.json`).\n")
+
+
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
-                 fetch_manifests_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section."""
+                 fetch_manifests_dir: str | os.PathLike | None = None,
+                 efficiency_pairs: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section.
+
+    ``efficiency_pairs`` (DR run, non-DR run) get an efficiency multiplier each; default: every
+    DR run with every non-DR run of the same model.
+    """
     records = load_records(records_dir)
-    if not records:
-        raise ValueError(f"no evaluation records under {records_dir}")
+    if not student_records(records):
+        raise ValueError(f"no evaluation records of training runs under {records_dir}")
     unknown = sorted(set(chance or {}) - {record["benchmark"] for record in records})
     if unknown:
         raise ValueError(f"chance levels given for benchmarks without records: {unknown}")
@@ -160,13 +194,25 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wide = wide_table(records)
-    paths = [write_csv(wide, out_dir / "results.csv"),
+    summary = summary_table(wide)
+    markdown = out_dir / "results.md"
+    paths = [write_csv(summary, out_dir / "results.csv"),
+             write_csv(wide, out_dir / "results_per_seed.csv"),
              write_csv(long_table(records), out_dir / "results_long.csv"),
-             write_markdown(wide, out_dir / "results.md", title=title)]
+             write_markdown(summary, markdown, title=title)]
+    pairs = efficiency.default_pairs(records) if efficiency_pairs is None else efficiency_pairs
+    multipliers = efficiency.efficiency_records(records, pairs)
+    (out_dir / "efficiency.json").write_text(json.dumps(multipliers, indent=2, allow_nan=False) + "\n")
+    paths.append(out_dir / "efficiency.json")
+    if multipliers:
+        markdown.write_text(markdown.read_text() + "\n" + efficiency_markdown(multipliers))
+    teachers = teacher_table(records)
+    if not teachers.empty:
+        paths.append(write_csv(teachers, out_dir / "teachers.csv"))
+        markdown.write_text(markdown.read_text() + "\n" + teacher_markdown(teachers))
     averages = suite_averages(records)
     if not averages.empty:
         paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
-        markdown = out_dir / "results.md"
         markdown.write_text(markdown.read_text() + "\n" + suite_markdown(averages))
     data = None
     manifests = load_fetch_manifests(fetch_manifests_dir)
@@ -178,8 +224,8 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
                                       paper_reference=paper_reference)
     html_path = out_dir / "report.html"
-    html_path.write_text(render_html(title, records, wide, out_dir / "learning_efficiency.png", paper_reference,
-                                     data, averages))
+    html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
+                                     data, averages, teachers, multipliers))
     return paths + [html_path]
 
 
@@ -193,6 +239,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reference.add_argument("--paper-reference", action="store_true",
                            help="overlay the paper's anchor points shipped with the package")
     parser.add_argument("--chance-json", default=None, help='{"<benchmark>": chance level as a fraction}')
+    parser.add_argument("--efficiency-pairs-json", default=None,
+                        help='[["<DR run>", "<non-DR run>"], ...] to compare (default: every DR run with every '
+                             'non-DR run of the same model)')
     parser.add_argument("--fetch-manifests-dir", default=None,
                         help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
                              "a missing or empty directory adds nothing")
@@ -205,7 +254,10 @@ def command(args: argparse.Namespace) -> int:
     elif args.paper_reference:
         paper_reference = load_paper_reference()
     chance = load_chance_levels(args.chance_json) if args.chance_json else None
+    pairs = None
+    if args.efficiency_pairs_json:
+        pairs = [tuple(pair) for pair in json.loads(args.efficiency_pairs_json)]
     for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance,
-                             fetch_manifests_dir=args.fetch_manifests_dir):
+                             fetch_manifests_dir=args.fetch_manifests_dir, efficiency_pairs=pairs):
         print(path)
     return 0

@@ -53,7 +53,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     yield partial
+    # On disk before the rename, and the rename itself on disk: a crash or power loss then
+    # leaves the old file or the new one, never a renamed but empty one.
+    with open(partial, "rb") as stream:
+        os.fsync(stream.fileno())
     os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @contextmanager

@@ -1,8 +1,10 @@
 """Result tables from evaluation records: pure functions over record dicts.
 
 A record is one JSON file written by ``evaluate`` (one checkpoint x one benchmark). The
-long table keeps every metric of every record; the wide table is what a paper prints:
-one row per (run, checkpoint), one column per benchmark's main metric.
+long table keeps every metric of every record; the wide table has one row per (run, seed,
+checkpoint) and one column per benchmark's main metric; the summary is what a paper prints:
+one row per (run, checkpoint), each metric as its mean over seeds with min and max. Teacher
+records (``role`` teacher / ensemble) are kept apart, in the teacher table.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ log = logging.getLogger(__name__)
 RECORD_SCHEMA = "mobileclip_repro/eval-record/1"
 REQUIRED_RECORD_KEYS = ("run", "epoch", "seen_samples", "dr", "model", "benchmark", "dataset", "task",
                         "metrics", "main_metric_name", "main_metric", "num_samples")
-ROW_KEYS = ["run", "dr", "epoch", "seen_samples"]
+ROW_KEYS = ["run", "dr", "seed", "epoch", "seen_samples"]
+SUMMARY_KEYS = ["run", "dr", "epoch", "seen_samples"]
+STUDENT = "student"
+TEACHER_ROLES = ("teacher", "ensemble")
 # Main metrics computed from others rather than reported by clip_benchmark.
 DERIVED_MAIN_METRICS = {"mean_recall@1"}
 # Column and subplot order: classification (ImageNet-like) first, as in the paper's tables.
@@ -61,18 +66,35 @@ def load_records(directory: str | os.PathLike) -> list[dict]:
     return records
 
 
+def role(record: dict) -> str:
+    return record.get("role") or STUDENT
+
+
+def student_records(records: list[dict]) -> list[dict]:
+    return [record for record in records if role(record) == STUDENT]
+
+
+def teacher_records(records: list[dict]) -> list[dict]:
+    return [record for record in records if role(record) in TEACHER_ROLES]
+
+
+def _row_key(record: dict, key: str):
+    # records written before seeds were a config axis carry no seed: the run's only one, 0
+    return (record.get(key) or 0) if key == "seed" else record[key]
+
+
 def long_table(records: list[dict]) -> pd.DataFrame:
-    """One row per (record, metric); the main metric is a row of its own, flagged ``is_main``."""
+    """One row per (student record, metric); the main metric is a row of its own, flagged ``is_main``."""
     rows = []
-    for record in records:
-        base = {key: record[key] for key in ROW_KEYS + ["model", "benchmark", "dataset", "task"]}
+    for record in student_records(records):
+        base = {key: _row_key(record, key) for key in ROW_KEYS + ["model", "benchmark", "dataset", "task"]}
         metrics = dict(record["metrics"])
         metrics[record["main_metric_name"]] = record["main_metric"]
         for metric, value in metrics.items():
             rows.append({**base, "metric": metric, "value": math.nan if value is None else float(value),
                          "is_main": metric == record["main_metric_name"]})
     table = pd.DataFrame(rows, columns=LONG_COLUMNS)
-    return table.sort_values(["run", "seen_samples", "benchmark", "metric"], kind="stable").reset_index(drop=True)
+    return table.sort_values(["run", "seed", "seen_samples", "benchmark", "metric"], kind="stable").reset_index(drop=True)
 
 
 def metric_column(benchmark: str, metric: str) -> str:
@@ -80,7 +102,7 @@ def metric_column(benchmark: str, metric: str) -> str:
 
 
 def wide_table(records: list[dict], metrics: str = "main") -> pd.DataFrame:
-    """Rows (run, dr, epoch, seen_samples); columns ``<benchmark>/<metric>``.
+    """Rows (run, dr, seed, epoch, seen_samples) of student records; columns ``<benchmark>/<metric>``.
 
     ``metrics="main"`` keeps each benchmark's main metric, ``"all"`` every metric.
     """
@@ -95,8 +117,8 @@ def wide_table(records: list[dict], metrics: str = "main") -> pd.DataFrame:
     duplicated = table.duplicated(ROW_KEYS + ["column"], keep=False)
     if duplicated.any():
         first = table[duplicated].iloc[0]
-        raise ValueError(f"two records for run {first['run']!r} epoch {first['epoch']} benchmark "
-                         f"{first['benchmark']!r}; records must be unique per (run, epoch, benchmark)")
+        raise ValueError(f"two records for run {first['run']!r} seed {first['seed']} epoch {first['epoch']} benchmark "
+                         f"{first['benchmark']!r}; records must be unique per (run, seed, epoch, benchmark)")
     ordered = table.assign(task_rank=table["task"].map(TASK_ORDER).fillna(len(TASK_ORDER)))
     ordered = ordered.sort_values(["task_rank", "benchmark", "is_main", "metric"], ascending=[True, True, False, True],
                                   kind="stable")
@@ -104,7 +126,22 @@ def wide_table(records: list[dict], metrics: str = "main") -> pd.DataFrame:
     wide = table.pivot(index=ROW_KEYS, columns="column", values="value")
     wide = wide[column_order].reset_index()
     wide.columns.name = None
-    return wide.sort_values(["run", "seen_samples"], kind="stable").reset_index(drop=True)
+    return wide.sort_values(["run", "seed", "seen_samples"], kind="stable").reset_index(drop=True)
+
+
+def summary_table(wide: pd.DataFrame) -> pd.DataFrame:
+    """Over seeds: rows (run, dr, epoch, seen_samples) with the number of seeds; per metric column its
+    mean (same name) and ``<column> min`` / ``<column> max``."""
+    metrics = [column for column in wide.columns if column not in ROW_KEYS]
+    if wide.empty:
+        return pd.DataFrame(columns=SUMMARY_KEYS + ["seeds"])
+    groups = wide.groupby(SUMMARY_KEYS, sort=False)
+    summary = groups.size().rename("seeds").to_frame()
+    for column in metrics:
+        summary[column] = groups[column].mean()
+        summary[f"{column} min"] = groups[column].min()
+        summary[f"{column} max"] = groups[column].max()
+    return summary.reset_index().sort_values(["run", "seen_samples"], kind="stable").reset_index(drop=True)
 
 
 def format_seen_samples(count: float) -> str:
@@ -115,14 +152,45 @@ def format_seen_samples(count: float) -> str:
     return f"{count:g}"
 
 
-def display_table(wide: pd.DataFrame) -> pd.DataFrame:
-    """The wide table as a paper prints it: metrics in percent with one decimal, seen samples in M/B."""
-    shown = wide.copy()
+def _percent(value) -> str:
+    return "n/a" if pd.isna(value) else f"{100 * value:.1f}"
+
+
+def display_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as a paper prints it: metrics in percent with one decimal, ``mean (min–max)`` over
+    several seeds, seen samples in M/B."""
+    metrics = [c for c in summary.columns if c not in SUMMARY_KEYS + ["seeds"] and not c.endswith((" min", " max"))]
+    shown = summary[[c for c in SUMMARY_KEYS + ["seeds"] if c in summary.columns]].copy()
     shown["dr"] = shown["dr"].map({True: "DR", False: "non-DR"})
     shown["seen_samples"] = shown["seen_samples"].map(format_seen_samples)
-    for column in shown.columns[len(ROW_KEYS):]:
-        shown[column] = shown[column].map(lambda value: "n/a" if pd.isna(value) else f"{100 * value:.1f}")
+    for column in metrics:
+        cells = summary[column].map(_percent)
+        if f"{column} min" in summary.columns:
+            spread = summary["seeds"] > 1
+            cells[spread] = [f"{_percent(m)} ({_percent(lo)}–{_percent(hi)})" for m, lo, hi in zip(
+                summary[column][spread], summary[f"{column} min"][spread], summary[f"{column} max"][spread])]
+        shown[column] = cells
     return shown.rename(columns={"seen_samples": "seen samples", "dr": "data"})
+
+
+def teacher_table(records: list[dict]) -> pd.DataFrame:
+    """One row per teacher and one for their ensemble: the main metric of each benchmark."""
+    rows: dict[str, dict] = {}
+    records = sorted(teacher_records(records), key=lambda r: (TASK_ORDER.get(r["task"], len(TASK_ORDER)), r["benchmark"]))
+    for record in records:
+        row = rows.setdefault(record["run"], {"teacher": record["run"], "role": role(record), "model": record["model"]})
+        row[metric_column(record["benchmark"], record["main_metric_name"])] = record["main_metric"]
+    ordered = sorted(rows.values(), key=lambda row: (row["role"] == "ensemble", row["teacher"]))
+    return pd.DataFrame(ordered)
+
+
+def teacher_markdown(teachers: pd.DataFrame) -> str:
+    shown = teachers.copy()
+    for column in shown.columns[3:]:
+        shown[column] = shown[column].map(_percent)
+    return ("## Teachers\n\nThe reinforcement's teachers on the same benchmark sets, each alone and as the "
+            "ensemble the DR targets come from (members' normalized features concatenated: their mean cosine); "
+            "the ceiling a distilled student approaches.\n\n" + to_markdown(shown) + "\n")
 
 
 def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -141,13 +209,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(wide: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
+def write_markdown(summary: pd.DataFrame, path: str | os.PathLike, title: str | None = None) -> Path:
     """The display table as Markdown, metrics in percent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n" if title else ""
-    text += "Main metric per benchmark, in percent (acc1: zero-shot top-1; mean_recall@1: mean of image and text R@1).\n\n"
-    path.write_text(text + to_markdown(display_table(wide)))
+    text += ("Main metric per benchmark, in percent (acc1: zero-shot top-1; mean_recall@1: mean of image and text "
+             "R@1); with several seeds, the mean over seeds and (min–max).\n\n")
+    path.write_text(text + to_markdown(display_table(summary)))
     return path
 
 
@@ -226,13 +295,14 @@ def fetch_markdown(table: pd.DataFrame) -> str:
 def suite_averages(records: list[dict]) -> pd.DataFrame:
     """DataComp's summary columns: the main metric averaged over every benchmark and per tag.
 
-    Rows (run, dr, epoch, seen_samples); columns ``average`` and one per tag (e.g.
+    Rows (run, dr, seed, epoch, seen_samples); columns ``average`` and one per tag (e.g.
     ``imagenet_dist_shifts``, ``vtab``, ``retrieval``), each over the benchmarks that carry
     it. Empty when no record has tags (then a per-benchmark table says it all).
     """
+    records = student_records(records)
     if not any(record.get("tags") for record in records):
         return pd.DataFrame(columns=ROW_KEYS)
-    rows = [{**{key: record[key] for key in ROW_KEYS}, "group": group, "benchmark": record["benchmark"],
+    rows = [{**{key: _row_key(record, key) for key in ROW_KEYS}, "group": group, "benchmark": record["benchmark"],
              "value": record["main_metric"]}
             for record in records for group in ["average", *record.get("tags", [])]]
     table = pd.DataFrame(rows)
@@ -241,11 +311,11 @@ def suite_averages(records: list[dict]) -> pd.DataFrame:
     order = ["average"] + sorted(set(averaged.columns) - {"average"})
     averaged = averaged[order].rename(columns={group: f"{group} ({sizes[group]})" for group in order})
     averaged.columns.name = None
-    return averaged.reset_index().sort_values(["run", "seen_samples"], kind="stable").reset_index(drop=True)
+    return averaged.reset_index().sort_values(["run", "seed", "seen_samples"], kind="stable").reset_index(drop=True)
 
 
 def suite_markdown(averages: pd.DataFrame) -> str:
-    shown = display_table(averages)
+    shown = display_table(summary_table(averages))
     return ("## Averages over benchmark groups\n\nMain metric averaged over the benchmarks of each group "
             "(number of benchmarks in parentheses), in percent, as DataComp reports its suite.\n\n"
             + to_markdown(shown) + "\n")

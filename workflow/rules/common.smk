@@ -1,5 +1,5 @@
 # Shared once per DAG: validate the config against the schema (before any job runs),
-# resolve run specs, and turn config into target lists.
+# resolve every training job's spec once, and turn config into target lists.
 import json
 import re
 import shlex
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir
+from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir, run_seeds
 from mobileclip_repro.hub import shard_groups
 
 DEFAULT_CONFIG = "configs/toy.yaml"
@@ -28,17 +28,25 @@ CLI = f"{PYTHON} -m mobileclip_repro"
 TORCHRUN = f"{PYTHON} -m torch.distributed.run"  # `torchrun`, without relying on PATH
 REINFORCE = EXP["reinforcement"]
 HUB = DATA["hub"]
-# Hub shards in groups, one fetch (and reinforce) job each; toy data is one job.
+# Hub shards in groups, one fetch (and reinforce) job each; toy data is one group.
 HUB_GROUPS = [] if IS_TOY else shard_groups(HUB["shards"], HUB["group_size"])
-GROUP_IDS = [f"{index:05d}" for index in range(len(HUB_GROUPS))]
+GROUP_IDS = ["00000"] if IS_TOY else [f"{index:05d}" for index in range(len(HUB_GROUPS))]
 RUNS = list(EXP["runs"])
 TEACHERS = list(EXP["teachers"])
 BENCHMARKS = EXP["evaluation"]["benchmarks"]
+# One training job per (run, seed); specs resolved once here, not per rule call.
+SPECS = {(run, seed): resolve_run(EXP, run, seed=seed) for run in RUNS for seed in run_seeds(EXP["runs"][run])}
+TEACHER_SPECS = {teacher: resolve_run(EXP, teacher, section="teachers") for teacher in TEACHERS}
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
+    seed=r"\d+",
     epoch=r"\d+",
     group=r"\d{5}",
+
+
+def spec_of(wildcards):
+    return SPECS[(wildcards.run, int(wildcards.seed))]
 
 
 def fetch_manifest(group):
@@ -50,38 +58,44 @@ def reinforce_manifest(group):
 
 
 def training_data(dr):
-    """What a run's training reads: shard directories (toy) or every group's manifest (hub)."""
-    if IS_TOY:
-        return {"datacomp": DATA["datacomp_dir"], **({"dr": DATA["dr_dir"]} if dr else {})}
-    inputs = {"fetched": [fetch_manifest(group) for group in GROUP_IDS]}
+    """What a run's training reads: the toy world's manifest or every fetched group, and the reinforcement."""
+    inputs = {"data": [DATA_ROOT / "manifest.json"] if IS_TOY else [fetch_manifest(group) for group in GROUP_IDS]}
     if dr and REINFORCE["generate"]:
         inputs["reinforced"] = [reinforce_manifest(group) for group in GROUP_IDS]
     return inputs
-
-
-def run_spec(run):
-    return resolve_run(EXP, run)
-
-
-def teacher_spec(teacher):
-    return resolve_run(EXP, teacher, section="teachers")
 
 
 def spec_json(spec):
     return json.dumps(spec, sort_keys=True)
 
 
-def eval_records_of(run, epoch):
-    return [str(RESULTS / "eval" / run / f"epoch_{epoch}" / f"{b['name']}.json") for b in BENCHMARKS]
+def train_manifest(run, seed):
+    return RESULTS / "runs" / run / f"seed_{seed}" / "manifest.json"
+
+
+def eval_dir(run, seed, epoch):
+    return RESULTS / "eval" / run / f"seed_{seed}" / f"epoch_{epoch}"
+
+
+def eval_index(run, seed):
+    """The evaluate job's output: the list of records it wrote (each checkpoint x benchmark)."""
+    return RESULTS / "eval" / run / f"seed_{seed}" / "records.json"
+
+
+def teacher_records():
+    """The reinforcement's teachers and their ensemble, when the DAG evaluates them."""
+    if not (EXP["evaluation"]["teachers"] and any(spec["dr"] for spec in SPECS.values())):
+        return []
+    return [str(RESULTS / "eval" / "teachers" / "ensemble" / f"{b['name']}.json") for b in BENCHMARKS]
 
 
 def all_eval_records():
-    return [record for run in RUNS for epoch in range(1, EXP["runs"][run]["num_checkpoints"] + 1)
-            for record in eval_records_of(run, epoch)]
+    return [eval_index(run, seed) for run, seed in SPECS] + teacher_records()
 
 
 def report_outputs():
-    names = ["results.csv", "results.md", "learning_efficiency.png", "learning_efficiency.pdf", "report.html"]
+    names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
+             "report.html"]
     return [str(RESULTS / "report" / name) for name in names]
 
 

@@ -1,5 +1,8 @@
-# Stage 4: every checkpoint on every benchmark set, through clip_benchmark.
-# One job per checkpoint (model loading dominates on small sets), one JSON per benchmark.
+# Stage 4: every checkpoint on every benchmark set, through clip_benchmark. One job per
+# training job (its checkpoints in turn: loading torch + open_clip + clip_benchmark costs
+# more than a small set), one JSON record per checkpoint and benchmark, listed in the job's
+# index file (the declared output: the number of checkpoints differs between runs); one
+# more job for the reinforcement's teachers and their ensemble.
 
 EVALUATION = EXP["evaluation"]
 # Sets with a hub_repo (clip_benchmark's webdataset mirrors) are downloaded once, before
@@ -11,42 +14,71 @@ def fetched_benchmark(name):
     return DATA_ROOT / "benchmarks_fetched" / f"{name}.json"
 
 
-if HUB_BENCHMARKS:
+def benchmark_inputs(wildcards):
+    return {"benchmarks": toy_benchmark_roots(), "fetched": [fetched_benchmark(name) for name in HUB_BENCHMARKS]}
 
-    rule fetch_benchmark:
-        output:
-            manifest=fetched_benchmark("{benchmark}"),
-        params:
-            spec=lambda wc: HUB_BENCHMARKS[wc.benchmark],
-        wildcard_constraints:
-            benchmark="|".join(map(re.escape, HUB_BENCHMARKS)),
-        log:
-            RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
-        shell:
-            "{CLI} fetch-benchmark --repo {params.spec[hub_repo]} --root {params.spec[root]}"
-            " --split {params.spec[split]} --manifest {output.manifest} > {log} 2>&1"
+
+rule fetch_benchmark:
+    output:
+        manifest=fetched_benchmark("{benchmark}"),
+    params:
+        spec=lambda wc: HUB_BENCHMARKS[wc.benchmark],
+    wildcard_constraints:
+        benchmark="|".join(map(re.escape, HUB_BENCHMARKS)) if HUB_BENCHMARKS else "NONE",
+    log:
+        RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
+    shell:
+        "{CLI} fetch-benchmark --repo {params.spec[hub_repo]} --root {params.spec[root]}"
+        " --split {params.spec[split]} --manifest {output.manifest} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        train_manifest=RESULTS / "runs" / "{run}" / "manifest.json",
-        benchmarks=toy_benchmark_roots(),
-        fetched=[fetched_benchmark(name) for name in HUB_BENCHMARKS],
+        unpack(benchmark_inputs),
+        train_manifest=train_manifest("{run}", "{seed}"),
     output:
-        records=eval_records_of("{run}", "{epoch}"),
+        index=eval_index("{run}", "{seed}"),
     params:
-        checkpoint=lambda wc: run_dir(EXP, wc.run) / "checkpoints" / f"epoch_{wc.epoch}.pt",
-        model=lambda wc: EXP["runs"][wc.run]["model"],
+        checkpoints=lambda wc: [run_dir(EXP, wc.run, seed=int(wc.seed)) / "checkpoints" / f"epoch_{epoch}.pt"
+                                for epoch in range(1, spec_of(wc)["num_checkpoints"] + 1)],
+        out_dirs=lambda wc: [eval_dir(wc.run, wc.seed, epoch) for epoch in range(1, spec_of(wc)["num_checkpoints"] + 1)],
+        model=lambda wc: spec_of(wc)["model"],
         benchmarks=json.dumps(BENCHMARKS),
-        out_dir=lambda wc: RESULTS / "eval" / wc.run / f"epoch_{wc.epoch}",
+        settings=EVALUATION,
+    threads: 1
+    priority: 4
+    resources:
+        gpu=1,
+        runtime=lambda wc: 30 + 10 * spec_of(wc)["num_checkpoints"],
+    log:
+        RESULTS / "logs" / "eval" / "{run}_seed_{seed}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} {CLI} evaluate --checkpoint {params.checkpoints} --out-dir {params.out_dirs}"
+        " --model {params.model} --benchmarks-json {params.benchmarks:q}"
+        " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
+        " --device {params.settings[device]} --force --index {output.index} > {log} 2>&1"
+
+
+rule evaluate_teachers:
+    input:
+        unpack(benchmark_inputs),
+        reinforce_config=REINFORCE["config"],
+        teachers=[RESULTS / "teachers" / name for name in TEACHERS],
+    output:
+        records=teacher_records(),
+    params:
+        teachers_dir=RESULTS / "teachers",
+        out_dir=RESULTS / "eval" / "teachers",
+        benchmarks=json.dumps(BENCHMARKS),
+        settings=EVALUATION,
     threads: 1
     resources:
         gpu=1,
         runtime=120,
     log:
-        RESULTS / "logs" / "eval" / "{run}_epoch_{epoch}.log",
+        RESULTS / "logs" / "eval" / "teachers.log",
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} evaluate --checkpoint {params.checkpoint} --model {params.model}"
-        " --benchmarks-json {params.benchmarks:q} --out-dir {params.out_dir}"
-        " --batch-size {EVALUATION[batch_size]} --num-workers {EVALUATION[num_workers]}"
-        " --device {EVALUATION[device]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {CLI} evaluate --teachers {input.reinforce_config}"
+        " --pretrained-root {params.teachers_dir} --out-dir {params.out_dir} --benchmarks-json {params.benchmarks:q}"
+        " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
+        " --device {params.settings[device]} > {log} 2>&1"
