@@ -219,3 +219,65 @@ def test_the_datacomp_suite_overlay_parses(repo_root):
     assert by_name["imagenet1k"].main_metric == "acc1" and by_name["caltech101"].main_metric == "mean_per_class_recall"
     assert by_name["mscoco"].task == "zeroshot_retrieval" and "retrieval" in by_name["mscoco"].tags
     assert sum("imagenet_dist_shifts" in spec.tags for spec in specs) == 6
+
+
+# -- the same numbers from clip_benchmark's own CLI ----------------------------------------------
+
+def test_records_say_how_they_were_computed(records):
+    """Autocast (`amp`) on CUDA only, fp32 elsewhere; the record names both."""
+    for record in records[1].values():
+        assert record["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert record["precision"] == ("amp" if record["device"] == "cuda" else "fp32")
+
+
+@pytest.fixture(scope="module")
+def exported(world):
+    out_dir = world["root"] / "open_clip_export"
+    assert main(["export-open-clip", str(world["checkpoint"]), str(out_dir)]) == 0
+    return out_dir
+
+
+def test_export_loads_in_plain_open_clip_as_the_checkpoint(world, exported):
+    """`local-dir:` needs no registered config: the folder carries it, the weights and the preprocessing."""
+    import open_clip
+
+    model, _, transform = open_clip.create_model_and_transforms(f"local-dir:{exported}")
+    _, _, ours = create_model_and_transforms("toy-student", pretrained=str(world["checkpoint"]))
+    trained = torch.load(world["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    exported_state = model.state_dict()
+    assert exported_state.keys() == trained.keys()
+    assert all(torch.equal(exported_state[name], trained[name]) for name in trained)
+    image = Image.open(io.BytesIO(_png(7)))
+    assert torch.equal(transform(image), ours(image))
+    assert type(open_clip.get_tokenizer(f"local-dir:{exported}")) is open_clip.SimpleTokenizer
+    provenance = json.loads((exported / "open_clip_config.json").read_text())["mobileclip_repro"]
+    assert (provenance["run"], provenance["epoch"], provenance["model"]) == ("toy_dr", 2, "toy-student")
+
+
+def test_clip_benchmark_cli_gives_the_records_number(world, exported, tmp_path):
+    """The README's recipe: `clip_benchmark eval --model local-dir:<export> --no_amp` on the set a CPU
+    record was computed on, with the same batch size and loader workers, reports exactly its main metric."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = {"name": "toy_zeroshot", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification",
+            "root": str(world["classification"])}
+    (tmp_path / "b.json").write_text(json.dumps([spec]))
+    assert main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+                 "--out-dir", str(tmp_path / "ours"), "--device", "cpu", "--batch-size", "3"]) == 0
+    record = json.loads((tmp_path / "ours" / "toy_zeroshot.json").read_text())
+    assert (record["device"], record["precision"]) == ("cpu", "fp32")
+
+    output = tmp_path / "clip_benchmark.json"
+    command = [str(Path(sys.executable).with_name("clip_benchmark")), "eval",
+               "--model", f"local-dir:{exported}", "--dataset", "wds/toy_zeroshot",
+               "--dataset_root", str(world["classification"]), "--task", "zeroshot_classification",
+               "--no_amp", "--batch_size", "3", "--num_workers", "0", "--output", str(output), "--quiet"]
+    # The CLI takes CUDA whenever it sees one; hide it, as the record was computed on the CPU.
+    subprocess.run(command, check=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    theirs = json.loads(output.read_text())
+    assert theirs["task"] == record["task"] and theirs["dataset"] == record["dataset"]
+    assert theirs["metrics"]["acc1"] == record["main_metric"] == record["metrics"]["acc1"]
+    assert theirs["metrics"]["mean_per_class_recall"] == record["metrics"]["mean_per_class_recall"]

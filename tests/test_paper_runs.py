@@ -1,4 +1,4 @@
-"""The three shipped paper runs, stated hyperparameter by hyperparameter from reference.md §1-2.
+"""The three shipped paper runs, stated hyperparameter by hyperparameter from docs/reference.md §1-2.
 
 The expected values are written out here, not computed from the configs, so a config
 edit that drifts from Apple's run scripts fails a test that names the run and the key.
@@ -21,7 +21,7 @@ from mobileclip_repro.replay import ReplayTransform
 from mobileclip_repro.teachers import ReinforceConfig
 from mobileclip_repro.train import build_loss, weight_decay_groups
 
-# reference.md §1, "All three train an open_clip ViT-B-16 student ...": shared by every run.
+# docs/reference.md §1, first table: what the three run scripts have in common.
 SHARED = {
     "model": "ViT-B-16", "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.2,
     "warmup_steps": 1000, "schedule": "cosine", "precision": "amp", "grad_clip_norm": 1.0, "seed": 0,
@@ -50,7 +50,7 @@ EXPECTED = {
         "resume": "none", "save_most_recent": True,
     },
     # §1 row datacomp12m (baseline, no DR): 1 x 8, 8,192 (1,024/GPU), 30,000 steps, 245.76M, 20 checkpoints.
-    # §1 is silent on resume for this row; Apple's run_datacomp12m.sh passes --save-most-recent, no --resume.
+    # §1: Apple's run_datacomp12m.sh passes --save-most-recent, no --resume.
     "datacomp12m_s30m": {
         **SHARED, "data": "plain", "nodes": 1, "gpus_per_node": 8, "world_size": 8,
         "global_batch_size": 8_192, "per_gpu_batch_size": 1_024, "total_steps": 30_000,
@@ -68,7 +68,7 @@ SHARD_IDS_12M = [f"{s:08d}" for s in range(1024)]
 OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
-def reinforce_json(num_samples):  # reference.md §2, verbatim
+def reinforce_json(num_samples):  # docs/reference.md §2: Apple's JSON, key for key
     return {"model_name": "ViT-L-14,ViT-L-14", "num_samples": num_samples,
             "pretrained": "openai,datacomp_xl_s13b_b90k",
             "reinforce": {"image_augmentation": {

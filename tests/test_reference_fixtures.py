@@ -1,8 +1,9 @@
 """The replay and the loss against outputs of Apple's reference implementation.
 
-The fixture folder comes from $REFERENCE_FIXTURES (default: ../shared/fixtures beside the
-repository). Case lists and file names are read from each folder's manifest.json /
-expected.json, so another reference set of the same format runs unchanged.
+The fixture folder is the repository's own copy, tests/fixtures/reference/ (what it holds:
+its README.md); $REFERENCE_FIXTURES points the tests at another folder of the same layout.
+Case lists and file names are read from each folder's manifest.json / expected.json, so
+another reference set of the same format runs unchanged.
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from PIL import Image
 from mobileclip_repro import loss as dr_loss
 from mobileclip_repro import replay
 
-FIXTURES = Path(os.environ.get("REFERENCE_FIXTURES",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("REFERENCE_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "reference"))
 REPLAY_DIR = FIXTURES / "paug_replay"
 LOSS_DIR = FIXTURES / "dr_loss"
 

@@ -116,7 +116,7 @@ def test_replay_transform_takes_the_students_preprocessing(image):
 # -- sampling -------------------------------------------------------------------------------
 
 def magnitude_set(size: int) -> dict[int, set[float]]:
-    """What each op may carry at magnitude 9 of 31 bins, worked out by hand (reference.md)."""
+    """What each op may carry at magnitude 9 of 31 bins, worked out by hand (docs/reference.md §2)."""
     translate = round(150 / 331 * size * 9 / 30, 2)
     return {0: {0.0}, 1: {0.09, -0.09}, 2: {0.09, -0.09}, 3: {translate, -translate},
             4: {translate, -translate}, 5: {9.0, -9.0}, 6: {0.27, -0.27}, 7: {0.27, -0.27},

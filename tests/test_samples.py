@@ -1,4 +1,4 @@
-"""Sample assembly (reference.md §4) and bad input: every example pairs the replayed
+"""Sample assembly (docs/reference.md §4) and bad input: every example pairs the replayed
 augmentation with its own teacher embedding row, DataComp and DataCompDR shards join by
 key with uid and sha256 checked, and each kind of broken input is skipped, counted under
 its reason and reported, while training goes on."""

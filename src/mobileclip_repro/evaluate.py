@@ -2,9 +2,10 @@
 
 clip_benchmark 1.6.2 computes the metrics (``zeroshot_classification.evaluate``,
 ``zeroshot_retrieval.evaluate``); this module picks the datasets, steers around the
-library's known traps (reference.md §7) and writes DataComp-style records: the metrics,
+library's known traps (docs/reference.md §7) and writes DataComp-style records: the metrics,
 a ``main_metric`` (``acc1``; ``mean_recall@1`` for retrieval) and where the number came
-from (run, epoch, seen samples, DR or not). Tables and plots are derived from these
+from (run, epoch, seen samples, DR or not) and how (device; precision ``fp32``, or ``amp``:
+autocast on CUDA). Tables and plots are derived from these
 records only (``tables.py``, ``plots.py``).
 
 Traps handled here rather than left to the user:
@@ -316,6 +317,8 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     counting = _CountingLoader(loader)
     # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers.
     amp = device == "cuda"
+    # As the trainer's `precision` names them: "amp" = clip_benchmark's torch.autocast(device), float16 on CUDA.
+    precision = "amp" if amp else "fp32"
     extra: dict = {}
     if spec.task == CLASSIFICATION:
         metrics = zeroshot_classification.evaluate(model, counting, tokenizer, dataset.classes, dataset.templates,
@@ -331,7 +334,7 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     if counting.num_images != num_images:
         raise RuntimeError(f"benchmark {spec.name!r}: counted {num_images} images but evaluated {counting.num_images}")
     return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
-            "num_samples": counting.num_images, **extra}
+            "num_samples": counting.num_images, "device": device, "precision": precision, **extra}
 
 
 def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, result: dict,
@@ -356,6 +359,8 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
         "main_metric_name": metric_name,
         "main_metric": metric_value,
         "num_samples": result["num_samples"],
+        "device": result["device"],
+        "precision": result["precision"],
         "clip_benchmark_version": importlib.metadata.version("clip_benchmark"),
         "eval_seconds": round(eval_seconds, 3),
         "run_spec": info.run_spec,
@@ -420,7 +425,7 @@ def _teacher_models(ensemble) -> dict[int | None, object]:
 
     Features are each member's L2-normalized output, concatenated for the ensemble: after
     clip_benchmark normalizes again, the ensemble's similarity is the members' mean cosine,
-    the quantity whose softmax the DR loss distils (reference.md §5, average over members).
+    the quantity whose softmax the DR loss distils (docs/reference.md §5, average over members).
     """
     import torch
     import torch.nn.functional as F

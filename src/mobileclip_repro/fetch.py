@@ -5,7 +5,7 @@ What is on the hub, and so what this module reads
 * ``apple/DataCompDR-12M`` / ``apple/DataCompDR-1B`` (``--dr-repo``): webdataset tars named
   by shard id (``00000000.tar``, ..., and ``00/00000000.tar``, ... for 1B), one sample per
   image with ``url.txt``, ``syn.json``, ``paug.json``, ``npz`` and ``json`` {uid, sha256}:
-  no image and no caption (the DataCompDR dataset cards; reference.md §3).
+  no image and no caption (the DataCompDR dataset cards; docs/reference.md §3).
 * ``mlfoundations/DataComp-12M`` -> layout ``shards``: webdataset tars with the *same shard
   ids* at the repo root (``00000093.tar``, 1,024 shards, 12,784,978 samples), one sample
   per image with ``url.txt``, ``txt`` (the original caption) and ``json`` {uid, sha256,

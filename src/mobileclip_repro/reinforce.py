@@ -1,4 +1,4 @@
-"""DataCompDR generation: turn DataComp shards into reinforced shards (reference.md §2-4).
+"""DataCompDR generation: turn DataComp shards into reinforced shards (docs/reference.md §2-4).
 
 For each image: ``num_samples`` random-resized-crop + RandAugment draws, stored as
 ``param_aug`` entries and embedded by the teacher ensemble *through the same replay the

@@ -33,7 +33,7 @@ OP_NAMES = (
     "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
 )
 
-# RandAugment's defaults, which DataCompDR used (reference.md §2).
+# RandAugment's defaults, which DataCompDR used (docs/reference.md §2).
 RAND_AUGMENT_NUM_OPS = 2
 RAND_AUGMENT_MAGNITUDE = 9
 RAND_AUGMENT_NUM_BINS = 31

@@ -2,7 +2,7 @@
 
 Everything is derived from evaluation records (``evaluate``'s JSON files), so a report can
 be rebuilt at any time from whatever checkpoints have been evaluated so far. The paper's
-anchor points (``paper_reference.json``, reference.md §6) are overlaid only when asked:
+anchor points (``paper_reference.json``, docs/reference.md §6) are overlaid only when asked:
 they only make sense next to the paper-scale runs, not the toy world.
 """
 from __future__ import annotations

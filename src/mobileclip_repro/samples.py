@@ -1,6 +1,6 @@
 """Training-sample assembly: DataComp shards (plain CLIP) and DataComp ⋈ DataCompDR (DR).
 
-DR sampling follows reference.md §4: ``aug = randint(num_samples)`` picks both the stored
+DR sampling follows docs/reference.md §4: ``aug = randint(num_samples)`` picks both the stored
 augmentation to replay and its teacher image embedding ``image_emb[aug]``; the
 ground-truth caption goes with ``text_emb[0]``; ``s = randint(n_syn)`` picks
 ``syn_text[s]`` with ``text_emb[1 + s]``.
@@ -356,7 +356,7 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
 
 @dataclass
 class DRExample:
-    """One assembled DR training example (reference.md §4), before tokenization."""
+    """One assembled DR training example (docs/reference.md §4), before tokenization."""
     pixels: torch.Tensor        # the student's replay of param_aug[aug]
     caption: str                # ground-truth caption (txt)
     image_emb: np.ndarray       # image_emb[aug]: the teachers' view of the same augmentation

@@ -1,4 +1,4 @@
-"""On-disk formats: DataComp shards and DataCompDR shards (reference.md §3).
+"""On-disk formats: DataComp shards and DataCompDR shards (docs/reference.md §3).
 
 A DataComp sample is ``jpg`` + ``txt`` + ``json`` (``uid``, ``sha256`` of the jpg bytes)
 + ``url.txt``. A DataCompDR sample carries no image and no caption: ``url.txt``,

@@ -221,7 +221,7 @@ def write_markdown(summary: pd.DataFrame, path: str | os.PathLike, title: str | 
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: what the fetch stage got from the hub and the web (reference.md §8: URLs rot, so a
+# Data: what the fetch stage got from the hub and the web (docs/reference.md §8: URLs rot, so a
 # reproduction reports what it lost). One row per fetch group manifest, plus a total.
 
 FETCH_MANIFEST_SCHEMA = "mobileclip_repro/fetch-manifest/1"  # fetch.MANIFEST_SCHEMA

@@ -1,6 +1,6 @@
 """The models that reinforce a dataset: a CLIP teacher ensemble and a synthetic captioner.
 
-Both are read from Apple's reinforcement JSON (reference.md §2), whose
+Both are read from Apple's reinforcement JSON (docs/reference.md §2), whose
 ``"model_name": "A,B"`` / ``"pretrained": "tagA,tagB"`` name the ensemble members and whose
 ``reinforce.image_augmentation`` block fixes how each stored augmentation is drawn and
 normalized before the teachers see it.
@@ -185,7 +185,7 @@ class TeacherEnsemble:
     """Frozen CLIP teachers whose L2-normalized features are concatenated in member order.
 
     Each member's slice is normalized on its own so that the distillation loss can take
-    teacher k's features as slice k (reference.md §5); member k's width is its open_clip
+    teacher k's features as slice k (docs/reference.md §5); member k's width is its open_clip
     ``embed_dim`` (768 + 768 for the paper's two ViT-L-14). Outputs are float32 on the CPU,
     ready to be stored. Inputs are cut into chunks of ``batch_size``; each chunk goes to the
     device once and through every member, in eval mode under ``torch.inference_mode`` and,
