@@ -92,3 +92,23 @@ def command(args) -> int:
     out_dir = export_open_clip(args.checkpoint, args.out_dir, model_name=args.model)
     print(f"local-dir:{out_dir.resolve()}")
     return 0
+
+
+class CachingTokenizer:
+    """``tokenizer`` with a per-caption cache: open_clip's BPE tokenizer (ftfy, regex, merges)
+    costs ~0.5 ms a caption on a CPU core, and training reads the same captions again and
+    again (every pass over a shard; templated alt-text and synthetic captions). Same output
+    as ``tokenizer``; at most ``max_entries`` captions are kept (per process)."""
+
+    def __init__(self, tokenizer, max_entries: int = 200_000):
+        self.tokenizer, self.max_entries, self.cache = tokenizer, max_entries, {}
+
+    def __call__(self, texts: list[str]):
+        import torch
+
+        missing = [text for text in dict.fromkeys(texts) if text not in self.cache]
+        if missing:
+            if len(self.cache) + len(missing) > self.max_entries:
+                self.cache.clear()
+            self.cache.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([self.cache[text] for text in texts])

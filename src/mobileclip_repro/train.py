@@ -168,15 +168,24 @@ class RunFolderBusy(RuntimeError):
 @contextlib.contextmanager
 def run_folder_lock(out_dir: Path):
     """One writer per run folder: an exclusive, non-blocking lock on ``<out_dir>/.lock``, held
-    until the trainer ends (the kernel drops it when the process dies, however it dies)."""
+    until the trainer ends (the kernel drops it when the process dies, however it dies).
+
+    A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers do not inherit it,
+    so a killed trainer's workers, which linger until they notice, do not keep the folder busy;
+    and NFS carries it between nodes. It is per process: it does not see a second trainer in
+    the same process. A filesystem without locks (Lustre mounted without ``flock``) gets a
+    warning and no guard, rather than a trainer that can never start."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".lock", "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the platform has it
             handle.seek(0)
             raise RunFolderBusy(f"{out_dir} is being written by another trainer ({handle.read().strip() or 'pid ?'}); "
                                 "wait for it to end or kill it, then rerun") from None
+        except OSError as error:  # ENOLCK, ENOSYS, EOPNOTSUPP: no locks on this filesystem
+            log.warning("cannot lock %s (%s); nothing stops a second trainer on this run folder",
+                        handle.name, error)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -237,7 +246,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
     loss_fn = build_loss(spec, rank, world_size)
 
     # --- resume: the newest checkpoint that loads (a truncated one falls back to the one before)
-    tokenizer = models.get_tokenizer(spec["model"])
+    tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
     counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
     dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"])
     step, history = 0, {"epochs": [], "attempts": 0}

@@ -105,8 +105,9 @@ def toy_benchmark_roots():
 
 
 def torchrun(spec, cpus_per_task=None):
-    """The launcher prefix: on one node torchrun's standalone rendezvous; on several, one torchrun
-    per node through srun, with a c10d rendezvous on the allocation's first node.
+    """The launcher prefix: one process is started directly; several on one node by torchrun's
+    standalone rendezvous; on several nodes, one torchrun per node through srun, with a c10d
+    rendezvous on the allocation's first node.
 
     Under snakemake-executor-plugin-slurm a multi-node train job carries the `mpi` resource
     (train.smk), so the rule's shell runs in the batch script on the first node, not inside the
@@ -119,6 +120,8 @@ def torchrun(spec, cpus_per_task=None):
     """
     procs = max(spec["gpus_per_node"], 1)
     nodes = spec["nodes"]
+    if nodes == 1 and procs == 1:
+        return PYTHON  # one process: torchrun would only add its agent (a second torch import) around it
     if nodes == 1:
         return f"{TORCHRUN} --standalone --nnodes 1 --nproc-per-node {procs}"
     cpus = cpus_per_task or procs * spec["slurm"]["cpus_per_gpu"]
