@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOY_TEACHERS = ("teacher_a.pt", "teacher_b.pt")  # the `pretrained` entries of configs/reinforce/toy.json
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,25 @@ def repo_root() -> Path:
 def snakemake_cmd() -> list[str]:
     """Snakemake from the same environment as the tests (the project's venv)."""
     return [sys.executable, "-m", "snakemake"]
+
+
+@pytest.fixture(scope="session")
+def write_toy_teachers():
+    """``write(directory)``: untrained ``toy-teacher`` checkpoints named as configs/reinforce/toy.json
+    expects them (teacher i from torch seed i), stand-ins for the DAG's trained teachers."""
+    def write(directory: Path, names: tuple[str, ...] = TOY_TEACHERS) -> Path:
+        import torch
+
+        from mobileclip_repro.models import create_model_and_transforms
+
+        directory.mkdir(parents=True, exist_ok=True)
+        for seed, name in enumerate(names):
+            torch.manual_seed(seed)
+            model, _, _ = create_model_and_transforms("toy-teacher")
+            torch.save({"state_dict": model.state_dict()}, directory / name)
+        return directory
+
+    return write
 
 
 def pytest_configure(config):

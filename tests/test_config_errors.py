@@ -195,7 +195,7 @@ def test_dr_shards_made_with_other_settings_are_refused_when_the_config_loads(to
 
 
 def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
-    spec = resolve_run(load_config(toy), "toy_dr")  # nothing on disk yet: the DAG starts
+    spec = resolve_run(load_config(toy), "toy_dr", seed=0)  # nothing on disk yet: the DAG starts
     _dr_shard(_dr_dir(toy), num_samples=3)          # then a fetch brings shards made otherwise
     with pytest.raises(ConfigError, match=r"config key 'reinforcement.config': .* made with num_samples 3"):
         preflight.check_run_shards(spec)

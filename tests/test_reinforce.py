@@ -61,17 +61,12 @@ def _write_bad_shard(good_shard: Path, target: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, write_toy_teachers) -> dict:
     root = tmp_path_factory.mktemp("reinforce")
     toyworld.generate(root / "toy", train_samples=10, teacher_samples=1, benchmark_samples=1, samples_per_shard=5)
     datacomp = root / "toy" / "datacomp"
     _write_bad_shard(datacomp / "00000000.tar", datacomp / "00000002.tar")
-    teachers = root / "teachers"
-    teachers.mkdir()
-    for seed, name in enumerate(TEACHERS):
-        torch.manual_seed(seed)
-        model, _, _ = create_model_and_transforms("toy-teacher")
-        torch.save({"state_dict": model.state_dict()}, teachers / name)
+    teachers = write_toy_teachers(root / "teachers", TEACHERS)
     config = root / "toy.json"
     config.write_text(json.dumps(_reinforce_json()))
     return {"root": root, "datacomp": datacomp, "teachers": teachers, "config": config}

@@ -1,0 +1,53 @@
+"""No finished work deleted (issue 10): the toy reinforce job, run by Snakemake, fails after its
+first shard; Snakemake keeps that shard (the job's declared output is the group manifest, not
+the DR directory), and the rerun reinforces only the shards that are missing."""
+import json
+import subprocess
+
+from mobileclip_repro import toyworld
+
+SHARDS = ["00000000", "00000001", "00000002"]
+
+
+def test_a_failed_reinforce_job_keeps_its_first_shard_and_the_rerun_does_only_the_rest(
+        snakemake_cmd, repo_root, tmp_path, write_toy_teachers):
+    results = tmp_path / "results"
+    manifest, dr_dir = results / "data" / "reinforce" / "group_00000.json", results / "data" / "datacompdr"
+    # What the stages before it leave, made here in small (three DataComp shards of 8 samples;
+    # untrained teachers): Snakemake finds them done and runs the reinforce job alone.
+    toyworld.generate(results / "data", train_samples=24, samples_per_shard=8, teacher_samples=8,
+                      benchmark_samples=4)
+    write_toy_teachers(results / "teachers")
+    upstream = {path: path.stat().st_mtime_ns
+                for path in (results / "data" / "manifest.json", *(results / "teachers").glob("*.pt"))}
+
+    def snakemake():
+        return subprocess.run([*snakemake_cmd, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
+                               "--config", f"results_dir={results}", "--", str(manifest)],
+                              cwd=repo_root, capture_output=True, text=True, timeout=600)
+
+    # The failure: the second DR shard's path is taken by a directory, so the job reinforces the
+    # first shard, then fails to move the second one into place.
+    (dr_dir / f"{SHARDS[1]}.tar").mkdir(parents=True)
+    failed = snakemake()
+    assert failed.returncode != 0
+    log = (results / "logs" / "reinforce" / "group_00000.log").read_text()
+    assert "IsADirectoryError" in log and f"{SHARDS[1]}.tar" in log, log[-2000:]
+    assert not manifest.exists() and not (dr_dir / f"{SHARDS[2]}.tar").exists()
+    kept = {path: (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in (dr_dir / f"{SHARDS[0]}.tar", dr_dir / f"{SHARDS[0]}.tar.manifest.json")}
+
+    (dr_dir / f"{SHARDS[1]}.tar").rmdir()
+    rerun = snakemake()
+    assert rerun.returncode == 0, (rerun.stdout[-3000:], rerun.stderr[-3000:])
+    # the first shard is the one the failed job wrote, untouched; nothing upstream was redone
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
+    assert {path: path.stat().st_mtime_ns for path in upstream} == upstream
+    log = (results / "logs" / "reinforce" / "group_00000.log").read_text()
+    assert f"{SHARDS[0]}.tar: already reinforced, skipped" in log
+    group = json.loads(manifest.read_text())
+    assert [(entry["id"], entry["status"], entry.get("resumed", False)) for entry in group["shards"]] == [
+        (SHARDS[0], "ok", True), (SHARDS[1], "ok", False), (SHARDS[2], "ok", False)]
+    assert (group["totals"]["shards_resumed"], group["totals"]["shards_reinforced"]) == (1, 2)
+    assert group["totals"]["written"] == 24
+    assert sorted(p.name for p in dr_dir.glob("*.tar")) == [f"{shard}.tar" for shard in SHARDS]
