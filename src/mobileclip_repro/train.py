@@ -340,8 +340,9 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
                      {k: v for k, v in skipped_in_epoch.items() if v} or "none")
 
     if is_master:
-        # Per-epoch counts include what the loader read ahead for the next epoch; the run
-        # total is their sum over every attempt, so nothing is counted twice or lost.
+        # Per-epoch counts include what the loader read ahead before a segment ended (that
+        # read-ahead is dropped with the segment's loader); the run total is their sum over
+        # every attempt, so nothing is counted twice or lost.
         manifest["skipped_samples"] = counts_by_reason(
             [sum(e.get("skipped_samples", {}).get(r, 0) for e in manifest["epochs"]) for r in SKIP_REASONS])
         manifest["train_seconds"] = round(time.time() - started, 2)
