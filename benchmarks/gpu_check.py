@@ -668,7 +668,9 @@ def part_dag(args, device, tmp: Path) -> dict:
     if mode == "dry-run":
         checks = {"jobs planned": bool(report["jobs"]),
                   "evaluate jobs with --device auto": "--device auto" in out,
-                  "train/teacher jobs with one process each": out.count("--nproc-per-node 1") >= len(jobs),
+                  # one process per job is started directly, without a torchrun agent around it
+                  "train/teacher jobs with one process each": out.count("-m mobileclip_repro train") >= len(jobs)
+                  and "torch.distributed.run" not in out,
                   "run specs with gpus_per_node 1": out.count('"gpus_per_node": 1') >= len(jobs)}
     else:
         checks = check_dag_outputs(results, merged, device.type)
