@@ -99,7 +99,6 @@ import datetime
 import gc
 import io
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -325,27 +324,8 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
                                          prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
     built = time.perf_counter() - built
 
-    def step(batch) -> None:  # the trainer's step body (train.train), without the lr schedule
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            losses = train._forward(model, model, loss_fn, batch, spec["dr"])
-            total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite loss: {({k: v.item() for k, v in losses.items()})}")
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-        else:
-            total.backward()
-        if spec["grad_clip_norm"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip_norm"])
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+    def step(batch) -> None:  # the trainer's step (train.train_step), without the lr schedule
+        train.train_step(model, model, optimizer, scaler, autocast, loss_fn, batch, spec, 0)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

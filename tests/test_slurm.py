@@ -45,17 +45,17 @@ INSTALL = Path(__file__).resolve().parent / "slurm" / "install.sh"
 # CPUs/memory/time (from the run config: paper-sized defaults) cut to this machine. Job status
 # through squeue (no slurmdbd here, so no sacct), polled from 1 s on.
 DEFAULT_RESOURCES = ["slurm_partition=debug", "runtime=30", "mem_mb=1500"]
-SET_RESOURCES = ["evaluate:gpu=0", "reinforce:gpu=0", "train:cpus_per_task=1", "train:mem_mb=2000", "train:runtime=30"]
+SET_RESOURCES = ["evaluate:gpu=0", "evaluate_teachers:gpu=0", "reinforce:gpu=0", "train:cpus_per_task=1", "train:mem_mb=2000", "train:runtime=30"]
 OPTIONS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
            "--seconds-between-status-checks", "1", "--latency-wait", "5", "--slurm-keep-successful-logs"]
 
 
 def expected_jobs() -> set[str]:
     """The plugin's `--comment` of every job of the smoke DAG: rule_<rule>[_wildcards_<values>]."""
-    return {"rule_toy_data", "rule_reinforce", "rule_report",
+    return {"rule_toy_data", "rule_reinforce_wildcards_00000", "rule_report", "rule_evaluate_teachers",
             *(f"rule_train_teacher_wildcards_{teacher}" for teacher in TEACHERS),
-            *(f"rule_train_wildcards_{run}" for run in RUNS),
-            *(f"rule_evaluate_wildcards_{run}_{epoch}" for run in RUNS for epoch in EPOCHS)}
+            *(f"rule_train_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS),
+            *(f"rule_evaluate_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS)}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -123,7 +123,7 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-TIMING = re.compile(r"(seconds|per_second|_share)$")  # wall-clock fields: eval_seconds, samples_per_second, ...
+TIMING = re.compile(r"(seconds|per_second|_share|elapsed_s)$")  # wall-clock fields: eval_seconds, samples_per_second, ...
 
 
 def normalized(value, results: Path):

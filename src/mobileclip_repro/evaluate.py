@@ -240,6 +240,16 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
                           model_name=checkpoint.get("model_name"), run_spec=run_spec, seed=run_spec.get("seed"))
 
 
+def checkpoint_model_name(info: CheckpointInfo, model_name: str | None, purpose: str) -> str:
+    """The architecture to load a checkpoint as: the one asked for, which must be the one it was trained as."""
+    model_name = model_name or info.model_name
+    if not model_name:
+        raise ValueError(f"{info.path}: no model_name in the checkpoint; pass --model")
+    if info.model_name and info.model_name != model_name:
+        raise ValueError(f"{info.path}: trained as {info.model_name!r}, asked to {purpose} as {model_name!r}")
+    return model_name
+
+
 def main_metric(task: str, metrics: dict, name: str | None = None) -> tuple[str, float]:
     """DataComp's convention: top-1 accuracy (or the task's listed metric, e.g. mean per-class
     recall for Caltech-101, Aircraft, Flowers, Pets), or the mean of the two retrieval R@1."""
@@ -390,11 +400,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
     from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
 
     info = read_checkpoint_info(checkpoint)
-    model_name = model_name or info.model_name
-    if not model_name:
-        raise ValueError(f"{checkpoint}: no model_name in the checkpoint; pass --model")
-    if info.model_name and info.model_name != model_name:
-        raise ValueError(f"{checkpoint}: trained as {info.model_name!r}, asked to evaluate as {model_name!r}")
+    model_name = checkpoint_model_name(info, model_name, "evaluate")
     started = time.perf_counter()
     model, _, eval_transform = create_model_and_transforms(model_name, pretrained=str(checkpoint), device=device)
     model.eval()

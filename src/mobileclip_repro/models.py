@@ -53,14 +53,10 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path, model_name: st
     from safetensors.torch import save_file
 
     from mobileclip_repro import shards
-    from mobileclip_repro.evaluate import read_checkpoint_info
+    from mobileclip_repro.evaluate import checkpoint_model_name, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
-    model_name = model_name or info.model_name
-    if not model_name:
-        raise ValueError(f"{checkpoint}: no model_name in the checkpoint; pass --model")
-    if info.model_name and info.model_name != model_name:
-        raise ValueError(f"{checkpoint}: trained as {info.model_name!r}, asked to export as {model_name!r}")
+    model_name = checkpoint_model_name(info, model_name, "export")
     # Loaded the way `evaluate` loads it (open_clip's strict load_checkpoint), so the export is what was evaluated.
     model, _, _ = create_model_and_transforms(model_name, pretrained=str(checkpoint))
     model_cfg = open_clip.get_model_config(model_name)

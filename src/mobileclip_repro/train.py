@@ -283,26 +283,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
                 batches = iter(segment_loader(dataset, spec, step, rank, per_process_batch, device))
             adjust_lr(step)
             batch = [t.to(device, non_blocking=True) for t in next(batches)]
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                losses = _forward(training_model, model, loss_fn, batch, spec["dr"])
-                total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-            else:
-                total.backward()
-            if spec["grad_clip_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip_norm"])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            with torch.no_grad():  # open_clip clamps the learnable temperature at 100
-                model.logit_scale.clamp_(0, math.log(100))
+            losses = train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
             step += 1
             window_samples += spec["global_batch_size"]
             if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
@@ -356,6 +337,32 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return manifest
+
+
+def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec: dict, step: int) -> dict:
+    """One optimizer step as open_clip_train takes it (amp with GradScaler on CUDA, clipping, the
+    temperature clamp); returns the losses. A non-finite loss stops the run."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        losses = _forward(training_model, model, loss_fn, batch, spec["dr"])
+        total = sum(losses.values())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    if spec["grad_clip_norm"]:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip_norm"])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    with torch.no_grad():  # open_clip clamps the learnable temperature at 100
+        model.logit_scale.clamp_(0, math.log(100))
+    return losses
 
 
 def _forward(training_model, model, loss_fn, batch, dr: bool) -> dict:
