@@ -24,6 +24,10 @@ from collections import defaultdict
 from statistics import mean
 
 Curve = list[tuple[float, float]]  # (seen samples, metric), seen samples increasing
+# How the report defines the number, under its sentences.
+DEFINITION = ("Multiplier: the non-DR budget over the seen samples at which the DR curve reaches non-DR's final "
+              "accuracy (log-x interpolation between checkpoints); on the seed means, and its range over seed pairs "
+              "(`efficiency.json`).")
 
 
 def first_crossing(curve: Curve, target: float) -> float | None:

@@ -482,8 +482,9 @@ def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[Benc
     ensemble = TeacherEnsemble.from_config(config, pretrained_root=pretrained_root, device=device,
                                            batch_size=batch_size)
     transform = teacher_eval_transform(ensemble)
-    names = [Path(entry).stem if entry.endswith((".pt", ".pth", ".bin", ".safetensors")) else f"{model}_{entry}"
-             for model, entry in zip(config.model_names, config.pretrained)]
+    # a checkpoint file is named by its stem, an open_clip tag by model and tag (as the ensemble resolved them)
+    names = [Path(weights).stem if os.path.isfile(weights) else f"{model}_{entry}"
+             for model, entry, weights in zip(config.model_names, config.pretrained, ensemble.pretrained)]
     if len(set(names)) != len(names):
         names = [f"{position}_{name}" for position, name in enumerate(names)]
     out_dir = Path(out_dir)
@@ -497,7 +498,7 @@ def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[Benc
                                         "pretrained": list(ensemble.pretrained)})
         for spec in benchmarks:
             started = time.perf_counter()
-            result = run_benchmark(model, transform, lambda texts: _StringBatch(texts), spec, device, batch_size,
+            result = run_benchmark(model, transform, _StringBatch, spec, device, batch_size,
                                    num_workers)
             record = build_record(info, model_name, spec, result, time.perf_counter() - started)
             path = out_dir / label / f"{spec.name}.json"

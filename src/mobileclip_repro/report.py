@@ -18,7 +18,7 @@ import pandas as pd
 
 from mobileclip_repro import efficiency
 from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
-from mobileclip_repro.tables import (display_fetch_table, display_table, fetch_markdown, fetch_table,
+from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, fetch_markdown, fetch_table,
                                      format_seen_samples, load_fetch_manifests, load_records, long_table,
                                      student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
                                      teacher_table, wide_table, write_csv, write_markdown)
@@ -106,14 +106,10 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
     efficiency_section = ""
     if multipliers:
         efficiency_section = ("<p>" + "</p>\n<p>".join(html.escape(efficiency.describe(m)) for m in multipliers)
-                              + "</p>\n<p>Multiplier: the non-DR budget over the seen samples at which the DR curve "
-                              "reaches non-DR's final accuracy (log-x interpolation between checkpoints); per seed "
-                              "pair and on the seed means (<code>efficiency.json</code>).</p>")
+                              + f"</p>\n<p>{html.escape(efficiency.DEFINITION)}</p>")
     teacher_section = ""
     if teachers is not None and not teachers.empty:
-        shown = teachers.copy()
-        for column in shown.columns[3:]:
-            shown[column] = shown[column].map(lambda v: "n/a" if pd.isna(v) else f"{100 * v:.1f}")
+        shown = display_teachers(teachers)
         teacher_section = ("<h2>Teachers</h2>\n<p>The reinforcement's teachers on the same sets, alone and as the "
                            "ensemble the DR targets come from: the ceiling line in the figure.</p>\n"
                            + shown.to_html(index=False, classes="table", border=0))
@@ -169,9 +165,7 @@ def chance_from_records(records: list[dict]) -> dict[str, float]:
 
 def efficiency_markdown(multipliers: list[dict]) -> str:
     return ("## Learning efficiency\n\n" + "\n\n".join(efficiency.describe(m) for m in multipliers)
-            + "\n\nMultiplier: the non-DR budget over the seen samples at which the DR curve reaches non-DR's "
-            "final accuracy (log-x interpolation between checkpoints); on the seed means, and its range over seed "
-            "pairs (`efficiency.json`).\n")
+            + f"\n\n{efficiency.DEFINITION}\n")
 
 
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,

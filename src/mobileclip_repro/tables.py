@@ -184,10 +184,16 @@ def teacher_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(ordered)
 
 
-def teacher_markdown(teachers: pd.DataFrame) -> str:
+def display_teachers(teachers: pd.DataFrame) -> pd.DataFrame:
+    """The teacher table as printed: metrics in percent with one decimal."""
     shown = teachers.copy()
     for column in shown.columns[3:]:
         shown[column] = shown[column].map(_percent)
+    return shown
+
+
+def teacher_markdown(teachers: pd.DataFrame) -> str:
+    shown = display_teachers(teachers)
     return ("## Teachers\n\nThe reinforcement's teachers on the same benchmark sets, each alone and as the "
             "ensemble the DR targets come from (members' normalized features concatenated: their mean cosine); "
             "the ceiling a distilled student approaches.\n\n" + to_markdown(shown) + "\n")
