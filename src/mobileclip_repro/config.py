@@ -1,4 +1,5 @@
-"""Experiment config: one schema (workflow/schemas/config.schema.yaml), defaults from it.
+"""Experiment config: one schema (``schemas/config.schema.yaml`` in this package, linked from
+workflow/schemas/ for Snakemake readers), defaults from it.
 
 ``load_config`` validates a YAML file or dict, fills the schema's defaults, and resolves
 paths; ``resolve_run`` turns a run entry into the full spec the trainer consumes, with
@@ -16,7 +17,9 @@ import jsonschema
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+# Shipped inside the package, so an installed wheel validates configs without a checkout.
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 
 
 class ConfigError(ValueError):

@@ -4,7 +4,7 @@ The schema sees one YAML file; these look at what it points to:
 
 * model names (``runs.*.model``, ``teachers.*.model``, the CoCa captioner, the teachers of the
   reinforcement JSON) against open_clip's registry and the project's ``model_configs/``;
-* the reinforcement JSON (Apple's format), against ``workflow/schemas/reinforce.schema.yaml``
+* the reinforcement JSON (Apple's format), against the package's ``schemas/reinforce.schema.yaml``
   and one entry of ``pretrained`` per ``model_name``;
 * ``distill.teacher_dimension`` of each DR run against the teachers' ``embed_dim``;
 * DataCompDR shards already on disk, against the settings the config would make them with
@@ -26,9 +26,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from mobileclip_repro.config import REPO_ROOT, ConfigError, strict_validator
+from mobileclip_repro.config import REPO_ROOT, SCHEMA_DIR, ConfigError, strict_validator
 
-REINFORCE_SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "reinforce.schema.yaml"
+REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 # open_clip's own schemes: a config fetched from the hub or read from a folder at load time
 UNCHECKED_MODEL_PREFIXES = ("hf-hub:", "local-dir:")
