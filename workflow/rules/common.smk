@@ -1,6 +1,7 @@
 # Shared once per DAG: validate the config against the schema (before any job runs),
 # resolve every training job's spec once, and turn config into target lists.
 import json
+import os
 import re
 import shlex
 import sys
@@ -10,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 
 from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir, run_seeds
 from mobileclip_repro.hub import shard_groups
+from mobileclip_repro.launch import launcher_prefix, slurm_resources
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
@@ -22,10 +24,15 @@ RESULTS = Path(EXP["results_dir"])
 DATA = EXP["data"]
 DATA_ROOT = RESULTS / "data"
 IS_TOY = DATA["source"] == "toy"
-# Rules run the CLI with the interpreter that runs Snakemake (the project's venv).
-PYTHON = shlex.quote(sys.executable)
-CLI = f"{PYTHON} -m mobileclip_repro"
-TORCHRUN = f"{PYTHON} -m torch.distributed.run"  # `torchrun`, without relying on PATH
+# Jobs run the CLI (`mobileclip-repro`, `python -m mobileclip_repro`) of the environment that
+# runs Snakemake: its bin folder goes first on PATH, which jobs (and srun's tasks) inherit.
+# Not a parameter, so a moved checkout does not rerun every job.
+envvars:
+    "PATH",
+
+
+inherited_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), inherited_path])
 REINFORCE = EXP["reinforcement"]
 HUB = DATA["hub"]
 # Hub shards in groups, one fetch (and reinforce) job each; toy data is one group.
@@ -37,6 +44,12 @@ BENCHMARKS = EXP["evaluation"]["benchmarks"]
 # One training job per (run, seed); specs resolved once here, not per rule call.
 SPECS = {(run, seed): resolve_run(EXP, run, seed=seed) for run in RUNS for seed in run_seeds(EXP["runs"][run])}
 TEACHER_SPECS = {teacher: resolve_run(EXP, teacher, section="teachers") for teacher in TEACHERS}
+TRAIN_RESOURCES = {key: slurm_resources(spec) for key, spec in SPECS.items()}
+EVALUATION = EXP["evaluation"]
+# Sets with a hub_repo (clip_benchmark's webdataset mirrors) are downloaded once, before
+# any evaluation job, so evaluation never touches the network.
+HUB_BENCHMARKS = {b["name"]: b for b in BENCHMARKS if b.get("hub_repo")}
+REPORT = EXP["report"]
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
@@ -47,6 +60,11 @@ wildcard_constraints:
 
 def spec_of(wildcards):
     return SPECS[(wildcards.run, int(wildcards.seed))]
+
+
+def train_resource(name):
+    """A train job's SLURM resource, from the specs resolved above."""
+    return lambda wildcards: TRAIN_RESOURCES[(wildcards.run, int(wildcards.seed))][name]
 
 
 def fetch_manifest(group):
@@ -104,29 +122,27 @@ def toy_benchmark_roots():
     return [b["root"] for b in BENCHMARKS if IS_TOY and b["dataset"].startswith("wds/toy")]
 
 
-def torchrun(spec, cpus_per_task=None):
-    """The launcher prefix: one process is started directly; several on one node by torchrun's
-    standalone rendezvous; on several nodes, one torchrun per node through srun, with a c10d
-    rendezvous on the allocation's first node.
+def train_inputs(wildcards):
+    return training_data(spec_of(wildcards)["dr"])
 
-    Under snakemake-executor-plugin-slurm a multi-node train job carries the `mpi` resource
-    (train.smk), so the rule's shell runs in the batch script on the first node, not inside the
-    plugin's one-task `srun` step, and this srun is the job's one step across all nodes. The plugin
-    keeps only SLURM_JOB_ID (and a few ids) of the SLURM_* variables there: no SLURM_JOB_NODELIST,
-    SLURM_CPUS_PER_TASK or SLURM_CONF. So the step's counts are explicit (CPUs per task: the job's
-    `cpus_per_task` resource, after any --set-resources), the node list comes from squeue when the
-    variable is absent, and srun/squeue/scontrol read the cluster's default config (/etc/slurm or
-    configless). GPUs: a step gets all of the job's GRES on each node by default.
-    """
-    procs = max(spec["gpus_per_node"], 1)
-    nodes = spec["nodes"]
-    if nodes == 1 and procs == 1:
-        return PYTHON  # one process: torchrun would only add its agent (a second torch import) around it
-    if nodes == 1:
-        return f"{TORCHRUN} --standalone --nnodes 1 --nproc-per-node {procs}"
-    cpus = cpus_per_task or procs * spec["slurm"]["cpus_per_gpu"]
-    node_list = '"${SLURM_JOB_NODELIST:-$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)}"'
-    first_node = f"$(scontrol show hostnames {node_list} | head -n 1)"
-    return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --cpus-per-task {cpus} --kill-on-bad-exit=1 "
-            f"{TORCHRUN} --nnodes {nodes} --nproc-per-node {procs} --rdzv-backend c10d "
-            f"--rdzv-id \"$SLURM_JOB_ID\" --rdzv-endpoint {first_node}:29500")
+
+def fetched_benchmark(name):
+    return DATA_ROOT / "benchmarks_fetched" / f"{name}.json"
+
+
+def benchmark_inputs(wildcards):
+    return {"benchmarks": toy_benchmark_roots(), "fetched": [fetched_benchmark(name) for name in HUB_BENCHMARKS]}
+
+
+def reinforce_inputs(wildcards):
+    data = {"data": DATA_ROOT / "manifest.json"} if IS_TOY else {"fetched": fetch_manifest(wildcards.group)}
+    return {**data, "reinforce_config": REINFORCE["config"],
+            "teachers": [RESULTS / "teachers" / name for name in TEACHERS]}
+
+
+def reinforce_selection(wildcards):
+    """Toy: every shard of the world (one group); hub: the group's shards of the spec."""
+    if IS_TOY:
+        return ""
+    return (f"--shard-spec {shlex.quote(json.dumps(HUB['shards']))} --group {wildcards.group}"
+            f" --group-size {HUB['group_size']}")

@@ -18,7 +18,7 @@ rule toy_data:
     log:
         RESULTS / "logs" / "toy_data.log",
     shell:
-        "{CLI} toy-data --out-dir {params.out_dir} --seed {params.toy[seed]} --workers {threads}"
+        "mobileclip-repro toy-data --out-dir {params.out_dir} --seed {params.toy[seed]} --workers {threads}"
         " --train-samples {params.toy[train_samples]} --teacher-samples {params.toy[teacher_samples]}"
         " --benchmark-samples {params.toy[benchmark_samples]}"
         " --samples-per-shard {params.toy[samples_per_shard]}"
@@ -46,7 +46,7 @@ rule fetch:
     log:
         RESULTS / "logs" / "fetch" / "group_{group}.log",
     shell:
-        "{CLI} fetch --datacomp-repo {params.hub[datacomp_repo]} {params.dr_repo}"
+        "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]} {params.dr_repo}"
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]}"
         " --datacomp-dir {params.datacomp_dir} --dr-dir {params.dr_dir} --processes {threads}"
         " --manifest {output.manifest} > {log} 2>&1"

@@ -4,20 +4,6 @@
 # index file (the declared output: the number of checkpoints differs between runs); one
 # more job for the reinforcement's teachers and their ensemble.
 
-EVALUATION = EXP["evaluation"]
-# Sets with a hub_repo (clip_benchmark's webdataset mirrors) are downloaded once, before
-# any evaluation job, so evaluation never touches the network.
-HUB_BENCHMARKS = {b["name"]: b for b in BENCHMARKS if b.get("hub_repo")}
-
-
-def fetched_benchmark(name):
-    return DATA_ROOT / "benchmarks_fetched" / f"{name}.json"
-
-
-def benchmark_inputs(wildcards):
-    return {"benchmarks": toy_benchmark_roots(), "fetched": [fetched_benchmark(name) for name in HUB_BENCHMARKS]}
-
-
 rule fetch_benchmark:
     output:
         manifest=fetched_benchmark("{benchmark}"),
@@ -28,7 +14,7 @@ rule fetch_benchmark:
     log:
         RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
     shell:
-        "{CLI} fetch-benchmark --repo {params.spec[hub_repo]} --root {params.spec[root]}"
+        "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]} --root {params.spec[root]}"
         " --split {params.spec[split]} --manifest {output.manifest} > {log} 2>&1"
 
 
@@ -53,7 +39,7 @@ rule evaluate:
     log:
         RESULTS / "logs" / "eval" / "{run}_seed_{seed}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} evaluate --checkpoint {params.checkpoints} --out-dir {params.out_dirs}"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints} --out-dir {params.out_dirs}"
         " --model {params.model} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
         " --device {params.settings[device]} --force --index {output.index} > {log} 2>&1"
@@ -78,7 +64,7 @@ rule evaluate_teachers:
     log:
         RESULTS / "logs" / "eval" / "teachers.log",
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} evaluate --teachers {input.reinforce_config}"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config}"
         " --pretrained-root {params.teachers_dir} --out-dir {params.out_dir} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
         " --device {params.settings[device]} > {log} 2>&1"

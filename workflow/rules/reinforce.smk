@@ -9,7 +9,7 @@ rule train_teacher:
         weights=RESULTS / "teachers" / "{teacher}",
     params:
         spec=lambda wc: spec_json(TEACHER_SPECS[wc.teacher]),
-        launcher=lambda wc: torchrun(TEACHER_SPECS[wc.teacher]),
+        launcher=lambda wc: launcher_prefix(TEACHER_SPECS[wc.teacher]),
         out_dir=lambda wc: run_dir(EXP, wc.teacher, section="teachers"),
     wildcard_constraints:
         teacher="|".join(map(re.escape, TEACHERS)) if TEACHERS else "NONE",
@@ -20,20 +20,6 @@ rule train_teacher:
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
         " --out-dir {params.out_dir} --export {output.weights} > {log} 2>&1"
-
-
-def reinforce_inputs(wildcards):
-    data = {"data": DATA_ROOT / "manifest.json"} if IS_TOY else {"fetched": fetch_manifest(wildcards.group)}
-    return {**data, "reinforce_config": REINFORCE["config"],
-            "teachers": [RESULTS / "teachers" / name for name in TEACHERS]}
-
-
-def reinforce_selection(wildcards):
-    """Toy: every shard of the world (one group); hub: the group's shards of the spec."""
-    if IS_TOY:
-        return ""
-    return (f"--shard-spec {shlex.quote(json.dumps(HUB['shards']))} --group {wildcards.group}"
-            f" --group-size {HUB['group_size']}")
 
 
 # One job per shard group (the toy world is one group), teachers from the reinforcement
@@ -62,7 +48,7 @@ rule reinforce:
     log:
         RESULTS / "logs" / "reinforce" / "group_{group}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} reinforce --datacomp-dir {params.datacomp_dir} --out-dir {params.dr_dir}"
+        "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir} --out-dir {params.dr_dir}"
         " {params.selection} --manifest {output.manifest}"
         " --reinforce-config {input.reinforce_config} --pretrained-root {params.teachers_dir}"
         " --captioner-json {params.captioner:q} --num-syn-captions {params.settings[num_syn_captions]}"

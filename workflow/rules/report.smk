@@ -1,9 +1,6 @@
 # Stage 5: tables, learning-efficiency plots, efficiency multipliers and an HTML report,
 # from result records only.
 
-REPORT = EXP["report"]
-
-
 rule report:
     input:
         records=all_eval_records(),
@@ -22,6 +19,6 @@ rule report:
     log:
         RESULTS / "logs" / "report.log",
     shell:
-        "{CLI} report --records-dir {params.records_dir} --out-dir {params.out_dir}"
+        "mobileclip-repro report --records-dir {params.records_dir} --out-dir {params.out_dir}"
         " --title {params.title:q} {params.paper_reference} {params.pairs}"
         " --fetch-manifests-dir {params.fetch_manifests} > {log} 2>&1"
