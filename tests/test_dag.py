@@ -1,10 +1,14 @@
 """The Snakemake DAG: paper configs plan on a laptop and through the SLURM profile, bad
-configs fail before any job, and the smoke toy config runs end to end for real."""
+configs fail before any job, the smoke toy config runs end to end for real, and changing a
+config value in a finished run reruns exactly the jobs that depend on it."""
 import json
+import re
 import subprocess
+import zipfile
 
 import pandas as pd
 import pytest
+import yaml
 
 PAPER_CONFIGS = ["datacompdr1b", "datacompdr12m", "datacomp12m"]
 
@@ -37,10 +41,17 @@ def test_an_invalid_config_fails_before_any_job_naming_the_key(snakemake_cmd, re
     assert "runs.toy_dr.seen_samples" in result.stdout + result.stderr
 
 
-def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, tmp_path):
-    results = tmp_path / "results"
+@pytest.fixture(scope="module")
+def smoke_run(snakemake_cmd, repo_root, tmp_path_factory):
+    """The smoke toy DAG, run once for the tests below: (its results folder, the snakemake result)."""
+    results = tmp_path_factory.mktemp("smoke") / "results"
     result = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
                        "--config", f"results_dir={results}", timeout=1500)
+    return results, result
+
+
+def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, smoke_run):
+    results, result = smoke_run
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
 
     # every stage left its real artefacts
@@ -78,3 +89,69 @@ def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, tmp_path):
     again = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", "configs/toy-smoke.yaml",
                       "--config", f"results_dir={results}")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_snakemakes_report_packages_the_figures_and_tables_with_provenance(snakemake_cmd, repo_root, smoke_run,
+                                                                         tmp_path):
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    archive = tmp_path / "report.zip"
+    made = snakemake(snakemake_cmd, repo_root, "--report", str(archive), "--configfile", "configs/toy-smoke.yaml",
+                     "--config", f"results_dir={results}")
+    assert made.returncode == 0, made.stderr[-3000:]
+    with zipfile.ZipFile(archive) as report:
+        names = report.namelist()
+    for item in ("results.csv", "efficiency.json", "learning_efficiency.png", "report.html"):
+        assert any(name.endswith(item) for name in names), (item, names)
+
+
+# -- rerun triggers: a changed config value reruns exactly what depends on it ------------------
+
+DR_CHAIN = {"reinforce": 1, "train": 2, "evaluate": 2, "report": 1}
+STUDENT_EVALUATIONS = {"evaluate": 4, "evaluate_teachers": 1, "report": 1}
+EVERYTHING = {"toy_data": 1, "train_teacher": 2, "reinforce": 1, "train": 4, "evaluate": 4,
+              "evaluate_teachers": 1, "report": 1}
+
+RERUNS = {  # config overlay -> the jobs `snakemake -n` plans on the finished smoke run
+    "data.toy.seed": ({"data": {"toy": {"seed": 5}}}, EVERYTHING),
+    "data.toy.alt_text_mix": ({"data": {"toy": {"alt_text_mix": {"full": 1.0, "partial": 0.0, "wrong": 0.0,
+                                                                 "uninformative": 0.0}}}}, EVERYTHING),
+    "teachers.<teacher>.seed": ({"teachers": {"teacher_b.pt": {"seed": 7}}},
+                                {"train_teacher": 1, "evaluate_teachers": 1, **DR_CHAIN}),
+    "reinforcement.seed": ({"reinforcement": {"seed": 3}}, DR_CHAIN),
+    "reinforcement.num_syn_captions": ({"reinforcement": {"num_syn_captions": 4}}, DR_CHAIN),
+    "reinforcement.dtype": ({"reinforcement": {"dtype": "bf16"}}, DR_CHAIN),
+    "reinforcement.batch_size": ({"reinforcement": {"batch_size": 32}}, DR_CHAIN),
+    "runs.<dr run>.lr": ({"runs": {"smoke_dr": {"lr": 1.0e-4}}}, {"train": 2, "evaluate": 2, "report": 1}),
+    "runs.<plain run>.warmup_steps": ({"runs": {"smoke_plain": {"warmup_steps": 2}}}, {"train": 2, "evaluate": 2, "report": 1}),
+    "evaluation.batch_size": ({"evaluation": {"batch_size": 50}}, STUDENT_EVALUATIONS),
+    "evaluation.num_workers": ({"evaluation": {"num_workers": 1}}, STUDENT_EVALUATIONS),
+    "evaluation.device": ({"evaluation": {"device": "cpu"}}, STUDENT_EVALUATIONS),
+    "report.title": ({"report": {"title": "another title"}}, {"report": 1}),
+    "report.paper_reference": ({"report": {"paper_reference": True}}, {"report": 1}),
+    "report.efficiency_pairs": ({"report": {"efficiency_pairs": [["smoke_dr", "smoke_plain"]]}},
+                                {"report": 1}),
+}
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run, as {rule: count} without the target rule `all`;
+    empty when nothing is to be done."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
+            if rule != "all"}
+
+
+@pytest.mark.parametrize("key", RERUNS)
+def test_a_changed_config_value_reruns_exactly_the_jobs_that_depend_on_it(snakemake_cmd, repo_root, smoke_run,
+                                                                          tmp_path, key):
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    overlay, expected = RERUNS[key]
+    overlay_file = tmp_path / "overlay.yaml"
+    overlay_file.write_text(yaml.safe_dump({**overlay, "results_dir": str(results)}))
+    plan = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", "configs/toy-smoke.yaml", str(overlay_file))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert planned_jobs(plan.stdout + plan.stderr) == expected

@@ -21,12 +21,14 @@ from mobileclip_repro.replay import ReplayTransform
 from mobileclip_repro.teachers import ReinforceConfig
 from mobileclip_repro.train import build_loss, weight_decay_groups
 
-# docs/reference.md §1, first table: what the three run scripts have in common.
+# docs/reference.md §1, first table: what the three run scripts have in common. Their
+# --accum-freq 1 and --zeroshot-frequency 1 have no key here: the trainer never accumulates
+# gradients, and zero-shot evaluation is the evaluate stage, after every checkpoint.
 SHARED = {
     "model": "ViT-B-16", "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.2,
     "warmup_steps": 1000, "schedule": "cosine", "precision": "amp", "grad_clip_norm": 1.0, "seed": 0,
-    "accum_freq": 1, "workers": 4, "local_loss": True, "gather_with_grad": True, "grad_checkpointing": True,
-    "ddp_static_graph": True, "dataset_resampled": True, "zeroshot_frequency": 1,
+    "workers": 4, "local_loss": True, "gather_with_grad": True, "grad_checkpointing": True,
+    "ddp_static_graph": True, "dataset_resampled": True,
 }
 EXPECTED = {
     # §1 row datacompdr1b ("s13b"): 16 x 8, 65,536 (512/GPU), 200,000 steps, 13.107B seen, 100 checkpoints

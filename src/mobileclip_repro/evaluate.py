@@ -21,6 +21,7 @@ Traps handled here rather than left to the user:
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import json
 import logging
@@ -33,17 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobileclip_repro import shards
+from mobileclip_repro.config import validate_benchmarks
 from mobileclip_repro.tables import RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
 CLASSIFICATION = "zeroshot_classification"
 RETRIEVAL = "zeroshot_retrieval"
-TASKS = (CLASSIFICATION, RETRIEVAL)
-# Named datasets clip_benchmark reads from local files, and their only sensible task.
-NAMED_DATASETS = {"imagenet1k": CLASSIFICATION, "flickr30k": RETRIEVAL, "mscoco_captions": RETRIEVAL}
 DEFAULT_RECALL_K = (1, 5, 10)
-SPEC_KEYS = {"name", "dataset", "task", "root", "split", "recall_k", "annotation_file", "main_metric", "hub_repo", "tags"}
 MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall"), RETRIEVAL: ("mean_recall@1",)}
 WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
@@ -83,60 +81,20 @@ class CheckpointInfo:
 
 
 def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
-    """Validate the benchmark list (``--benchmarks-json``) and fill defaults."""
+    """The benchmark list (``--benchmarks-json``), validated by the config schema's benchmark definition."""
     if not isinstance(specs, list) or not specs:
         raise ValueError("benchmarks JSON must be a non-empty list of benchmark specs")
-    parsed, seen_names = [], set()
-    for position, spec in enumerate(specs):
-        where = f"benchmark #{position}"
-        if not isinstance(spec, dict):
-            raise ValueError(f"{where}: expected an object, got {type(spec).__name__}")
-        unknown = set(spec) - SPEC_KEYS
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(SPEC_KEYS)})")
-        for key in ("name", "dataset", "root"):
-            if not isinstance(spec.get(key), str) or not spec[key]:
-                raise ValueError(f"{where}: {key!r} is required and must be a non-empty string")
-        name, dataset = spec["name"], spec["dataset"]
-        where = f"benchmark {name!r}"
-        # The name becomes a file name ({name}.json) and a table column.
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise ValueError(f"{where}: name may only contain letters, digits, '_', '.', '-'")
-        if name in seen_names:
-            raise ValueError(f"{where}: duplicate benchmark name")
-        seen_names.add(name)
-        if not (dataset.startswith("wds/") and len(dataset) > 4) and dataset not in NAMED_DATASETS:
-            raise ValueError(f"{where}: unsupported dataset {dataset!r}; use wds/<name> or one of {sorted(NAMED_DATASETS)}")
-        task = spec.get("task")
-        if task is None:
-            if dataset.startswith("wds/"):
-                raise ValueError(f"{where}: webdataset sets need an explicit task ({' or '.join(TASKS)})")
-            task = NAMED_DATASETS[dataset]
-        if task not in TASKS:
-            raise ValueError(f"{where}: task must be one of {TASKS}, got {task!r}")
-        if dataset in NAMED_DATASETS and task != NAMED_DATASETS[dataset]:
-            raise ValueError(f"{where}: {dataset} is a {NAMED_DATASETS[dataset]} set, not {task}")
-        # recall_k is ignored for classification: config defaults attach it to every benchmark.
-        recall_k = spec.get("recall_k", list(DEFAULT_RECALL_K))
-        if (not isinstance(recall_k, list) or not recall_k
-                or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in recall_k)):
-            raise ValueError(f"{where}: recall_k must be a non-empty list of positive integers, got {recall_k!r}")
-        split = spec.get("split", "test")
-        if not isinstance(split, str) or not split:
-            raise ValueError(f"{where}: split must be a non-empty string")
-        metric = spec.get("main_metric", MAIN_METRICS[task][0])
-        if metric not in MAIN_METRICS[task]:
-            raise ValueError(f"{where}: main_metric for {task} must be one of {MAIN_METRICS[task]}, got {metric!r}")
-        tags = spec.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-            raise ValueError(f"{where}: tags must be a list of non-empty strings, got {tags!r}")
-        hub_repo = spec.get("hub_repo")
-        if hub_repo is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(hub_repo)):
-            raise ValueError(f"{where}: hub_repo must be 'owner/name', got {hub_repo!r}")
-        parsed.append(BenchmarkSpec(name=name, dataset=dataset, task=task, root=spec["root"], split=split,
-                                    recall_k=tuple(sorted(set(recall_k))),
-                                    annotation_file=spec.get("annotation_file"), main_metric=metric,
-                                    hub_repo=hub_repo, tags=tuple(tags)))
+    specs = validate_benchmarks(copy.deepcopy(specs), where="benchmarks")
+    parsed = []
+    for spec in specs:
+        if "root" not in spec:  # the config fills it from results_dir; a hand-written list names it
+            raise ValueError(f"benchmark {spec['name']!r}: 'root' is required")
+        task = spec["task"]
+        parsed.append(BenchmarkSpec(name=spec["name"], dataset=spec["dataset"], task=task, root=spec["root"],
+                                    split=spec["split"], recall_k=tuple(sorted(set(spec["recall_k"]))),
+                                    annotation_file=spec.get("annotation_file"),
+                                    main_metric=spec.get("main_metric", MAIN_METRICS[task][0]),
+                                    hub_repo=spec.get("hub_repo"), tags=tuple(spec.get("tags", []))))
     return parsed
 
 
@@ -531,11 +489,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     benchmarks = load_benchmark_specs(args.benchmarks_json)
-    device = args.device
-    if device == "auto":
-        import torch
+    from mobileclip_repro.devices import resolve_device  # torch: imported once the CLI has parsed its arguments
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device).type
     if bool(args.checkpoint) == bool(args.teachers):
         raise SystemExit("give --checkpoint or --teachers")
     if args.teachers:

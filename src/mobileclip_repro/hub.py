@@ -6,11 +6,12 @@ Configs and Apple's run scripts name shards in brace notation (``data.hub.shards
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 from pathlib import Path
+
+from braceexpand import braceexpand
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -28,22 +29,18 @@ def expand_shard_spec(spec: str | list[str]) -> list[str]:
 
 
 def _expand_one(spec) -> list[str]:
+    # braceexpand (webdataset's own) does the expansion, bash-like padding included; the
+    # checks keep a typo from expanding into a silently different shard list.
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"malformed shard spec {spec!r}: expected text such as '{{00000000..00001023}}'")
     parts = _RANGE.split(spec)  # literal, lo, hi, literal, lo, hi, ..., literal
     literals, bounds = parts[0::3], list(zip(parts[1::3], parts[2::3]))
     if any(ch in literal for literal in literals for ch in "{}"):
         raise ValueError(f"malformed shard spec {spec!r}: braces must hold exactly '{{a..b}}' with integer bounds")
-    ranges = []
     for lo, hi in bounds:
         if int(lo) > int(hi):
             raise ValueError(f"malformed shard spec {spec!r}: range {{{lo}..{hi}}} runs backwards")
-        # bash pads only when a bound is written with a leading zero
-        padded = any(len(b) > 1 and b.startswith("0") for b in (lo, hi))
-        width = max(len(lo), len(hi)) if padded else 0
-        ranges.append([str(i).zfill(width) for i in range(int(lo), int(hi) + 1)])
-    return ["".join(itertools.chain.from_iterable(itertools.zip_longest(literals, combo, fillvalue="")))
-            for combo in itertools.product(*ranges)]
+    return list(braceexpand(spec))
 
 
 def parse_shard_spec(text: str):

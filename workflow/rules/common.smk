@@ -50,6 +50,7 @@ EVALUATION = EXP["evaluation"]
 # any evaluation job, so evaluation never touches the network.
 HUB_BENCHMARKS = {b["name"]: b for b in BENCHMARKS if b.get("hub_repo")}
 REPORT = EXP["report"]
+REPORT_DIR = RESULTS / "report"
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
@@ -114,7 +115,7 @@ def all_eval_records():
 def report_outputs():
     names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
              "report.html"]
-    return [str(RESULTS / "report" / name) for name in names]
+    return [str(REPORT_DIR / name) for name in names]
 
 
 def toy_benchmark_roots():

@@ -1,15 +1,22 @@
-# Stage 5: tables, learning-efficiency plots, efficiency multipliers and an HTML report,
-# from result records only.
+# Stage 5: tables, learning-efficiency plots, efficiency multipliers and an HTML page, from
+# result records only. The outputs are also the items of Snakemake's own report
+# (`snakemake --report report.zip`), which adds provenance: rule code, parameters, software.
 
 rule report:
     input:
         records=all_eval_records(),
         fetched=[fetch_manifest(group) for group in GROUP_IDS] if not IS_TOY else [],
     output:
-        report_outputs(),
+        table=report(REPORT_DIR / "results.csv", caption="../report/results.rst", category="Tables"),
+        markdown=REPORT_DIR / "results.md",
+        efficiency=report(REPORT_DIR / "efficiency.json", caption="../report/efficiency.rst", category="Tables"),
+        plot=report(REPORT_DIR / "learning_efficiency.png", caption="../report/learning_efficiency.rst",
+                    category="Figures"),
+        plot_pdf=REPORT_DIR / "learning_efficiency.pdf",
+        page=report(REPORT_DIR / "report.html", caption="../report/page.rst", category="Report page"),
     params:
         records_dir=RESULTS / "eval",
-        out_dir=RESULTS / "report",
+        out_dir=REPORT_DIR,
         title=REPORT["title"],
         paper_reference="--paper-reference" if REPORT["paper_reference"] else "",
         pairs=f"--efficiency-pairs-json {shlex.quote(json.dumps(REPORT['efficiency_pairs']))}"
