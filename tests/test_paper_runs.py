@@ -60,10 +60,35 @@ EXPECTED = {
         "steps_per_checkpoint": 1_500, "dr": False, "reinforcement_config": None,
         "resume": "none", "save_most_recent": True,
     },
+    # §9, MobileCLIP2's run_dfndr12m.sh: MobileCLIP-B, 4 x 8, 8,192, 30k steps, 20 checkpoints,
+    # 20 workers, per-teacher logit scales 70 / 60, loss weights 0 / 1, datacompdr12m.json augmentations,
+    # every synthetic-caption set (default regex), save most recent.
+    "dfndr12m_mobileclip_b": {
+        **SHARED, "model": "MobileCLIP-B", "workers": 20, "data": "dr", "nodes": 4, "gpus_per_node": 8,
+        "world_size": 32, "global_batch_size": 8_192, "per_gpu_batch_size": 256, "total_steps": 30_000,
+        "seen_samples": 245_760_000, "num_checkpoints": 20, "dr": True,
+        "reinforcement_config": "configs/reinforce/datacompdr12m.json", "syn_caption_regex": "^syn_text.*$",
+        "distill": {"logit_scale": [70.0, 60.0], "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
+                    "average_after_softmax": True},
+        "save_most_recent": True,
+    },
+    # §9, run_dfndr2b.sh: 16 x 8, 65,536, 200k steps, 100 checkpoints, datacompdr1b.json augmentations,
+    # the syn_text_dfn_mscoco38k captions only, scales 70 / 60, weights 0 / 1.
+    "dfndr2b_mobileclip_b": {
+        **SHARED, "model": "MobileCLIP-B", "data": "dr", "nodes": 16, "gpus_per_node": 8, "world_size": 128,
+        "global_batch_size": 65_536, "per_gpu_batch_size": 512, "total_steps": 200_000,
+        "seen_samples": 13_107_200_000, "num_checkpoints": 100, "dr": True,
+        "reinforcement_config": "configs/reinforce/datacompdr1b.json",
+        "syn_caption_regex": "^syn_text_dfn_mscoco38k$",
+        "distill": {"logit_scale": [70.0, 60.0], "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
+                    "average_after_softmax": True},
+        "save_most_recent": True,
+    },
 }
 CONFIG_OF = {"datacompdr1b_s13b": "datacompdr1b", "datacompdr12m_s30m": "datacompdr12m",
-             "datacomp12m_s30m": "datacomp12m"}
-DR_RUNS = ["datacompdr1b_s13b", "datacompdr12m_s30m"]
+             "datacomp12m_s30m": "datacomp12m", "dfndr12m_mobileclip_b": "dfndr12m",
+             "dfndr2b_mobileclip_b": "dfndr2b"}
+DR_RUNS = ["datacompdr1b_s13b", "datacompdr12m_s30m", "dfndr12m_mobileclip_b", "dfndr2b_mobileclip_b"]
 # §1 data column: shard ids {00..64}/{00000000..00000999} + 65/{00000000..00000535}; 1,024 for the 12M sets
 SHARD_IDS_1B = [f"{d:02d}/{s:08d}" for d in range(65) for s in range(1000)] + [f"65/{s:08d}" for s in range(536)]
 SHARD_IDS_12M = [f"{s:08d}" for s in range(1024)]
@@ -189,7 +214,9 @@ def test_the_trainer_builds_each_runs_loss(configs, run):
     distill = EXPECTED[run]["distill"]
     assert isinstance(loss, DRClipLoss)
     assert loss.loss_weights == tuple(distill["loss_weights"]) and loss.teacher_dimension == (768, 768)
-    assert loss.member_logit_scales == (100, 100) and loss.average_after_softmax is True
+    scale = distill["logit_scale"]
+    member_scales = tuple(scale) if isinstance(scale, list) else (scale, scale)
+    assert loss.member_logit_scales == member_scales and loss.average_after_softmax is True
 
 
 @pytest.mark.parametrize("run", EXPECTED)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from mobileclip_repro.cli import main
-from mobileclip_repro.report import load_paper_reference, run_summary
+from mobileclip_repro.plots import same_architecture
+from mobileclip_repro.report import PAPER_REFERENCES, load_paper_reference, run_summary
 from mobileclip_repro.tables import RECORD_SCHEMA, load_records, long_table, wide_table
 
 SEEN_PER_EPOCH = 8192
@@ -367,3 +368,36 @@ def test_efficiency_json_and_its_sentence(seeded_report):
 def test_every_benchmark_gets_a_multiplier(seeded_report):
     results = json.loads((seeded_report / "efficiency.json").read_text())
     assert sorted(r["benchmark"] for r in results) == ["toy_retrieval", "toy_zeroshot"]
+
+
+def test_the_mobileclip2_set_lists_the_released_models_numbers():
+    points = load_paper_reference(PAPER_REFERENCES["mobileclip2"])
+    imagenet = {p["label"]: p["value"] for p in points if p["dataset"] == "imagenet1k"}
+    # docs/reference.md §9: v2 and v1 zero-shot IN-1k of the released models
+    assert imagenet["MobileCLIP2-B"] == pytest.approx(0.794) and imagenet["MobileCLIP-B"] == pytest.approx(0.768)
+    assert imagenet["MobileCLIP2-S0"] == pytest.approx(0.715) and imagenet["MobileCLIP2-L-14"] == pytest.approx(0.819)
+    assert all(p["seen_samples"] is None for p in points)  # training lengths differ and are not all given
+
+
+@pytest.mark.parametrize("label, model, same", [
+    ("MobileCLIP2-B", "MobileCLIP-B", True), ("MobileCLIP-B (LT)", "MobileCLIP-B", True),
+    ("MobileCLIP2-S0", "MobileCLIP-B", False), ("MobileCLIP2-S2", "MobileCLIP-S2", True), ("MobileCLIP2-B", "", False),
+])
+def test_released_models_are_drawn_beside_students_of_their_size(label, model, same):
+    assert same_architecture(label, model) is same
+
+
+def test_the_mobileclip2_overlay_reports_beside_a_mobileclip_b_student(tmp_path):
+    directory = tmp_path / "evaluations"
+    directory.mkdir()
+    for epoch, value in enumerate([0.40, 0.55, 0.62], start=1):
+        record = make_record("dfndr12m_mobileclip_b", True, epoch, "toy_zeroshot", value)
+        record.update(benchmark="imagenet1k", dataset="imagenet1k", seen_samples=epoch * 12_288_000,
+                      run_spec={"model": "MobileCLIP-B"})
+        (directory / f"run_{epoch}.json").write_text(json.dumps(record))
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(directory), "--out-dir", str(out),
+                 "--paper-reference", "mobileclip2"]) == 0
+    assert (out / "learning_efficiency.png").stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert "MobileCLIP2-B" in page and "79.4" in page

@@ -67,6 +67,17 @@ def _run_curves(records: list[dict], benchmark: str) -> dict[tuple[str, bool], l
     return dict(sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0])))
 
 
+def same_architecture(label: str, model: str) -> bool:
+    """Whether a released model (``MobileCLIP2-B``, ``MobileCLIP-B (LT)``) has the size of open_clip ``model``."""
+    def size(name: str) -> str:
+        name = name.split(" (")[0]
+        for prefix in ("MobileCLIP2-", "MobileCLIP-"):
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name
+    return bool(model) and size(label) == size(model)
+
+
 def validate_reference_points(points: list[dict]) -> list[dict]:
     for position, point in enumerate(points):
         missing = [key for key in REFERENCE_KEYS if key not in point]
@@ -93,6 +104,7 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
     benchmarks = _benchmarks_in_order(records)
     runs = sorted({(r["run"], bool(r["dr"])) for r in student_records(records)}, key=lambda run: (not run[1], run[0]))
     teachers = teacher_records(records)
+    student_models = {(r.get("run_spec") or {}).get("model") or r.get("model_name") or "" for r in student_records(records)}
     palette = plt.get_cmap("tab10").colors
     colours = {run: palette[position % len(palette)] for position, run in enumerate(runs)}
     # one marker per paper source (a table, a figure), filled for DR and hollow for non-DR
@@ -138,6 +150,15 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                     continue
                 source = point.get("source", "")
                 label = f"paper ({source}): {point['label']}" if source else f"paper: {point['label']}"
+                if point["seen_samples"] is None:
+                    # a released model (its training length not given): a level, for the students of its size only
+                    if not any(same_architecture(point["label"], model) for model in student_models):
+                        continue
+                    style = dict(color="black" if "2" in source else "0.4", linestyle=(0, (1, 1)), linewidth=1.2)
+                    axis.axhline(100 * point["value"], **style)
+                    legend_handles.setdefault(label, Line2D([], [], **style))
+                    highest = max(highest, point["value"])
+                    continue
                 handle = axis.scatter([point["seen_samples"]], [100 * point["value"]], marker=reference_markers[source],
                                       s=150 if reference_markers[source] == "*" else 60, zorder=5,
                                       color="black" if point["dr"] else "white", edgecolors="black",

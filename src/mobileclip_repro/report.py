@@ -24,6 +24,10 @@ from mobileclip_repro.tables import (display_fetch_table, display_table, display
                                      teacher_table, wide_table, write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
+# Named anchor sets (config `report.paper_reference`): the MobileCLIP paper's learning-efficiency
+# points, and the released MobileCLIP / MobileCLIP2 models' numbers (docs/reference.md §9).
+PAPER_REFERENCES = {"mobileclip": PAPER_REFERENCE_PATH,
+                    "mobileclip2": Path(__file__).parent / "paper_reference_mobileclip2.json"}
 DEFAULT_TITLE = "MobileCLIP reproduction: learning efficiency"
 
 
@@ -230,8 +234,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument("--paper-reference-json", default=None,
                            help="overlay anchor points from this file (format of paper_reference.json)")
-    reference.add_argument("--paper-reference", action="store_true",
-                           help="overlay the paper's anchor points shipped with the package")
+    reference.add_argument("--paper-reference", nargs="?", const="mobileclip", default=None,
+                           choices=sorted(PAPER_REFERENCES),
+                           help="overlay anchor points shipped with the package: mobileclip (the paper's "
+                                "learning-efficiency points, the default) or mobileclip2 (released models)")
     parser.add_argument("--chance-json", default=None, help='{"<benchmark>": chance level as a fraction}')
     parser.add_argument("--efficiency-pairs-json", default=None,
                         help='[["<DR run>", "<non-DR run>"], ...] to compare (default: every DR run with every '
@@ -246,7 +252,7 @@ def command(args: argparse.Namespace) -> int:
     if args.paper_reference_json:
         paper_reference = load_paper_reference(args.paper_reference_json)
     elif args.paper_reference:
-        paper_reference = load_paper_reference()
+        paper_reference = load_paper_reference(PAPER_REFERENCES[args.paper_reference])
     chance = load_chance_levels(args.chance_json) if args.chance_json else None
     pairs = None
     if args.efficiency_pairs_json:

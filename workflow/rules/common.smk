@@ -118,6 +118,13 @@ def report_outputs():
     return [str(REPORT_DIR / name) for name in names]
 
 
+def paper_reference_option(setting):
+    """`report.paper_reference` as the report CLI's option: true is the MobileCLIP paper's set."""
+    if setting is False:
+        return ""
+    return f"--paper-reference {'mobileclip' if setting is True else setting}"
+
+
 def toy_benchmark_roots():
     """Benchmark sets the toy-data rule generates (the others are user-provided roots)."""
     return [b["root"] for b in BENCHMARKS if IS_TOY and b["dataset"].startswith("wds/toy")]

@@ -18,7 +18,7 @@ rule report:
         records_dir=RESULTS / "eval",
         out_dir=REPORT_DIR,
         title=REPORT["title"],
-        paper_reference="--paper-reference" if REPORT["paper_reference"] else "",
+        paper_reference=paper_reference_option(REPORT["paper_reference"]),
         pairs=f"--efficiency-pairs-json {shlex.quote(json.dumps(REPORT['efficiency_pairs']))}"
         if REPORT.get("efficiency_pairs") is not None else "",
         fetch_manifests=DATA_ROOT / "fetch",
