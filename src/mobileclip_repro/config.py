@@ -99,6 +99,23 @@ def _check_consistency(config: dict) -> None:
         raise ConfigError("config key 'evaluation.benchmarks': benchmark names must be unique")
 
 
+def _check_distill_scales(distill: dict, where: str) -> None:
+    """A list of logit scales is one per teacher, and only means something when each teacher
+    has its own softmax (docs/reference.md §9); a single number is every member's scale."""
+    scales = distill["logit_scale"]
+    if not isinstance(scales, list):
+        return
+    members = len(distill["teacher_dimension"])
+    if len(scales) != members:
+        raise ConfigError(f"config key '{where}.distill.logit_scale': {scales} gives {len(scales)} scales for "
+                          f"{members} teachers (distill.teacher_dimension {distill['teacher_dimension']}); "
+                          f"give one per teacher, or a single number for all")
+    if not distill["average_after_softmax"]:
+        raise ConfigError(f"config key '{where}.distill.logit_scale': a scale per teacher needs "
+                          f"distill.average_after_softmax: true (without it the teachers share one softmax, "
+                          f"so one scale)")
+
+
 def _derived(run: dict, where: str) -> dict:
     world_size = run["nodes"] * max(run["gpus_per_node"], 1)
     global_batch = run["global_batch_size"]
@@ -112,6 +129,7 @@ def _derived(run: dict, where: str) -> dict:
     weights = run["distill"]["loss_weights"]
     if run["data"] == "dr" and sum(weights) <= 0:
         raise ConfigError(f"config key '{where}.distill.loss_weights': at least one weight must be positive")
+    _check_distill_scales(run["distill"], where)
     if len(run_seeds(run, where)) > 1 and where.startswith("teachers."):
         raise ConfigError(f"config key '{where}.seeds': a teacher is one checkpoint file; give it one seed")
     steps = checkpoint_steps(total_steps, run["num_checkpoints"], run["checkpoint_spacing"], where)
