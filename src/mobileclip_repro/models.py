@@ -2,14 +2,20 @@
 
 The toy models are ordinary open_clip JSON configs (``model_configs/``), so every stage
 builds them through ``open_clip.create_model_and_transforms`` exactly like ViT-B-16.
+A model built without a pretrained tag (a student from scratch, a checkpoint file) still
+preprocesses images as its architecture's released weights do (``own_preprocess``): a
+MobileCLIP student replays DataCompDR augmentations at its own size and normalization, and
+is evaluated with its own resizing too, not with open_clip's generic defaults.
 Tools outside the package do not know those names: ``export-open-clip`` writes a
 checkpoint as a folder they load by the model name ``local-dir:<folder>``.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import open_clip
+from open_clip.transform import PreprocessCfg
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -22,9 +28,42 @@ def register_project_models() -> None:
         _registered = True
 
 
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")  # the image size is the model config's
+
+
+def own_preprocess(model_name: str) -> dict | None:
+    """The preprocessing every open_clip pretrained tag of ``model_name`` agrees on, None when its
+    tags disagree or it has none.
+
+    A student trained from scratch should see images as the released weights of its
+    architecture do, so that its checkpoints and those weights are evaluated alike: the
+    MobileCLIP family's tags resize bilinearly, most with mean 0 and std 1 (MobileCLIP2-S3/S4 with
+    CLIP's; MobileCLIP2-L-14 is CLIP's bicubic default). ViT-B-16's tags all use open_clip's
+    defaults and ViT-L-14's disagree (laion2b uses mean 0.5), so those build as before.
+    """
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if not tags:
+        return None
+    defaults = asdict(PreprocessCfg())
+    variants = {tuple((key, _hashable(cfg.get(key, defaults[key]))) for key in PREPROCESS_KEYS)
+                for cfg in (open_clip.get_pretrained_cfg(model_name, tag) for tag in tags)}
+    return dict(variants.pop()) if len(variants) == 1 else None
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def create_model_and_transforms(model_name: str, pretrained: str | None = None, device: str = "cpu", **kwargs):
-    """(model, train_transform, eval_transform); ``pretrained`` is an open_clip tag or a checkpoint path."""
+    """(model, train_transform, eval_transform); ``pretrained`` is an open_clip tag or a checkpoint path.
+
+    With a tag open_clip applies that tag's preprocessing; otherwise the model gets its
+    architecture's own (``own_preprocess``), unless the caller sets ``image_*`` itself.
+    """
     register_project_models()
+    if not (pretrained and open_clip.get_pretrained_cfg(model_name, pretrained)):
+        for key, value in (own_preprocess(model_name) or {}).items():
+            kwargs.setdefault(f"image_{key}", value)
     return open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None, device=device, **kwargs)
 
 
