@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -130,6 +131,11 @@ def _derived(run: dict, where: str) -> dict:
     if run["data"] == "dr" and sum(weights) <= 0:
         raise ConfigError(f"config key '{where}.distill.loss_weights': at least one weight must be positive")
     _check_distill_scales(run["distill"], where)
+    try:
+        re.compile(run["syn_caption_regex"])
+    except re.error as error:
+        raise ConfigError(f"config key '{where}.syn_caption_regex': {run['syn_caption_regex']!r} is not a regular "
+                          f"expression: {error}") from None
     if len(run_seeds(run, where)) > 1 and where.startswith("teachers."):
         raise ConfigError(f"config key '{where}.seeds': a teacher is one checkpoint file; give it one seed")
     steps = checkpoint_steps(total_steps, run["num_checkpoints"], run["checkpoint_spacing"], where)
@@ -157,6 +163,25 @@ def checkpoint_steps(total_steps: int, num_checkpoints: int, spacing: str, where
         raise ConfigError(f"config key '{where}.num_checkpoints': {num_checkpoints} log-spaced checkpoints need at "
                           f"least {2 ** (num_checkpoints - 1)} steps, the run has {total_steps}")
     return steps
+
+
+def captioner_sets(captioner) -> tuple[dict[str, str | dict], bool]:
+    """(syn.json key -> one captioner's spec, whether the v1 layout) for ``reinforcement.captioner``.
+
+    One captioner (``"world"`` or ``{"coca": {...}}``) writes v1's ``syn_text``, its embeddings
+    appended to ``text_emb``; a mapping suffix -> captioner writes a ``syn_text_<suffix>`` set
+    per entry, each with its own ``syn_text_<suffix>_emb`` array (v2, docs/reference.md §9),
+    also when it has one entry.
+    """
+    if captioner == "world" or (isinstance(captioner, dict) and set(captioner) == {"coca"}):
+        return {"syn_text": captioner}, True
+    if not isinstance(captioner, dict) or not captioner:
+        raise ValueError(f"captioner must be 'world', {{'coca': {{...}}}} or a mapping suffix -> one of those, "
+                         f"got {captioner!r}")
+    bad = [suffix for suffix in captioner if not re.fullmatch(r"[A-Za-z0-9_]+", str(suffix))]
+    if bad:
+        raise ValueError(f"captioner suffixes must be letters, digits and '_' (they name syn_text_<suffix>), got {bad}")
+    return {f"syn_text_{suffix}": spec for suffix, spec in captioner.items()}, False
 
 
 def run_seeds(run: dict, where: str = "run") -> list[int]:

@@ -7,6 +7,8 @@ The schema sees one YAML file; these look at what it points to:
 * the reinforcement JSON (Apple's format), against the package's ``schemas/reinforce.schema.yaml``
   and one entry of ``pretrained`` per ``model_name``;
 * ``distill.teacher_dimension`` of each DR run against the teachers' ``embed_dim``;
+* ``syn_caption_regex`` of each DR run against the synthetic-caption sets the reinforcement
+  writes (``reinforcement.captioner``) or, for shards on disk, their ``syn.json`` keys;
 * DataCompDR shards already on disk, against the settings the config would make them with
   (their per-shard manifests, and the embeddings of a few samples). ``train`` repeats the
   shard check when it starts, for shards that appeared after the DAG started (a fetch).
@@ -20,13 +22,14 @@ import difflib
 import functools
 import importlib.util
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-from mobileclip_repro.config import REPO_ROOT, SCHEMA_DIR, ConfigError, strict_validator
+from mobileclip_repro.config import REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets, strict_validator
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -138,21 +141,29 @@ def _spread(items: list, limit: int) -> list:
     return [items[round(i * (len(items) - 1) / (limit - 1))] for i in range(limit)]
 
 
-def _peek(shard: Path) -> tuple[int, int, int] | None:
-    """(augmentations, embedding width, synthetic captions) most of the first samples of a shard have."""
+def _peek(shard: Path) -> tuple[tuple | None, set[str]]:
+    """(augmentations, embedding width, synthetic captions per set) most of the first samples of a
+    shard have, and the ``syn.json`` keys of those samples.
+
+    Captions per set is a number when every set has as many, else the sorted distinct counts.
+    """
     from mobileclip_repro import shards  # webdataset: only imported when there are shards to read
 
-    seen = Counter()
+    seen, keys = Counter(), set()
     try:
         for _, raw in zip(range(SAMPLES_PEEKED), shards.iter_raw_samples(shard)):
             try:
+                syn_json = json.loads(raw["syn.json"])
+                keys.update(syn_json if isinstance(syn_json, dict) else ())
                 record = shards.decode_reinforcement(raw, check_finite=False)
             except Exception:  # noqa: BLE001 - one broken sample is training's to count, not a setting
                 continue
-            seen[(len(record.param_aug), int(record.image_emb.shape[1]), len(record.syn_text))] += 1
+            counts = sorted({len(captions) for captions in record.syn_sets.values()})
+            syn = counts[0] if len(counts) == 1 else tuple(counts)
+            seen[(len(record.param_aug), int(record.image_emb.shape[1]), syn)] += 1
     except Exception:  # noqa: BLE001 - an unreadable shard is counted by training too
         pass
-    return seen.most_common(1)[0][0] if seen else None
+    return (seen.most_common(1)[0][0] if seen else None), keys
 
 
 def _mismatch(key: str, dr_dir: Path, what: str, recorded, expected, source: Path) -> ConfigError:
@@ -162,15 +173,16 @@ def _mismatch(key: str, dr_dir: Path, what: str, recorded, expected, source: Pat
 
 
 def check_dr_shards(dr_dir: str | Path, settings: dict[str, tuple[str, object]],
-                    dimensions: dict[str, list[int]]) -> None:
+                    dimensions: dict[str, list[int]], regexes: dict[str, str] | None = None) -> None:
     """DR shards on disk must have been made with the config's settings; nothing on disk passes.
 
     ``settings``: manifest field (``num_samples``, ``teachers``, ``seed``, ...) -> (config key,
     the value the config would reinforce with). ``dimensions``: config key of a run's
-    ``distill.teacher_dimension`` -> its value. Per-shard manifests (``reinforce`` writes them)
-    are compared field by field, and a few decoded samples of the first and last shard give
-    the augmentations per image, the embedding width and the synthetic captions, for shards
-    without a manifest (Apple's).
+    ``distill.teacher_dimension`` -> its value. ``regexes``: config key of a run's
+    ``syn_caption_regex`` -> its value, which must select a set the shards have. Per-shard
+    manifests (``reinforce`` writes them) are compared field by field, and a few decoded
+    samples of the first and last shard give the augmentations per image, the embedding
+    width, the synthetic captions and their sets, for shards without a manifest (Apple's).
     """
     dr_dir = Path(dr_dir)
     if not dr_dir.is_dir():
@@ -195,7 +207,12 @@ def check_dr_shards(dr_dir: str | Path, settings: dict[str, tuple[str, object]],
                     raise _mismatch(key, dr_dir, "teachers of widths", manifest["dims"], list(dimension),
                                     manifest_path)
     for tar in dict.fromkeys((tars[0], tars[-1])):
-        peeked = _peek(tar)
+        peeked, keys = _peek(tar)
+        for key, regex in (regexes or {}).items():
+            if keys and not any(re.match(regex, name) for name in keys):
+                raise ConfigError(f"config key '{key}': {regex!r} selects none of the synthetic-caption sets of "
+                                  f"the DataCompDR shards in {dr_dir} (syn.json keys of the first samples of "
+                                  f"{tar}: {', '.join(sorted(keys))})")
         if peeked is None:
             continue
         augmentations, width, syn = peeked
@@ -220,8 +237,11 @@ def check_config(config: dict) -> None:
         for name, run in config.get(section, {}).items():
             check_model(run["model"], f"{section}.{name}.model")
     captioner = config["reinforcement"]["captioner"]
-    if isinstance(captioner, dict):
-        check_model(captioner["coca"]["model_name"], "reinforcement.captioner.coca.model_name")
+    several = isinstance(captioner, dict) and set(captioner) != {"coca"}  # suffix -> captioner
+    for where, member in (captioner.items() if several else [(None, captioner)]):
+        if isinstance(member, dict):
+            key = ".".join(filter(None, ["reinforcement.captioner", where, "coca.model_name"]))
+            check_model(member["coca"]["model_name"], key)
     dr_runs = {f"{section}.{name}": run for section in ("teachers", "runs")
                for name, run in config.get(section, {}).items() if run["data"] == "dr"}
     if not dr_runs:
@@ -238,10 +258,16 @@ def check_config(config: dict) -> None:
                     f"config key '{key}': {list(dimension)} does not match the teachers of "
                     f"{reinforcement['config']} ({', '.join(reinforce['model_names'])}: embed_dim "
                     f"{' + '.join(map(str, dims))}); set it to {dims}")
+    regexes = {f"{where}.syn_caption_regex": run["syn_caption_regex"] for where, run in dr_runs.items()}
     settings = json_settings(reinforce)
     if reinforcement["generate"]:
         settings.update(generate_settings(reinforcement))
-    check_dr_shards(config["data"]["dr_dir"], settings, dimensions)
+        written = list(captioner_sets(reinforcement["captioner"])[0])
+        for key, regex in regexes.items():
+            if not any(re.match(regex, name) for name in written):
+                raise ConfigError(f"config key '{key}': {regex!r} selects none of the synthetic-caption sets "
+                                  f"reinforcement.captioner writes ({', '.join(written)})")
+    check_dr_shards(config["data"]["dr_dir"], settings, dimensions, regexes)
 
 
 def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[str, tuple[str, object]]:
@@ -263,4 +289,6 @@ def check_run_shards(spec: dict) -> None:
         return
     reinforce = load_reinforce_json(spec["reinforcement_config"])
     key = f"distill.teacher_dimension' of run '{spec['name']}"  # reads: config key '...' of run '...'
-    check_dr_shards(spec["dr_dir"], json_settings(reinforce), {key: spec["distill"]["teacher_dimension"]})
+    regex = spec.get("syn_caption_regex")
+    check_dr_shards(spec["dr_dir"], json_settings(reinforce), {key: spec["distill"]["teacher_dimension"]},
+                    {f"syn_caption_regex' of run '{spec['name']}": regex} if regex else None)

@@ -4,6 +4,9 @@ For each image: ``num_samples`` random-resized-crop + RandAugment draws, stored 
 ``param_aug`` entries and embedded by the teacher ensemble *through the same replay the
 student will use* (so ``image_emb[a]`` is exactly the teachers' view of ``param_aug[a]``);
 the ground-truth caption and the synthetic captions embedded by the same teachers.
+One captioner writes v1's ``syn_text`` set, its embeddings appended to ``text_emb``;
+several (``{suffix: captioner}``) write a ``syn_text_<suffix>`` set each, with its
+embeddings in ``syn_text_<suffix>_emb`` (the v2 layout, docs/reference.md §9).
 
 One output shard per input shard, same relative path (``17/00000042.tar`` stays nested),
 same keys, written atomically: a rerun skips every shard whose tar and per-shard manifest
@@ -39,6 +42,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +53,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mobileclip_repro import hub, replay, shards
+from mobileclip_repro.config import captioner_sets
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
 
@@ -76,8 +81,9 @@ class PreparedSample:
     # normalize_views does on the teachers' device (a quarter of the bytes between processes).
     views: torch.Tensor
     # What the captioner looks at, only when it looks at pixels: the decoded image, or its
-    # image_transform output when it has one (made in the data workers, not the main loop).
-    caption_input: Image.Image | torch.Tensor | None
+    # image_transform output when it has one (made in the data workers, not the main loop);
+    # with several captioners, a mapping syn.json key -> that, for those that look at pixels.
+    caption_input: Image.Image | torch.Tensor | dict | None
 
     def pin_memory(self) -> "PreparedSample":
         """Called by the DataLoader's pinning thread: page-locked views copy to the GPU asynchronously."""
@@ -160,7 +166,11 @@ def augmentation_generator(seed: int, key: str) -> torch.Generator:
 
 def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bool,
                    image_transform=None) -> PreparedSample | Skipped:
-    """Validate one raw DataComp sample and replay its augmentations; a Skipped names why not."""
+    """Validate one raw DataComp sample and replay its augmentations; a Skipped names why not.
+
+    ``image_transform``: the captioner's (None: it takes the PIL image), or with several
+    captioners a mapping syn.json key -> transform or None, one caption input per entry.
+    """
     key = raw["__key__"]
     if not all(ext in raw for ext in shards.DATACOMP_KEYS):
         return Skipped(key, "missing_key")
@@ -185,7 +195,10 @@ def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bo
     views = torch.stack([TF.pil_to_tensor(replay.replay_pil(image, entry, config.crop_size, config.interpolation))
                          for entry in param_aug])
     caption_input = None
-    if keep_image:
+    if keep_image and isinstance(image_transform, Mapping):
+        caption_input = {key: transform(image) if transform is not None else image
+                         for key, transform in image_transform.items()}
+    elif keep_image:
         caption_input = image_transform(image) if image_transform is not None else image
     return PreparedSample(key, str(meta["uid"]), meta["sha256"], url, caption, meta, param_aug, views, caption_input)
 
@@ -231,17 +244,19 @@ def normalize_views(views: torch.Tensor, mean, std) -> torch.Tensor:
     return tensor.sub_(mean).div_(std)
 
 
-def encode_pth(image_emb: torch.Tensor, text_emb: torch.Tensor) -> bytes:
-    """The DataCompDR-12M-bf16 payload before compression: ``torch.save`` of two bf16 tensors.
+def encode_pth(image_emb: torch.Tensor, text_emb: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> bytes:
+    """The DataCompDR-12M-bf16 payload before compression: ``torch.save`` of bf16 tensors
+    (``image_emb``, ``text_emb``, then ``extra`` by name: v2's ``<set>_emb``).
 
     Stored under the ``pth.gz`` key; the tar writer gzips it.
     """
     import io
 
     buffer = io.BytesIO()
+    tensors = {"image_emb": image_emb, "text_emb": text_emb, **(extra or {})}
     # clone(): torch.save writes a view's whole storage, i.e. the whole batch for a row slice.
-    torch.save({"image_emb": image_emb.to(torch.bfloat16).clone(memory_format=torch.contiguous_format),
-                "text_emb": text_emb.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)}, buffer)
+    torch.save({name: tensor.to(torch.bfloat16).clone(memory_format=torch.contiguous_format)
+                for name, tensor in tensors.items()}, buffer)
     return buffer.getvalue()
 
 
@@ -272,8 +287,9 @@ class _BackgroundWriter:
     fails, queued batches are dropped, not written (the tar is discarded anyway).
     """
 
-    def __init__(self, writer: wds.TarWriter, dtype: str, report: ShardReport, depth: int = 2):
-        self.writer, self.dtype, self.report = writer, dtype, report
+    def __init__(self, writer: wds.TarWriter, dtype: str, report: ShardReport, depth: int = 2,
+                 appended: bool = True):
+        self.writer, self.dtype, self.report, self.appended = writer, dtype, report, appended
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._abort = False
@@ -317,23 +333,39 @@ class _BackgroundWriter:
                 self._error = error
             self.report.writer_busy_seconds += time.perf_counter() - start
 
-    def _write(self, samples: list[PreparedSample], syn_texts: list[list[str]], image_emb: torch.Tensor,
+    def _write(self, samples: list[PreparedSample], syn_sets: list[dict[str, list[str]]], image_emb: torch.Tensor,
                text_emb: torch.Tensor) -> None:
+        """``text_emb`` holds, per sample, the ground truth's row then each set's rows in order."""
         image_np, text_np = image_emb.numpy(), text_emb.numpy()
         if self.dtype == "bf16":
             # One conversion per batch, not per sample: a CPU tensor op has a fixed cost (the
             # thread pool's wake-up; up to ~15 ms on a busy 2-core machine, whatever the size).
             image_emb, text_emb = image_emb.to(torch.bfloat16), text_emb.to(torch.bfloat16)
         image_rows = text_rows = 0
-        for sample, syn in zip(samples, syn_texts):
+        for sample, sets in zip(samples, syn_sets):
             image_slice = slice(image_rows, image_rows + len(sample.param_aug))
-            text_slice = slice(text_rows, text_rows + 1 + len(syn))
-            image_rows, text_rows = image_slice.stop, text_slice.stop
-            record = shards.dr_record(sample.key, sample.uid, sample.sha256, sample.url, syn, sample.param_aug,
-                                      image_np[image_slice], text_np[text_slice])
-            if self.dtype == "bf16":
-                del record["npz"]
-                record["pth.gz"] = encode_pth(image_emb[image_slice], text_emb[text_slice])
+            truth = slice(text_rows, text_rows + 1)
+            set_rows, text_rows = {}, truth.stop
+            for name, captions in sets.items():
+                set_rows[name] = slice(text_rows, text_rows + len(captions))
+                text_rows += len(captions)
+            image_rows = image_slice.stop
+            if self.appended:
+                [syn] = sets.values()
+                rows = slice(truth.start, text_rows)
+                record = shards.dr_record(sample.key, sample.uid, sample.sha256, sample.url, syn, sample.param_aug,
+                                          image_np[image_slice], text_np[rows])
+                if self.dtype == "bf16":
+                    del record["npz"]
+                    record["pth.gz"] = encode_pth(image_emb[image_slice], text_emb[rows])
+            else:
+                record = shards.dr_record(sample.key, sample.uid, sample.sha256, sample.url, None, sample.param_aug,
+                                          image_np[image_slice], text_np[truth],
+                                          {name: (sets[name], text_np[rows]) for name, rows in set_rows.items()})
+                if self.dtype == "bf16":
+                    del record["npz"]
+                    record["pth.gz"] = encode_pth(image_emb[image_slice], text_emb[truth], {
+                        name + shards.EMBEDDING_SUFFIX: text_emb[rows] for name, rows in set_rows.items()})
             self.writer.write(record)
             self.report.written += 1
 
@@ -342,26 +374,41 @@ _END = object()
 
 
 class Reinforcer:
-    """Teachers + captioner + config: reinforces one shard at a time.
+    """Teachers + captioner(s) + config: reinforces one shard at a time.
 
+    ``captioner``: one captioner (v1's ``syn_text``, embeddings appended to ``text_emb``), or a
+    mapping syn.json key -> captioner (a set each, embeddings in ``<key>_emb``: v2).
     ``batch_size`` is the teachers' batch (views, or captions, per forward). A batch of
     ``images_per_batch`` images is gathered so that both its views and its captions fill at
-    least one teacher batch; the captioner sees the same images at once.
+    least one teacher batch; the captioners see the same images at once.
     """
 
-    def __init__(self, config: ReinforceConfig, teachers: TeacherEnsemble, captioner: SyntheticCaptioner, *,
+    def __init__(self, config: ReinforceConfig, teachers: TeacherEnsemble,
+                 captioner: SyntheticCaptioner | Mapping[str, SyntheticCaptioner], *,
                  seed: int = 0, dtype: str = "float32", batch_size: int = 256, workers: int = 0):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if batch_size < 1 or workers < 0:
             raise ValueError(f"batch_size must be positive and workers non-negative, got {batch_size}, {workers}")
-        self.config, self.teachers, self.captioner = config, teachers, captioner
+        self.appended = not isinstance(captioner, Mapping)
+        self.captioners = {shards.SYN_TEXT: captioner} if self.appended else dict(captioner)
+        if not self.captioners:
+            raise ValueError("no captioner")
+        self.config, self.teachers = config, teachers
         self.seed, self.dtype, self.batch_size, self.workers = seed, dtype, batch_size, workers
 
     @property
     def images_per_batch(self) -> int:
-        per_image = min(self.config.num_samples, 1 + self.captioner.num_captions)
+        captions = sum(captioner.num_captions for captioner in self.captioners.values())
+        per_image = min(self.config.num_samples, 1 + captions)
         return max(1, math.ceil(self.batch_size / per_image))
+
+    def _image_transforms(self):
+        """What ``prepare_sample`` makes of each image for the captioners (its ``image_transform``)."""
+        if self.appended:
+            return getattr(self.captioners[shards.SYN_TEXT], "image_transform", None)
+        return {key: getattr(captioner, "image_transform", None)
+                for key, captioner in self.captioners.items() if captioner.needs_images}
 
     def loader(self, source: Path) -> torch.utils.data.DataLoader:
         """The prepared samples of ``source``, in file order, from ``workers`` processes.
@@ -370,8 +417,9 @@ class Reinforcer:
         batch k+1 overlaps the teachers' forward of batch k; for CUDA teachers the views arrive
         in page-locked memory (the DataLoader's pinning thread), ready for an async copy.
         """
-        dataset = _PreparedShard(source, self.config, self.seed, self.captioner.needs_images,
-                                 getattr(self.captioner, "image_transform", None))
+        dataset = _PreparedShard(source, self.config, self.seed,
+                                 any(captioner.needs_images for captioner in self.captioners.values()),
+                                 self._image_transforms())
         options = {}
         if self.workers > 0:
             options["prefetch_factor"] = max(2, math.ceil(2 * self.images_per_batch / self.workers))
@@ -385,7 +433,7 @@ class Reinforcer:
         start = time.perf_counter()
         pending: list[PreparedSample] = []
         with (shards.atomic_tar_writer(target, mtime=0, encoder=_encode_record) as writer,
-              _BackgroundWriter(writer, self.dtype, report) as output):
+              _BackgroundWriter(writer, self.dtype, report, appended=self.appended) as output):
             waited = time.perf_counter()
             samples = iter(self.loader(source))  # starts the workers
             report.data_seconds += time.perf_counter() - waited
@@ -412,17 +460,27 @@ class Reinforcer:
     def _flush(self, pending: list[PreparedSample], output: _BackgroundWriter, report: ShardReport) -> None:
         if not pending:
             return
-        start = time.perf_counter()
-        syn_texts = self.captioner.caption_batch(
-            [sample.caption_input for sample in pending], [sample.meta for sample in pending],
-            [seed_from("captions", self.seed, sample.key) for sample in pending])
-        report.captioner_seconds += time.perf_counter() - start
-        counts = {len(syn) for syn in syn_texts}
-        if len(syn_texts) != len(pending) or counts != {self.captioner.num_captions}:
-            raise ValueError(f"captioner returned {sorted(counts)} captions per image for {len(syn_texts)} of "
-                             f"{len(pending)} images, expected {self.captioner.num_captions} each")
+        syn_sets: list[dict[str, list[str]]] = [{} for _ in pending]
+        for key, captioner in self.captioners.items():
+            if self.appended:
+                inputs = [sample.caption_input for sample in pending]
+                seeds = [seed_from("captions", self.seed, sample.key) for sample in pending]
+            else:
+                inputs = [(sample.caption_input or {}).get(key) for sample in pending]
+                # a stream of draws per set: two captioners of one kind must not write the same captions
+                seeds = [seed_from("captions", self.seed, sample.key, key) for sample in pending]
+            start = time.perf_counter()
+            captions = captioner.caption_batch(inputs, [sample.meta for sample in pending], seeds)
+            report.captioner_seconds += time.perf_counter() - start
+            counts = {len(per_image) for per_image in captions}
+            if len(captions) != len(pending) or counts != {captioner.num_captions}:
+                raise ValueError(f"captioner {key} returned {sorted(counts)} captions per image for {len(captions)} "
+                                 f"of {len(pending)} images, expected {captioner.num_captions} each")
+            for sets, per_image in zip(syn_sets, captions):
+                sets[key] = per_image
 
-        texts = [text for sample, syn in zip(pending, syn_texts) for text in [sample.caption, *syn]]
+        texts = [text for sample, sets in zip(pending, syn_sets)
+                 for text in [sample.caption, *(caption for captions in sets.values() for caption in captions)]]
         start = time.perf_counter()
         device = self.teachers.device
         views = torch.cat([sample.views.to(device, non_blocking=True) for sample in pending])
@@ -439,7 +497,7 @@ class Reinforcer:
         del views
         for sample in pending:
             sample.views = sample.caption_input = None  # the writer needs neither: free them now
-        output.submit((pending, syn_texts, image_emb, text_emb))
+        output.submit((pending, syn_sets, image_emb, text_emb))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +529,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     captioner.add_argument("--captioner", choices=["world"], default=None,
                            help="the toy world's oracle captioner (reads toy_scene from each sample's json)")
     captioner.add_argument("--captioner-json", default=None,
-                           help='captioner spec as JSON: "world" or {"coca": {"model_name": ..., "pretrained": ...}}')
+                           help='captioner spec as JSON: "world" or {"coca": {"model_name": ..., "pretrained": ...}} '
+                                '(a syn_text set, v1), or a mapping {suffix: one of those, ...} (a syn_text_<suffix> '
+                                'set each, with syn_text_<suffix>_emb: the v2 layout)')
     parser.add_argument("--num-syn-captions", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     selection = parser.add_mutually_exclusive_group()
@@ -623,6 +683,7 @@ def command(args: argparse.Namespace) -> int:
     selected, missing, group_index = _select_shards(args)
     config = ReinforceConfig.load(args.reinforce_config)
     spec = _captioner_spec(args)
+    sets, v1_layout = captioner_sets(spec)  # a bad spec fails here, before any shard is looked at
     settings = {"reinforce_config": str(args.reinforce_config), "teachers": list(config.model_names),
                 "pretrained_entries": list(config.pretrained), "num_samples": config.num_samples,
                 "captioner": spec, "num_syn_captions": args.num_syn_captions, "seed": args.seed, "dtype": args.dtype,
@@ -648,10 +709,11 @@ def command(args: argparse.Namespace) -> int:
         workers = resolve_workers(args.workers, device)
         teachers = TeacherEnsemble.from_config(config, pretrained_root=args.pretrained_root, device=device,
                                                autocast_dtype=amp, batch_size=args.batch_size)
-        captioner = build_captioner(spec, num_captions=args.num_syn_captions, device=device,
-                                    pretrained_root=args.pretrained_root, autocast_dtype=amp)
-        reinforcer = Reinforcer(config, teachers, captioner, seed=args.seed, dtype=args.dtype,
-                                batch_size=args.batch_size, workers=workers)
+        captioners = {key: build_captioner(member, num_captions=args.num_syn_captions, device=device,
+                                           pretrained_root=args.pretrained_root, autocast_dtype=amp)
+                      for key, member in sets.items()}
+        reinforcer = Reinforcer(config, teachers, captioners[shards.SYN_TEXT] if v1_layout else captioners,
+                                seed=args.seed, dtype=args.dtype, batch_size=args.batch_size, workers=workers)
         run_info.update(pretrained=list(teachers.pretrained), quick_gelu=list(teachers.quick_gelu),
                         dims=teachers.dims, device=str(device), amp=str(amp).replace("torch.", "") if amp else "off",
                         workers=workers)

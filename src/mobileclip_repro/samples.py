@@ -3,7 +3,10 @@
 DR sampling follows docs/reference.md §4: ``aug = randint(num_samples)`` picks both the stored
 augmentation to replay and its teacher image embedding ``image_emb[aug]``; the
 ground-truth caption goes with ``text_emb[0]``; ``s = randint(n_syn)`` picks
-``syn_text[s]`` with ``text_emb[1 + s]``.
+``syn_text[s]`` with ``text_emb[1 + s]``. With several synthetic-caption sets (v2, §9) a
+set ``k`` is drawn first, uniformly among the syn.json keys the run's regex matches, then
+``s = randint(len(k))`` picks ``k[s]`` with its embedding row (``shards.decode_reinforcement``
+pairs each set with its rows in either layout).
 
 Both pipelines shuffle raw samples (bytes) across shards and decode after the shuffle,
 as open_clip_train's webdataset pipeline does: the buffer holds compressed samples, not
@@ -37,7 +40,8 @@ log = logging.getLogger("mobileclip_repro.samples")
 
 SKIP_REASONS = (
     "unreadable_shard",       # truncated / corrupt tar: the rest of that shard pass is lost
-    "missing_key",            # a sample without jpg / txt / json / npz|pth.gz / paug.json / syn.json
+    "missing_key",            # a sample without jpg / txt / json / npz|pth.gz / paug.json / syn.json, or
+                              # without a synthetic-caption set the run's regex selects or its <set>_emb
     "bad_metadata",           # DataComp json or caption that does not decode
     "undecodable_image",
     "sha256_mismatch",        # the image is not the one the reinforcement was computed on
@@ -361,20 +365,22 @@ class DRExample:
     caption: str                # ground-truth caption (txt)
     image_emb: np.ndarray       # image_emb[aug]: the teachers' view of the same augmentation
     caption_emb: np.ndarray     # text_emb[0]
-    syn_caption: str            # syn_text[s]
-    syn_emb: np.ndarray         # text_emb[1 + s]
+    syn_caption: str            # syn_json[syn_key][s]
+    syn_emb: np.ndarray         # its row: text_emb[1 + s] in v1, <syn_key>_emb[s] in v2
     aug: int
     syn: int
+    syn_key: str = shards.SYN_TEXT
 
 
 def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.Random,
-                        embedding_dim: int | None = None) -> DRExample:
+                        embedding_dim: int | None = None,
+                        syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX) -> DRExample:
     """Join one DataComp sample with its DataCompDR sample; raises SampleSkipped naming why not.
 
     Checks run cheapest first, and the image is decoded only once the reinforcement is
     known to be usable and to belong to these very image bytes. ``embedding_dim`` (the
     teachers' summed width) keeps a sample of the wrong width out of a batch, where it
-    would break collation.
+    would break collation. ``syn_caption_regex`` selects the synthetic-caption sets drawn from.
     """
     missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
     missing_dr = [k for k in ("syn.json", "paug.json", "json") if k not in dr]
@@ -388,7 +394,9 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     except (ValueError, KeyError, TypeError) as error:
         raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
     try:
-        reinforcement = shards.decode_reinforcement(dr, check_finite=False)
+        reinforcement = shards.decode_reinforcement(dr, check_finite=False, syn_caption_regex=syn_caption_regex)
+    except shards.MissingCaptionSet as error:
+        raise SampleSkipped("missing_key", str(error), "dr") from None
     except (KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as error:
         # RuntimeError/EOFError: a torch.load of a damaged pth.gz
         raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}", "dr") from None
@@ -401,11 +409,16 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     if shards.sha256_hex(datacomp["jpg"]) != reinforcement.sha256.lower():
         raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {reinforcement.sha256}", "both")
     aug = rng.randrange(len(reinforcement.param_aug))
-    syn = rng.randrange(len(reinforcement.syn_text))
+    keys = list(reinforcement.syn_sets)
+    # The set is drawn only when there is a choice: a sample with one selected set (every v1
+    # sample under the default regex) consumes the same draws as before sets existed, so v1
+    # runs stay bit-identical. With one set the draw would be 0 anyway.
+    syn_key = keys[rng.randrange(len(keys))] if len(keys) > 1 else keys[0]
+    syn = rng.randrange(len(reinforcement.syn_sets[syn_key]))
     # The whole payload, not only the drawn rows: a NaN anywhere means the stored
     # reinforcement is broken, and the count should not depend on the draw.
-    if not (np.isfinite(reinforcement.image_emb).all() and np.isfinite(reinforcement.text_emb).all()):
-        raise SampleSkipped("non_finite_embedding", "NaN or inf in image_emb/text_emb", "dr")
+    if not reinforcement.all_finite():
+        raise SampleSkipped("non_finite_embedding", "NaN or inf in image_emb/text_emb/<set>_emb", "dr")
     caption = _caption(datacomp)
     image = _image(datacomp["jpg"])
     try:
@@ -413,7 +426,7 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     except (ValueError, TypeError, IndexError) as error:
         raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {error}", "dr") from None
     return DRExample(pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
-                     reinforcement.syn_text[syn], reinforcement.text_emb[1 + syn], aug, syn)
+                     reinforcement.syn_sets[syn_key][syn], reinforcement.syn_embs[syn_key][syn], aug, syn, syn_key)
 
 
 def paired_shards(datacomp_shards: list[Path], datacomp_dir: str | Path,
@@ -428,10 +441,11 @@ class DRSamples(torch.utils.data.IterableDataset):
 
     def __init__(self, shard_pairs: list[tuple[Path, Path]], replay: Callable, tokenizer: Callable,
                  seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000,
-                 passes: int | None = None, embedding_dim: int | None = None):
+                 passes: int | None = None, embedding_dim: int | None = None,
+                 syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX):
         self.shard_pairs, self.replay, self.tokenizer = shard_pairs, replay, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
-        self.passes, self.embedding_dim = passes, embedding_dim
+        self.passes, self.embedding_dim, self.syn_caption_regex = passes, embedding_dim, syn_caption_regex
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
@@ -442,7 +456,8 @@ class DRSamples(torch.utils.data.IterableDataset):
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
         for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
             try:
-                example = assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim)
+                example = assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim,
+                                              self.syn_caption_regex)
             except SampleSkipped as skip:
                 self.counter.skipped(skip, _pair_where(datacomp, dr, skip.side))
                 continue

@@ -5,6 +5,13 @@ A DataComp sample is ``jpg`` + ``txt`` + ``json`` (``uid``, ``sha256`` of the jp
 ``syn.json``, ``paug.json``, ``npz`` (or ``pth.gz``) and ``json``; it is joined with the
 DataComp sample of the same key/uid.
 
+Synthetic captions come in two layouts, both read here (docs/reference.md §9):
+
+* v1: ``syn.json`` holds one set, ``syn_text``, whose teacher embeddings follow the
+  ground-truth caption's row in ``text_emb``;
+* v2: ``syn.json`` holds one or more sets (``syn_text_<suffix>``, ...), set ``k``'s
+  embeddings being the payload array ``k + "_emb"``, and ``text_emb`` only the ground truth.
+
 Writers are atomic (a tar only gets its final name once complete) so an interrupted job
 never leaves a half-written shard that a rerun would mistake for a finished one.
 """
@@ -14,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +35,17 @@ from PIL import Image
 DATACOMP_KEYS = ("jpg", "txt", "json")
 DR_KEYS_NPZ = ("syn.json", "paug.json", "npz", "json")
 DR_KEYS_PTH = ("syn.json", "paug.json", "pth.gz", "json")
+SYN_TEXT = "syn_text"  # v1's one synthetic-caption set
+EMBEDDING_SUFFIX = "_emb"  # v2: set k's teacher embeddings are the payload array k + "_emb"
+# Which sets a reader draws from: Apple's v2 default, every set (v1's syn_text included).
+DEFAULT_SYN_CAPTION_REGEX = r"^syn_text.*$"
+# Ground-truth captions per sample: DataComp's txt is one caption, text_emb's first row.
+GROUND_TRUTH_ROWS = 1
+
+
+class MissingCaptionSet(ValueError):
+    """A DataCompDR sample has no synthetic-caption set the regex selects, or a selected set
+    has no embeddings: something is absent, rather than malformed."""
 
 
 def shard_name(index: int) -> str:
@@ -102,25 +121,50 @@ def datacomp_record(key: str, jpg: bytes, caption: str, uid: str, url: str,
     return {"__key__": key, "jpg": jpg, "txt": caption, "json": json.dumps(meta), "url.txt": url}
 
 
-def encode_npz(image_emb: np.ndarray, text_emb: np.ndarray) -> bytes:
+def encode_npz(image_emb: np.ndarray, text_emb: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> bytes:
+    """The float32 payload; ``extra`` adds arrays by name (v2's ``<set>_emb``)."""
+    arrays = {"image_emb": np.asarray(image_emb, np.float32), "text_emb": np.asarray(text_emb, np.float32)}
+    arrays.update({name: np.asarray(value, np.float32) for name, value in (extra or {}).items()})
     buffer = io.BytesIO()
-    np.savez(buffer, image_emb=np.asarray(image_emb, np.float32), text_emb=np.asarray(text_emb, np.float32))
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def dr_record(key: str, uid: str, sha256: str, url: str, syn_text: list[str], param_aug: list,
-              image_emb: np.ndarray, text_emb: np.ndarray) -> dict:
-    """A DataCompDR sample (float32 ``npz`` payload), ready for ``TarWriter.write``."""
+def dr_record(key: str, uid: str, sha256: str, url: str, syn_text: list[str] | None, param_aug: list,
+              image_emb: np.ndarray, text_emb: np.ndarray,
+              syn_sets: dict[str, tuple[list[str], np.ndarray]] | None = None) -> dict:
+    """A DataCompDR sample (float32 ``npz`` payload), ready for ``TarWriter.write``.
+
+    ``syn_text`` is v1's set, its embeddings the rows of ``text_emb`` after the ground truth's.
+    ``syn_sets`` adds v2 sets, syn.json key -> (captions, embeddings [captions, D]), each stored
+    as the payload array ``<key>_emb``. A sample in the v2 layout only passes ``syn_text=None``
+    and a one-row ``text_emb``.
+    """
+    syn_sets = dict(syn_sets or {})
     if len(image_emb) != len(param_aug):
         raise ValueError(f"{key}: {len(image_emb)} image embeddings for {len(param_aug)} augmentations")
-    if len(text_emb) != 1 + len(syn_text):
-        raise ValueError(f"{key}: text_emb needs 1 + {len(syn_text)} rows, got {len(text_emb)}")
+    appended = len(syn_text) if syn_text is not None else 0
+    if len(text_emb) != GROUND_TRUTH_ROWS + appended:
+        raise ValueError(f"{key}: text_emb needs {GROUND_TRUTH_ROWS} + {appended} rows, got {len(text_emb)}")
+    if syn_text is None and not syn_sets:
+        raise ValueError(f"{key}: no synthetic captions (give syn_text or syn_sets)")
+    if syn_text is not None and SYN_TEXT in syn_sets:
+        raise ValueError(f"{key}: {SYN_TEXT!r} given both as v1's syn_text and in syn_sets")
+    syn_json = {SYN_TEXT: list(syn_text)} if syn_text is not None else {}
+    extra = {}
+    for name, (captions, embeddings) in syn_sets.items():
+        if name + EMBEDDING_SUFFIX in ("image_emb", "text_emb"):
+            raise ValueError(f"{key}: caption set {name!r} would store its embeddings as {name + EMBEDDING_SUFFIX}")
+        if len(embeddings) != len(captions):
+            raise ValueError(f"{key}: {len(embeddings)} embeddings for the {len(captions)} captions of {name!r}")
+        syn_json[name] = list(captions)
+        extra[name + EMBEDDING_SUFFIX] = embeddings
     return {
         "__key__": key,
         "url.txt": url,
-        "syn.json": json.dumps({"syn_text": list(syn_text)}),
+        "syn.json": json.dumps(syn_json),
         "paug.json": json.dumps({"param_aug": param_aug}),
-        "npz": encode_npz(image_emb, text_emb),
+        "npz": encode_npz(image_emb, text_emb, extra),
         "json": json.dumps({"uid": uid, "sha256": sha256}),
     }
 
@@ -139,14 +183,24 @@ def iter_raw_samples(tar_path: str | os.PathLike) -> Iterator[dict]:
 
 @dataclass
 class Reinforcement:
-    """The decoded payload of one DataCompDR sample."""
+    """The decoded payload of one DataCompDR sample, with the synthetic-caption sets a regex selected."""
     key: str
     uid: str
     sha256: str
-    syn_text: list[str]
     param_aug: list
     image_emb: np.ndarray  # [num_samples, D] float32, row a <-> param_aug[a]
-    text_emb: np.ndarray   # [1 + n_syn, D] float32, row 0 = ground-truth caption
+    text_emb: np.ndarray   # [1 (+ n_syn in v1), D] float32, row 0 = ground-truth caption
+    syn_sets: dict[str, list[str]]       # selected sets in syn.json's order, each non-empty
+    syn_embs: dict[str, np.ndarray]      # [len(syn_sets[k]), D] float32, row s <-> syn_sets[k][s]
+
+    @property
+    def syn_text(self) -> list[str]:
+        """v1's set (empty when it is not selected or not there)."""
+        return self.syn_sets.get(SYN_TEXT, [])
+
+    def all_finite(self) -> bool:
+        return bool(np.isfinite(self.image_emb).all() and np.isfinite(self.text_emb).all()
+                    and all(np.isfinite(rows).all() for rows in self.syn_embs.values()))
 
 
 def decode_param_aug_field(raw: bytes | str) -> list:
@@ -160,22 +214,69 @@ def decode_param_aug_field(raw: bytes | str) -> list:
     return param_aug
 
 
-def decode_embeddings(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+def decode_payload(sample: dict) -> dict[str, np.ndarray]:
+    """Every array of the ``npz`` (or, without one, the bf16 ``pth.gz``) payload, as float32."""
     if "npz" in sample:
         with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as npz:
-            return np.asarray(npz["image_emb"], np.float32), np.asarray(npz["text_emb"], np.float32)
+            return {name: np.asarray(npz[name], np.float32) for name in npz.files}
     if "pth.gz" in sample:
         import gzip
 
         import torch
 
         tensors = torch.load(io.BytesIO(gzip.decompress(sample["pth.gz"])), weights_only=True, map_location="cpu")
-        return (tensors["image_emb"].float().numpy(), tensors["text_emb"].float().numpy())
+        if not isinstance(tensors, dict):
+            raise ValueError(f"pth.gz must hold a dict of tensors, got {type(tensors).__name__}")
+        return {name: tensor.float().numpy() for name, tensor in tensors.items() if isinstance(tensor, torch.Tensor)}
     raise KeyError("npz")
 
 
-def decode_reinforcement(sample: dict, *, check_finite: bool = True) -> Reinforcement:
-    """Decode a raw DataCompDR sample; raises KeyError/ValueError naming what is wrong.
+def decode_embeddings(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+    payload = decode_payload(sample)
+    return payload["image_emb"], payload["text_emb"]
+
+
+def _caption_sets(syn_json: dict, payload: dict[str, np.ndarray], regex: str,
+                  width: int) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """The sets of ``syn_json`` whose key ``re.match``es ``regex``, each with its embedding rows.
+
+    Rows appended to ``text_emb`` after the ground truth's are v1's: they belong to ``syn_text``
+    (or to syn.json's only set), and a v2 set's rows are its ``<key>_emb`` array. Apple's
+    reader takes the appended rows for whichever set it drew whenever there are any, which
+    pairs a v2 set's caption with another set's embedding in a sample carrying both layouts.
+    """
+    pattern = re.compile(regex)
+    selected = [key for key in syn_json if pattern.match(key)]
+    if not selected:
+        raise MissingCaptionSet(f"syn.json has no caption set matching {regex!r} (its keys: {list(syn_json)})")
+    appended = payload["text_emb"][GROUND_TRUTH_ROWS:]
+    owner = SYN_TEXT if SYN_TEXT in syn_json or len(syn_json) != 1 else next(iter(syn_json))
+    sets, embeddings = {}, {}
+    for key in selected:
+        captions = syn_json[key]
+        if not isinstance(captions, list) or not captions or not all(isinstance(t, str) for t in captions):
+            raise ValueError(f"syn.json's {key!r} must be a non-empty list of strings")
+        if key == owner and len(appended):
+            rows, where = appended, "text_emb rows after the ground truth's"
+        elif key + EMBEDDING_SUFFIX in payload:
+            rows, where = payload[key + EMBEDDING_SUFFIX], key + EMBEDDING_SUFFIX
+        else:
+            note = f" (the text_emb rows after the ground truth's are {owner!r}'s)" if len(appended) else ""
+            raise MissingCaptionSet(f"no embeddings for syn.json's {key!r}: the payload has no "
+                                    f"{key + EMBEDDING_SUFFIX}{note}")
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise ValueError(f"{where} has shape {rows.shape}, expected [{len(captions)}, {width}]")
+        if len(rows) != len(captions):
+            raise ValueError(f"{len(rows)} {where} for the {len(captions)} captions of syn.json's {key!r}")
+        sets[key], embeddings[key] = captions, rows
+    return sets, embeddings
+
+
+def decode_reinforcement(sample: dict, *, check_finite: bool = True,
+                         syn_caption_regex: str = DEFAULT_SYN_CAPTION_REGEX) -> Reinforcement:
+    """Decode a raw DataCompDR sample, v1 or v2 layout, keeping the synthetic-caption sets
+    ``syn_caption_regex`` selects; raises MissingCaptionSet when something the selection needs
+    is absent, KeyError/ValueError naming anything else that is wrong.
 
     Entries of ``param_aug`` are checked when replayed, not here: a caller that draws one
     entry should not pay for parsing the others.
@@ -183,11 +284,12 @@ def decode_reinforcement(sample: dict, *, check_finite: bool = True) -> Reinforc
     meta = json.loads(sample["json"])
     if not isinstance(meta, dict) or "uid" not in meta or "sha256" not in meta:
         raise ValueError(f"json must hold uid and sha256, got {sample['json'][:80]!r}")
-    image_emb, text_emb = decode_embeddings(sample)
-    syn_text = json.loads(sample["syn.json"])["syn_text"]
+    payload = decode_payload(sample)
+    image_emb, text_emb = payload["image_emb"], payload["text_emb"]
+    syn_json = json.loads(sample["syn.json"])
+    if not isinstance(syn_json, dict):
+        raise ValueError(f"syn.json must be an object of caption sets, got {type(syn_json).__name__}")
     param_aug = decode_param_aug_field(sample["paug.json"])
-    if not isinstance(syn_text, list) or not syn_text or not all(isinstance(t, str) for t in syn_text):
-        raise ValueError("syn_text must be a non-empty list of strings")
     if not param_aug:
         raise ValueError("param_aug is empty")
     if image_emb.ndim != 2 or text_emb.ndim != 2:
@@ -196,12 +298,14 @@ def decode_reinforcement(sample: dict, *, check_finite: bool = True) -> Reinforc
         raise ValueError(f"image_emb is {image_emb.shape[1]}-D but text_emb is {text_emb.shape[1]}-D")
     if len(image_emb) != len(param_aug):
         raise ValueError(f"{len(image_emb)} image_emb rows for {len(param_aug)} param_aug entries")
-    if len(text_emb) != 1 + len(syn_text):
-        raise ValueError(f"{len(text_emb)} text_emb rows for 1 + {len(syn_text)} captions")
-    if check_finite and not (np.isfinite(image_emb).all() and np.isfinite(text_emb).all()):
+    if len(text_emb) < GROUND_TRUTH_ROWS:
+        raise ValueError("text_emb has no row for the ground-truth caption")
+    syn_sets, syn_embs = _caption_sets(syn_json, payload, syn_caption_regex, image_emb.shape[1])
+    record = Reinforcement(sample["__key__"], str(meta["uid"]), str(meta["sha256"]), param_aug, image_emb, text_emb,
+                           syn_sets, syn_embs)
+    if check_finite and not record.all_finite():
         raise ValueError("non-finite value in embeddings")
-    return Reinforcement(sample["__key__"], str(meta["uid"]), str(meta["sha256"]), syn_text, param_aug,
-                         image_emb, text_emb)
+    return record
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -142,7 +142,9 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         replay = ReplayTransform.from_open_clip(model)
         pairs = paired_shards(shard_paths, spec["datacomp_dir"], spec["dr_dir"])
         return DRSamples(pairs, replay, tokenizer, stream_seed, spec["dataset_resampled"], counter,
-                         embedding_dim=sum(spec["distill"]["teacher_dimension"]))
+                         embedding_dim=sum(spec["distill"]["teacher_dimension"]),
+                         # a spec resolved before the key existed reads every set, as Apple's default
+                         syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX))
     return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
 
 
