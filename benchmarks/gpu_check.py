@@ -415,7 +415,7 @@ def count_step_flops(model, loss_fn, batch, spec: dict) -> float:
     model.zero_grad(set_to_none=True)
     try:
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            losses = train._forward(model, model, loss_fn, small, spec["dr"])
+            losses = train._forward(model, model, loss_fn, small, spec)
             sum(losses.values()).backward()
     finally:
         model.zero_grad(set_to_none=True)

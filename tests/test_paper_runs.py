@@ -30,6 +30,9 @@ SHARED = {
     "workers": 4, "local_loss": True, "gather_with_grad": True, "grad_checkpointing": True,
     "ddp_static_graph": True, "dataset_resampled": True,
 }
+# Apple's DR loss: every member of the ensemble, the synthetic caption's term included (the
+# ablation knobs' defaults, which no paper run changes).
+ALL_TEACHERS_ALL_CAPTIONS = {"teachers": "all", "synthetic_captions": True}
 EXPECTED = {
     # §1 row datacompdr1b ("s13b"): 16 x 8, 65,536 (512/GPU), 200,000 steps, 13.107B seen, 100 checkpoints
     "datacompdr1b_s13b": {
@@ -38,7 +41,7 @@ EXPECTED = {
         "seen_samples": 13_107_200_000, "num_checkpoints": 100, "samples_per_checkpoint": 131_072_000,
         "steps_per_checkpoint": 2_000, "dr": True, "reinforcement_config": "configs/reinforce/datacompdr1b.json",
         "distill": {"logit_scale": 100, "loss_weights": [0.25, 0.75], "teacher_dimension": [768, 768],
-                    "average_after_softmax": True},
+                    "average_after_softmax": True, **ALL_TEACHERS_ALL_CAPTIONS},
         "resume": "latest", "save_most_recent": False,
     },
     # §1 row datacompdr12m ("s30m"): 4 x 8, 8,192 (256/GPU), 30,000 steps, 245.76M seen, 20 checkpoints
@@ -48,7 +51,7 @@ EXPECTED = {
         "seen_samples": 245_760_000, "num_checkpoints": 20, "samples_per_checkpoint": 12_288_000,
         "steps_per_checkpoint": 1_500, "dr": True, "reinforcement_config": "configs/reinforce/datacompdr12m.json",
         "distill": {"logit_scale": 100, "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
-                    "average_after_softmax": True},
+                    "average_after_softmax": True, **ALL_TEACHERS_ALL_CAPTIONS},
         "resume": "none", "save_most_recent": True,
     },
     # §1 row datacomp12m (baseline, no DR): 1 x 8, 8,192 (1,024/GPU), 30,000 steps, 245.76M, 20 checkpoints.
@@ -69,7 +72,7 @@ EXPECTED = {
         "seen_samples": 245_760_000, "num_checkpoints": 20, "dr": True,
         "reinforcement_config": "configs/reinforce/datacompdr12m.json", "syn_caption_regex": "^syn_text.*$",
         "distill": {"logit_scale": [70.0, 60.0], "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
-                    "average_after_softmax": True},
+                    "average_after_softmax": True, **ALL_TEACHERS_ALL_CAPTIONS},
         "save_most_recent": True,
     },
     # §9, run_dfndr2b.sh: 16 x 8, 65,536, 200k steps, 100 checkpoints, datacompdr1b.json augmentations,
@@ -81,7 +84,7 @@ EXPECTED = {
         "reinforcement_config": "configs/reinforce/datacompdr1b.json",
         "syn_caption_regex": "^syn_text_dfn_mscoco38k$",
         "distill": {"logit_scale": [70.0, 60.0], "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
-                    "average_after_softmax": True},
+                    "average_after_softmax": True, **ALL_TEACHERS_ALL_CAPTIONS},
         "save_most_recent": True,
     },
 }

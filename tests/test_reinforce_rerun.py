@@ -12,7 +12,7 @@ SHARDS = ["00000000", "00000001", "00000002"]
 def test_a_failed_reinforce_job_keeps_its_first_shard_and_the_rerun_does_only_the_rest(
         snakemake_cmd, repo_root, tmp_path, write_toy_teachers):
     results = tmp_path / "results"
-    manifest, dr_dir = results / "data" / "reinforce" / "group_00000.json", results / "data" / "datacompdr"
+    manifest, dr_dir = results / "data" / "reinforce" / "default" / "group_00000.json", results / "data" / "datacompdr"
     # What the stages before it leave, made here in small (three DataComp shards of 8 samples;
     # untrained teachers): Snakemake finds them done and runs the reinforce job alone.
     toyworld.generate(results / "data", train_samples=24, samples_per_shard=8, teacher_samples=8,
@@ -31,7 +31,7 @@ def test_a_failed_reinforce_job_keeps_its_first_shard_and_the_rerun_does_only_th
     (dr_dir / f"{SHARDS[1]}.tar").mkdir(parents=True)
     failed = snakemake()
     assert failed.returncode != 0
-    log = (results / "logs" / "reinforce" / "group_00000.log").read_text()
+    log = (results / "logs" / "reinforce" / "default" / "group_00000.log").read_text()
     assert "IsADirectoryError" in log and f"{SHARDS[1]}.tar" in log, log[-2000:]
     assert not manifest.exists() and not (dr_dir / f"{SHARDS[2]}.tar").exists()
     kept = {path: (path.read_bytes(), path.stat().st_mtime_ns)
@@ -43,7 +43,7 @@ def test_a_failed_reinforce_job_keeps_its_first_shard_and_the_rerun_does_only_th
     # the first shard is the one the failed job wrote, untouched; nothing upstream was redone
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in kept} == kept
     assert {path: path.stat().st_mtime_ns for path in upstream} == upstream
-    log = (results / "logs" / "reinforce" / "group_00000.log").read_text()
+    log = (results / "logs" / "reinforce" / "default" / "group_00000.log").read_text()
     assert f"{SHARDS[0]}.tar: already reinforced, skipped" in log
     group = json.loads(manifest.read_text())
     assert [(entry["id"], entry["status"], entry.get("resumed", False)) for entry in group["shards"]] == [

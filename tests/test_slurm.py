@@ -52,7 +52,7 @@ OPTIONS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-stat
 
 def expected_jobs() -> set[str]:
     """The plugin's `--comment` of every job of the smoke DAG: rule_<rule>[_wildcards_<values>]."""
-    return {"rule_toy_data", "rule_reinforce_wildcards_00000", "rule_report", "rule_evaluate_teachers",
+    return {"rule_toy_data", "rule_reinforce_wildcards_default_00000", "rule_report", "rule_evaluate_teachers",
             *(f"rule_train_teacher_wildcards_{teacher}" for teacher in TEACHERS),
             *(f"rule_train_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS),
             *(f"rule_evaluate_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS)}

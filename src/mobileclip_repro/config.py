@@ -53,31 +53,69 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+def _key_path(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    return ".".join(str(part) for part in [*filter(None, [prefix]), *error.absolute_path]) or "<top level>"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
     if error.validator == "additionalProperties":
-        return f"config key '{_key_path(error)}': {error.message} (check the spelling against {SCHEMA_PATH.name})"
-    return f"config key '{_key_path(error)}': {error.message}"
+        return (f"config key '{_key_path(error, prefix)}': {error.message} "
+                f"(check the spelling against {SCHEMA_PATH.name})")
+    return f"config key '{_key_path(error, prefix)}': {error.message}"
 
 
 def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def validate(config: dict) -> dict:
-    """Validate in place, filling defaults; raises ConfigError naming the first bad key."""
-    schema = load_schema()
+def _validate_against(schema: dict, instance, prefix: str = "") -> None:
+    """Validate ``instance`` in place, filling defaults; ConfigError naming the first bad key."""
     validator = _with_defaults(strict_validator())(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # the deepest error names the actual key; oneOf wrappers hide it otherwise
         best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(_describe(best))
+        raise ConfigError(_describe(best, prefix))
+
+
+def validate(config: dict) -> dict:
+    """Validate in place, filling defaults; raises ConfigError naming the first bad key."""
+    _validate_against(load_schema(), config)
     _check_consistency(config)
     return config
+
+
+def validate_benchmarks(benchmarks, where: str = "evaluation.benchmarks") -> list[dict]:
+    """A benchmark list (``evaluate --benchmarks-json``, or the config's) checked against the
+    schema's one benchmark definition, defaults filled in place; names must be unique."""
+    schema = load_schema()
+    _validate_against({"type": "array", "items": {"$ref": "#/$defs/benchmark"}, "$defs": schema["$defs"]},
+                      benchmarks, where)
+    names = [benchmark["name"] for benchmark in benchmarks]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"config key '{where}': benchmark names must be unique")
+    return benchmarks
+
+
+DEFAULT_REINFORCEMENT = "default"
+
+
+def reinforcement_names(config: dict) -> list[str]:
+    return [DEFAULT_REINFORCEMENT, *config["reinforcement"].get("variants", {})]
+
+
+def reinforcement_variant(config: dict, name: str = DEFAULT_REINFORCEMENT) -> dict:
+    """The settings of one named reinforcement: the default's, with the variant's keys replaced."""
+    settings = {key: value for key, value in config["reinforcement"].items() if key != "variants"}
+    if name != DEFAULT_REINFORCEMENT:
+        settings.update(copy.deepcopy(config["reinforcement"]["variants"][name]))
+    return settings
+
+
+def reinforcement_dr_dir(config: dict, name: str = DEFAULT_REINFORCEMENT) -> str:
+    """Where a named reinforcement's DataCompDR shards live: data.dr_dir, or data.dr_dir + _<name>."""
+    dr_dir = config["data"]["dr_dir"]
+    return dr_dir if name == DEFAULT_REINFORCEMENT else f"{dr_dir.rstrip('/')}_{name}"
 
 
 def _check_consistency(config: dict) -> None:
@@ -95,9 +133,38 @@ def _check_consistency(config: dict) -> None:
             if name not in config["runs"] or (config["runs"][name]["data"] == "dr") != dr:
                 raise ConfigError(f"config key 'report.efficiency_pairs.{position}': {name!r} is not a {role} run "
                                   f"of this config")
-    names = [b["name"] for b in config["evaluation"]["benchmarks"]]
-    if len(names) != len(set(names)):
-        raise ConfigError("config key 'evaluation.benchmarks': benchmark names must be unique")
+    validate_benchmarks(config["evaluation"]["benchmarks"])
+    schema = load_schema()
+    reinforcement_schema = {**schema["properties"]["reinforcement"], "$defs": schema["$defs"]}
+    for name, override in config["reinforcement"]["variants"].items():
+        # a variant is the default reinforcement with some keys replaced: the same schema checks it
+        if "variants" in override:
+            raise ConfigError(f"config key 'reinforcement.variants.{name}.variants': variants do not nest")
+        _validate_against(reinforcement_schema, reinforcement_variant(config, name), f"reinforcement.variants.{name}")
+    for section in ("teachers", "runs"):
+        for run_name, run in config.get(section, {}).items():
+            wanted = run.get("reinforcement", DEFAULT_REINFORCEMENT)
+            if wanted != DEFAULT_REINFORCEMENT and wanted not in config["reinforcement"]["variants"]:
+                raise ConfigError(f"config key '{section}.{run_name}.reinforcement': no reinforcement {wanted!r} "
+                                  f"(have: {', '.join(reinforcement_names(config))})")
+    for section in ("teachers", "runs"):
+        for run_name, run in config.get(section, {}).items():
+            members = (run.get("distill") or {}).get("teachers", "all")
+            count = len((run.get("distill") or {}).get("teacher_dimension", []))
+            if members != "all" and max(members) >= count:
+                raise ConfigError(f"config key '{section}.{run_name}.distill.teachers': member {max(members)} of an "
+                                  f"ensemble of {count} (teacher_dimension has {count} widths)")
+    ablation = config["report"].get("ablation")
+    if ablation:
+        known = {benchmark["name"] for benchmark in config["evaluation"]["benchmarks"]}
+        for column, benchmark in ablation["benchmarks"].items():
+            if benchmark not in known:
+                raise ConfigError(f"config key 'report.ablation.benchmarks.{column}': {benchmark!r} is not a "
+                                  f"benchmark of evaluation.benchmarks")
+        for position, row in enumerate(ablation["rows"]):
+            if row["run"] not in config["runs"]:
+                raise ConfigError(f"config key 'report.ablation.rows.{position}.run': {row['run']!r} is not a run "
+                                  f"of this config")
 
 
 def _check_distill_scales(distill: dict, where: str) -> None:
@@ -240,9 +307,9 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
         run["datacomp_dir"] = str(results / "data" / "teacher_data")
     else:
         run["datacomp_dir"] = data["datacomp_dir"]
-    run["dr_dir"] = data["dr_dir"] if run["dr"] else None
+    run["dr_dir"] = reinforcement_dr_dir(config, run["reinforcement"]) if run["dr"] else None
     if run["dr"]:
-        run["reinforcement_config"] = config["reinforcement"]["config"]
+        run["reinforcement_config"] = reinforcement_variant(config, run["reinforcement"])["config"]
     return run
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from mobileclip_repro.config import REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets, strict_validator
+from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets,
+                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant,
+                                     strict_validator)
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -244,10 +246,18 @@ def check_config(config: dict) -> None:
             check_model(member["coca"]["model_name"], key)
     dr_runs = {f"{section}.{name}": run for section in ("teachers", "runs")
                for name, run in config.get(section, {}).items() if run["data"] == "dr"}
-    if not dr_runs:
-        return
-    reinforcement = config["reinforcement"]
-    reinforce = load_reinforce_json(reinforcement["config"])
+    for name in reinforcement_names(config):
+        runs = {where: run for where, run in dr_runs.items() if run["reinforcement"] == name}
+        if runs:
+            _check_reinforcement(config, name, runs)
+
+
+def _check_reinforcement(config: dict, name: str, dr_runs: dict[str, dict]) -> None:
+    """One named reinforcement against the DR runs that train on it: teacher widths, caption
+    sets, and the shards already on disk (made with the same settings, or none yet)."""
+    reinforcement = reinforcement_variant(config, name)
+    prefix = "reinforcement" if name == DEFAULT_REINFORCEMENT else f"reinforcement.variants.{name}"
+    reinforce = load_reinforce_json(reinforcement["config"], f"{prefix}.config")
     dims = teacher_dims(reinforce)
     dimensions = {f"{where}.distill.teacher_dimension": run["distill"]["teacher_dimension"]
                   for where, run in dr_runs.items()}
@@ -259,15 +269,15 @@ def check_config(config: dict) -> None:
                     f"{reinforcement['config']} ({', '.join(reinforce['model_names'])}: embed_dim "
                     f"{' + '.join(map(str, dims))}); set it to {dims}")
     regexes = {f"{where}.syn_caption_regex": run["syn_caption_regex"] for where, run in dr_runs.items()}
-    settings = json_settings(reinforce)
+    settings = json_settings(reinforce, f"{prefix}.config")
     if reinforcement["generate"]:
-        settings.update(generate_settings(reinforcement))
+        settings.update(generate_settings(reinforcement, prefix))
         written = list(captioner_sets(reinforcement["captioner"])[0])
         for key, regex in regexes.items():
-            if not any(re.match(regex, name) for name in written):
+            if not any(re.match(regex, caption_set) for caption_set in written):
                 raise ConfigError(f"config key '{key}': {regex!r} selects none of the synthetic-caption sets "
-                                  f"reinforcement.captioner writes ({', '.join(written)})")
-    check_dr_shards(config["data"]["dr_dir"], settings, dimensions, regexes)
+                                  f"{prefix}.captioner writes ({', '.join(written)})")
+    check_dr_shards(reinforcement_dr_dir(config, name), settings, dimensions, regexes)
 
 
 def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[str, tuple[str, object]]:
@@ -277,9 +287,9 @@ def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[st
             "num_samples": (key, reinforce["num_samples"])}
 
 
-def generate_settings(reinforcement: dict) -> dict[str, tuple[str, object]]:
+def generate_settings(reinforcement: dict, prefix: str = "reinforcement") -> dict[str, tuple[str, object]]:
     """The shard-manifest fields this DAG's own reinforce job would write from ``reinforcement``."""
-    return {name: (f"reinforcement.{name}", reinforcement[name])
+    return {name: (f"{prefix}.{name}", reinforcement[name])
             for name in ("num_syn_captions", "seed", "dtype", "captioner")}
 
 

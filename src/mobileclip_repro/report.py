@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from mobileclip_repro import efficiency
+from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
 from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
 from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, fetch_markdown, fetch_table,
                                      format_seen_samples, load_fetch_manifests, load_records, long_table,
@@ -92,7 +93,7 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
 def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path: Path,
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
-                multipliers: list[dict] | None = None) -> str:
+                multipliers: list[dict] | None = None, ablation: dict | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -117,6 +118,14 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
         teacher_section = ("<h2>Teachers</h2>\n<p>The reinforcement's teachers on the same sets, alone and as the "
                            "ensemble the DR targets come from: the ceiling line in the figure.</p>\n"
                            + shown.to_html(index=False, classes="table", border=0))
+    ablation_section = ""
+    if ablation is not None:
+        chart = base64.b64encode(ablation["png"].read_bytes()).decode("ascii")
+        ablation_section = ("<h2>Ablation ladder</h2>\n<p>Final checkpoint, mean over seeds (min–max), percent; "
+                            "Δ: change of the mean from the row above; the paper's Table 2 beside it.</p>\n"
+                            + display_ablation(ablation["table"], ablation["benchmarks"])
+                            .to_html(index=False, classes="table", border=0)
+                            + f'\n<img alt="each step\'s change, ours and the paper\'s" src="data:image/png;base64,{chart}">')
     averages_section = ""
     if averages is not None and not averages.empty:
         averages_section = ("<h2>Averages over benchmark groups</h2>\n<p>Main metric averaged over the benchmarks "
@@ -149,6 +158,7 @@ with several seeds, the mean over seeds and (min–max).</p>
 <h2>Results</h2>
 {table_html}
 {teacher_section}
+{ablation_section}
 {averages_section}
 <h2>Runs</h2>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
@@ -175,11 +185,13 @@ def efficiency_markdown(multipliers: list[dict]) -> str:
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
                  fetch_manifests_dir: str | os.PathLike | None = None,
-                 efficiency_pairs: list[tuple[str, str]] | None = None) -> list[Path]:
+                 efficiency_pairs: list[tuple[str, str]] | None = None,
+                 ablation_settings: dict | None = None) -> list[Path]:
     """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section.
 
     ``efficiency_pairs`` (DR run, non-DR run) get an efficiency multiplier each; default: every
-    DR run with every non-DR run of the same model.
+    DR run with every non-DR run of the same model. ``ablation_settings`` (config
+    ``report.ablation``) adds the ablation ladder's table and chart.
     """
     records = load_records(records_dir)
     if not student_records(records):
@@ -219,11 +231,17 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
         paths.append(write_csv(data, out_dir / "data.csv"))
         markdown = out_dir / "results.md"
         markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data))
+    ablation = None
+    if ablation_settings:
+        ablation_paths, ablation_rows = write_ablation(records, ablation_settings, out_dir, title=title)
+        paths += ablation_paths
+        markdown.write_text(markdown.read_text() + "\n" + ablation_markdown(ablation_rows, ablation_settings["benchmarks"]))
+        ablation = {"table": ablation_rows, "benchmarks": ablation_settings["benchmarks"], "png": out_dir / "ablation.png"}
     paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
                                       paper_reference=paper_reference)
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
-                                     data, averages, teachers, multipliers))
+                                     data, averages, teachers, multipliers, ablation))
     return paths + [html_path]
 
 
@@ -242,6 +260,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--efficiency-pairs-json", default=None,
                         help='[["<DR run>", "<non-DR run>"], ...] to compare (default: every DR run with every '
                              'non-DR run of the same model)')
+    parser.add_argument("--ablation-json", default=None,
+                        help='the ablation ladder (config report.ablation): {"benchmarks": {"<paper column>": '
+                             '"<benchmark>"}, "rows": [{"run": ..., "label": ..., "paper_row": ...}, ...]}')
     parser.add_argument("--fetch-manifests-dir", default=None,
                         help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
                              "a missing or empty directory adds nothing")
@@ -258,6 +279,7 @@ def command(args: argparse.Namespace) -> int:
     if args.efficiency_pairs_json:
         pairs = [tuple(pair) for pair in json.loads(args.efficiency_pairs_json)]
     for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance,
-                             fetch_manifests_dir=args.fetch_manifests_dir, efficiency_pairs=pairs):
+                             fetch_manifests_dir=args.fetch_manifests_dir, efficiency_pairs=pairs,
+                             ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None):
         print(path)
     return 0

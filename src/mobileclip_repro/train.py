@@ -123,9 +123,28 @@ def build_loss(spec: dict, rank: int, world_size: int) -> torch.nn.Module:
     from mobileclip_repro.loss import DRClipLoss
 
     distill = spec["distill"]
-    return DRClipLoss(loss_weights=distill["loss_weights"], teacher_dimension=distill["teacher_dimension"],
-                      dist_logit_scale=distill["logit_scale"],
+    members = distilled_members(distill)
+    scale = distill["logit_scale"]
+    return DRClipLoss(loss_weights=distill["loss_weights"],
+                      teacher_dimension=[distill["teacher_dimension"][k] for k in members],
+                      dist_logit_scale=[scale[k] for k in members] if isinstance(scale, list) else scale,
                       average_after_softmax=distill["average_after_softmax"], **common)
+
+
+def distilled_members(distill: dict) -> list[int]:
+    """The ensemble members a DR run distils from (``distill.teachers``: "all" or member indices)."""
+    members = distill.get("teachers", "all")
+    return list(range(len(distill["teacher_dimension"]))) if members == "all" else sorted(members)
+
+
+def teacher_columns(distill: dict) -> list[int] | None:
+    """The stored embedding columns of the distilled members (each member its slice of
+    ``teacher_dimension``, in order); None when every member is distilled from."""
+    if distill.get("teachers", "all") == "all":
+        return None
+    starts = [sum(distill["teacher_dimension"][:k]) for k in range(len(distill["teacher_dimension"]))]
+    return [column for k in distilled_members(distill)
+            for column in range(starts[k], starts[k] + distill["teacher_dimension"][k])]
 
 
 def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter, stream_seed: int):
@@ -346,7 +365,7 @@ def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batc
     temperature clamp); returns the losses. A non-finite loss stops the run."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        losses = _forward(training_model, model, loss_fn, batch, spec["dr"])
+        losses = _forward(training_model, model, loss_fn, batch, spec)
         total = sum(losses.values())
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
@@ -367,12 +386,19 @@ def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batc
     return losses
 
 
-def _forward(training_model, model, loss_fn, batch, dr: bool) -> dict:
-    if not dr:
+def _forward(training_model, model, loss_fn, batch, spec: dict) -> dict:
+    if not spec["dr"]:
         images, texts = batch
         out = training_model(images, texts)
         return {"contrastive_loss": loss_fn(out["image_features"], out["text_features"], out["logit_scale"])}
     images, texts, image_emb, text_emb, syn_texts, syn_emb = batch
+    columns = teacher_columns(spec["distill"])
+    if columns is not None:  # distil from some members only: their slices of the stored embeddings
+        index = torch.tensor(columns, device=image_emb.device)
+        image_emb, text_emb, syn_emb = image_emb[:, index], text_emb[:, index], syn_emb[:, index]
+    if not spec["distill"].get("synthetic_captions", True):
+        out = training_model(images, texts)
+        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], image_emb, text_emb)
     # One text-encoder pass over real + synthetic captions, as the reference does.
     out = training_model(images, torch.cat([texts, syn_texts]))
     text_features, syn_features = out["text_features"].chunk(2)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import ConfigError, load_config, resolve_run, run_dir, run_seeds
+from mobileclip_repro.config import (ConfigError, load_config, reinforcement_dr_dir, reinforcement_names,
+                                     reinforcement_variant, resolve_run, run_dir, run_seeds)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
 
@@ -33,7 +34,9 @@ envvars:
 
 inherited_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), inherited_path])
-REINFORCE = EXP["reinforcement"]
+REINFORCE = reinforcement_variant(EXP)  # the default reinforcement (its teachers are the ones evaluated)
+# Every named reinforcement (the default and reinforcement.variants), each its own reinforce job(s).
+REINFORCEMENTS = {name: reinforcement_variant(EXP, name) for name in reinforcement_names(EXP)}
 HUB = DATA["hub"]
 # Hub shards in groups, one fetch (and reinforce) job each; toy data is one group.
 HUB_GROUPS = [] if IS_TOY else shard_groups(HUB["shards"], HUB["group_size"])
@@ -56,6 +59,7 @@ wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
     seed=r"\d+",
     epoch=r"\d+",
+    reinforcement="|".join(map(re.escape, REINFORCEMENTS)),
     group=r"\d{5}",
 
 
@@ -72,15 +76,16 @@ def fetch_manifest(group):
     return DATA_ROOT / "fetch" / f"group_{group}.json"
 
 
-def reinforce_manifest(group):
-    return DATA_ROOT / "reinforce" / f"group_{group}.json"
+def reinforce_manifest(reinforcement, group):
+    return DATA_ROOT / "reinforce" / reinforcement / f"group_{group}.json"
 
 
-def training_data(dr):
-    """What a run's training reads: the toy world's manifest or every fetched group, and the reinforcement."""
+def training_data(spec):
+    """What a run's training reads: the toy world's manifest or every fetched group, and, for a DR
+    run, the reinforcement it names when the DAG generates it."""
     inputs = {"data": [DATA_ROOT / "manifest.json"] if IS_TOY else [fetch_manifest(group) for group in GROUP_IDS]}
-    if dr and REINFORCE["generate"]:
-        inputs["reinforced"] = [reinforce_manifest(group) for group in GROUP_IDS]
+    if spec["dr"] and REINFORCEMENTS[spec["reinforcement"]]["generate"]:
+        inputs["reinforced"] = [reinforce_manifest(spec["reinforcement"], group) for group in GROUP_IDS]
     return inputs
 
 
@@ -112,10 +117,17 @@ def all_eval_records():
     return [eval_index(run, seed) for run, seed in SPECS] + teacher_records()
 
 
+def ablation_outputs():
+    """The ablation ladder's table and chart, where the config has one (report.ablation)."""
+    if not REPORT.get("ablation"):
+        return []
+    return [str(REPORT_DIR / name) for name in ("ablation.csv", "ablation.md", "ablation.png", "ablation.pdf")]
+
+
 def report_outputs():
     names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
              "report.html"]
-    return [str(REPORT_DIR / name) for name in names]
+    return [str(REPORT_DIR / name) for name in names] + ablation_outputs()
 
 
 def paper_reference_option(setting):
@@ -131,7 +143,7 @@ def toy_benchmark_roots():
 
 
 def train_inputs(wildcards):
-    return training_data(spec_of(wildcards)["dr"])
+    return training_data(spec_of(wildcards))
 
 
 def fetched_benchmark(name):
@@ -144,7 +156,7 @@ def benchmark_inputs(wildcards):
 
 def reinforce_inputs(wildcards):
     data = {"data": DATA_ROOT / "manifest.json"} if IS_TOY else {"fetched": fetch_manifest(wildcards.group)}
-    return {**data, "reinforce_config": REINFORCE["config"],
+    return {**data, "reinforce_config": REINFORCEMENTS[wildcards.reinforcement]["config"],
             "teachers": [RESULTS / "teachers" / name for name in TEACHERS]}
 
 

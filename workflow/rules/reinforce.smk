@@ -22,23 +22,23 @@ rule train_teacher:
         " --out-dir {params.out_dir} --export {output.weights} > {log} 2>&1"
 
 
-# One job per shard group (the toy world is one group), teachers from the reinforcement
-# JSON's pretrained tags or local weights under teachers/. The declared output is the
+# One job per named reinforcement and shard group (the toy world is one group), teachers from
+# the reinforcement JSON's pretrained tags or local weights under teachers/. The declared output is the
 # group manifest: DR shards are not outputs, so a failed job keeps the shards it finished
 # and the rerun reinforces only the rest.
 rule reinforce:
     input:
         unpack(reinforce_inputs),
     output:
-        manifest=reinforce_manifest("{group}"),
+        manifest=reinforce_manifest("{reinforcement}", "{group}"),
     params:
         selection=reinforce_selection,
-        settings=REINFORCE,
-        captioner=json.dumps(REINFORCE["captioner"]),
+        settings=lambda wc: REINFORCEMENTS[wc.reinforcement],
+        captioner=lambda wc: json.dumps(REINFORCEMENTS[wc.reinforcement]["captioner"]),
         teachers_dir=RESULTS / "teachers",
         datacomp_dir=DATA["datacomp_dir"],
-        dr_dir=DATA["dr_dir"],
-    threads: REINFORCE["threads"]
+        dr_dir=lambda wc: reinforcement_dr_dir(EXP, wc.reinforcement),
+    threads: lambda wc: REINFORCEMENTS[wc.reinforcement]["threads"]
     priority: 10
     resources:
         gpu=1,
@@ -46,7 +46,7 @@ rule reinforce:
         runtime=60 if IS_TOY else 24 * 60,
         mem_mb=4000 if IS_TOY else 64000,
     log:
-        RESULTS / "logs" / "reinforce" / "group_{group}.log",
+        RESULTS / "logs" / "reinforce" / "{reinforcement}" / "group_{group}.log",
     shell:
         "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir} --out-dir {params.dr_dir}"
         " {params.selection} --manifest {output.manifest}"

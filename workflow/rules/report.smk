@@ -14,6 +14,7 @@ rule report:
                     category="Figures"),
         plot_pdf=REPORT_DIR / "learning_efficiency.pdf",
         page=report(REPORT_DIR / "report.html", caption="../report/page.rst", category="Report page"),
+        ablation=[report(path, caption="../report/ablation.rst", category="Ablation") for path in ablation_outputs()],
     params:
         records_dir=RESULTS / "eval",
         out_dir=REPORT_DIR,
@@ -21,11 +22,12 @@ rule report:
         paper_reference=paper_reference_option(REPORT["paper_reference"]),
         pairs=f"--efficiency-pairs-json {shlex.quote(json.dumps(REPORT['efficiency_pairs']))}"
         if REPORT.get("efficiency_pairs") is not None else "",
+        ablation=f"--ablation-json {shlex.quote(json.dumps(REPORT['ablation']))}" if REPORT.get("ablation") else "",
         fetch_manifests=DATA_ROOT / "fetch",
     priority: 4
     log:
         RESULTS / "logs" / "report.log",
     shell:
         "mobileclip-repro report --records-dir {params.records_dir} --out-dir {params.out_dir}"
-        " --title {params.title:q} {params.paper_reference} {params.pairs}"
+        " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"
         " --fetch-manifests-dir {params.fetch_manifests} > {log} 2>&1"
