@@ -7,7 +7,7 @@ CORES     ?= 2
 TOY       ?= configs/toy.yaml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test slurm-deps slurm-cluster dry-run-paper clean
+.PHONY: install demo ablation test slurm-deps slurm-cluster dry-run-paper clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ demo: $(STAMP)
 	echo "plot:  $$report/learning_efficiency.png  $$report/learning_efficiency.pdf" && \
 	echo "html:  $$report/report.html"
 
+# The paper's ablation ladder (Table 2) in the toy world: five rows, 2 seeds each.
+ablation: $(STAMP)
+	@start=$$(date +%s); \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-ablation.yaml && \
+	echo "Toy ablation DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
+	cat results/toy-ablation/report/ablation.md && \
+	echo "chart: results/toy-ablation/report/ablation.png  results/toy-ablation/report/ablation.pdf"
+
 test: $(STAMP) slurm-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
@@ -45,4 +53,4 @@ dry-run-paper: $(STAMP)
 	for c in configs/paper/*.yaml; do $(VENV)/bin/snakemake -n --quiet --configfile $$c || exit 1; done
 
 clean:
-	rm -rf results/toy results/toy-test .snakemake
+	rm -rf results/toy results/toy-ablation results/toy-test .snakemake

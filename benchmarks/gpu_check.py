@@ -535,14 +535,14 @@ def part_mfu(args, device, train_result: dict) -> dict:
 def part_teachers(args, device, data_info: dict, tmp: Path) -> dict:
     import torch
 
-    from mobileclip_repro import reinforce, shards
+    from mobileclip_repro import devices, reinforce, shards
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble, build_captioner
 
     config_name = "toy.json" if args.smoke else "datacompdr12m.json"
     raw = json.loads((REPO / "configs" / "reinforce" / config_name).read_text())
     # The config's pretrained entries go unused: the members below are built with pretrained=None.
     raw["model_name"] = f"{args.teacher_model},{args.teacher_model}"
-    amp = reinforce.autocast_dtype("auto", device)
+    amp = devices.autocast_dtype("auto", device)
     workers = reinforce.resolve_workers(reinforce.parse_workers(args.teacher_workers), device)
     built = time.perf_counter()
     teachers = TeacherEnsemble([args.teacher_model] * 2, [None, None], device=device, autocast_dtype=amp,
@@ -876,12 +876,12 @@ def main(argv: list[str] | None = None) -> int:
 
         import dr_pipeline_cpu  # noqa: F401
         import reinforce_teacher_share  # noqa: F401
-        from mobileclip_repro import reinforce, train  # noqa: F401
+        from mobileclip_repro import devices, reinforce, train  # noqa: F401
 
         # Data first, in forked processes, before anything touches CUDA.
         print(f"making data in {root} ...", flush=True)
         data_info = make_data(root, args, parts, member_dims)
-        device = reinforce.resolve_device(args.device)
+        device = devices.resolve_device(args.device)
         if device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
             torch.cuda.set_device(device)

@@ -121,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mobileclip_repro import reinforce, shards
+    from mobileclip_repro import devices, reinforce, shards
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble, build_captioner
 
-    device = reinforce.resolve_device(args.device)
+    device = devices.resolve_device(args.device)
     cuda = device.type == "cuda"
     images = args.images or (512 if cuda else 4)
     num_samples = args.num_samples or (30 if cuda else 2)
     workers = reinforce.resolve_workers(reinforce.parse_workers(args.workers), device)
-    amp = reinforce.autocast_dtype(args.amp, device)
+    amp = devices.autocast_dtype(args.amp, device)
 
     raw = json.loads((REPO / "configs" / "reinforce" / "datacompdr12m.json").read_text())
     raw["num_samples"] = num_samples

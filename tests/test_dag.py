@@ -34,6 +34,21 @@ def test_paper_config_plans_through_the_slurm_profile(snakemake_cmd, repo_root, 
     assert f"nodes={config_nodes}" in result.stdout and "gres=gpu:8" in result.stdout
 
 
+@pytest.mark.parametrize("config", ["configs/toy.yaml", "configs/paper/datacompdr1b.yaml", "configs/paper/ablation-12m.yaml"])
+def test_snakemake_lint_is_clean_but_for_the_conda_hint(snakemake_cmd, repo_root, config):
+    """The environment is the pinned venv (requirements.lock), so rules name no conda env; every other lint is fixed."""
+    result = snakemake(snakemake_cmd, repo_root, "--lint", "--configfile", config)
+    lints = re.findall(r"^    \* (.+?):?$", result.stdout + result.stderr, flags=re.MULTILINE)
+    assert lints, result.stdout[-2000:] + result.stderr[-2000:]
+    assert set(lints) == {"Specify a conda environment or container for each rule."}
+
+
+def test_every_config_sees_the_same_rules(snakemake_cmd, repo_root):
+    listed = {config: snakemake(snakemake_cmd, repo_root, "--list-rules", "--configfile", config).stdout.split()
+              for config in ("configs/toy.yaml", "configs/paper/datacompdr1b.yaml")}
+    assert listed["configs/toy.yaml"] == listed["configs/paper/datacompdr1b.yaml"] and "fetch" in listed["configs/toy.yaml"]
+
+
 def test_an_invalid_config_fails_before_any_job_naming_the_key(snakemake_cmd, repo_root, tmp_path):
     result = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", "configs/toy.yaml",
                        "--config", "runs={'toy_dr': {'model': 'toy-student', 'seen_samples': 'many', 'global_batch_size': 8}}")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobileclip_repro import cli, reinforce, replay, toyworld
+from mobileclip_repro import cli, devices, reinforce, replay, toyworld
 from mobileclip_repro.models import create_model_and_transforms
 from mobileclip_repro.shards import atomic_tar_writer, decode_reinforcement, iter_raw_samples, sha256_hex
 from mobileclip_repro.seeding import seed_from
@@ -311,8 +311,8 @@ def test_bad_group_arguments_are_refused(setup, tmp_path, extra, reason):
 
 def test_amp_and_workers_defaults_keep_the_cpu_in_fp32_without_workers():
     cpu = torch.device("cpu")
-    assert reinforce.autocast_dtype("auto", cpu) is None and reinforce.resolve_workers("auto", cpu) == 0
-    assert reinforce.autocast_dtype("bf16", cpu) is torch.bfloat16 and reinforce.autocast_dtype("off", cpu) is None
+    assert devices.autocast_dtype("auto", cpu) is None and reinforce.resolve_workers("auto", cpu) == 0
+    assert devices.autocast_dtype("bf16", cpu) is torch.bfloat16 and devices.autocast_dtype("off", cpu) is None
 
 
 # --- pretrained tags go through open_clip's factory --------------------------------------------

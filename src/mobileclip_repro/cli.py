@@ -17,6 +17,7 @@ COMMANDS = {
     "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
     "fetch": ("mobileclip_repro.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
     "reinforce": ("mobileclip_repro.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
+    "join-shards": ("mobileclip_repro.shards", "write Apple's joined layout: each DataComp shard with its DataCompDR keys in one tar"),
     "train": ("mobileclip_repro.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
     "fetch-benchmark": ("mobileclip_repro.benchmark_sets", "download a clip_benchmark webdataset mirror from the hub into a local root"),
     "evaluate": ("mobileclip_repro.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),

@@ -123,6 +123,17 @@ def _check_consistency(config: dict) -> None:
         for name, run in config.get(section, {}).items():
             _derived(run, f"{section}.{name}")
     uses_dr = any(run["data"] == "dr" for run in config["runs"].values())
+    data = config["data"]
+    if data["source"] == "local" and "datacomp_dir" not in data:
+        raise ConfigError("config key 'data.datacomp_dir': local data needs the folder of its shards")
+    if data["layout"] == "joined":
+        if data["source"] != "local":
+            raise ConfigError(f"config key 'data.layout': joined shards are read from local data, "
+                              f"not made by the {data['source']} source (which writes the split layout)")
+        generated = [name for name in reinforcement_names(config) if reinforcement_variant(config, name)["generate"]]
+        if uses_dr and generated:
+            raise ConfigError(f"config key 'data.layout': the DAG writes DataCompDR shards in the split layout; "
+                              f"joined data cannot be reinforced here (reinforcement {generated[0]!r} has generate: true)")
     if uses_dr and config["data"]["source"] == "toy" and not config["reinforcement"]["generate"]:
         raise ConfigError("config key 'reinforcement.generate': toy data has no published DataCompDR shards; set it to true")
     mix = config["data"]["toy"]["alt_text_mix"]
@@ -307,7 +318,11 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
         run["datacomp_dir"] = str(results / "data" / "teacher_data")
     else:
         run["datacomp_dir"] = data["datacomp_dir"]
-    run["dr_dir"] = reinforcement_dr_dir(config, run["reinforcement"]) if run["dr"] else None
+    run["data_layout"] = data["layout"]
+    if data["layout"] == "joined":  # each DataComp tar holds its DataCompDR keys too
+        run["dr_dir"] = run["datacomp_dir"] if run["dr"] else None
+    else:
+        run["dr_dir"] = reinforcement_dr_dir(config, run["reinforcement"]) if run["dr"] else None
     if run["dr"]:
         run["reinforcement_config"] = reinforcement_variant(config, run["reinforcement"])["config"]
     return run

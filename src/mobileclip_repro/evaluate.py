@@ -136,11 +136,9 @@ def count_wds_images(root: str, split: str) -> int:
         shard_path = Path(root) / split / f"{shard}.tar"
         with tarfile.open(shard_path) as archive:
             for member in archive:
-                # webdataset's key rule: everything up to the first dot of the file name.
-                directory, _, base = member.name.rpartition("/")
-                stem, dot, extension = base.partition(".")
-                if member.isfile() and dot and extension.lower() in WDS_IMAGE_EXTENSIONS:
-                    keys.add(f"{directory}/{stem}")
+                key_and_ext = shards.member_key(member.name)
+                if member.isfile() and key_and_ext and key_and_ext[1].lower() in WDS_IMAGE_EXTENSIONS:
+                    keys.add(key_and_ext[0])
     return len(keys)
 
 

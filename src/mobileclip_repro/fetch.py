@@ -84,7 +84,7 @@ import requests
 from tqdm import tqdm
 
 from mobileclip_repro import shards
-from mobileclip_repro.hub import hub_download, hub_list_files, parse_shard_spec, shard_groups
+from mobileclip_repro.hub import hub_download, hub_list_files, select_group
 
 log = logging.getLogger("mobileclip_repro.fetch")
 
@@ -209,11 +209,10 @@ def _small_members(path: Path, wanted: tuple[str, ...]) -> dict[str, dict[str, b
         for member in tar:
             if not member.isfile():
                 continue
-            directory, _, base = member.name.rpartition("/")
-            stem, dot, ext = base.partition(".")
-            if not dot or ext not in wanted:
+            key_and_ext = shards.member_key(member.name)
+            if key_and_ext is None or key_and_ext[1] not in wanted:
                 continue
-            key = f"{directory}/{stem}" if directory else stem
+            key, ext = key_and_ext
             samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
     return samples
 
@@ -675,10 +674,7 @@ def command(args: argparse.Namespace) -> int:
         raise ValueError("--dr-repo needs --dr-dir")
     if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0:
         raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries >= 0")
-    groups = shard_groups(parse_shard_spec(args.shard_spec), args.group_size)
-    index = int(args.group)
-    if not 0 <= index < len(groups):
-        raise ValueError(f"--group {args.group}: the spec has {len(groups)} groups of {args.group_size}")
+    index, group_shards = select_group(args.shard_spec, args.group, args.group_size)
     try:
         from huggingface_hub.utils import disable_progress_bars
 
@@ -690,7 +686,7 @@ def command(args: argparse.Namespace) -> int:
                         dr_revision=args.dr_revision, staging_dir=args.staging_dir, processes=args.processes,
                         threads=args.threads, timeout=args.timeout, retries=args.retries,
                         max_image_bytes=args.max_image_bytes)
-    manifest = fetch_group(groups[index], opts)
+    manifest = fetch_group(group_shards, opts)
     manifest.update(group=args.group, group_index=index, group_size=args.group_size,
                     options={key: str(value) if isinstance(value, Path) else value
                              for key, value in asdict(opts).items()})

@@ -66,6 +66,19 @@ def shard_groups(spec: str | list[str], group_size: int) -> list[list[str]]:
     return [ids[start:start + group_size] for start in range(0, len(ids), group_size)]
 
 
+def select_group(shard_spec, group: str, group_size: int) -> tuple[int, list[str]]:
+    """(index, shard ids) of group ``group`` ("00003") among the spec's groups: the one group
+    layer of the fetch and reinforce jobs (their rules pass the same three values)."""
+    groups = shard_groups(parse_shard_spec(shard_spec), group_size)
+    try:
+        index = int(group)
+    except (TypeError, ValueError):
+        raise ValueError(f"--group must be a group index such as 00003, got {group!r}") from None
+    if not 0 <= index < len(groups):
+        raise ValueError(f"--group {group}: the spec has {len(groups)} groups of {group_size}")
+    return index, groups[index]
+
+
 def hub_endpoint() -> str | None:
     """``HF_ENDPOINT`` read now, not when huggingface_hub was imported (None: the library's default)."""
     value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")

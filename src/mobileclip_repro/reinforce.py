@@ -52,7 +52,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from mobileclip_repro import hub, replay, shards
+from mobileclip_repro import devices, hub, replay, shards
 from mobileclip_repro.config import captioner_sets
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
@@ -581,14 +581,7 @@ def _select_shards(args: argparse.Namespace) -> tuple[list[str], list[str], int 
     if args.shard_spec is not None:
         if not all(grouped):
             raise ValueError("--shard-spec needs --group and --group-size")
-        groups = hub.shard_groups(hub.parse_shard_spec(args.shard_spec), args.group_size)
-        try:
-            index = int(args.group)
-        except ValueError:
-            raise ValueError(f"--group must be a group index such as 00003, got {args.group!r}") from None
-        if not 0 <= index < len(groups):
-            raise ValueError(f"--group {args.group}: the spec has {len(groups)} groups of {args.group_size}")
-        ids = groups[index]
+        index, ids = hub.select_group(args.shard_spec, args.group, args.group_size)
         missing = [shard for shard in ids if not (args.datacomp_dir / f"{shard}.tar").is_file()]
         return ids, missing, index
     if any(grouped):
@@ -631,19 +624,6 @@ def _finished_shard(source: Path, target: Path, settings: dict) -> dict | None:
             raise ValueError(f"{target} was reinforced with {key} = {manifest[key]!r}, this run has "
                              f"{settings[key]!r}; delete it (and its manifest) or choose another --out-dir")
     return manifest
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 (fp16 where the GPU lacks bf16) autocast on CUDA by default; fp32 on the CPU."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def resolve_workers(workers: str | int, device: torch.device) -> int:
@@ -704,8 +684,8 @@ def command(args: argparse.Namespace) -> int:
 
     run_info = dict(settings)
     if todo:
-        device = resolve_device(args.device)
-        amp = autocast_dtype(args.amp, device)
+        device = devices.resolve_device(args.device)
+        amp = devices.autocast_dtype(args.amp, device)
         workers = resolve_workers(args.workers, device)
         teachers = TeacherEnsemble.from_config(config, pretrained_root=args.pretrained_root, device=device,
                                                autocast_dtype=amp, batch_size=args.batch_size)

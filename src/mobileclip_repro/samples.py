@@ -358,6 +358,25 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
         dr = next(dr_iter, None)
 
 
+def one_tar_samples(tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dict]]:
+    """Apple's joined layout: each tar holds both sides of a sample, read once and split
+    (shards.split_joined_sample). A sample without its DataCompDR keys is ``no_reinforcement``;
+    one without its image, ``no_image``; a tar that cannot be read to its end, ``unreadable_shard``."""
+    reader = _ShardReader(tar)
+    for sample in reader:
+        datacomp, dr = shards.split_joined_sample(sample)
+        if not any(key in dr for key in shards.DR_KEYS):
+            counter.add("no_reinforcement", _where(sample), f"sample {sample['__key__']} has no DataCompDR keys")
+            continue
+        if "jpg" not in datacomp:
+            counter.add("no_image", _where(sample), f"sample {sample['__key__']} has no image")
+            continue
+        counter.passed("raw")
+        yield datacomp, dr
+    if reader.error is not None:
+        counter.add("unreadable_shard", str(tar), reader.error)
+
+
 @dataclass
 class DRExample:
     """One assembled DR training example (docs/reference.md §4), before tokenization."""
@@ -430,8 +449,11 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
 
 
 def paired_shards(datacomp_shards: list[Path], datacomp_dir: str | Path,
-                  dr_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Each DataComp shard (listed under ``datacomp_dir``) with the DataCompDR shard at the same relative path."""
+                  dr_dir: str | Path | None) -> list[tuple[Path, Path | None]]:
+    """Each DataComp shard (listed under ``datacomp_dir``) with the DataCompDR shard at the same
+    relative path; ``dr_dir`` None: the joined layout, where each tar holds both (paired with None)."""
+    if dr_dir is None:
+        return [(shard, None) for shard in datacomp_shards]
     datacomp_dir, dr_dir = Path(datacomp_dir), Path(dr_dir)
     return [(shard, dr_dir / shard.relative_to(datacomp_dir)) for shard in datacomp_shards]
 
@@ -450,7 +472,10 @@ class DRSamples(torch.utils.data.IterableDataset):
     def _joined(self) -> Iterator[tuple[dict, dict]]:
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_pairs))
-            yield from joined_samples(datacomp_tar, dr_tar, self.counter)
+            if dr_tar is None:  # joined layout
+                yield from one_tar_samples(datacomp_tar, self.counter)
+            else:
+                yield from joined_samples(datacomp_tar, dr_tar, self.counter)
 
     def examples(self) -> Iterator[DRExample]:
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))

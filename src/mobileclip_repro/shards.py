@@ -52,6 +52,16 @@ def shard_name(index: int) -> str:
     return f"{index:08d}.tar"
 
 
+def member_key(member_name: str) -> tuple[str, str] | None:
+    """(sample key, extension) of a tar member, by webdataset's rule: the key is the path up to
+    the first dot of the file name, the extension everything after it; None without a dot."""
+    directory, _, base = member_name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    if not dot:
+        return None
+    return (f"{directory}/{stem}" if directory else stem), extension
+
+
 def sample_key(shard_index: int, position: int) -> str:
     """DataComp-style key: shard index then position, so keys sort in shard order."""
     return f"{shard_index:08d}{position:04d}"
@@ -328,6 +338,38 @@ def decode_image(jpg: bytes) -> Image.Image:
     return to_rgb(image)
 
 
+# The keys a DataCompDR sample adds to its DataComp sample (docs/reference.md §3); `json`
+# (uid, sha256) is on both sides, the same record.
+DR_KEYS = ("syn.json", "paug.json", "npz", "pth.gz")
+
+
+def split_joined_sample(sample: dict) -> tuple[dict, dict]:
+    """A sample of Apple's joined layout (one tar holding the DataComp and the DataCompDR keys)
+    as the (DataComp, DataCompDR) pair the split layout gives; the shared keys go to both."""
+    dr_side = {key: value for key, value in sample.items() if key in DR_KEYS}
+    shared = {key: value for key, value in sample.items() if key.startswith("__") or key == "json"}
+    datacomp_side = {key: value for key, value in sample.items() if key not in DR_KEYS}
+    return datacomp_side, {**shared, **dr_side}
+
+
+def join_shards(datacomp_tar: str | os.PathLike, dr_tar: str | os.PathLike, out_tar: str | os.PathLike) -> int:
+    """Write the joined layout of one shard: each DataComp sample with its DataCompDR keys
+    (joined on the sample key; a sample missing on either side is left out), byte for byte.
+    Returns the number of samples written."""
+    dr_samples = {sample["__key__"]: sample for sample in iter_raw_samples(dr_tar)}
+    written = 0
+    with atomic_tar_writer(out_tar, mtime=0, encoder=False) as sink:
+        for sample in iter_raw_samples(datacomp_tar):
+            dr = dr_samples.get(sample["__key__"])
+            if dr is None:
+                continue
+            joined = {key: value for key, value in sample.items() if key != "__url__"}
+            joined.update({key: value for key, value in dr.items() if key in DR_KEYS})
+            sink.write(joined)
+            written += 1
+    return written
+
+
 def list_shards(directory: str | os.PathLike) -> list[Path]:
     """Every finished ``.tar`` under ``directory``, nested ones too (DataCompDR-1B's ``00/00000000.tar``)."""
     return sorted(Path(directory).rglob("*.tar"))
@@ -353,3 +395,31 @@ def tar_problem(path: str | os.PathLike) -> str | None:
 
 def is_readable_tar(path: str | os.PathLike) -> bool:
     return tar_problem(path) is None
+
+
+# -- `join-shards`: the joined layout from split shards ------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--datacomp-dir", type=Path, required=True, help="DataComp shards (jpg, txt, json)")
+    parser.add_argument("--dr-dir", type=Path, required=True, help="DataCompDR shards at the same relative paths")
+    parser.add_argument("--out-dir", type=Path, required=True, help="where the joined shards go (same relative paths)")
+
+
+def command(args) -> int:
+    tars = list_shards(args.datacomp_dir)
+    if not tars:
+        raise SystemExit(f"no .tar shards in {args.datacomp_dir}")
+    total = 0
+    for tar in tars:
+        relative = tar.relative_to(args.datacomp_dir)
+        dr_tar = args.dr_dir / relative
+        if not dr_tar.is_file():
+            raise SystemExit(f"no DataCompDR shard {dr_tar} for {tar}")
+        out = args.out_dir / relative
+        out.parent.mkdir(parents=True, exist_ok=True)
+        count = join_shards(tar, dr_tar, out)
+        total += count
+        print(f"{relative}: {count} samples", flush=True)
+    print(f"{len(tars)} joined shards, {total} samples -> {args.out_dir}")
+    return 0
+

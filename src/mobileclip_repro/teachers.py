@@ -7,7 +7,6 @@ normalized before the teachers see it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from mobileclip_repro import devices
 from mobileclip_repro.models import create_model_and_transforms, get_tokenizer, register_project_models
 from mobileclip_repro.seeding import seed_from
 
@@ -175,12 +175,6 @@ def load_model(model_name: str, pretrained: str | None, *, pretrained_root: str 
     return model, preprocess, weights, quick_gelu
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class TeacherEnsemble:
     """Frozen CLIP teachers whose L2-normalized features are concatenated in member order.
 
@@ -271,7 +265,7 @@ class TeacherEnsemble:
             inputs = take(start, min(count, start + self.batch_size))
             members = []
             for member in range(len(self.models)):
-                with _autocast(self.device, self.autocast_dtype):
+                with devices.autocast(self.device, self.autocast_dtype):
                     features = forward(member, inputs)
                 members.append(F.normalize(features.float(), dim=-1))
             chunks.append(torch.cat(members, dim=1).cpu())
@@ -353,7 +347,7 @@ class CocaCaptioner:
         return [captions[index * n:(index + 1) * n] for index in range(len(images))]
 
     def _sample_tokens(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        with _autocast(self.device, self.autocast_dtype):
+        with devices.autocast(self.device, self.autocast_dtype):
             encoded = self.model(pixels)  # each image through the vision tower once
             # Each caption is an independent draw: every image's encoding repeated num_captions times.
             image_latent = encoded["image_features"].repeat_interleave(self.num_captions, dim=0)

@@ -33,7 +33,7 @@ from open_clip_train.distributed import init_distributed_device_so
 from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
-from mobileclip_repro import models, preflight, shards
+from mobileclip_repro import devices, models, preflight, shards
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
@@ -159,7 +159,8 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
 
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
-        pairs = paired_shards(shard_paths, spec["datacomp_dir"], spec["dr_dir"])
+        joined = spec.get("data_layout") == "joined"
+        pairs = paired_shards(shard_paths, spec["datacomp_dir"], None if joined else spec["dr_dir"])
         return DRSamples(pairs, replay, tokenizer, stream_seed, spec["dataset_resampled"], counter,
                          embedding_dim=sum(spec["distill"]["teacher_dimension"]),
                          # a spec resolved before the key existed reads every set, as Apple's default
@@ -176,10 +177,9 @@ def skipped_over_ranks(counter: SkipCounter, device: torch.device, world_size: i
 
 
 def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext
-    dtype = torch.bfloat16 if precision == "amp_bf16" or device.type == "cpu" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    """A factory of the step's autocast context for the run's ``precision`` (devices.autocast_dtype)."""
+    dtype = devices.autocast_dtype(precision, device)
+    return lambda: devices.autocast(device, dtype)
 
 
 class RunFolderBusy(RuntimeError):

@@ -25,6 +25,7 @@ RESULTS = Path(EXP["results_dir"])
 DATA = EXP["data"]
 DATA_ROOT = RESULTS / "data"
 IS_TOY = DATA["source"] == "toy"
+IS_HUB = DATA["source"] == "hub"  # else data the DAG makes (toy) or finds (local: data.datacomp_dir)
 # Jobs run the CLI (`mobileclip-repro`, `python -m mobileclip_repro`) of the environment that
 # runs Snakemake: its bin folder goes first on PATH, which jobs (and srun's tasks) inherit.
 # Not a parameter, so a moved checkout does not rerun every job.
@@ -39,8 +40,8 @@ REINFORCE = reinforcement_variant(EXP)  # the default reinforcement (its teacher
 REINFORCEMENTS = {name: reinforcement_variant(EXP, name) for name in reinforcement_names(EXP)}
 HUB = DATA["hub"]
 # Hub shards in groups, one fetch (and reinforce) job each; toy data is one group.
-HUB_GROUPS = [] if IS_TOY else shard_groups(HUB["shards"], HUB["group_size"])
-GROUP_IDS = ["00000"] if IS_TOY else [f"{index:05d}" for index in range(len(HUB_GROUPS))]
+HUB_GROUPS = shard_groups(HUB["shards"], HUB["group_size"]) if IS_HUB else []
+GROUP_IDS = [f"{index:05d}" for index in range(len(HUB_GROUPS))] if IS_HUB else ["00000"]
 RUNS = list(EXP["runs"])
 TEACHERS = list(EXP["teachers"])
 BENCHMARKS = EXP["evaluation"]["benchmarks"]
@@ -80,10 +81,18 @@ def reinforce_manifest(reinforcement, group):
     return DATA_ROOT / "reinforce" / reinforcement / f"group_{group}.json"
 
 
+def data_inputs():
+    """The data stage's outputs a job waits for: the toy world's manifest, every fetched group,
+    or nothing for local data (already on disk)."""
+    if IS_TOY:
+        return [DATA_ROOT / "manifest.json"]
+    return [fetch_manifest(group) for group in GROUP_IDS] if IS_HUB else []
+
+
 def training_data(spec):
     """What a run's training reads: the toy world's manifest or every fetched group, and, for a DR
     run, the reinforcement it names when the DAG generates it."""
-    inputs = {"data": [DATA_ROOT / "manifest.json"] if IS_TOY else [fetch_manifest(group) for group in GROUP_IDS]}
+    inputs = {"data": data_inputs()}
     if spec["dr"] and REINFORCEMENTS[spec["reinforcement"]]["generate"]:
         inputs["reinforced"] = [reinforce_manifest(spec["reinforcement"], group) for group in GROUP_IDS]
     return inputs
@@ -155,14 +164,14 @@ def benchmark_inputs(wildcards):
 
 
 def reinforce_inputs(wildcards):
-    data = {"data": DATA_ROOT / "manifest.json"} if IS_TOY else {"fetched": fetch_manifest(wildcards.group)}
+    data = {"fetched": fetch_manifest(wildcards.group)} if IS_HUB else {"data": data_inputs()}
     return {**data, "reinforce_config": REINFORCEMENTS[wildcards.reinforcement]["config"],
             "teachers": [RESULTS / "teachers" / name for name in TEACHERS]}
 
 
 def reinforce_selection(wildcards):
-    """Toy: every shard of the world (one group); hub: the group's shards of the spec."""
-    if IS_TOY:
+    """Toy or local data: every shard (one group); hub: the group's shards of the spec."""
+    if not IS_HUB:
         return ""
     return (f"--shard-spec {shlex.quote(json.dumps(HUB['shards']))} --group {wildcards.group}"
             f" --group-size {HUB['group_size']}")

@@ -42,7 +42,7 @@ rule reinforce:
     priority: 10
     resources:
         gpu=1,
-        # a hub group: up to 1,024 shards through two ViT-L-14; the toy world: 4 small shards
+        # a hub group (or local data): up to 1,024 shards through two ViT-L-14; the toy world: 4 small shards
         runtime=60 if IS_TOY else 24 * 60,
         mem_mb=4000 if IS_TOY else 64000,
     log:

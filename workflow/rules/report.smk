@@ -5,7 +5,7 @@
 rule report:
     input:
         records=all_eval_records(),
-        fetched=[fetch_manifest(group) for group in GROUP_IDS] if not IS_TOY else [],
+        fetched=[fetch_manifest(group) for group in GROUP_IDS] if IS_HUB else [],
     output:
         table=report(REPORT_DIR / "results.csv", caption="../report/results.rst", category="Tables"),
         markdown=REPORT_DIR / "results.md",
