@@ -122,8 +122,7 @@ def plot_ablation(table: pd.DataFrame, benchmarks: dict, out_stem: str | os.Path
         axis.bar(positions - 0.2, ours, width=0.4, color="tab:blue", label=f"ours ({benchmark})")
         axis.bar(positions + 0.2, np.nan_to_num(theirs), width=0.4, color="0.6", label=f"paper ({column})")
         axis.axhline(0, color="black", linewidth=0.8)
-        axis.set_xticks(positions, [f"+ {label}" if not label.startswith(("+", "−", "-")) else label
-                                    for label in steps["row"]], rotation=20, ha="right", fontsize=8)
+        axis.set_xticks(positions, list(steps["row"]), rotation=20, ha="right", fontsize=8)
         axis.set_ylabel("Δ vs the row above (points)")
         axis.set_title(benchmark, fontsize=10)
         axis.legend(fontsize=8, frameon=False)
