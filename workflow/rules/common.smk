@@ -39,7 +39,7 @@ REINFORCE = reinforcement_variant(EXP)  # the default reinforcement (its teacher
 # Every named reinforcement (the default and reinforcement.variants), each its own reinforce job(s).
 REINFORCEMENTS = {name: reinforcement_variant(EXP, name) for name in reinforcement_names(EXP)}
 HUB = DATA["hub"]
-# Hub shards in groups, one fetch (and reinforce) job each; toy data is one group.
+# Hub shards in groups, one fetch (and reinforce) job each; toy or local data is one group.
 HUB_GROUPS = shard_groups(HUB["shards"], HUB["group_size"]) if IS_HUB else []
 GROUP_IDS = [f"{index:05d}" for index in range(len(HUB_GROUPS))] if IS_HUB else ["00000"]
 RUNS = list(EXP["runs"])
