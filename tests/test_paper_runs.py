@@ -13,7 +13,7 @@ from open_clip.loss import ClipLoss
 from open_clip_train.scheduler import cosine_lr
 from torchvision import transforms as T
 
-from mobileclip_repro.config import load_config, resolve_run
+from mobileclip_repro.config import captioner_sets, load_config, resolve_run
 from mobileclip_repro.hub import expand_shard_spec
 from mobileclip_repro.loss import DRClipLoss
 from mobileclip_repro.models import create_model_and_transforms
@@ -230,3 +230,27 @@ def test_the_schedule_warms_up_over_1000_steps_then_decays_to_zero(configs, run)
     assert adjust(0) == pytest.approx(1e-3 / 1000)  # open_clip's warmup: lr * (step + 1) / warmup
     assert adjust(999) == pytest.approx(1e-3) and optimizer.param_groups[0]["lr"] == adjust(999)
     assert 0 <= adjust(EXPECTED[run]["total_steps"] - 1) < 1e-9
+
+
+def test_the_dfndr_generation_chain_reinforces_with_apples_v2_teachers_and_captioner(repo_root):
+    """configs/paper/dfndr12m-generate.yaml: fetch DataComp-12M -> reinforce with the DFN teachers
+    and a MobileCLIP2 CoCa (v2 layout) -> the run_dfndr12m.sh student on the result."""
+    config = load_config(repo_root / "configs" / "paper" / "dfndr12m-generate.yaml")
+    reinforcement = config["reinforcement"]
+    assert reinforcement["generate"] is True
+    teachers = ReinforceConfig.load(repo_root / reinforcement["config"])
+    assert (teachers.model_names, teachers.pretrained) == (("ViT-L-14", "ViT-L-14"), ("dfn2b", "dfn2b_s39b"))
+    # the teacher loader takes QuickGELU from each tag's config: open_clip marks dfn2b (the
+    # 2B-sample model) as QuickGELU and not the 39B one
+    assert [open_clip.get_pretrained_cfg("ViT-L-14", tag).get("quick_gelu", False) for tag in teachers.pretrained] \
+        == [True, False]
+    assert teachers.num_samples == 30
+    sets, v1_layout = captioner_sets(reinforcement["captioner"])
+    assert list(sets) == ["syn_text_dfn_mscoco38k"] and not v1_layout
+    spec = resolve_run(config, "dfndr12m_generated_mobileclip_b")
+    assert re.match(spec["syn_caption_regex"], "syn_text_dfn_mscoco38k")
+    shipped = spec_of({"dfndr12m": load_config(repo_root / "configs" / "paper" / "dfndr12m.yaml")},
+                      "dfndr12m_mobileclip_b")
+    differs = {key for key in spec if spec[key] != shipped.get(key)}
+    # the student is run_dfndr12m.sh's, flag for flag; only its name, reinforcement and data folders differ
+    assert differs == {"name", "reinforcement_config", "datacomp_dir", "dr_dir"}

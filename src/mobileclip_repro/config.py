@@ -158,8 +158,6 @@ def _check_consistency(config: dict) -> None:
             if wanted != DEFAULT_REINFORCEMENT and wanted not in config["reinforcement"]["variants"]:
                 raise ConfigError(f"config key '{section}.{run_name}.reinforcement': no reinforcement {wanted!r} "
                                   f"(have: {', '.join(reinforcement_names(config))})")
-    for section in ("teachers", "runs"):
-        for run_name, run in config.get(section, {}).items():
             members = (run.get("distill") or {}).get("teachers", "all")
             count = len((run.get("distill") or {}).get("teacher_dimension", []))
             if members != "all" and max(members) >= count:
