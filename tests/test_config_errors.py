@@ -174,24 +174,40 @@ def _dr_dir(toy: dict) -> Path:
     return Path(toy["results_dir"]) / "data" / "datacompdr"
 
 
+def _published(config: dict) -> dict:
+    """``config`` training on DataCompDR shards the DAG does not make: local data, generate: false."""
+    results = Path(config["results_dir"])
+    config["data"].update(source="local", datacomp_dir=str(results / "data" / "datacomp"),
+                          dr_dir=str(_dr_dir(config)))
+    config["reinforcement"]["generate"] = False
+    return config
+
+
 def test_dr_shards_made_with_the_configs_settings_pass(toy):
     _dr_shard(_dr_dir(toy), manifest={})
-    load_config(toy)
+    load_config(_published(toy))
 
 
 @pytest.mark.parametrize("shard, message", [
     (dict(manifest={"num_samples": 3}), r"'reinforcement.config': .* made with num_samples 3 \(.*manifest.json\), "
                                         r"the config has 5"),
     (dict(num_samples=3), r"'reinforcement.config': .* made with num_samples 3 \(.*00000000.tar, first samples\)"),
-    (dict(manifest={"seed": 7}), r"'reinforcement.seed': .* made with seed 7 .* the config has 0"),
     (dict(manifest={"teachers": ["toy-student", "toy-teacher"]}), r"'reinforcement.config': .* made with teachers"),
-    (dict(syn=2), r"'reinforcement.num_syn_captions': .* made with num_syn_captions 2"),
     (dict(width=16), r"'runs.toy_dr.distill.teacher_dimension': .* made with 16-D embeddings"),
 ])
-def test_dr_shards_made_with_other_settings_are_refused_when_the_config_loads(toy, shard, message):
+def test_shards_the_dag_does_not_make_are_refused_when_made_otherwise(toy, shard, message):
+    """Published or local DataCompDR shards are not the DAG's to redo: other settings stop it at the start."""
     _dr_shard(_dr_dir(toy), **shard)
     with pytest.raises(ConfigError, match=rf"config key {message}"):
-        load_config(toy)
+        load_config(_published(toy))
+
+
+@pytest.mark.parametrize("shard", [dict(manifest={"seed": 7}), dict(syn=2), dict(num_samples=3)])
+def test_the_dags_own_shards_made_otherwise_are_left_to_its_reinforce_job(toy, shard):
+    """With generate: true a changed setting reruns the reinforce job (its params), which redoes
+    the shards made with the old one (tests/test_reinforce.py), so the config loads."""
+    _dr_shard(_dr_dir(toy), **shard)
+    load_config(toy)
 
 
 def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
@@ -206,7 +222,7 @@ def test_the_manifest_fields_compared_are_ones_reinforce_records():
 
     config = load_config(REPO_ROOT / "configs" / "toy.yaml")
     reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
-    compared = {**preflight.json_settings(reinforce), **preflight.generate_settings(config["reinforcement"])}
+    compared = preflight.json_settings(reinforce)
     assert set(compared) <= set(CONTENT_SETTINGS)
 
 
@@ -266,8 +282,8 @@ BAD_CONFIGS = {
     "teacher_dimension not the teachers'": (
         lambda c, tmp: _set(c, ("runs", "toy_dr", "distill", "teacher_dimension"), [768, 768]),
         r"'runs.toy_dr.distill.teacher_dimension': \[768, 768\] does not match the teachers"),
-    "DR shards with another num_samples": (
-        lambda c, tmp: _dr_shard(_dr_dir(c), num_samples=3) and c,
+    "published DR shards with another num_samples": (
+        lambda c, tmp: _dr_shard(_dr_dir(c), num_samples=3) and _published(c),
         r"'reinforcement.config': the DataCompDR shards in .* were made with num_samples 3"),
 }
 

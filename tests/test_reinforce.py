@@ -262,6 +262,21 @@ def test_a_finished_shard_made_with_other_settings_stops_the_run(setup, reinforc
                   "--captioner", "world", "--num-syn-captions", str(NUM_SYN), "--seed", "8"])
 
 
+def test_the_dags_job_redoes_a_shard_made_with_other_settings(setup, reinforced, tmp_path, capsys):
+    """--replace-other-settings (what the DAG's reinforce rule passes when a changed setting reruns
+    it): the shard made with seed 7 is reinforced again with seed 8, the others as well."""
+    out_dir = tmp_path / "dr"
+    shutil.copytree(reinforced, out_dir)
+    assert cli.main(["reinforce", "--datacomp-dir", str(setup["datacomp"]), "--out-dir", str(out_dir),
+                     "--reinforce-config", str(setup["config"]), "--pretrained-root", str(setup["teachers"]),
+                     "--captioner", "world", "--num-syn-captions", str(NUM_SYN), "--seed", "8", "--device", "cpu",
+                     "--shards", "00000001.tar", "--replace-other-settings"]) == 0
+    assert "was reinforced with seed = 7, this run has 8: reinforcing it again" in capsys.readouterr().out
+    manifest = json.loads((out_dir / "00000001.tar.manifest.json").read_text())
+    assert manifest["seed"] == 8
+    assert (out_dir / "00000001.tar").read_bytes() != (reinforced / "00000001.tar").read_bytes()
+
+
 def test_one_group_of_nested_hub_shards_with_a_missing_one(setup, tmp_path, capsys):
     datacomp = tmp_path / "datacomp"
     for shard, source in (("00/00000000", "00000000.tar"), ("00/00000001", "00000001.tar"),

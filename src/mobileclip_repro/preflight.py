@@ -9,9 +9,11 @@ The schema sees one YAML file; these look at what it points to:
 * ``distill.teacher_dimension`` of each DR run against the teachers' ``embed_dim``;
 * ``syn_caption_regex`` of each DR run against the synthetic-caption sets the reinforcement
   writes (``reinforcement.captioner``) or, for shards on disk, their ``syn.json`` keys;
-* DataCompDR shards already on disk, against the settings the config would make them with
-  (their per-shard manifests, and the embeddings of a few samples). ``train`` repeats the
-  shard check when it starts, for shards that appeared after the DAG started (a fetch).
+* DataCompDR shards the DAG does not make (published, fetched or local) already on disk,
+  against the reinforcement JSON and the runs' widths (their per-shard manifests, and the
+  embeddings of a few samples). ``train`` repeats the shard check when it starts, for shards
+  that appeared after the DAG started (a fetch). The DAG's own shards (``generate: true``)
+  are its reinforce job's to redo when a setting changes.
 
 None of this imports torch or open_clip (20 s on a 2-core machine): the registry is read
 from the same JSON files open_clip reads, and shards only when some exist.
@@ -269,14 +271,16 @@ def _check_reinforcement(config: dict, name: str, dr_runs: dict[str, dict]) -> N
                     f"{reinforcement['config']} ({', '.join(reinforce['model_names'])}: embed_dim "
                     f"{' + '.join(map(str, dims))}); set it to {dims}")
     regexes = {f"{where}.syn_caption_regex": run["syn_caption_regex"] for where, run in dr_runs.items()}
-    settings = json_settings(reinforce, f"{prefix}.config")
     if reinforcement["generate"]:
-        settings.update(generate_settings(reinforcement, prefix))
         written = list(captioner_sets(reinforcement["captioner"])[0])
         for key, regex in regexes.items():
             if not any(re.match(regex, caption_set) for caption_set in written):
                 raise ConfigError(f"config key '{key}': {regex!r} selects none of the synthetic-caption sets "
                                   f"{prefix}.captioner writes ({', '.join(written)})")
+        # The DAG's own shards are not checked: a changed setting changes the reinforce job's
+        # params, and the rerun job redoes every shard made with the old one.
+        return
+    settings = json_settings(reinforce, f"{prefix}.config")
     check_dr_shards(reinforcement_dr_dir(config, name), settings, dimensions, regexes)
 
 
@@ -285,12 +289,6 @@ def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[st
     return {"teachers": (key, reinforce["model_names"]),
             "pretrained_entries": (key, reinforce["pretrained_entries"]),
             "num_samples": (key, reinforce["num_samples"])}
-
-
-def generate_settings(reinforcement: dict, prefix: str = "reinforcement") -> dict[str, tuple[str, object]]:
-    """The shard-manifest fields this DAG's own reinforce job would write from ``reinforcement``."""
-    return {name: (f"{prefix}.{name}", reinforcement[name])
-            for name in ("num_syn_captions", "seed", "dtype", "captioner")}
 
 
 def check_run_shards(spec: dict) -> None:

@@ -534,6 +534,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 'set each, with syn_text_<suffix>_emb: the v2 layout)')
     parser.add_argument("--num-syn-captions", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replace-other-settings", action="store_true",
+                        help="redo finished shards made with other settings (teachers, seed, captions, ...) "
+                             "instead of stopping; the DAG's jobs, which own their output folder, pass it")
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--shards", nargs="+", default=None,
                            help="shard files in --datacomp-dir, relative paths (default: every *.tar under it)")
@@ -601,12 +604,15 @@ def _shard_manifest_path(target: Path) -> Path:
     return target.with_name(target.name + ".manifest.json")
 
 
-def _finished_shard(source: Path, target: Path, settings: dict) -> dict | None:
+def _finished_shard(source: Path, target: Path, settings: dict, replace_other_settings: bool = False) -> dict | None:
     """The per-shard manifest of a DR shard that a rerun can keep, else None (it is redone).
 
     Kept: a readable tar with a manifest, made from a DataComp shard of the same size.
     A finished shard made with other content settings (teachers, seed, ...) stops the run:
-    redoing it silently would mix two reinforcements in one dataset.
+    redoing it silently would mix two reinforcements in one dataset. With
+    ``replace_other_settings`` (the DAG's reinforce jobs, which own their shards and rerun
+    exactly when those settings change) it is redone instead, so the job ends with every
+    shard made with this run's settings.
     """
     manifest_path = _shard_manifest_path(target)
     if not (target.is_file() and manifest_path.is_file()):
@@ -621,8 +627,11 @@ def _finished_shard(source: Path, target: Path, settings: dict) -> dict | None:
         return None  # the DataComp shard was rewritten since
     for key in CONTENT_SETTINGS:
         if key in manifest and manifest[key] != settings[key]:
-            raise ValueError(f"{target} was reinforced with {key} = {manifest[key]!r}, this run has "
-                             f"{settings[key]!r}; delete it (and its manifest) or choose another --out-dir")
+            message = f"{target} was reinforced with {key} = {manifest[key]!r}, this run has {settings[key]!r}"
+            if replace_other_settings:
+                tqdm.write(f"{message}: reinforcing it again")
+                return None
+            raise ValueError(f"{message}; delete it (and its manifest) or choose another --out-dir")
     return manifest
 
 
@@ -675,7 +684,7 @@ def command(args: argparse.Namespace) -> int:
     todo = []
     for shard in (shard for shard in selected if shard not in entries):
         source, target = args.datacomp_dir / f"{shard}.tar", args.out_dir / f"{shard}.tar"
-        finished = _finished_shard(source, target, settings)
+        finished = _finished_shard(source, target, settings, args.replace_other_settings)
         if finished is None:
             todo.append(shard)
         else:

@@ -25,7 +25,8 @@ rule train_teacher:
 # One job per named reinforcement and shard group (the toy world is one group), teachers from
 # the reinforcement JSON's pretrained tags or local weights under teachers/. The declared output is the
 # group manifest: DR shards are not outputs, so a failed job keeps the shards it finished
-# and the rerun reinforces only the rest.
+# and the rerun reinforces only the rest. A changed setting reruns the job (its params),
+# which redoes the shards made with the old one (--replace-other-settings).
 rule reinforce:
     input:
         unpack(reinforce_inputs),
@@ -53,4 +54,4 @@ rule reinforce:
         " --reinforce-config {input.reinforce_config} --pretrained-root {params.teachers_dir}"
         " --captioner-json {params.captioner:q} --num-syn-captions {params.settings[num_syn_captions]}"
         " --dtype {params.settings[dtype]} --batch-size {params.settings[batch_size]} --seed {params.settings[seed]}"
-        " > {log} 2>&1"
+        " --replace-other-settings > {log} 2>&1"
