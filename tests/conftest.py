@@ -38,6 +38,27 @@ def write_toy_teachers():
     return write
 
 
+@pytest.fixture(scope="session")
+def write_reinforced_toy(write_toy_teachers):
+    """``write(results, train_samples, samples_per_shard)``: a tiny toy world under ``results/data``
+    and its DataCompDR shards from untrained teachers, reinforced with the schema's defaults (so
+    a config's preflight accepts them)."""
+    def write(results: Path, train_samples: int, samples_per_shard: int) -> Path:
+        from mobileclip_repro import cli, toyworld
+
+        toyworld.generate(results / "data", train_samples=train_samples, teacher_samples=1, benchmark_samples=1,
+                          samples_per_shard=samples_per_shard)
+        teachers = write_toy_teachers(results / "teachers")
+        assert cli.main(["reinforce", "--datacomp-dir", str(results / "data" / "datacomp"),
+                         "--out-dir", str(results / "data" / "datacompdr"),
+                         "--reinforce-config", str(REPO_ROOT / "configs" / "reinforce" / "toy.json"),
+                         "--pretrained-root", str(teachers), "--captioner", "world", "--num-syn-captions", "5",
+                         "--seed", "0", "--device", "cpu"]) == 0
+        return results
+
+    return write
+
+
 def pytest_configure(config):
     # Tests run on CPU with few cores: keep torch from oversubscribing them.
     os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -16,12 +16,11 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from mobileclip_repro import cli, config, models, shards, toyworld
+from mobileclip_repro import config, models, shards
 from mobileclip_repro import train as trainer
 from mobileclip_repro.replay import InterpolationMode, ReplayTransform, replay_tensor
 from mobileclip_repro.samples import SkipCounter
 
-REPO = Path(__file__).resolve().parents[1]
 STUDENT = "MobileCLIP-S1"
 # The preprocessing of MobileCLIP-S1's released weights (open_clip's pretrained config for
 # its one tag), not open_clip's generic defaults (CLIP's mean and std, bicubic).
@@ -34,18 +33,9 @@ RUN = {"model": STUDENT, "data": "dr", "gpus_per_node": 0, "global_batch_size": 
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, write_toy_teachers) -> Path:
+def results(tmp_path_factory, write_reinforced_toy) -> Path:
     """Eight toy-world samples reinforced by untrained toy teachers with the schema's defaults."""
-    results = tmp_path_factory.mktemp("mobileclip")
-    toyworld.generate(results / "data", train_samples=8, teacher_samples=1, benchmark_samples=1,
-                      samples_per_shard=8)
-    teachers = write_toy_teachers(results / "teachers")
-    assert cli.main(["reinforce", "--datacomp-dir", str(results / "data" / "datacomp"),
-                     "--out-dir", str(results / "data" / "datacompdr"),
-                     "--reinforce-config", str(REPO / "configs" / "reinforce" / "toy.json"),
-                     "--pretrained-root", str(teachers), "--captioner", "world", "--num-syn-captions", "5",
-                     "--seed", "0", "--device", "cpu"]) == 0
-    return results
+    return write_reinforced_toy(tmp_path_factory.mktemp("mobileclip"), train_samples=8, samples_per_shard=8)
 
 
 @pytest.fixture(scope="module")

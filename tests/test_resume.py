@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobileclip_repro import cli, config, toyworld
+from mobileclip_repro import cli, config
 from mobileclip_repro import train as trainer
 from mobileclip_repro.train import segment_boundaries
 
@@ -47,19 +47,9 @@ THREADS = "1"
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, write_toy_teachers) -> Path:
-    """A results folder with a tiny toy world and its DataCompDR shards from untrained teachers,
-    reinforced with the schema's defaults (so the config's preflight accepts them)."""
-    results = tmp_path_factory.mktemp("resume")
-    toyworld.generate(results / "data", train_samples=32, teacher_samples=1, benchmark_samples=1,
-                      samples_per_shard=16)
-    teachers = write_toy_teachers(results / "teachers")
-    assert cli.main(["reinforce", "--datacomp-dir", str(results / "data" / "datacomp"),
-                     "--out-dir", str(results / "data" / "datacompdr"),
-                     "--reinforce-config", str(REPO / "configs" / "reinforce" / "toy.json"),
-                     "--pretrained-root", str(teachers), "--captioner", "world", "--num-syn-captions", "5",
-                     "--seed", "0", "--device", "cpu"]) == 0
-    return results
+def results(tmp_path_factory, write_reinforced_toy) -> Path:
+    """A results folder with a tiny toy world and its DataCompDR shards from untrained teachers."""
+    return write_reinforced_toy(tmp_path_factory.mktemp("resume"), train_samples=32, samples_per_shard=16)
 
 
 def run_spec(results: Path, data: str, **overrides) -> dict:
