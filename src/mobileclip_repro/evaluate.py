@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import tarfile
 import time
 from dataclasses import dataclass, field

@@ -362,8 +362,7 @@ def one_tar_samples(tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dic
     """Apple's joined layout: each tar holds both sides of a sample, read once and split
     (shards.split_joined_sample). A sample without its DataCompDR keys is ``no_reinforcement``;
     one without its image, ``no_image``; a tar that cannot be read to its end, ``unreadable_shard``."""
-    reader = _ShardReader(tar)
-    for sample in reader:
+    for sample in raw_samples(tar, counter):
         datacomp, dr = shards.split_joined_sample(sample)
         if not any(key in dr for key in shards.DR_KEYS):
             counter.add("no_reinforcement", _where(sample), f"sample {sample['__key__']} has no DataCompDR keys")
@@ -373,8 +372,6 @@ def one_tar_samples(tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dic
             continue
         counter.passed("raw")
         yield datacomp, dr
-    if reader.error is not None:
-        counter.add("unreadable_shard", str(tar), reader.error)
 
 
 @dataclass
