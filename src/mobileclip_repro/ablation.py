@@ -71,8 +71,10 @@ def ablation_table(records: list[dict], settings: dict, paper: dict | None = Non
             raise ValueError(f"report.ablation.rows.{position}: run {run!r} has no evaluation records")
         paper_row = paper["rows"].get(row.get("paper_row")) if row.get("paper_row") else None
         line = {"step": position, "row": row["label"], "run": run, "setting": describe_setting(specs[run])}
+        seeds = None  # the first benchmark's count of final values
         for column, benchmark in benchmarks.items():
             values = _final_values(records, run, benchmark)
+            seeds = len(values) if seeds is None else seeds
             if not values:
                 raise ValueError(f"report.ablation.rows.{position}: run {run!r} has no {benchmark!r} record")
             mean = 100 * float(np.mean(values))
@@ -84,7 +86,7 @@ def ablation_table(records: list[dict], settings: dict, paper: dict | None = Non
                                          if position and ours_paper is not None
                                          and not np.isnan(previous[f"paper {column}"]) else np.nan)
             previous[benchmark], previous[f"paper {column}"] = mean, line[f"paper {column}"]
-        line["seeds"] = len(_final_values(records, run, next(iter(benchmarks.values()))))
+        line["seeds"] = seeds
         rows.append(line)
     return pd.DataFrame(rows)
 
