@@ -18,7 +18,7 @@ import torch
 from mobileclip_repro import replay, shards, toyworld
 from mobileclip_repro.config import REPO_ROOT, load_config, resolve_run
 from mobileclip_repro.reinforce import encode_pth
-from mobileclip_repro.samples import (DRSamples, SampleSkipped, SkipCounter, assemble_dr_example,
+from mobileclip_repro.samples import (DRSamples, SampleSkipped, ShardCache, SkipCounter, assemble_dr_example,
                                       joined_samples, paired_shards)
 
 EMBEDDING_DIM = 8
@@ -278,6 +278,49 @@ def test_a_truncated_shard_keeps_the_samples_before_the_cut(datacomp, tmp_path, 
     assert f"{datacomp_tar}:" in report
     unjoined = int(report.split(" DataCompDR samples after the cut")[0].rsplit(" ", 1)[1])
     assert len(examples) + unjoined + counts.get("missing_key", 0) == 8
+
+
+def _examples_over_passes(datacomp_dir: Path, dr_dir: Path, counter: SkipCounter, passes: int, cache_bytes: int):
+    pairs = paired_shards(shards.list_shards(datacomp_dir), datacomp_dir, dr_dir)
+    dataset = DRSamples(pairs, REPLAY, tokenizer=None, seed=0, resampled=False, counter=counter, shuffle_buffer=4,
+                        passes=passes, embedding_dim=EMBEDDING_DIM, cache_bytes=cache_bytes)
+    return [(e.caption, e.aug, e.pixels) for e in dataset.examples()]
+
+
+def test_a_small_dataset_is_read_from_disk_once_and_gives_the_same_examples(datacomp, tmp_path, monkeypatch):
+    for shard in range(2):
+        chunk = datacomp[8 * shard: 8 * shard + 8]
+        _pair(tmp_path, chunk, [_dr_sample(s, 8 * shard + i) for i, s in enumerate(chunk)], shard=shard)
+    streamed = _examples_over_passes(tmp_path / "datacomp", tmp_path / "dr", SkipCounter(), passes=3, cache_bytes=0)
+
+    reads = Counter()
+    real_reader = shards.iter_raw_samples
+    monkeypatch.setattr(shards, "iter_raw_samples", lambda path: reads.update([Path(path).name]) or real_reader(path))
+    cached = _examples_over_passes(tmp_path / "datacomp", tmp_path / "dr", SkipCounter(), passes=3,
+                                   cache_bytes=2 ** 30)
+
+    assert len(cached) == len(streamed) == 3 * 16
+    assert all(a[:2] == b[:2] and torch.equal(a[2], b[2]) for a, b in zip(cached, streamed))
+    # each of the 4 tars (2 DataComp + 2 DataCompDR, same names) parsed on the first pass only
+    assert reads == {shards.shard_name(0): 2, shards.shard_name(1): 2}
+
+
+def test_the_cache_is_off_when_the_shards_do_not_fit(tmp_path):
+    for name, size in (("a.tar", 600), ("b.tar", 600)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    paths = [tmp_path / "a.tar", tmp_path / "b.tar"]
+    assert ShardCache.for_shards(paths, max_bytes=1000) is None
+    assert ShardCache.for_shards(paths, max_bytes=1200) is not None
+
+
+def test_a_truncated_shard_is_never_cached_so_every_pass_counts_its_loss(datacomp, tmp_path):
+    datacomp_tar, _ = _pair(tmp_path, datacomp[:8], [_dr_sample(s, i) for i, s in enumerate(datacomp[:8])])
+    data = datacomp_tar.read_bytes()
+    datacomp_tar.write_bytes(data[: len(data) // 2])
+    counter = SkipCounter()
+    examples = _examples_over_passes(tmp_path / "datacomp", tmp_path / "dr", counter, passes=3, cache_bytes=2 ** 30)
+    assert counter.totals()["unreadable_shard"] == 3
+    assert len(examples) % 3 == 0 and 3 <= len(examples) < 24
 
 
 def test_the_first_skips_of_a_reason_are_logged_with_shard_and_key(caplog):

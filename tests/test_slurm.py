@@ -55,7 +55,7 @@ def expected_jobs() -> set[str]:
     return {"rule_toy_data", "rule_reinforce_wildcards_default_00000", "rule_report", "rule_evaluate_teachers",
             *(f"rule_train_teacher_wildcards_{teacher}" for teacher in TEACHERS),
             *(f"rule_train_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS),
-            *(f"rule_evaluate_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS)}
+            *(f"rule_evaluate_wildcards_{run}" for run in RUNS)}
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -38,8 +38,8 @@ def _samples(directory: Path) -> list[dict]:
     return [s for tar in sorted(directory.glob("*.tar")) for s in iter_raw_samples(tar)]
 
 
-def _scene(colour="red", shape="circle", size="large", position="left", background="grey", second=None):
-    objects = [{"shape": shape, "colour": colour, "size": size, "position": position}]
+def _scene(colour="red", pattern="striped", position="centre", background="grey", second=None):
+    objects = [{"colour": colour, "pattern": pattern, "position": position}]
     if second:
         objects.append(second)
     return {"background": background, "width": 64, "height": 80, "objects": objects}
@@ -88,7 +88,7 @@ def test_datacomp_shards_have_datacomp_keys_hashes_uids_and_the_scene(world):
         meta = json.loads(sample["json"])
         primary = meta["toy_scene"]["objects"][0]
         assert meta["toy_caption_kind"] == "clean"
-        assert f"{primary['colour']} {primary['shape']}" in sample["txt"].decode()
+        assert f"{primary['colour']} {primary['pattern']} ball" in sample["txt"].decode()
 
 
 def test_image_sizes_vary_within_bounds(world):
@@ -103,7 +103,7 @@ def test_benchmarks_load_through_clip_benchmark(world):
 
     zeroshot = build_dataset("wds/toy_zeroshot", root=str(world / "benchmarks" / "toy_zeroshot"),
                              transform=lambda image: image, task="zeroshot_classification")
-    assert zeroshot.classes == toyworld.class_names() and len(zeroshot.classes) == 48
+    assert zeroshot.classes == toyworld.class_names() and len(zeroshot.classes) == 32
     assert len(zeroshot.templates) >= 3 and all("{c}" in t for t in zeroshot.templates)
     items = list(zeroshot)
     assert len(items) == 18
@@ -119,12 +119,11 @@ def test_benchmarks_load_through_clip_benchmark(world):
         assert len(captions) == 3 == len(set(captions))
 
 
-def test_zeroshot_labels_name_a_dominant_primary_object(world):
+def test_zeroshot_images_hold_the_one_ball_their_label_names(world):
     for sample in _samples(world / "benchmarks" / "toy_zeroshot" / "test"):
         scene = json.loads(sample["json"])["toy_scene"]
         assert int(sample["cls"]) == toyworld.scene_label(scene)
-        if len(scene["objects"]) == 2:
-            assert [o["size"] for o in scene["objects"]] == ["large", "small"]
+        assert len(scene["objects"]) == 1
 
 
 def test_retrieval_captions_describe_their_image(world):
@@ -132,7 +131,7 @@ def test_retrieval_captions_describe_their_image(world):
         scene = json.loads(sample["json"])["toy_scene"]
         for caption in sample["txt"].decode().splitlines():
             for obj in scene["objects"]:
-                assert f"{obj['colour']} {obj['shape']}" in caption
+                assert toyworld.object_phrase(obj) in caption
 
 
 def test_generate_refuses_to_mix_with_stale_shards(world, tmp_path):
@@ -167,18 +166,17 @@ def test_bad_alt_text_mix_is_rejected(mix, problem):
 
 
 def test_alt_text_kinds_mean_what_they_say():
-    scene = _scene(colour="red", shape="circle", background="grey")
-    words = {"colour": "red", "shape": "circle", "background": "grey"}
+    scene = _scene(colour="red", pattern="striped", background="grey")
+    words = {"colour": "red", "pattern": "striped", "background": "grey"}
     seen = Counter()
     for i in range(400):
         kind, text = toyworld.alt_text_with_kind(scene, np.random.default_rng(i))
         mentioned = {aspect for aspect, word in words.items() if re.search(rf"\b{word}\b", text)}
         seen[kind] += 1
-        if kind == "full":
-            assert "red circle" in text and mentioned == set(words)
-        elif kind == "wrong":  # exactly one of the primary object's colour and shape is swapped
-            assert "red circle" not in text and len(mentioned & {"colour", "shape"}) == 1
-            assert "grey" in text
+        if kind == "full":  # clean captions name the ball, not the background
+            assert "red striped ball" in text and mentioned == {"colour", "pattern"}
+        elif kind == "wrong":  # exactly one of the primary ball's colour and pattern is swapped
+            assert "red striped ball" not in text and len(mentioned) == 1
         elif kind == "partial":
             assert len(mentioned) == 1
         else:
@@ -187,16 +185,15 @@ def test_alt_text_kinds_mean_what_they_say():
 
 
 def test_world_captioner_gives_distinct_correct_descriptions():
-    second = {"shape": "triangle", "colour": "blue", "size": "small", "position": "right"}
-    scene = _scene(colour="orange", shape="ring", size="large", position="left", background="beige", second=second)
+    second = {"colour": "blue", "pattern": "dotted", "position": "right"}
+    scene = _scene(colour="orange", pattern="ringed", position="left", background="beige", second=second)
     meta = json.loads(datacomp_record("000000000000", b"jpg", "IMG_1234.jpg", "0" * 32, "https://toy.invalid/x.jpg",
                                       extra_meta={"toy_scene": scene})["json"])
     captions = toyworld.WorldCaptioner()(meta, num_captions=5, seed=7)
     assert len(captions) == 5 == len(set(captions))
     for caption in captions:
-        assert re.search(r"\b(large|big) orange ring (on|at) the left", caption), caption
-        assert re.search(r"\b(small|little) blue triangle (on|at) the right", caption), caption
-        assert "beige background" in caption
+        assert "orange ringed ball" in caption and "blue dotted ball" in caption, caption
+        assert "beige" not in caption
     assert toyworld.WorldCaptioner()(meta, num_captions=5, seed=7) == captions
 
 
@@ -207,28 +204,45 @@ def test_world_captioner_rejects_samples_without_a_scene():
 
 def test_world_captioner_reports_when_a_scene_has_too_few_phrasings():
     with pytest.raises(ValueError, match="distinct phrasings"):
-        toyworld.WorldCaptioner()({"toy_scene": _scene(position="top")}, num_captions=200, seed=0)
+        toyworld.WorldCaptioner()({"toy_scene": _scene()}, num_captions=200, seed=0)
 
 
-def test_scenes_keep_objects_visible_and_the_primary_largest():
+def test_scenes_centre_one_ball_and_put_two_on_opposite_sides():
+    counts = Counter()
     for i in range(500):
         scene = toyworld.generate_scene(np.random.default_rng(i))
         toyworld.validate_scene(scene)
-        if len(scene["objects"]) == 2:
-            primary, second = scene["objects"]
-            assert not (primary["size"] == "small" and second["size"] == "large")
-            assert primary["position"] != second["position"]
-    with pytest.raises(ValueError, match="background's colour"):
-        toyworld.validate_scene(_scene(colour="white", background="white"))
+        positions = [o["position"] for o in scene["objects"]]
+        counts[len(positions)] += 1
+        assert positions == ["centre"] or toyworld.OPPOSITE[positions[0]] == positions[1]
+    assert counts[1] > 150 and counts[2] > 150
+    assert not set(toyworld.BACKGROUNDS) & set(toyworld.OBJECT_COLOURS), "a colour word must name a ball"
+    with pytest.raises(ValueError, match="opposite sides"):
+        toyworld.validate_scene(_scene(position="left", second={"colour": "blue", "pattern": "solid", "position": "top"}))
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        toyworld.validate_scene(_scene(pattern="paisley"))
 
 
-def test_render_draws_the_objects_colour():
-    scene = _scene(colour="blue", shape="square", size="large", position="centre", background="white")
+def test_render_draws_the_balls_colour():
+    scene = _scene(colour="blue", pattern="solid", background="beige")
     pixels = np.asarray(toyworld.render(scene, np.random.default_rng(0)), dtype=int)
     assert pixels.shape == (80, 64, 3)
     centre = pixels[40, 32]
     assert centre[2] > 180 and centre[0] < 80, centre  # blue in the middle
-    assert pixels[2, 2].min() > 220  # white in the corner
+    assert abs(pixels[2, 2] - np.array(toyworld.BACKGROUNDS["beige"])).max() < 30  # beige in the corner
+
+
+@pytest.mark.parametrize("pattern", toyworld.PATTERNS)
+def test_patterns_fill_part_of_the_ball_and_differ_from_each_other(pattern):
+    offsets = np.arange(-16, 16) + 0.5
+    mask = toyworld.pattern_mask(pattern, offsets[None, :], offsets[:, None], period=8.0)
+    coverage = mask.mean()
+    assert coverage == 1.0 if pattern == "solid" else 0.15 < coverage < 0.65, coverage
+    others = [p for p in toyworld.PATTERNS if p != pattern]
+    assert all((toyworld.pattern_mask(p, offsets[None, :], offsets[:, None], 8.0) != mask).mean() > 0.2
+               for p in others)
+    if pattern == "striped":  # horizontal bands: constant along a row
+        assert (mask == mask[:, :1]).all()
 
 
 def test_extra_meta_cannot_override_datacomp_fields():

@@ -208,22 +208,68 @@ def shard_stream(shard_paths: list, seed: int, resampled: bool, passes: int | No
         pass_index += 1
 
 
+DEFAULT_SHARD_CACHE_BYTES = 256 * 2 ** 20
+
+
+class ShardCache:
+    """The raw samples (bytes) of every shard read to its end, kept in this process.
+
+    For a dataset that fits in ``max_bytes`` and is passed over many times (the toy runs read
+    each shard ~8 times): Python's tarfile costs about as much per sample as a toy model's
+    step, and a cached shard skips it. ``for_shards`` gives None where the shards do not fit,
+    so paper-scale data streams as before. A shard that fails to read is never kept: each
+    draw reads it again and counts its loss again. Cached samples are shared; readers must
+    not modify them.
+    """
+
+    def __init__(self):
+        self.samples: dict[str, list[dict]] = {}
+
+    @classmethod
+    def for_shards(cls, shard_paths, max_bytes: int = DEFAULT_SHARD_CACHE_BYTES) -> "ShardCache | None":
+        total = 0
+        for path in shard_paths:
+            try:
+                total += Path(path).stat().st_size
+            except OSError:
+                continue  # a missing shard is the reader's to count, not a reason to stream the rest
+            if total > max_bytes:
+                return None
+        return cls()
+
+    def get(self, path: Path) -> list[dict] | None:
+        return self.samples.get(str(path))
+
+    def put(self, path: Path, samples: list[dict]) -> None:
+        self.samples[str(path)] = samples
+
+
 class _ShardReader:
     """A shard's samples; a read error ends them and is kept in ``error`` rather than raised."""
 
-    def __init__(self, tar_path: Path):
-        self.path, self.error = tar_path, None
+    def __init__(self, tar_path: Path, cache: ShardCache | None = None):
+        self.path, self.error, self.cache = tar_path, None, cache
 
     def __iter__(self) -> Iterator[dict]:
+        cached = self.cache.get(self.path) if self.cache is not None else None
+        if cached is not None:
+            yield from cached
+            return
+        read = []
         try:
-            yield from shards.iter_raw_samples(self.path)
+            for sample in shards.iter_raw_samples(self.path):
+                read.append(sample)
+                yield sample
         except Exception as error:  # noqa: BLE001 - tarfile, OSError, webdataset's own: all mean "unreadable"
             self.error = f"{type(error).__name__}: {error}"
+            return
+        if self.cache is not None:
+            self.cache.put(self.path, read)
 
 
-def raw_samples(tar_path: Path, counter: SkipCounter) -> Iterator[dict]:
+def raw_samples(tar_path: Path, counter: SkipCounter, cache: ShardCache | None = None) -> Iterator[dict]:
     """A shard's samples; a truncated or corrupt tar loses its tail, never the run."""
-    reader = _ShardReader(tar_path)
+    reader = _ShardReader(tar_path, cache)
     yield from reader
     if reader.error is not None:
         counter.add("unreadable_shard", str(tar_path), reader.error)
@@ -291,15 +337,17 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
     """(image tensor, token ids) from DataComp shards with a train transform."""
 
     def __init__(self, shard_paths: list[Path], transform: Callable, tokenizer: Callable, seed: int,
-                 resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000, passes: int | None = None):
+                 resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000, passes: int | None = None,
+                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES):
         self.shard_paths, self.transform, self.tokenizer = shard_paths, transform, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
-        self.passes = passes
+        self.passes, self.cache_bytes = passes, cache_bytes
 
     def _raw(self) -> Iterator[dict]:
+        cache = ShardCache.for_shards(self.shard_paths, self.cache_bytes)  # one per worker process
         for shard in shard_stream(self.shard_paths, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_paths))
-            for raw in raw_samples(shard, self.counter):
+            for raw in raw_samples(shard, self.counter, cache):
                 if "jpg" not in raw or "txt" not in raw:
                     missing = [k for k in ("jpg", "txt") if k not in raw]
                     self.counter.add("missing_key", _where(raw), f"no {', '.join(missing)}")
@@ -320,7 +368,8 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
             yield self.transform(image), self.tokenizer([caption])[0]
 
 
-def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dict]]:
+def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter,
+                   cache: ShardCache | None = None) -> Iterator[tuple[dict, dict]]:
     """Merge-join a DataComp shard with its DataCompDR shard on sample key (both are key-sorted).
 
     Either side may lack samples the other has, and both losses are counted: a DataComp
@@ -334,9 +383,9 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
     dr_exists = Path(dr_tar).exists()
     if not dr_exists:
         counter.add("unreadable_shard", str(dr_tar), "no DataCompDR shard for this DataComp shard")
-    dr_iter = raw_samples(dr_tar, counter) if dr_exists else iter(())
+    dr_iter = raw_samples(dr_tar, counter, cache) if dr_exists else iter(())
     dr = next(dr_iter, None)
-    datacomp_reader = _ShardReader(datacomp_tar)
+    datacomp_reader = _ShardReader(datacomp_tar, cache)
     for datacomp in datacomp_reader:
         key = datacomp["__key__"]
         while dr is not None and dr["__key__"] < key:
@@ -358,11 +407,11 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter) -> It
         dr = next(dr_iter, None)
 
 
-def one_tar_samples(tar: Path, counter: SkipCounter) -> Iterator[tuple[dict, dict]]:
+def one_tar_samples(tar: Path, counter: SkipCounter, cache: ShardCache | None = None) -> Iterator[tuple[dict, dict]]:
     """Apple's joined layout: each tar holds both sides of a sample, read once and split
     (shards.split_joined_sample). A sample without its DataCompDR keys is ``no_reinforcement``;
     one without its image, ``no_image``; a tar that cannot be read to its end, ``unreadable_shard``."""
-    for sample in raw_samples(tar, counter):
+    for sample in raw_samples(tar, counter, cache):
         datacomp, dr = shards.split_joined_sample(sample)
         if not any(key in dr for key in shards.DR_KEYS):
             counter.add("no_reinforcement", _where(sample), f"sample {sample['__key__']} has no DataCompDR keys")
@@ -461,18 +510,22 @@ class DRSamples(torch.utils.data.IterableDataset):
     def __init__(self, shard_pairs: list[tuple[Path, Path]], replay: Callable, tokenizer: Callable,
                  seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000,
                  passes: int | None = None, embedding_dim: int | None = None,
-                 syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX):
+                 syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX,
+                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES):
         self.shard_pairs, self.replay, self.tokenizer = shard_pairs, replay, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
         self.passes, self.embedding_dim, self.syn_caption_regex = passes, embedding_dim, syn_caption_regex
+        self.cache_bytes = cache_bytes
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
+        cache = ShardCache.for_shards([tar for pair in self.shard_pairs for tar in pair if tar is not None],
+                                      self.cache_bytes)  # one per worker process
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_pairs))
             if dr_tar is None:  # joined layout
-                yield from one_tar_samples(datacomp_tar, self.counter)
+                yield from one_tar_samples(datacomp_tar, self.counter, cache)
             else:
-                yield from joined_samples(datacomp_tar, dr_tar, self.counter)
+                yield from joined_samples(datacomp_tar, dr_tar, self.counter, cache)
 
     def examples(self) -> Iterator[DRExample]:
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))

@@ -257,8 +257,11 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
             static_graph=spec["ddp_static_graph"])
 
     # --- optimizer, schedule, loss
+    # Fused on CPU: one pass over the parameters instead of a dozen (the 49k-token embedding of
+    # a toy model made the default optimizer step ~20% of a step); GPUs keep open_clip_train's.
     optimizer = torch.optim.AdamW(weight_decay_groups(model, spec["weight_decay"]), lr=spec["lr"],
-                                  betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"])
+                                  betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"],
+                                  fused=True if device.type == "cpu" else None)
     total_steps = spec["total_steps"]
     schedule = cosine_lr if spec["schedule"] == "cosine" else const_lr
     adjust_lr = schedule(optimizer, spec["lr"], spec["warmup_steps"], total_steps)

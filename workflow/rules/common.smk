@@ -110,9 +110,19 @@ def eval_dir(run, seed, epoch):
     return RESULTS / "eval" / run / f"seed_{seed}" / f"epoch_{epoch}"
 
 
-def eval_index(run, seed):
-    """The evaluate job's output: the list of records it wrote (each checkpoint x benchmark)."""
-    return RESULTS / "eval" / run / f"seed_{seed}" / "records.json"
+def eval_index(run):
+    """The evaluate job's output: the list of records it wrote (each seed x checkpoint x benchmark)."""
+    return RESULTS / "eval" / run / "records.json"
+
+
+def seeds_of(run):
+    return [seed for name, seed in SPECS if name == run]
+
+
+def run_checkpoints(run):
+    """Every seed's checkpoints of ``run`` with their record folders, in one order."""
+    return [(run_dir(EXP, run, seed=seed) / "checkpoints" / f"epoch_{epoch}.pt", eval_dir(run, seed, epoch))
+            for seed in seeds_of(run) for epoch in range(1, SPECS[(run, seed)]["num_checkpoints"] + 1)]
 
 
 def teacher_records():
@@ -123,7 +133,7 @@ def teacher_records():
 
 
 def all_eval_records():
-    return [eval_index(run, seed) for run, seed in SPECS] + teacher_records()
+    return [eval_index(run) for run in RUNS] + teacher_records()
 
 
 def ablation_outputs():

@@ -1,8 +1,8 @@
-# Stage 4: every checkpoint on every benchmark set, through clip_benchmark. One job per
-# training job (its checkpoints in turn: loading torch + open_clip + clip_benchmark costs
-# more than a small set), one JSON record per checkpoint and benchmark, listed in the job's
-# index file (the declared output: the number of checkpoints differs between runs); one
-# more job for the reinforcement's teachers and their ensemble.
+# Stage 4: every checkpoint on every benchmark set, through clip_benchmark. One job per run,
+# all its seeds' checkpoints in turn (loading torch + open_clip + clip_benchmark costs more
+# than evaluating a toy checkpoint), one JSON record per checkpoint and benchmark, listed in
+# the job's index file (the declared output: the number of checkpoints differs between
+# runs); one more job for the reinforcement's teachers and their ensemble.
 
 rule fetch_benchmark:
     output:
@@ -21,23 +21,24 @@ rule fetch_benchmark:
 rule evaluate:
     input:
         unpack(benchmark_inputs),
-        train_manifest=train_manifest("{run}", "{seed}"),
+        train_manifests=lambda wc: [train_manifest(wc.run, seed) for seed in seeds_of(wc.run)],
     output:
-        index=eval_index("{run}", "{seed}"),
+        index=eval_index("{run}"),
     params:
-        checkpoints=lambda wc: [run_dir(EXP, wc.run, seed=int(wc.seed)) / "checkpoints" / f"epoch_{epoch}.pt"
-                                for epoch in range(1, spec_of(wc)["num_checkpoints"] + 1)],
-        out_dirs=lambda wc: [eval_dir(wc.run, wc.seed, epoch) for epoch in range(1, spec_of(wc)["num_checkpoints"] + 1)],
-        model=lambda wc: spec_of(wc)["model"],
+        checkpoints=lambda wc: [checkpoint for checkpoint, _ in run_checkpoints(wc.run)],
+        out_dirs=lambda wc: [out_dir for _, out_dir in run_checkpoints(wc.run)],
+        model=lambda wc: SPECS[(wc.run, seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
         benchmarks=json.dumps(BENCHMARKS),
         settings=EVALUATION,
+    wildcard_constraints:
+        run="|".join(map(re.escape, RUNS)),
     threads: 1
     priority: 4
     resources:
         gpu=1,
-        runtime=lambda wc: 30 + 10 * spec_of(wc)["num_checkpoints"],
+        runtime=lambda wc: 30 + 10 * len(run_checkpoints(wc.run)),
     log:
-        RESULTS / "logs" / "eval" / "{run}_seed_{seed}.log",
+        RESULTS / "logs" / "eval" / "{run}.log",
     shell:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints} --out-dir {params.out_dirs}"
         " --model {params.model} --benchmarks-json {params.benchmarks:q}"
