@@ -215,8 +215,8 @@ class ShardCache:
     """The raw samples (bytes) of every shard read to its end, kept in this process.
 
     For a dataset that fits in ``max_bytes`` and is passed over many times (the toy runs read
-    each shard ~8 times): Python's tarfile costs about as much per sample as a toy model's
-    step, and a cached shard skips it. ``for_shards`` gives None where the shards do not fit,
+    each shard ~8 times): Python's tarfile is about a third of the toy's data path per sample
+    (benchmarks/shard_cache.py), and a cached shard skips it. ``for_shards`` gives None where the shards do not fit,
     so paper-scale data streams as before. A shard that fails to read is never kept: each
     draw reads it again and counts its loss again. Cached samples are shared; readers must
     not modify them.
