@@ -16,7 +16,7 @@ synthetic captions and the knowledge of teachers trained on curated data. So:
 Why patterns and not outline shapes: a contrastive model learns colour within a few
 thousand samples, while a second attribute is learnt only once both towers have found it.
 Fill patterns (solid, stripes, dots, rings) are local textures a small conv teacher finds in
-~30k samples; outline shapes at 32 px took it several times longer. Captions name what
+~25k samples; outline shapes at 32 px took it several times longer. Captions name what
 the zero-shot classes name (colour and pattern of each ball), nothing else: words for
 background, size or position made the teachers several times slower to learn the pattern.
 Backgrounds use colours no ball has, so a colour word always means a ball.
