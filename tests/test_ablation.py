@@ -47,8 +47,9 @@ def student_and_batch():
     generator = torch.Generator().manual_seed(1)
     rows = 6
     images = torch.randn(rows, 3, 32, 32, generator=generator)
-    texts = torch.randint(1, 50, (rows, 24), generator=generator)
-    syn_texts = torch.randint(1, 50, (rows, 24), generator=generator)
+    context = model.context_length
+    texts = torch.randint(1, 50, (rows, context), generator=generator)
+    syn_texts = torch.randint(1, 50, (rows, context), generator=generator)
     emb = [torch.nn.functional.normalize(torch.randn(rows, 128, generator=generator), dim=-1) for _ in range(3)]
     return model, (images, texts, emb[0], emb[1], syn_texts, emb[2])
 
