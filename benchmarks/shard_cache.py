@@ -27,18 +27,18 @@ from mobileclip_repro.replay import ReplayTransform
 from mobileclip_repro.samples import DRSamples, PlainCLIPSamples, SkipCounter, paired_shards
 
 
-def cpu_ms_per_sample(make_dataset, passes: int) -> float:
+def cpu_ms_per_sample(make_dataset) -> float:
     dataset = make_dataset()
     start = time.process_time()
     count = sum(1 for _ in dataset)
     return (time.process_time() - start) * 1000 / count
 
 
-def compare(name: str, make_dataset, passes: int, repeats: int) -> None:
+def compare(name: str, make_dataset, repeats: int) -> None:
     best = {"streamed": float("inf"), "cached": float("inf")}
     for _ in range(repeats):
         for side, cache_bytes in (("streamed", 0), ("cached", 2 ** 30)):
-            best[side] = min(best[side], cpu_ms_per_sample(lambda: make_dataset(cache_bytes), passes))
+            best[side] = min(best[side], cpu_ms_per_sample(lambda: make_dataset(cache_bytes)))
     print(f"{name}: streamed {best['streamed']:.3f} ms/sample, cached {best['cached']:.3f} ms/sample")
     print(f"{name}: cached / streamed CPU time per sample: {best['cached'] / best['streamed']:.2f}x")
 
@@ -60,7 +60,7 @@ def main() -> None:
         plain_shards = shards.list_shards(Path(tmp) / "datacomp")
         compare("plain", lambda cache_bytes: PlainCLIPSamples(
             plain_shards, train_transform, tokenizer, seed=0, resampled=False, counter=SkipCounter(),
-            passes=args.passes, cache_bytes=cache_bytes), args.passes, args.repeats)
+            passes=args.passes, cache_bytes=cache_bytes), args.repeats)
 
     if args.results is not None:
         datacomp_dir, dr_dir = args.results / "data" / "datacomp", args.results / "data" / "datacompdr"
@@ -68,7 +68,7 @@ def main() -> None:
         replay = ReplayTransform.from_open_clip(model)
         compare("DR", lambda cache_bytes: DRSamples(
             pairs, replay, tokenizer, seed=0, resampled=False, counter=SkipCounter(), passes=args.passes,
-            embedding_dim=128, cache_bytes=cache_bytes), args.passes, args.repeats)
+            embedding_dim=128, cache_bytes=cache_bytes), args.repeats)
 
 
 if __name__ == "__main__":
