@@ -172,6 +172,24 @@ def test_missing_dataset_root_fails_before_any_download(world, tmp_path):
               "--out-dir", str(tmp_path / "out")])
 
 
+def test_a_benchmark_shard_cut_at_a_member_boundary_is_refused_not_scored(world, tmp_path):
+    import shutil
+    import tarfile
+
+    root = tmp_path / "toy_zeroshot"
+    shutil.copytree(world["classification"], root)
+    shard = root / "test" / "0.tar"
+    with tarfile.open(shard) as archive:
+        third_sample = archive.getmembers()[2 * 2].offset  # png + cls a sample
+    shard.write_bytes(shard.read_bytes()[:third_sample])
+    spec = [{"name": "toy_zeroshot", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification", "root": str(root)}]
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"shard .*0\.tar: truncated"):
+        main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+              "--out-dir", str(tmp_path / "out")])
+    assert not list((tmp_path / "out").glob("*.json")), "no record from part of a set"
+
+
 # The CLI's benchmark list is checked by the config schema's benchmark definition: the same
 # rules, and errors naming the same keys, as a benchmark in an experiment config.
 @pytest.mark.parametrize("spec, message", [

@@ -235,3 +235,111 @@ def test_the_plain_path_checks_the_sha256_its_json_records(world, tmp_path):
 
     assert counter.totals() == {"sha256_mismatch": 2}
     assert captions == sorted(s["txt"].decode() for i, s in enumerate(samples) if i not in (3, 6))
+
+
+# -- truncated shards: a cut at a member boundary reads like a shorter shard ---------------------
+
+def _member_offsets(tar: Path) -> list[int]:
+    import tarfile
+
+    with tarfile.open(tar) as archive:
+        return [member.offset for member in archive.getmembers()]
+
+
+def test_a_shard_cut_at_any_member_boundary_or_inside_any_header_is_flagged(world, tmp_path):
+    whole = _write(tmp_path / "whole.tar", world[:4])
+    data = whole.read_bytes()
+    starts = _member_offsets(whole)[1:]
+    end_of_last_member = len(data.rstrip(b"\0")) + 511 & ~511  # where the end-of-archive blocks begin
+    cuts = [*starts, end_of_last_member, *(start + 100 for start in starts), end_of_last_member + 512]
+    assert shards.tar_problem(whole) is None and len(list(shards.iter_raw_samples(whole))) == 4
+    for cut in cuts:
+        cut_tar = tmp_path / "cut.tar"
+        cut_tar.write_bytes(data[:cut])
+        assert shards.tar_problem(cut_tar) is not None, f"a cut at byte {cut} passes as complete"
+        with pytest.raises(shards.ShardTruncated, match="truncated"):
+            list(shards.iter_raw_samples(cut_tar))
+
+
+def test_a_plain_run_over_a_cut_shard_counts_it_and_keeps_the_samples_before_the_cut(world, tmp_path):
+    tar = _write(tmp_path / "00000000.tar", world[:8])
+    tar.write_bytes(tar.read_bytes()[:_member_offsets(tar)[3 * 4]])  # 4 members a sample: cut before sample 3
+    counter = SkipCounter()
+    dataset = PlainCLIPSamples([tar], transform=lambda image: image.size, tokenizer=lambda texts: texts, seed=0,
+                               resampled=False, counter=counter, passes=2)
+
+    assert len(list(dataset)) == 2 * 3, "each pass keeps the 3 samples before the cut"
+    assert counter.totals() == {"truncated_shard": 2}, "a cut shard is never cached: each pass counts it"
+
+
+def test_a_datacomp_tar_cut_at_a_member_boundary_is_a_truncated_shard_not_missing_images(world, tmp_path, caplog):
+    datacomp_tar, dr_tar = _shard_pair(tmp_path, world[:8], [_dr(s) for s in world[:8]])
+    datacomp_tar.write_bytes(datacomp_tar.read_bytes()[:_member_offsets(datacomp_tar)[5 * 4]])
+    counter = SkipCounter()
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+        joined = list(joined_samples(datacomp_tar, dr_tar, counter))
+
+    assert len(joined) == 5 and counter.totals() == {"truncated_shard": 1}
+    [report] = [r.getMessage() for r in caplog.records]
+    assert report.startswith(f"skipped sample [truncated_shard] {datacomp_tar}: truncated")
+    assert f"3 DataCompDR samples after the cut in {dr_tar} not joined" in report
+
+
+def test_a_sample_with_an_oversized_member_is_a_counted_skip_and_the_shard_goes_on(world, tmp_path, monkeypatch):
+    samples = [dict(s) for s in world[:4]]
+    samples[1]["jpg"] = samples[1]["jpg"] + bytes(4096)
+    tar = _write(tmp_path / "00000000.tar", samples)
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", max(len(s["jpg"]) for s in world[:4]) + 1024)
+    counter = SkipCounter()
+    dataset = PlainCLIPSamples([tar], transform=lambda image: image.size, tokenizer=lambda texts: texts, seed=0,
+                               resampled=False, counter=counter, passes=1)
+
+    assert sorted(caption for _, caption in dataset) == sorted(s["txt"].decode() for s in world[:4] if s is not world[1])
+    assert counter.totals() == {"oversized_member": 1}
+
+
+# -- undecodable DataCompDR payloads: a counted skip, never the run's end ------------------------
+
+def _garbage_payloads() -> dict[str, dict]:
+    import gzip
+    import pickle
+
+    class Refused:  # a pickle torch.load(weights_only=True) refuses: it names a global outside its allow-list
+        def __reduce__(self):
+            return (print, ("pickled code",))
+
+    return {
+        "npz not a zip": {"npz": b"PK\x03\x04 not really a zip"},
+        "npz random bytes": {"npz": bytes(range(256)) * 4},
+        "pth.gz not gzip": {"pth.gz": b"\x1f\x8b\x08garbage"},
+        "pth.gz of random bytes": {"pth.gz": gzip.compress(bytes(range(256)) * 4)},
+        "pth.gz holding a refused pickle": {"pth.gz": gzip.compress(pickle.dumps({"image_emb": Refused()}))},
+    }
+
+
+@pytest.mark.parametrize("name", list(_garbage_payloads()))
+def test_an_undecodable_payload_is_a_counted_bad_reinforcement(world, tmp_path, name):
+    dr = [_dr(s) for s in world[:4]]
+    del dr[1]["npz"]
+    dr[1].update(_garbage_payloads()[name])
+    _shard_pair(tmp_path, world[:4], dr)
+    counter = SkipCounter()
+    examples = list(_dr_dataset(tmp_path, counter, WIDTH, passes=1).examples())
+
+    assert len(examples) == 3 and counter.totals() == {"bad_reinforcement": 1}
+
+
+@pytest.mark.timeout(300)
+def test_a_run_over_undecodable_payloads_finishes_and_counts_them(world, tmp_path):
+    from mobileclip_repro.train import train
+
+    dr = [_dr(s) for s in world[:8]]
+    for sample, garbage in zip(dr[::3], _garbage_payloads().values()):
+        del sample["npz"]
+        sample.update(garbage)
+    _shard_pair(tmp_path, world[:8], dr)
+    manifest = train(_toy_dr_spec(tmp_path, workers=0), tmp_path / "run", device_name="cpu")
+
+    assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").is_file()
+    assert manifest["skipped_samples"]["bad_reinforcement"] > 0
+    assert {k for k, v in manifest["skipped_samples"].items() if v} == {"bad_reinforcement"}

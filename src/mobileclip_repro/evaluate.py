@@ -147,7 +147,13 @@ def check_dataset_present(spec: BenchmarkSpec) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"benchmark {spec.name!r}: dataset root {root} does not exist")
     if spec.is_wds:
-        wds_num_shards(spec.root, spec.split)
+        for shard in range(wds_num_shards(spec.root, spec.split)):
+            # a cut shard reads as a shorter set without an error: the record would score a subset
+            shard_path = root / spec.split / f"{shard}.tar"
+            problem = shards.tar_problem(shard_path) if shard_path.is_file() else "missing"
+            if problem is not None:
+                raise ValueError(f"benchmark {spec.name!r}: shard {shard_path}: {problem}; "
+                                 "regenerate or refetch the set")
         dataset_type = wds_dataset_type(spec.root)
         expected = "retrieval" if spec.task == RETRIEVAL else "classification"
         if dataset_type != expected:

@@ -172,6 +172,8 @@ def prepare_sample(raw: dict, config: ReinforceConfig, seed: int, keep_image: bo
     captioners a mapping syn.json key -> transform or None, one caption input per entry.
     """
     key = raw["__key__"]
+    if shards.OVERSIZED in raw:
+        return Skipped(key, "oversized_member")
     if not all(ext in raw for ext in shards.DATACOMP_KEYS):
         return Skipped(key, "missing_key")
     try:
@@ -223,9 +225,11 @@ class _PreparedShard(torch.utils.data.IterableDataset):
                     yield prepare_sample(raw, self.config, self.seed, self.keep_images, self.image_transform)
         except Exception as error:  # noqa: BLE001 - a truncated or corrupt tar: keep what came before it
             if worker == 0:  # every worker hits the same tail; count it once
-                log.warning("%s: unreadable after the samples read so far (%s: %s)", self.path,
-                            type(error).__name__, error)
-                yield Skipped(f"{self.path.name}:<unreadable tail>", "unreadable_shard")
+                truncated = isinstance(error, shards.ShardTruncated)
+                log.warning("%s: %s after the samples read so far (%s: %s)", self.path,
+                            "truncated" if truncated else "unreadable", type(error).__name__, error)
+                yield Skipped(f"{self.path.name}:<{'missing' if truncated else 'unreadable'} tail>",
+                              "truncated_shard" if truncated else "unreadable_shard")
 
 
 def _unbatched(item):

@@ -51,6 +51,9 @@ SKIP_REASONS = (
     "bad_param_aug",          # entry that cannot be replayed (crop outside image, unknown op, ...)
     "no_reinforcement",       # DataComp sample with no DR counterpart in the paired shard
     "no_image",               # DR sample whose image is not in the DataComp shard (download failed)
+    # appended, not inserted: checkpoints store per-reason counts in this order
+    "truncated_shard",        # tar without its end-of-archive blocks (cut at a member boundary): its tail is lost
+    "oversized_member",       # a sample with a tar member over shards.MAX_MEMBER_BYTES, left unread
 )
 EXAMPLES_LOGGED_PER_REASON = 5
 # Where a skip happens: a raw sample (or DataComp/DataCompDR pair) read from the shards, or
@@ -245,34 +248,49 @@ class ShardCache:
 
 
 class _ShardReader:
-    """A shard's samples; a read error ends them and is kept in ``error`` rather than raised."""
+    """A shard's samples; a read error ends them and is kept in ``error`` (and its skip reason in
+    ``reason``) rather than raised. A sample with an oversized member is counted and dropped
+    here, on every pass (the cache keeps it, without its data, so each pass counts it again)."""
 
-    def __init__(self, tar_path: Path, cache: ShardCache | None = None):
-        self.path, self.error, self.cache = tar_path, None, cache
+    def __init__(self, tar_path: Path, counter: SkipCounter, cache: ShardCache | None = None):
+        self.path, self.counter, self.cache = tar_path, counter, cache
+        self.error, self.reason = None, None
 
     def __iter__(self) -> Iterator[dict]:
         cached = self.cache.get(self.path) if self.cache is not None else None
-        if cached is not None:
-            yield from cached
-            return
+        yield from self._usable(cached if cached is not None else self._read())
+
+    def _read(self) -> Iterator[dict]:
         read = []
         try:
             for sample in shards.iter_raw_samples(self.path):
                 read.append(sample)
                 yield sample
+        except shards.ShardTruncated as error:
+            self.error, self.reason = str(error), "truncated_shard"
+            return
         except Exception as error:  # noqa: BLE001 - tarfile, OSError, webdataset's own: all mean "unreadable"
-            self.error = f"{type(error).__name__}: {error}"
+            self.error, self.reason = f"{type(error).__name__}: {error}", "unreadable_shard"
             return
         if self.cache is not None:
             self.cache.put(self.path, read)
 
+    def _usable(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            if shards.OVERSIZED in sample:
+                sizes = ", ".join(f"{extension} {size:,} bytes" for extension, size in sample[shards.OVERSIZED])
+                self.counter.add("oversized_member", _where(sample),
+                                 f"{sizes} (over {shards.MAX_MEMBER_BYTES:,}), left unread")
+                continue
+            yield sample
+
 
 def raw_samples(tar_path: Path, counter: SkipCounter, cache: ShardCache | None = None) -> Iterator[dict]:
     """A shard's samples; a truncated or corrupt tar loses its tail, never the run."""
-    reader = _ShardReader(tar_path, cache)
+    reader = _ShardReader(tar_path, counter, cache)
     yield from reader
     if reader.error is not None:
-        counter.add("unreadable_shard", str(tar_path), reader.error)
+        counter.add(reader.reason, str(tar_path), reader.error)
 
 
 def shuffled(samples: Iterator, buffer_size: int, rng: random.Random) -> Iterator:
@@ -385,7 +403,7 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter,
         counter.add("unreadable_shard", str(dr_tar), "no DataCompDR shard for this DataComp shard")
     dr_iter = raw_samples(dr_tar, counter, cache) if dr_exists else iter(())
     dr = next(dr_iter, None)
-    datacomp_reader = _ShardReader(datacomp_tar, cache)
+    datacomp_reader = _ShardReader(datacomp_tar, counter, cache)
     for datacomp in datacomp_reader:
         key = datacomp["__key__"]
         while dr is not None and dr["__key__"] < key:
@@ -399,7 +417,7 @@ def joined_samples(datacomp_tar: Path, dr_tar: Path, counter: SkipCounter,
         dr = next(dr_iter, None)
     if datacomp_reader.error is not None:
         unjoined = sum(1 for _ in dr_iter) + (dr is not None)
-        counter.add("unreadable_shard", str(datacomp_tar),
+        counter.add(datacomp_reader.reason, str(datacomp_tar),
                     f"{datacomp_reader.error}; {unjoined} DataCompDR samples after the cut in {dr_tar} not joined")
         return
     while dr is not None:
@@ -462,8 +480,8 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
         reinforcement = shards.decode_reinforcement(dr, check_finite=False, syn_caption_regex=syn_caption_regex)
     except shards.MissingCaptionSet as error:
         raise SampleSkipped("missing_key", str(error), "dr") from None
-    except (KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as error:
-        # RuntimeError/EOFError: a torch.load of a damaged pth.gz
+    except Exception as error:  # noqa: BLE001 - numpy, zipfile, gzip, pickle and json each raise their own
+        # types for damaged bytes (BadZipFile, UnpicklingError, ...): every one is this sample's loss, not the run's
         raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}", "dr") from None
     width = reinforcement.image_emb.shape[1]
     if embedding_dim is not None and width != embedding_dim:
@@ -488,8 +506,8 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     image = _image(datacomp["jpg"])
     try:
         pixels = replay(image, reinforcement.param_aug[aug])
-    except (ValueError, TypeError, IndexError) as error:
-        raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {error}", "dr") from None
+    except Exception as error:  # noqa: BLE001 - an entry is data: whatever it breaks in replay is its loss
+        raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {type(error).__name__}: {error}", "dr") from None
     return DRExample(pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
                      reinforcement.syn_sets[syn_key][syn], reinforcement.syn_embs[syn_key][syn], aug, syn, syn_key)
 

@@ -179,16 +179,83 @@ def dr_record(key: str, uid: str, sha256: str, url: str, syn_text: list[str] | N
     }
 
 
-def iter_raw_samples(tar_path: str | os.PathLike) -> Iterator[dict]:
+# A tar member larger than this is not read: no DataComp image or DataCompDR payload comes
+# near it, and a (gzipped) tar can declare a member of any size -- a 2 MB shard once asked
+# for 3.9 GB. The sample holding it is dropped and counted (``OVERSIZED``), the shard goes on.
+MAX_MEMBER_BYTES = 64 * 2 ** 20
+OVERSIZED = "__oversized__"  # a sample's members left unread for their size: [(extension, bytes), ...]
+END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)  # POSIX: a tar ends with two zero blocks
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+
+
+class ShardTruncated(Exception):
+    """A tar whose members all read but which stops before its end-of-archive blocks: cut at a
+    member boundary (or inside a header), so an unknown tail of samples is missing."""
+
+
+def _is_compressed(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as stream:
+        head = stream.read(6)
+    return head.startswith(_COMPRESSED_MAGIC)
+
+
+def _end_of_archive_problem(path: str | os.PathLike, offset: int, members: int) -> str | None:
+    """Why the tar at ``path`` has no end-of-archive marker where its last member ends (``offset``).
+
+    Python's tarfile ends its iteration without an error at end of file, at a header cut short
+    and at a header that is not one, once past the first member: the only sign of such a cut
+    is that the two zero blocks are not there. A compressed tar is not checked here: a cut in
+    it breaks the compressed stream, which its decompressor reports."""
+    if _is_compressed(path):
+        return None
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        tail = stream.read(len(END_OF_ARCHIVE))
+    if tail == END_OF_ARCHIVE:
+        return None
+    what = ("ends" if not tail else "holds a cut or invalid tar header" if len(tail) < tarfile.BLOCKSIZE
+            or tail[:tarfile.BLOCKSIZE] != END_OF_ARCHIVE[:tarfile.BLOCKSIZE] else "has one end-of-archive block of two")
+    return f"truncated: {what} at byte {offset:,} after {members} members, without the end-of-archive blocks"
+
+
+def iter_raw_samples(tar_path: str | os.PathLike, max_member_bytes: int | None = None) -> Iterator[dict]:
     """Samples of one tar as ``{"__key__": ..., ext: bytes}``, in file order.
 
-    Uses webdataset's own tar expansion and key grouping; errors (e.g. a truncated tar)
-    propagate so the caller can count them against the shard.
+    tarfile's stream reader (as webdataset's ``tar_file_iterator``, whose member rules are
+    kept: regular files only, ``__*__`` meta entries skipped) and webdataset's key grouping.
+    Errors (a tar cut inside a member's data, a corrupt one) propagate so the caller can count
+    them against the shard; a tar that reads to a member boundary but has no end-of-archive
+    blocks raises ``ShardTruncated`` after its samples. A member over ``max_member_bytes`` is
+    skipped unread and named in its sample's ``OVERSIZED`` list (default: ``MAX_MEMBER_BYTES``).
     """
+    max_member_bytes = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     with open(tar_path, "rb") as stream:
-        files = wds.tariterators.tar_file_iterator(stream)
-        files = ({**f, "__url__": str(tar_path)} for f in files)
-        yield from wds.tariterators.group_by_keys(files)
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        members = 0
+
+        def files():
+            nonlocal members
+            for info in tar:
+                members += 1
+                if not info.isreg() or info.name is None or re.match(r"__[^/]*__($|/)", info.name):
+                    continue
+                if info.size > max_member_bytes:
+                    # group_by_keys keeps a sample's extensions; this one stands in for the data
+                    yield {"fname": f"{info.name}.{OVERSIZED}", "data": info.size, "__url__": str(tar_path)}
+                else:
+                    yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": str(tar_path)}
+                tar.members = []  # a stream reader need not remember what it has passed
+
+        for sample in wds.tariterators.group_by_keys(files()):
+            oversized = [(key[:-len(OVERSIZED) - 1], sample.pop(key)) for key in list(sample)
+                         if key.endswith("." + OVERSIZED)]
+            if oversized:
+                sample[OVERSIZED] = oversized
+            yield sample
+        offset = tar.offset
+    problem = _end_of_archive_problem(tar_path, offset, members)
+    if problem is not None:
+        raise ShardTruncated(problem)
 
 
 @dataclass
@@ -379,18 +446,20 @@ def tar_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a complete tar, None when it is.
 
     Reading the headers is not enough: a tar cut inside its last member's data still lists
-    every member, so each member's data must also end within the file.
+    every member, so each member's data must also end within the file; and one cut at a
+    member boundary lists the members before the cut, so the end-of-archive blocks must follow.
     """
     try:
         with tarfile.open(path) as tar:
             members = tar.getmembers()
+            end = tar.offset
     except (tarfile.TarError, OSError, EOFError):
         return "not a readable tar (truncated or corrupt)"
     size = Path(path).stat().st_size
     for member in members:
         if member.isfile() and member.offset_data + member.size > size:
             return f"member {member.name} runs past the end of the file"
-    return None
+    return _end_of_archive_problem(path, end, len(members))
 
 
 def is_readable_tar(path: str | os.PathLike) -> bool:
