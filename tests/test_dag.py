@@ -8,6 +8,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 PAPER_CONFIGS = ["datacompdr1b", "datacompdr12m", "datacomp12m", "dfndr12m", "dfndr2b", "dfndr12m-generate",
@@ -183,3 +184,27 @@ def test_a_changed_config_value_reruns_exactly_the_jobs_that_depend_on_it(planne
     returncode, output = planned_reruns[key]
     assert returncode == 0, output[-3000:]
     assert planned_jobs(output) == RERUNS[key][1]
+
+
+# Last in this module: it retrains part of the finished smoke run that the tests above read.
+def test_a_changed_lr_retrains_the_run_and_its_records_carry_the_new_lr(snakemake_cmd, repo_root, smoke_run,
+                                                                        tmp_path):
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    run = results / "runs" / "smoke_plain" / "seed_0"
+    before = torch.load(run / "checkpoints" / "epoch_3.pt", weights_only=True)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"results_dir": str(results), "runs": {"smoke_plain": {"lr": 0.02}}}))
+    result = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
+                       str(overlay), timeout=900)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+
+    after = torch.load(run / "checkpoints" / "epoch_3.pt", weights_only=True)
+    assert after["run"]["lr"] == 0.02
+    assert not all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    record = json.loads((results / "eval" / "smoke_plain" / "seed_0" / "epoch_3" / "toy_zeroshot.json").read_text())
+    assert record["run_spec"]["lr"] == 0.02
+    (kept,) = (run / "superseded").iterdir()
+    assert json.loads((kept / "why.json").read_text())["differences"] == {"lr": {"checkpoint": 0.001, "job": 0.02}}
+    # the DR run's config did not change: nothing of it was retrained
+    assert not (results / "runs" / "smoke_dr" / "seed_0" / "superseded").exists()

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobileclip_repro import cli, config
+from mobileclip_repro import cli, config, locks
 from mobileclip_repro import train as trainer
 from mobileclip_repro.train import segment_boundaries
 
@@ -385,7 +385,7 @@ def test_a_filesystem_without_locks_warns_and_trains_unguarded(tmp_path, monkeyp
     def no_locks(*args):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(trainer.fcntl, "lockf", no_locks)
-    with caplog.at_level(logging.WARNING, "mobileclip_repro.train"), trainer.run_folder_lock(tmp_path / "run"):
+    monkeypatch.setattr(locks.fcntl, "lockf", no_locks)
+    with caplog.at_level(logging.WARNING, "mobileclip_repro.locks"), trainer.run_folder_lock(tmp_path / "run"):
         assert (tmp_path / "run" / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
-    assert "cannot lock" in caplog.text and "nothing stops a second trainer on this run folder" in caplog.text
+    assert "cannot lock" in caplog.text and "nothing stops a second trainer on this folder" in caplog.text

@@ -59,7 +59,7 @@ Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
 
 Resumable: every file gets its final name only once complete (``shards.atomic_output``);
 a rerun skips a shard whose DataComp tar, manifest (and DataCompDR tar) exist and read
-back, and redoes any other (a ``.partial`` leftover is overwritten). A shard that fails
+back, and redoes any other (a dead writer's ``.partial`` leftover is removed). A shard that fails
 (its DataCompDR tar is broken twice, or missing on the hub) is recorded in the group
 manifest and retried by the next run; a failed URL never stops its shard.
 """

@@ -52,7 +52,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from mobileclip_repro import devices, hub, replay, shards
+from mobileclip_repro import devices, hub, locks, replay, shards
 from mobileclip_repro.config import captioner_sets
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
@@ -681,6 +681,28 @@ def command(args: argparse.Namespace) -> int:
                 "pretrained_entries": list(config.pretrained), "num_samples": config.num_samples,
                 "captioner": spec, "num_syn_captions": args.num_syn_captions, "seed": args.seed, "dtype": args.dtype,
                 "batch_size": args.batch_size}
+    # One writer per shard: a second job on the same shards stops here, before it looks at any
+    # (two writers once left seed-1 samples under a manifest saying seed 0). Hub groups lock
+    # their own shards only, so the DAG's jobs of disjoint groups share the folder.
+    try:
+        with locks.folder_lock(args.out_dir, "reinforce job", _lock_slots(selected, group_index)):
+            return _reinforce_selected(args, selected, missing, group_index, config, sets, v1_layout, settings, start)
+    except locks.FolderBusy as error:
+        log.error("%s", error)
+        tqdm.write(f"error: {error}")
+        return 3
+
+
+def _lock_slots(selected: list[str], group_index: int | None) -> list[int] | None:
+    """The byte of the folder's lock file each shard of a hub group takes (its number); None,
+    the whole folder, for every other selection."""
+    numbers = [shard.replace("/", "") for shard in selected]
+    if group_index is None or not all(number.isdigit() for number in numbers):
+        return None
+    return [int(number) for number in numbers]
+
+
+def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_layout, settings, start) -> int:
     for shard in missing:
         tqdm.write(f"{shard}.tar: not in {args.datacomp_dir} (lost by the fetch?), skipped")
 

@@ -17,11 +17,14 @@ never leaves a half-written shard that a rerun would mistake for a finished one.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import os
 import re
+import secrets
+import socket
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,27 +74,60 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftover_partials(path: Path) -> None:
+    """Temporary files of ``path`` that no writer will finish: the old fixed ``<name>.partial``,
+    and ``<name>.<host>.<pid>.<token>.partial`` of a process of this host that is gone (a writer
+    on another node of a shared filesystem cannot be checked from here, so its files stay)."""
+    host = socket.gethostname()
+    for leftover in path.parent.glob(glob.escape(path.name) + "*" + PARTIAL_SUFFIX):
+        fields = leftover.name[len(path.name) + 1:].rsplit(".", 3)
+        legacy = leftover.name == path.name + PARTIAL_SUFFIX
+        dead = len(fields) == 4 and fields[0] == host and fields[1].isdigit() and not _pid_alive(int(fields[1]))
+        if legacy or dead:
+            leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write; it becomes ``path`` only if the block succeeds.
 
     Every file a rerun checks for (shards, manifests, records, checkpoints) is written
     this way, so an interrupted job never leaves a half-written file under the final name.
+    The temporary name is the writer's own (host, pid, a random token): two writers of one
+    file never write into the same temporary file. A failed block removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    yield partial
-    # On disk before the rename, and the rename itself on disk: a crash or power loss then
-    # leaves the old file or the new one, never a renamed but empty one.
-    with open(partial, "rb") as stream:
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    try:
+        yield partial
+        # On disk before the rename, and the rename itself on disk: a crash or power loss then
+        # leaves the old file or the new one, never a renamed but empty one.
+        with open(partial, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+    _remove_leftover_partials(path)
 
 
 @contextmanager

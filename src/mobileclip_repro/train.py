@@ -11,9 +11,7 @@ Launch under torchrun (the Snakemake rule does) for one or many processes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
-import fcntl
 import json
 import logging
 import math
@@ -21,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -33,7 +30,7 @@ from open_clip_train.distributed import init_distributed_device_so
 from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
-from mobileclip_repro import devices, models, preflight, shards
+from mobileclip_repro import devices, locks, models, preflight, shards
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
@@ -58,15 +55,121 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+# Run-spec keys that do not change what a run computes: a checkpoint made with other values of
+# these is resumed. Any other difference (lr, seeds, data, model, loss, schedule, workers, ...)
+# makes it another run's checkpoint. resume_every_steps is not among them: the data stream
+# restarts at every intra-epoch checkpoint, so it changes what a run draws.
+RESULT_NEUTRAL_KEYS = ("resume", "save_most_recent", "max_consecutive_skips", "slurm", "ddp_static_graph")
+SET_ASIDE_DIR = "superseded"  # <run>/superseded/<when>/: checkpoints a restart from step 0 moved out of the way
+
+
+def _checkpoint_files(out_dir: Path) -> list[Path]:
+    folder = Path(out_dir) / "checkpoints"
+    return sorted(path for path in folder.glob("*.pt")
+                  if path.is_file() and (path.name == RESUME_CHECKPOINT or CHECKPOINT_PATTERN.search(path.name)
+                                         or path.name == "epoch_latest.pt"))
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def spec_differences(stored: dict, spec: dict) -> dict[str, tuple]:
+    """The keys whose values differ between a checkpoint's run spec and this job's, ``RESULT_NEUTRAL_KEYS``
+    left out: {key: (checkpoint's value, job's value)}; a key one side lacks shows as None."""
+    stored, spec = _as_json(stored or {}), _as_json(spec)
+    keys = (set(stored) | set(spec)) - set(RESULT_NEUTRAL_KEYS)
+    return {key: (stored.get(key), spec.get(key)) for key in sorted(keys) if stored.get(key) != spec.get(key)}
+
+
+def _describe_differences(differences: dict[str, tuple]) -> str:
+    def short(value):
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return ", ".join(f"{key}: {short(old)} -> {short(new)}" for key, (old, new) in differences.items())
+
+
+def set_aside(out_dir: Path, why: dict) -> Path:
+    """Move ``checkpoints/`` (and the last manifest) to ``superseded/<UTC time>/`` with a
+    ``why.json``: a restart from step 0 never overwrites or deletes earlier work."""
+    out_dir = Path(out_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = out_dir / SET_ASIDE_DIR / stamp
+    suffix = 1
+    while target.exists():
+        target, suffix = out_dir / SET_ASIDE_DIR / f"{stamp}-{suffix}", suffix + 1
+    target.mkdir(parents=True)
+    os.replace(out_dir / "checkpoints", target / "checkpoints")
+    if (out_dir / "manifest.json").is_file():
+        os.replace(out_dir / "manifest.json", target / "manifest.json")
+    shards.write_json_atomic(target / "why.json", why)
+    return target
+
+
+def data_stamp(spec: dict) -> dict:
+    """What identifies the shards a run reads without reading them: per folder, the number of
+    shards, their bytes and the newest modification time. The data stages never rewrite a
+    finished shard they would write the same (fetch and reinforce keep them, toy data is made
+    again only when its settings change), so a changed stamp means changed data: a DataComp-12M
+    reinforced again with another seed, a toy world of another seed, under the same run spec."""
+    stamp = {}
+    for role in ("datacomp_dir", "dr_dir"):
+        if not spec.get(role) or role in stamp.values():
+            continue
+        stats = [path.stat() for path in shards.list_shards(spec[role])]
+        stamp[role] = {"path": spec[role], "shards": len(stats), "bytes": sum(st.st_size for st in stats),
+                       "newest_mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+    return stamp
+
+
+def prepare_run_folder(spec: dict, out_dir: Path) -> dict | None:
+    """Before the first step (rank 0, run folder locked): keep ``checkpoints/`` only if this job
+    resumes from it. Checkpoints made with another run spec (a changed config key) or on other
+    data (``data_stamp``), with ``resume: none``, or none of which can be read are set aside
+    (``set_aside``), loudly; the job then trains from step 0. Returns what was set aside and why (for the manifest), or None."""
+    files = _checkpoint_files(out_dir)
+    if not files:
+        return None
+    stamp = data_stamp(spec)
+    readable, unreadable, differing = [], {}, {}
+    for path in files:
+        try:
+            # mmap: the spec and the step are read, not the tensors
+            header = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            readable.append(path)
+        except Exception as error:  # noqa: BLE001 -- any unreadable file is the same case
+            unreadable[path.name] = f"{type(error).__name__}: {error}"
+            continue
+        differences = spec_differences(header.get("run"), spec)
+        if "data_stamp" in header and _as_json(header["data_stamp"]) != _as_json(stamp):
+            differences["training data"] = (header["data_stamp"], stamp)
+        differing.update({key: value for key, value in differences.items() if key not in differing})
+    if spec["resume"] != "latest":
+        why = {"reason": "resume: none", "detail": "the run starts from step 0 and does not resume"}
+    elif differing:
+        why = {"reason": "run spec changed", "detail": _describe_differences(differing),
+               "differences": {key: {"checkpoint": old, "job": new} for key, (old, new) in differing.items()}}
+    elif not readable:
+        why = {"reason": "no checkpoint loads", "detail": "; ".join(f"{n}: {e}" for n, e in unreadable.items())}
+    else:
+        return None
+    moved = set_aside(out_dir, why)
+    why = {**why, "set_aside": str(moved), "files": [path.name for path in files]}
+    banner = "=" * 100
+    log.error("%s\nTRAINING FROM STEP 0: the checkpoints in %s are not this run's to resume (%s: %s).\n"
+              "They were moved, not deleted, to %s\n%s", banner, Path(out_dir) / "checkpoints", why["reason"],
+              why["detail"], moved, banner)
+    return why
+
+
 def load_latest_checkpoint(out_dir: Path) -> dict | None:
     """The checkpoint with the most steps that loads; one that does not (truncated by a crash,
-    corrupt) is passed over with a warning, so a job falls back to the one before."""
-    candidates = list((Path(out_dir) / "checkpoints").glob("epoch_*.pt"))
-    candidates.append(checkpoint_path(out_dir, None))
+    corrupt) is passed over with a warning, so a job falls back to the one before. None loading
+    at all is said loudly (``prepare_run_folder`` sets such a folder aside before this runs)."""
+    candidates = [path for path in _checkpoint_files(out_dir) if path.name != "epoch_latest.pt"]
     loaded = []
     for path in candidates:
-        if not path.is_file() or not (path.name == RESUME_CHECKPOINT or CHECKPOINT_PATTERN.search(path.name)):
-            continue
         try:
             # mmap: only the step is read here; the one picked is loaded in full below
             loaded.append((torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"], path))
@@ -81,6 +184,9 @@ def load_latest_checkpoint(out_dir: Path) -> dict | None:
         except Exception as error:  # noqa: BLE001
             log.warning("checkpoint %s cannot be loaded (%s: %s); falling back to an earlier one",
                         path, type(error).__name__, error)
+    if candidates:
+        log.error("NONE of the %d checkpoints in %s loads: TRAINING FROM STEP 0", len(candidates),
+                  Path(out_dir) / "checkpoints")
     return None
 
 
@@ -182,36 +288,12 @@ def autocast_for(precision: str, device: torch.device):
     return lambda: devices.autocast(device, dtype)
 
 
-class RunFolderBusy(RuntimeError):
-    """Another trainer holds the run folder's lock."""
+RunFolderBusy = locks.FolderBusy  # another trainer holds the run folder's lock
 
 
-@contextlib.contextmanager
 def run_folder_lock(out_dir: Path):
-    """One writer per run folder: an exclusive, non-blocking lock on ``<out_dir>/.lock``, held
-    until the trainer ends (the kernel drops it when the process dies, however it dies).
-
-    A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers do not inherit it,
-    so a killed trainer's workers, which linger until they notice, do not keep the folder busy;
-    and NFS carries it between nodes. It is per process: it does not see a second trainer in
-    the same process. A filesystem without locks (Lustre mounted without ``flock``) gets a
-    warning and no guard, rather than a trainer that can never start."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "a+") as handle:
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the platform has it
-            handle.seek(0)
-            raise RunFolderBusy(f"{out_dir} is being written by another trainer ({handle.read().strip() or 'pid ?'}); "
-                                "wait for it to end or kill it, then rerun") from None
-        except OSError as error:  # ENOLCK, ENOSYS, EOPNOTSUPP: no locks on this filesystem
-            log.warning("cannot lock %s (%s); nothing stops a second trainer on this run folder",
-                        handle.name, error)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        yield
+    """One writer per run folder (``locks.folder_lock``), held until the trainer ends."""
+    return locks.folder_lock(out_dir, "trainer")
 
 
 def die_with_launcher() -> None:
@@ -230,12 +312,15 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     out_dir = Path(out_dir)
     # Locked before the process group forms: a busy folder fails this worker at once, and
     # torchrun then stops the others rather than leaving them waiting for rank 0.
-    with run_folder_lock(out_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():
+    is_rank0 = os.environ.get("RANK", "0") == "0"
+    with run_folder_lock(out_dir) if is_rank0 else nullcontext():
+        # Before the process group forms, so no other rank has looked at the checkpoints yet.
+        set_aside_why = prepare_run_folder(spec, out_dir) if is_rank0 else None
         dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return _train(spec, out_dir, dist, export_path)
+        return _train(spec, out_dir, dist, export_path, set_aside_why)
 
 
-def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> dict:
+def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_aside_why: dict | None = None) -> dict:
     device, rank, world_size = torch.device(dist["device"]), dist["global_rank"], dist["world_size"]
     is_master = rank == 0
     if world_size != spec["world_size"] and spec["world_size"] > 1:
@@ -283,7 +368,8 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
             scaler.load_state_dict(checkpoint["scaler"])
         step = checkpoint["step"]
         history = checkpoint.get("history", history)
-        carried_skips = torch.tensor(checkpoint.get("epoch_skipped", carried_skips.tolist()), dtype=torch.int64)
+        stored = checkpoint.get("epoch_skipped", [])  # older checkpoints know fewer reasons: the rest are 0
+        carried_skips[:len(stored)] = torch.tensor(stored, dtype=torch.int64)
         if is_master:
             log.info("resumed at step %d (%s seen samples)", step, f"{checkpoint['seen_samples']:,}")
     start_epoch = sum(end <= step for end in spec["checkpoint_steps"])
@@ -292,10 +378,14 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
     # intra-epoch checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG,
     # so a job resumed at a boundary draws exactly what an uninterrupted one draws there.
     boundaries = segment_boundaries(spec)
+    stamp = data_stamp(spec) if is_master else None
     # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
     # covers the epochs (and skipped samples) of the attempts before it.
     manifest = {"run": spec["name"], "seed": spec["seed"], "world_size": world_size, "device": str(device),
-                "attempts": history["attempts"] + 1, "epochs": list(history["epochs"])}
+                "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
+                "torch_threads": torch.get_num_threads()}
+    if set_aside_why is not None:
+        manifest["set_aside"] = set_aside_why
     skipped_before = -carried_skips  # counts since the epoch began = counter now - skipped_before
     started = time.time()
     batches = None
@@ -322,7 +412,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
                 if step < spec["checkpoint_steps"][epoch]:
                     epoch_skipped = skipped_over_ranks(counter, device, world_size) - skipped_before
                     if is_master:
-                        _save_checkpoint(out_dir, None, spec, model, optimizer, scaler, step,
+                        _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
                                          step * spec["global_batch_size"],
                                          {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
                                          epoch_skipped=epoch_skipped.tolist())
@@ -338,7 +428,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None) -> d
                                        "seconds": round(epoch_seconds, 2),
                                        "samples_per_second": round(epoch_samples / epoch_seconds, 1),
                                        "skipped_samples": skipped_in_epoch})
-            _save_checkpoint(out_dir, epoch + 1, spec, model, optimizer, scaler, step, seen,
+            _save_checkpoint(out_dir, epoch + 1, spec, stamp, model, optimizer, scaler, step, seen,
                              {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
             log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
                      epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
@@ -409,12 +499,13 @@ def _forward(training_model, model, loss_fn, batch, spec: dict) -> dict:
                    syn_features, syn_emb)
 
 
-def _save_checkpoint(out_dir, epoch, spec, model, optimizer, scaler, step, seen, history,
+def _save_checkpoint(out_dir, epoch, spec, stamp, model, optimizer, scaler, step, seen, history,
                      epoch_skipped: list[int] | None = None) -> None:
-    """``epoch`` None: the intra-epoch resume checkpoint, with the epoch's skip counts so far."""
+    """``epoch`` None: the intra-epoch resume checkpoint, with the epoch's skip counts so far.
+    ``run`` and ``data_stamp`` say what it belongs to (``prepare_run_folder`` compares them)."""
     checkpoint = {"epoch": epoch or len(history["epochs"]), "name": spec["name"], "model_name": spec["model"],
                   "step": step, "seen_samples": seen, "state_dict": model.state_dict(),
-                  "optimizer": optimizer.state_dict(), "run": spec, "history": history}
+                  "optimizer": optimizer.state_dict(), "run": spec, "data_stamp": stamp, "history": history}
     if epoch_skipped is not None:
         checkpoint["epoch_skipped"] = epoch_skipped
     if scaler is not None:
