@@ -3,8 +3,10 @@ configs fail before any job, the smoke toy config runs end to end for real, and 
 config value in a finished run reruns exactly the jobs that depend on it."""
 import json
 import re
+import shlex
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -57,6 +59,31 @@ def test_an_invalid_config_fails_before_any_job_naming_the_key(snakemake_cmd, re
                        "--config", "runs={'toy_dr': {'model': 'toy-student', 'seen_samples': 'many', 'global_batch_size': 8}}")
     assert result.returncode != 0
     assert "runs.toy_dr.seen_samples" in result.stdout + result.stderr
+
+
+def test_a_results_dir_with_spaces_quotes_and_semicolons_reaches_every_command_as_one_word(
+        snakemake_cmd, repo_root, tmp_path):
+    """Configs are shared between people: no value of one may run a command of its own."""
+    results = f"{tmp_path}/x y'\"q;touch {tmp_path}/PWNED;"
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"results_dir": results}))
+    planned = snakemake(snakemake_cmd, repo_root, "-n", "-p", "--configfile", "configs/toy-smoke.yaml", str(overlay))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    commands = [command for command in re.findall(r"^Shell command: (.*)$", planned.stdout + planned.stderr,
+                                                  flags=re.MULTILINE) if command != "None"]  # rule all
+    assert {rule for rule in ("toy-data", "reinforce", "train", "evaluate", "report")
+            if any(f" {rule} " in command or f"mobileclip_repro {rule} " in command for command in commands)} == \
+        {"toy-data", "reinforce", "train", "evaluate", "report"}
+    for command in commands:
+        words = list(shlex.shlex(command, posix=True, punctuation_chars=True))
+        assert ";" not in words and "touch" not in words, command
+        assert any(word.startswith(results) for word in words), command
+
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "1", "--configfile", "configs/toy-smoke.yaml", str(overlay),
+                    "--until", "toy_data")
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-3000:])
+    assert (Path(results) / "data" / "manifest.json").is_file()
+    assert not (tmp_path / "PWNED").exists() and not (repo_root / "PWNED").exists()
 
 
 @pytest.fixture(scope="module")

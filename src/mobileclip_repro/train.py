@@ -330,6 +330,10 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     torch.manual_seed(spec["seed"] + rank)
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    elif device.type == "cpu" and is_master:
+        # float reductions split by thread: another thread count gives other weights
+        log.warning("OMP_NUM_THREADS is not set: torch uses %d threads, and the result depends on it; "
+                    "set it as the DAG does (the rule's threads) to reproduce a DAG run", torch.get_num_threads())
 
     # --- model
     model, train_transform, _ = models.create_model_and_transforms(spec["model"], device=str(device), output_dict=True)

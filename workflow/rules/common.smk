@@ -153,7 +153,7 @@ def paper_reference_option(setting):
     """`report.paper_reference` as the report CLI's option: true is the MobileCLIP paper's set."""
     if setting is False:
         return ""
-    return f"--paper-reference {'mobileclip' if setting is True else setting}"
+    return f"--paper-reference {shlex.quote('mobileclip' if setting is True else str(setting))}"
 
 
 def toy_benchmark_roots():

@@ -18,12 +18,12 @@ rule toy_data:
     log:
         RESULTS / "logs" / "toy_data.log",
     shell:
-        "mobileclip-repro toy-data --out-dir {params.out_dir} --seed {params.toy[seed]} --workers {threads}"
-        " --train-samples {params.toy[train_samples]} --teacher-samples {params.toy[teacher_samples]}"
-        " --benchmark-samples {params.toy[benchmark_samples]}"
-        " --samples-per-shard {params.toy[samples_per_shard]}"
-        " --alt-full {params.mix[full]} --alt-partial {params.mix[partial]}"
-        " --alt-wrong {params.mix[wrong]} --alt-uninformative {params.mix[uninformative]} > {log} 2>&1"
+        "mobileclip-repro toy-data --out-dir {params.out_dir:q} --seed {params.toy[seed]:q} --workers {threads}"
+        " --train-samples {params.toy[train_samples]:q} --teacher-samples {params.toy[teacher_samples]:q}"
+        " --benchmark-samples {params.toy[benchmark_samples]:q}"
+        " --samples-per-shard {params.toy[samples_per_shard]:q}"
+        " --alt-full {params.mix[full]:q} --alt-partial {params.mix[partial]:q}"
+        " --alt-wrong {params.mix[wrong]:q} --alt-uninformative {params.mix[uninformative]:q} > {log:q} 2>&1"
 
 
 # One job per group of hub shards (data.hub.group_size): DataComp captions/URLs and,
@@ -36,7 +36,7 @@ rule fetch:
     params:
         hub=HUB,
         shard_spec=lambda wc: json.dumps(HUB["shards"]),  # a function: its braces are not wildcards
-        dr_repo="" if REINFORCE["generate"] else f"--dr-repo {HUB['dr_repo']}",
+        dr_repo="" if REINFORCE["generate"] else f"--dr-repo {shlex.quote(HUB['dr_repo'])}",
         datacomp_dir=DATA["datacomp_dir"],
         dr_dir=DATA["dr_dir"],
     threads: 16
@@ -46,7 +46,7 @@ rule fetch:
     log:
         RESULTS / "logs" / "fetch" / "group_{group}.log",
     shell:
-        "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]} {params.dr_repo}"
-        " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]}"
-        " --datacomp-dir {params.datacomp_dir} --dr-dir {params.dr_dir} --processes {threads}"
-        " --manifest {output.manifest} > {log} 2>&1"
+        "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]:q} {params.dr_repo}"
+        " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
+        " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
+        " --manifest {output.manifest:q} > {log:q} 2>&1"

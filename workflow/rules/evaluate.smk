@@ -14,8 +14,8 @@ rule fetch_benchmark:
     log:
         RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
     shell:
-        "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]} --root {params.spec[root]}"
-        " --split {params.spec[split]} --manifest {output.manifest} > {log} 2>&1"
+        "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]:q} --root {params.spec[root]:q}"
+        " --split {params.spec[split]:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -40,10 +40,10 @@ rule evaluate:
     log:
         RESULTS / "logs" / "eval" / "{run}.log",
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints} --out-dir {params.out_dirs}"
-        " --model {params.model} --benchmarks-json {params.benchmarks:q}"
-        " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
-        " --device {params.settings[device]} --force --index {output.index} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints:q} --out-dir {params.out_dirs:q}"
+        " --model {params.model:q} --benchmarks-json {params.benchmarks:q}"
+        " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
+        " --device {params.settings[device]:q} --force --index {output.index:q} > {log:q} 2>&1"
 
 
 rule evaluate_teachers:
@@ -65,7 +65,7 @@ rule evaluate_teachers:
     log:
         RESULTS / "logs" / "eval" / "teachers.log",
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config}"
-        " --pretrained-root {params.teachers_dir} --out-dir {params.out_dir} --benchmarks-json {params.benchmarks:q}"
-        " --batch-size {params.settings[batch_size]} --num-workers {params.settings[num_workers]}"
-        " --device {params.settings[device]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
+        " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"
+        " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
+        " --device {params.settings[device]:q} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ rule train_teacher:
         RESULTS / "logs" / "teachers" / "{teacher}.log",
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
-        " --out-dir {params.out_dir} --export {output.weights} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} --export {output.weights:q} > {log:q} 2>&1"
 
 
 # One job per named reinforcement and shard group (the toy world is one group), teachers from
@@ -49,9 +49,9 @@ rule reinforce:
     log:
         RESULTS / "logs" / "reinforce" / "{reinforcement}" / "group_{group}.log",
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir} --out-dir {params.dr_dir}"
-        " {params.selection} --manifest {output.manifest}"
-        " --reinforce-config {input.reinforce_config} --pretrained-root {params.teachers_dir}"
-        " --captioner-json {params.captioner:q} --num-syn-captions {params.settings[num_syn_captions]}"
-        " --dtype {params.settings[dtype]} --batch-size {params.settings[batch_size]} --seed {params.settings[seed]}"
-        " --replace-other-settings > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir:q} --out-dir {params.dr_dir:q}"
+        " {params.selection} --manifest {output.manifest:q}"
+        " --reinforce-config {input.reinforce_config:q} --pretrained-root {params.teachers_dir:q}"
+        " --captioner-json {params.captioner:q} --num-syn-captions {params.settings[num_syn_captions]:q}"
+        " --dtype {params.settings[dtype]:q} --batch-size {params.settings[batch_size]:q} --seed {params.settings[seed]:q}"
+        " --replace-other-settings > {log:q} 2>&1"

@@ -28,6 +28,6 @@ rule report:
     log:
         RESULTS / "logs" / "report.log",
     shell:
-        "mobileclip-repro report --records-dir {params.records_dir} --out-dir {params.out_dir}"
+        "mobileclip-repro report --records-dir {params.records_dir:q} --out-dir {params.out_dir:q}"
         " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"
-        " --fetch-manifests-dir {params.fetch_manifests} > {log} 2>&1"
+        " --fetch-manifests-dir {params.fetch_manifests:q} > {log:q} 2>&1"

@@ -32,4 +32,4 @@ rule train:
         RESULTS / "logs" / "train" / "{run}_seed_{seed}.log",
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
