@@ -54,10 +54,90 @@ def test_malformed_entries_are_refused_with_a_reason(entry, reason):
         replay.parse_param_aug(entry)
 
 
-@pytest.mark.parametrize("crop", [[0, 0, 91, 120], [0, 0, 90, 121], [-1, 0, 10, 10], [80, 110, 11, 10]])
+@pytest.mark.parametrize("crop", [[0, 0, 91, 120], [0, 0, 90, 121], [-1, 0, 10, 10], [80, 110, 11, 10],
+                                  [0, 0, 10 ** 9, 10 ** 9]])
 def test_crop_outside_the_image_is_refused(image, crop):
     with pytest.raises(ValueError, match="outside the 120x90 image"):
         replay.replay_tensor(image, [crop, [[0, 0.0]]], 32)
+
+
+# -- bounded work: magnitudes in RandAugment's ranges, at most MAX_OPS ops (issue 25 item 6) --
+
+# Just past each op's range (torchvision's RandAugment: Shear +-0.3, Rotate +-30 degrees,
+# Brightness/Color/Contrast/Sharpness +-0.9, Posterize 4..8 bits, Solarize 0..255, the
+# magnitude-free ops 0), on both sides where the op has two.
+OUT_OF_RANGE = [
+    ("Identity", 1.0), ("ShearX", 0.31), ("ShearX", -0.5), ("ShearY", -0.31), ("ShearY", 2.0),
+    ("Rotate", 30.5), ("Rotate", -90.0), ("Brightness", 0.91), ("Brightness", -1.0), ("Color", 0.95),
+    ("Color", -0.95), ("Contrast", 1.0), ("Contrast", -5.0), ("Sharpness", 0.92), ("Sharpness", -1e6),
+    ("Posterize", 3.0), ("Posterize", 9.0), ("Posterize", -7.0), ("Solarize", -1.0), ("Solarize", 256.0),
+    ("Solarize", -178.5), ("AutoContrast", 0.5), ("Equalize", -2.0),
+]
+
+
+@pytest.mark.parametrize("op,magnitude", OUT_OF_RANGE, ids=[f"{op}={m:g}" for op, m in OUT_OF_RANGE])
+def test_a_magnitude_outside_the_ops_range_is_refused_naming_the_op(image, op, magnitude):
+    entry = [[0, 0, 90, 120], [[0, 0.0], [OP_NAMES.index(op), magnitude]]]
+    with pytest.raises(ValueError, match=f"op 1: {op} magnitude {magnitude!r} outside .*RandAugment"):
+        replay.parse_param_aug(entry)
+    with pytest.raises(ValueError, match=f"{op} magnitude"):  # what a replay (and so a bad_param_aug) says
+        replay.replay_tensor(image, json.dumps(entry), 224)
+
+
+@pytest.mark.parametrize("op,magnitude", [("TranslateX", 101.6), ("TranslateX", -102.0), ("TranslateY", 150.0),
+                                          ("TranslateY", -1e9)])
+def test_a_shift_past_150_331_of_a_224_px_image_is_refused(image, op, magnitude):
+    entry = [[0, 0, 90, 120], [[OP_NAMES.index(op), magnitude]]]
+    with pytest.raises(ValueError, match=f"op 0: {op} magnitude .* on a 224x224 image"):
+        replay.replay_tensor(image, entry, 224)
+    with pytest.raises(ValueError, match=f"op 0: {op} magnitude .* on a 224x224 image"):
+        replay.replay_tensor(image, entry, 32)
+
+
+def test_the_shift_range_is_the_larger_of_datacompdr_s_and_the_replayed_size(image):
+    """Shifts are pixels of the image they were drawn for: DataCompDR's 224 px, which a smaller
+    student replays as they are (the reference does), or a larger student's own size."""
+    shift = [[0, 0, 90, 120], [[3, 30.45]]]  # DataCompDR's magnitude-9 shift, at 224 px
+    assert replay.replay_tensor(image, shift, 32).shape == (3, 32, 32)
+    wide = [[0, 0, 90, 120], [[3, 110.0]]]  # within 150/331 x 256 = 116.0, past 150/331 x 224 = 101.5
+    assert replay.replay_tensor(image, wide, 256).shape == (3, 256, 256)
+    with pytest.raises(ValueError, match="TranslateX magnitude 110.0 outside \\[-101.511, 101.511\\]"):
+        replay.replay_tensor(image, wide, 224)
+    # per side: (height, width) = (300, 256) lets Y shift up to 135.9 px and X up to 116.0 px
+    assert replay.replay_tensor(image, [[0, 0, 90, 120], [[4, 130.0]]], (300, 256)).shape == (3, 300, 256)
+    with pytest.raises(ValueError, match="TranslateX magnitude 130.0 .* on a 256x300 image"):
+        replay.replay_tensor(image, [[0, 0, 90, 120], [[3, 130.0]]], (300, 256))
+
+
+@pytest.mark.parametrize("size", [224, 256, 32])
+def test_every_magnitude_randaugment_draws_is_accepted_rounded_or_not(size):
+    """Each bin of each op, both signs, as float32 (the reference's unrounded form) and rounded to
+    2 decimals (the published form), at magnitude 0..30: nothing replay should take is refused."""
+    space = replay.augmentation_space(size)
+    for index, (magnitudes, signed) in enumerate(space.values()):
+        values = [float(magnitudes)] if magnitudes.ndim == 0 else [float(m) for m in magnitudes]
+        values += [round(v, 2) for v in values]
+        values += [-v for v in values] if signed else []
+        for value in values:
+            param = replay.parse_param_aug([[0, 0, 10, 10], [[index, value]]])
+            replay.check_translations(param, size, size)
+
+
+def test_more_than_max_ops_ops_are_refused_before_any_is_parsed():
+    most = [[0, 0, 10, 10], [[13, 0.0]] * replay.MAX_OPS]
+    assert len(replay.parse_param_aug(most).ops) == replay.MAX_OPS
+    with pytest.raises(ValueError, match=f"param_aug has {replay.MAX_OPS + 1} ops, more than MAX_OPS"):
+        replay.parse_param_aug([[0, 0, 10, 10], [[13, 0.0]] * (replay.MAX_OPS + 1)])
+    # a hostile entry is refused by its length: its elements are not even looked at
+    with pytest.raises(ValueError, match="param_aug has 1000000 ops"):
+        replay.parse_param_aug([[0, 0, 10, 10], [None] * 1_000_000])
+
+
+def test_entries_are_only_drawn_with_ops_replay_takes():
+    generator = torch.Generator().manual_seed(0)
+    assert len(replay.sample_param_aug(200, 100, generator, num_ops=replay.MAX_OPS)[1]) == replay.MAX_OPS
+    with pytest.raises(ValueError, match="num_ops 17 outside 0..16"):
+        replay.sample_param_aug(200, 100, generator, num_ops=replay.MAX_OPS + 1)
 
 
 def test_crop_touching_the_borders_fits(image):

@@ -8,6 +8,7 @@ implementation (which subclasses the same torchvision transforms) bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -40,6 +41,18 @@ RAND_AUGMENT_NUM_BINS = 31
 # RandAugment's geometric ops resample with NEAREST and fill the uncovered area with 0.
 OP_INTERPOLATION = InterpolationMode.NEAREST
 OP_FILL = None
+
+# Ops one entry may carry. DataCompDR draws 2 per augmentation; each op is a full pass over
+# the image, so an entry with thousands of them would stall a data worker. 16 (8x Apple's 2)
+# leaves room for num_ops experiments while keeping a hostile entry to a few milliseconds.
+MAX_OPS = 16
+# Published magnitudes are float32 bins rounded to 2 decimals, so a top bin can sit up to half
+# a hundredth past torchvision's float32 bound (Brightness: 0.89999998 is stored as 0.9).
+MAGNITUDE_SLACK = 0.005
+TRANSLATE_OPS = (OP_NAMES.index("TranslateX"), OP_NAMES.index("TranslateY"))
+# The size DataCompDR's augmentations were drawn for (random_resized_crop.size, docs/reference.md
+# §2): its shifts are pixels of a 224 px image, whatever size a student replays them at.
+AUGMENTED_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -74,11 +87,42 @@ def _magnitude(value, what: str) -> float:
     return float(value)
 
 
+@functools.lru_cache(maxsize=16)
+def magnitude_ranges(height: int, width: int) -> tuple[tuple[float, float, float], ...]:
+    """Per op (in OP_NAMES order), ``(low, high, slack)``: the magnitudes torchvision's
+    RandAugment can draw for a ``height`` x ``width`` image, signed ops mirrored.
+
+    Taken from torchvision's own space (any bin count gives the same end points), so the
+    bounds follow the pinned torchvision like the ops do. Only the translations depend on
+    the size. Continuous ranges get MAGNITUDE_SLACK; Posterize's integer bits and the
+    magnitude-free ops' 0 are exact. Cached: a replay checks against it per sample.
+    """
+    ranges = []
+    for magnitudes, signed in augmentation_space((height, width)).values():
+        if magnitudes.ndim == 0:  # Identity, AutoContrast, Equalize: stored as 0.0
+            ranges.append((0.0, 0.0, 0.0))
+            continue
+        low, high = float(magnitudes.min()), float(magnitudes.max())
+        ranges.append((-high if signed else low, high,
+                       MAGNITUDE_SLACK if magnitudes.is_floating_point() else 0.0))
+    return tuple(ranges)
+
+
+def _check_magnitude(position: int, index: int, magnitude: float, bounds: tuple[float, float, float],
+                     size_note: str = "") -> None:
+    low, high, slack = bounds
+    if not low - slack <= magnitude <= high + slack:
+        raise ValueError(f"param_aug op {position}: {OP_NAMES[index]} magnitude {magnitude!r} outside "
+                         f"[{low:g}, {high:g}], the range torchvision's RandAugment gives it{size_note}")
+
+
 def parse_param_aug(entry) -> ParamAug:
     """Decode an entry given as a list, a JSON string holding the list, or a ParamAug.
 
     Raises ValueError naming what is wrong: not JSON, wrong shape, non-numeric value,
-    unknown op index, non-positive crop size.
+    unknown op index, non-positive crop size, more than MAX_OPS ops, a magnitude outside
+    the op's RandAugment range. Translations scale with the image the ops run on, so their
+    range is checked at replay (``check_translations``), once the size is known.
     """
     if isinstance(entry, ParamAug):
         return entry
@@ -102,6 +146,10 @@ def parse_param_aug(entry) -> ParamAug:
         ops = []
     if not isinstance(ops, (list, tuple)):
         raise ValueError(f"param_aug ops must be a list of [op, magnitude] pairs, got {ops!r}")
+    # Before looking at any op: a hostile list costs one len(), not one parse per element.
+    if len(ops) > MAX_OPS:
+        raise ValueError(f"param_aug has {len(ops)} ops, more than MAX_OPS={MAX_OPS} (DataCompDR draws 2)")
+    ranges = magnitude_ranges(1, 1)  # the size-free bounds; translations are left to replay
     parsed_ops = []
     for position, op in enumerate(ops):
         if not isinstance(op, (list, tuple)) or len(op) != 2:
@@ -109,8 +157,29 @@ def parse_param_aug(entry) -> ParamAug:
         index = _integer(op[0], f"op {position} index")
         if not 0 <= index < len(OP_NAMES):
             raise ValueError(f"param_aug op {position}: unknown op index {index} (valid: 0..{len(OP_NAMES) - 1})")
-        parsed_ops.append((index, _magnitude(op[1], f"op {position} magnitude")))
+        magnitude = _magnitude(op[1], f"op {position} magnitude")
+        if index not in TRANSLATE_OPS:
+            _check_magnitude(position, index, magnitude, ranges[index])
+        parsed_ops.append((index, magnitude))
     return ParamAug((top, left, height, width), tuple(parsed_ops))
+
+
+def check_translations(param: ParamAug, height: int, width: int) -> None:
+    """ValueError unless each translation lies in RandAugment's range (150/331 of the width
+    or height) for the image it was drawn for, replayed at ``height`` x ``width``.
+
+    A stored shift is in pixels of the image it was drawn for, which the entry does not
+    record: DataCompDR's 224 px (AUGMENTED_SIZE), kept as is when a smaller student replays
+    it, as in the reference; or, for data this project reinforces, the replay's own size.
+    The bound takes the larger of the two per side, so neither kind is refused.
+    """
+    ranges = None
+    for position, (index, magnitude) in enumerate(param.ops):
+        if index in TRANSLATE_OPS:
+            if ranges is None:
+                height, width = max(height, AUGMENTED_SIZE), max(width, AUGMENTED_SIZE)
+                ranges = magnitude_ranges(height, width)
+            _check_magnitude(position, index, magnitude, ranges[index], f" on a {width}x{height} image")
 
 
 def check_fits(param: ParamAug, width: int, height: int) -> None:
@@ -152,9 +221,10 @@ def replay_pil(image: Image.Image, entry, size: int | Sequence[int],
     param = parse_param_aug(entry)
     image = shards.to_rgb(image)
     check_fits(param, image.width, image.height)
+    out_hw = _size_hw(size)
+    check_translations(param, *out_hw)
     top, left, crop_height, crop_width = param.crop
-    image = F.resized_crop(image, top, left, crop_height, crop_width, _size_hw(size),
-                            _interpolation(interpolation))
+    image = F.resized_crop(image, top, left, crop_height, crop_width, out_hw, _interpolation(interpolation))
     for index, magnitude in param.ops:
         image = _apply_op(image, OP_NAMES[index], magnitude, interpolation=OP_INTERPOLATION, fill=OP_FILL)
     return image
@@ -241,6 +311,8 @@ def sample_param_aug(width: int, height: int, generator: torch.Generator, *,
         raise ValueError(f"generator must be a CPU generator, got {generator.device}")
     if not 0 <= magnitude < num_magnitude_bins:
         raise ValueError(f"magnitude {magnitude} outside 0..{num_magnitude_bins - 1}")
+    if not 0 <= num_ops <= MAX_OPS:  # replay would refuse every entry drawn
+        raise ValueError(f"num_ops {num_ops} outside 0..{MAX_OPS} (MAX_OPS)")
     space = augmentation_space(size, num_magnitude_bins)
     # torchvision's samplers read the global generator; run them on a copy of ours, then
     # advance ours by what they consumed, leaving the global state untouched.

@@ -327,17 +327,96 @@ def decode_param_aug_field(raw: bytes | str) -> list:
     return param_aug
 
 
+# A payload is refused (ValueError) once its decoded bytes would pass this: a DataCompDR
+# payload is 30 x 1536 float32 image rows plus 6 text rows, ~0.2 MB (half that in bf16), but
+# a few MB of gzip or deflate can expand to gigabytes. 64 MiB is ~300x a real one, and the
+# largest tar member the reader takes, so a payload never decodes to more than a member may be.
+MAX_PAYLOAD_BYTES = 64 * 2 ** 20
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load reads as an npz (the 2nd: an empty zip)
+
+
+def _check_npz_size(data: bytes, limit: int) -> None:
+    """ValueError unless the npz's arrays fit in ``limit`` bytes, judged before np.load
+    allocates: from the zip directory (a deflated member can declare gigabytes, and
+    zipfile reads a member up to its declared size) and each ``.npy`` header (np.load
+    allocates the header's shape before reading, so the shape must fit in its member)."""
+    import math
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"npz is not a readable zip: {error}") from None
+    with archive:
+        members = archive.infolist()
+        declared = sum(info.file_size for info in members)
+        if declared > limit:
+            raise ValueError(f"npz members declare {declared:,} bytes uncompressed, over "
+                             f"MAX_PAYLOAD_BYTES ({limit:,})")
+        magic_length = len(np.lib.format.MAGIC_PREFIX) + 2
+        for info in members:
+            with archive.open(info) as member:
+                magic = member.read(magic_length)
+                if not magic.startswith(np.lib.format.MAGIC_PREFIX):
+                    continue  # np.load hands back such a member's bytes: bounded by file_size above
+                version = (magic[-2], magic[-1])
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version in ((2, 0), (3, 0)):  # 3.0 differs from 2.0 only in the header's text encoding
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"npz member {info.filename}: unsupported .npy version {version}")
+            array_bytes = math.prod(shape) * dtype.itemsize
+            if array_bytes > info.file_size:
+                raise ValueError(f"npz member {info.filename} declares shape {shape} ({array_bytes:,} bytes) "
+                                 f"in {info.file_size:,} bytes")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """``gzip.decompress`` that stops once the output passes ``limit`` bytes (ValueError).
+
+    zlib inflates at most the requested length per call, so a gzip bomb costs ``limit``
+    bytes, not what it expands to; members that follow one another are read as gzip does."""
+    import zlib
+
+    parts, size, rest = [], 0, data
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing: header, CRC and length checked
+        try:
+            # One call returns once the output reaches the requested length, the stream ends
+            # or the input runs out: one byte past the cap means over it.
+            part = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as error:
+            raise ValueError(f"pth.gz is not valid gzip: {error}") from None
+        size += len(part)
+        if size > limit:
+            raise ValueError(f"pth.gz decompresses to more than MAX_PAYLOAD_BYTES ({limit:,} bytes)")
+        if not inflater.eof:
+            raise EOFError("pth.gz ends before its gzip stream does")  # what gzip.decompress raises
+        parts.append(part)
+        rest = inflater.unused_data.lstrip(b"\0")  # gzip skips zero padding between members
+    return b"".join(parts)
+
+
 def decode_payload(sample: dict) -> dict[str, np.ndarray]:
-    """Every array of the ``npz`` (or, without one, the bf16 ``pth.gz``) payload, as float32."""
+    """Every array of the ``npz`` (or, without one, the bf16 ``pth.gz``) payload, as float32.
+
+    Decoding is bounded: a payload that would decode to more than MAX_PAYLOAD_BYTES is
+    refused with ValueError before it is expanded.
+    """
     if "npz" in sample:
+        if bytes(sample["npz"][:4]) not in _ZIP_MAGIC:
+            # np.load would read a bare .npy (allocating its header's shape) or refuse a pickle;
+            # neither is an npz
+            raise ValueError(f"npz is not a zip archive (starts {bytes(sample['npz'][:8])!r})")
+        _check_npz_size(sample["npz"], MAX_PAYLOAD_BYTES)
         with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as npz:
             return {name: np.asarray(npz[name], np.float32) for name in npz.files}
     if "pth.gz" in sample:
-        import gzip
-
         import torch
 
-        tensors = torch.load(io.BytesIO(gzip.decompress(sample["pth.gz"])), weights_only=True, map_location="cpu")
+        tensors = torch.load(io.BytesIO(_gunzip(sample["pth.gz"], MAX_PAYLOAD_BYTES)), weights_only=True,
+                             map_location="cpu")
         if not isinstance(tensors, dict):
             raise ValueError(f"pth.gz must hold a dict of tensors, got {type(tensors).__name__}")
         return {name: tensor.float().numpy() for name, tensor in tensors.items() if isinstance(tensor, torch.Tensor)}
