@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -188,6 +189,57 @@ def load_latest_checkpoint(out_dir: Path) -> dict | None:
         log.error("NONE of the %d checkpoints in %s loads: TRAINING FROM STEP 0", len(candidates),
                   Path(out_dir) / "checkpoints")
     return None
+
+
+# The signals a scheduler sends ahead of a kill: SLURM's SIGTERM at preemption and time limit
+# (KillWait / GraceTime seconds before SIGKILL), or the one a user asks for (--signal=USR1@90).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """A preemption signal stopped the run after a step, with ``resume.pt`` written at it."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process ended by that signal: nonzero, so rerun
+
+
+class PreemptionWarning:
+    """Notes a preemption signal instead of dying of it; the loop asks ``agreed`` after each step.
+
+    Installed before the DataLoader forks its workers, which inherit the handler: a scheduler
+    that signals every process of the job leaves the workers running until the trainer stops.
+    Signal handlers can only be set from the main thread; elsewhere the signals keep their default."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "PreemptionWarning":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in PREEMPTION_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def agreed(self, device: torch.device, world_size: int) -> int | None:
+        """The signal to stop for, once any rank has one (a collective per step with several
+        ranks, so that all stop after the same step); None to go on."""
+        if world_size == 1:
+            return self.signum
+        noted = torch.tensor([self.signum or 0], device=device)
+        torch.distributed.all_reduce(noted, op=torch.distributed.ReduceOp.MAX)
+        return int(noted.item()) or None
 
 
 def segment_boundaries(spec: dict) -> set[int]:
@@ -377,6 +429,10 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
         if is_master:
             log.info("resumed at step %d (%s seen samples)", step, f"{checkpoint['seen_samples']:,}")
     start_epoch = sum(end <= step for end in spec["checkpoint_steps"])
+    # Where the data stream of the step to come began: a checkpoint written on a preemption
+    # signal lies inside a segment, and its job re-reads that segment's batches so far.
+    segment_start = checkpoint.get("segment_start", step) if checkpoint is not None else 0
+    resumed_rng = checkpoint.get("rng") if checkpoint is not None else None
 
     # --- loop: the data stream restarts at every segment boundary (pseudo-epoch ends and the
     # intra-epoch checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG,
@@ -391,52 +447,81 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     if set_aside_why is not None:
         manifest["set_aside"] = set_aside_why
     skipped_before = -carried_skips  # counts since the epoch began = counter now - skipped_before
+    segment_skips = carried_skips.clone()  # the epoch's counts when the current segment began
     started = time.time()
-    batches = None
-    for epoch in range(start_epoch, spec["num_checkpoints"]):
-        model.train()
-        epoch_start, window_start, window_samples, epoch_first_step = time.time(), time.time(), 0, step
-        while step < spec["checkpoint_steps"][epoch]:
-            if batches is None:
-                batches = iter(segment_loader(dataset, spec, step, rank, per_process_batch, device))
-            adjust_lr(step)
-            batch = [t.to(device, non_blocking=True) for t in next(batches)]
-            losses = train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
-            step += 1
-            window_samples += spec["global_batch_size"]
-            if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
-                rate = window_samples / max(time.time() - window_start, 1e-9)
-                log.info("epoch %d step %d/%d seen %s | %s | lr %.2e | scale %.1f | %.0f samples/s | skipped here %s",
-                         epoch + 1, step, total_steps, f"{step * spec['global_batch_size']:,}",
-                         " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()), optimizer.param_groups[0]["lr"],
-                         model.logit_scale.exp().item(), rate, counter.totals() or "none")
-                window_start, window_samples = time.time(), 0
-            if step in boundaries:
-                batches = None  # the next segment draws a stream of its own (and the loader's read-ahead ends here)
-                if step < spec["checkpoint_steps"][epoch]:
-                    epoch_skipped = skipped_over_ranks(counter, device, world_size) - skipped_before
-                    if is_master:
-                        _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
-                                         step * spec["global_batch_size"],
-                                         {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
-                                         epoch_skipped=epoch_skipped.tolist())
-                        log.info("resume checkpoint at step %d", step)
-        epoch_seconds = time.time() - epoch_start
-        seen = step * spec["global_batch_size"]
-        epoch_samples = (step - epoch_first_step) * spec["global_batch_size"]
-        skipped_total = skipped_over_ranks(counter, device, world_size)
-        skipped_in_epoch = counts_by_reason(skipped_total - skipped_before)
-        skipped_before = skipped_total
-        if is_master:
-            manifest["epochs"].append({"epoch": epoch + 1, "step": step, "seen_samples": seen,
-                                       "seconds": round(epoch_seconds, 2),
-                                       "samples_per_second": round(epoch_samples / epoch_seconds, 1),
-                                       "skipped_samples": skipped_in_epoch})
-            _save_checkpoint(out_dir, epoch + 1, spec, stamp, model, optimizer, scaler, step, seen,
-                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
-            log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
-                     epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
-                     {k: v for k, v in skipped_in_epoch.items() if v} or "none")
+    batches, stop_after_epoch = None, None
+    warning = PreemptionWarning()
+    with warning:
+        for epoch in range(start_epoch, spec["num_checkpoints"]):
+            model.train()
+            epoch_start, window_start, window_samples, epoch_first_step = time.time(), time.time(), 0, step
+            while step < spec["checkpoint_steps"][epoch]:
+                if batches is None:
+                    batches = iter(segment_loader(dataset, spec, segment_start, rank, per_process_batch, device))
+                    for _ in range(step - segment_start):  # read again, not trained on: what the segment drew so far
+                        next(batches)
+                    if resumed_rng is not None:  # this rank's generators as they were at the signal
+                        if len(resumed_rng) == world_size:
+                            _set_rng_state(resumed_rng[rank], device)
+                        else:
+                            log.warning("resume.pt holds the RNG states of %d ranks, this job has %d: not restored",
+                                        len(resumed_rng), world_size)
+                        resumed_rng = None
+                adjust_lr(step)
+                batch = [t.to(device, non_blocking=True) for t in next(batches)]
+                losses = train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
+                step += 1
+                window_samples += spec["global_batch_size"]
+                if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
+                    rate = window_samples / max(time.time() - window_start, 1e-9)
+                    log.info("epoch %d step %d/%d seen %s | %s | lr %.2e | scale %.1f | %.0f samples/s | skipped here %s",
+                             epoch + 1, step, total_steps, f"{step * spec['global_batch_size']:,}",
+                             " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()),
+                             optimizer.param_groups[0]["lr"], model.logit_scale.exp().item(), rate,
+                             counter.totals() or "none")
+                    window_start, window_samples = time.time(), 0
+                if step in boundaries:
+                    batches, segment_start = None, step  # the next segment draws a stream of its own
+                    if step < spec["checkpoint_steps"][epoch]:
+                        segment_skips = skipped_over_ranks(counter, device, world_size) - skipped_before
+                        if is_master:
+                            _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
+                                             step * spec["global_batch_size"],
+                                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
+                                             epoch_skipped=segment_skips.tolist())
+                            log.info("resume checkpoint at step %d", step)
+                signum = warning.agreed(device, world_size)
+                if signum is not None and step < spec["checkpoint_steps"][epoch]:
+                    if step not in boundaries:  # (at a boundary, resume.pt is this step's already)
+                        rng = _rng_states(device, world_size)
+                        if is_master:
+                            # The counts as the segment began: the rerun reads the segment again and counts it again.
+                            _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
+                                             step * spec["global_batch_size"],
+                                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
+                                             epoch_skipped=segment_skips.tolist(), segment_start=segment_start,
+                                             rng=rng)
+                    _stop_preempted(signum, step, world_size)
+                stop_after_epoch = signum  # at an epoch's end: stop once its checkpoint is written
+            epoch_seconds = time.time() - epoch_start
+            seen = step * spec["global_batch_size"]
+            epoch_samples = (step - epoch_first_step) * spec["global_batch_size"]
+            skipped_total = skipped_over_ranks(counter, device, world_size)
+            skipped_in_epoch = counts_by_reason(skipped_total - skipped_before)
+            skipped_before = skipped_total
+            segment_skips = torch.zeros_like(segment_skips)
+            if is_master:
+                manifest["epochs"].append({"epoch": epoch + 1, "step": step, "seen_samples": seen,
+                                           "seconds": round(epoch_seconds, 2),
+                                           "samples_per_second": round(epoch_samples / epoch_seconds, 1),
+                                           "skipped_samples": skipped_in_epoch})
+                _save_checkpoint(out_dir, epoch + 1, spec, stamp, model, optimizer, scaler, step, seen,
+                                 {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
+                log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
+                         epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
+                         {k: v for k, v in skipped_in_epoch.items() if v} or "none")
+            if stop_after_epoch is not None and step < total_steps:
+                _stop_preempted(stop_after_epoch, step, world_size)
 
     if is_master:
         # Per-epoch counts include what the loader read ahead before a segment ended (that
@@ -455,6 +540,34 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return manifest
+
+
+def _stop_preempted(signum: int, step: int, world_size: int) -> None:
+    """Every rank leaves together, once rank 0's checkpoint is on disk (a launcher that sees one
+    worker end stops the others)."""
+    log.warning("%s received: stopping after step %d, resume.pt written; a rerun resumes there",
+                signal.Signals(signum).name, step)
+    if world_size > 1:
+        torch.distributed.barrier()
+    raise Preempted(signum, step)
+
+
+def _rng_states(device: torch.device, world_size: int) -> list[dict]:
+    """Every rank's torch generators, rank order (a collective with several ranks)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if world_size == 1:
+        return [state]
+    states = [None] * world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec: dict, step: int) -> dict:
@@ -504,14 +617,19 @@ def _forward(training_model, model, loss_fn, batch, spec: dict) -> dict:
 
 
 def _save_checkpoint(out_dir, epoch, spec, stamp, model, optimizer, scaler, step, seen, history,
-                     epoch_skipped: list[int] | None = None) -> None:
+                     epoch_skipped: list[int] | None = None, segment_start: int | None = None,
+                     rng: dict | None = None) -> None:
     """``epoch`` None: the intra-epoch resume checkpoint, with the epoch's skip counts so far.
-    ``run`` and ``data_stamp`` say what it belongs to (``prepare_run_folder`` compares them)."""
+    ``run`` and ``data_stamp`` say what it belongs to (``prepare_run_folder`` compares them).
+    One written on a preemption signal, inside a segment, also carries where the segment
+    began and every rank's RNG state (``segment_start``, ``rng``)."""
     checkpoint = {"epoch": epoch or len(history["epochs"]), "name": spec["name"], "model_name": spec["model"],
                   "step": step, "seen_samples": seen, "state_dict": model.state_dict(),
                   "optimizer": optimizer.state_dict(), "run": spec, "data_stamp": stamp, "history": history}
     if epoch_skipped is not None:
         checkpoint["epoch_skipped"] = epoch_skipped
+    if segment_start is not None:
+        checkpoint.update(segment_start=segment_start, rng=rng)
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
     path = checkpoint_path(out_dir, epoch)
@@ -553,4 +671,6 @@ def command(args) -> int:
     except RunFolderBusy as error:
         log.error("%s", error)
         return 3
+    except Preempted as stopped:
+        return stopped.exit_code
     return 0
