@@ -277,7 +277,7 @@ def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: 
     (name, run), = raw["runs"].items()
     run.update(model=model, nodes=1, gpus_per_node=1 if device.type == "cuda" else 0,
                global_batch_size=args.batch_size, seen_samples=args.batch_size, num_checkpoints=1,
-               workers=args.workers)
+               workers=args.workers, warmup_steps=0)  # one step long (the config refuses longer warm-ups)
     if args.precision != "config":
         run["precision"] = args.precision
     if args.grad_checkpointing != "config":

@@ -5,13 +5,21 @@ Apple's format, teacher widths that match the teachers, DataCompDR shards on dis
 the config's settings: each fails when the config loads, so ``snakemake -n`` stops before
 any job with a message naming the key. ``validate-config`` prints that message, not a
 traceback, and ``train --config X --run-name Y`` passes through torchrun's parser.
+
+So do values that validate but make no sense (issue 25, item 5): a negative gradient clip, a
+warm-up longer than the run, retrieval without recall@1, more data workers than shards without
+resampling, local data or benchmark roots that are not there, class names that miss labels.
 """
 from __future__ import annotations
 
+import copy
+import io
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +62,38 @@ def _dr_shard(dr_dir: Path, *, num_samples: int = 5, width: int = 128, syn: int 
                      "dims": [64, 64]}
         shards.write_json_atomic(path.with_name(path.name + ".manifest.json"), {**made_with, **manifest})
     return path
+
+
+def _tar(path: Path, members: dict[str, bytes] | None = None) -> Path:
+    """A tar with these members (name -> bytes), made with tarfile alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for name, data in (members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _classification_set(root: Path, labels: list[int], classnames: list[str]) -> Path:
+    """A zero-shot classification set in clip_benchmark's webdataset layout: one shard of these
+    labels (the images are placeholders: the checks never decode them), these class names."""
+    members = {}
+    for index, label in enumerate(labels):
+        members[f"s{index:04d}.jpg"] = b"not decoded"
+        members[f"s{index:04d}.cls"] = str(label).encode()
+    _tar(root / "test" / "0.tar", members)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("".join(f"{name}\n" for name in classnames))
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    return root
+
+
+def _with_benchmark(config: dict, **benchmark) -> dict:
+    """``config`` with one more benchmark, a classification set at a root the DAG neither makes nor fetches."""
+    config["evaluation"]["benchmarks"].append(
+        {"name": "extra", "dataset": "wds/extra", "task": "zeroshot_classification", **benchmark})
+    return config
 
 
 def _set(config: dict, path: tuple, value) -> dict:
@@ -180,6 +220,9 @@ def _published(config: dict) -> dict:
     config["data"].update(source="local", datacomp_dir=str(results / "data" / "datacomp"),
                           dr_dir=str(_dr_dir(config)))
     config["reinforcement"]["generate"] = False
+    _tar(results / "data" / "datacomp" / shards.shard_name(0))  # local data is on disk
+    # the toy sets are the toy world's: local data has none, so these runs evaluate on none
+    config["evaluation"]["benchmarks"] = []
     return config
 
 
@@ -224,6 +267,143 @@ def test_the_manifest_fields_compared_are_ones_reinforce_records():
     reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
     compared = preflight.json_settings(reinforce)
     assert set(compared) <= set(CONTENT_SETTINGS)
+
+
+# -- values that validate but make no sense (issue 25, item 5) ---------------------------------------
+
+@pytest.mark.parametrize("norm", [None, 0, 0.5])
+def test_no_clipping_or_a_positive_grad_clip_norm_passes(toy, norm):
+    assert load_config(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), norm))["runs"]["toy_dr"]["grad_clip_norm"] == norm
+
+
+def test_a_negative_grad_clip_norm_is_refused(toy):
+    """clip_grad_norm_ scales the gradient by max_norm / norm: a negative one flips every step."""
+    with pytest.raises(ConfigError, match=r"config key 'runs.toy_dr.grad_clip_norm': -1 is less than the minimum of 0"):
+        load_config(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), -1))
+
+
+@pytest.mark.parametrize("path, key, steps", [
+    (("runs", "toy_dr", "warmup_steps"), "runs.toy_dr.warmup_steps", 256),  # 32768 / 128
+    (("teachers", "teacher_b.pt", "warmup_steps"), "teachers.teacher_b.pt.warmup_steps", 192),  # 24576 / 128
+])
+def test_a_warmup_longer_than_the_run_is_refused(toy, path, key, steps):
+    load_config(_set(toy, path, steps))  # warming up for the whole run still reaches lr
+    with pytest.raises(ConfigError, match=rf"config key '{key}': {steps + 1} warm-up steps are more than the "
+                                          rf"run's {steps} steps"):
+        load_config(_set(toy, path, steps + 1))
+
+
+def test_a_retrieval_benchmark_without_recall_at_1_is_refused_in_a_config_and_on_the_command_line(toy):
+    from mobileclip_repro.evaluate import parse_benchmark_specs
+
+    with pytest.raises(ConfigError, match=r"config key 'evaluation.benchmarks.1.recall_k': \[5, 10\] has no 1; "
+                                          r"retrieval's main metric is mean_recall@1"):
+        load_config(_set(toy, ("evaluation", "benchmarks", 1, "recall_k"), [5, 10]))
+    spec = {"name": "r", "dataset": "wds/r", "task": "zeroshot_retrieval", "root": "r", "recall_k": [5]}
+    with pytest.raises(ConfigError, match=r"config key 'benchmarks.0.recall_k': \[5\] has no 1"):
+        parse_benchmark_specs([spec])
+    # classification ignores recall_k
+    parse_benchmark_specs([{**spec, "dataset": "wds/c", "task": "zeroshot_classification"}])
+
+
+def test_a_benchmark_root_the_dag_neither_makes_nor_fetches_must_exist(toy, tmp_path):
+    missing = tmp_path / "sets" / "extra"
+    with pytest.raises(ConfigError, match=rf"config key 'evaluation.benchmarks.2.root': benchmark 'extra': "
+                                          rf"{re.escape(str(missing))} does not exist"):
+        load_config(_with_benchmark(copy.deepcopy(toy), root=str(missing)))
+    # a root that a fetch_benchmark job fills, and one that is there, pass
+    load_config(_with_benchmark(copy.deepcopy(toy), root=str(missing), hub_repo="clip-benchmark/wds_extra"))
+    load_config(_with_benchmark(toy, root=str(_classification_set(missing, [0, 1], ["a", "b"]))))
+
+
+def test_a_hub_experiment_loads_before_its_benchmark_roots_exist(repo_root):
+    """Planned wherever it is planned (tests/test_dag.py plans the paper configs here); its roots
+    are checked when the DAG is about to run an evaluation (the next test)."""
+    config = load_config(repo_root / "configs" / "paper" / "datacomp12m.yaml")
+    assert not any(Path(benchmark["root"]).exists() for benchmark in config["evaluation"]["benchmarks"])
+
+
+def test_a_hub_experiment_with_a_missing_benchmark_root_is_refused_before_its_first_job(repo_root, snakemake_cmd,
+                                                                                       tmp_path):
+    missing = tmp_path / "imagenet1k"
+    overlay = {"results_dir": str(tmp_path / "results"), "evaluation": {"benchmarks": [
+        {"name": "imagenet1k", "dataset": "imagenet1k", "task": "zeroshot_classification", "root": str(missing)}]}}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    result = subprocess.run([*snakemake_cmd, "--cores", "1", "--configfile", "configs/paper/datacomp12m.yaml",
+                             str(tmp_path / "overlay.yaml")], cwd=repo_root, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # a fetch, if one ran, fails fast
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(rf"invalid config: config key 'evaluation.benchmarks.0.root': benchmark 'imagenet1k': "
+                     rf"{re.escape(str(missing))} does not exist", output), output[-3000:]
+    assert "rule fetch" not in output and not (tmp_path / "results" / "logs").exists(), "no job ran"
+
+
+@pytest.mark.parametrize("resampled, passes", [(False, False), (True, True)])
+def test_more_workers_than_the_shards_allow_are_refused_without_resampling(toy, resampled, passes):
+    toy["runs"]["toy_plain"].update(workers=5, dataset_resampled=resampled)  # 4000 samples / 1000 per shard
+    if passes:
+        load_config(toy)
+        return
+    with pytest.raises(ConfigError, match=r"config key 'runs.toy_plain.workers': 5 workers x 1 processes need 5 "
+                                          r"shards .* the run has 4 \(data.toy.train_samples / "
+                                          r"data.toy.samples_per_shard\); use at most 4 workers"):
+        load_config(toy)
+
+
+def test_workers_are_counted_against_the_hub_spec_and_the_local_folder(toy, tmp_path):
+    toy["runs"]["toy_plain"].update(workers=2, dataset_resampled=False, gpus_per_node=2)
+    toy["runs"]["toy_dr"]["dataset_resampled"] = True
+    hub = _set(copy.deepcopy(toy), ("data", "source"), "hub")
+    hub["data"]["hub"] = {"shards": "{00000000..00000002}"}
+    hub["reinforcement"]["generate"] = True
+    with pytest.raises(ConfigError, match=r"'runs.toy_plain.workers': 2 workers x 2 processes need 4 shards .*"
+                                          r"the run has 3 \(data.hub.shards\); use at most 1 workers"):
+        load_config(hub)
+    local = _published(toy)
+    _dr_shard(_dr_dir(local), manifest={})
+    with pytest.raises(ConfigError, match=r"'runs.toy_plain.workers': .* the run has 1 \(.*datacomp\); use more "
+                                          r"shards or dataset_resampled: true"):
+        load_config(local)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda folder: None, "does not exist"),
+    (lambda folder: folder.mkdir(parents=True), "holds no .tar shards"),
+])
+def test_local_data_must_be_on_disk_when_the_config_loads(toy, tmp_path, make, message):
+    config = _published(toy)
+    folder = tmp_path / "elsewhere"
+    make(folder)
+    config["data"]["datacomp_dir"] = str(folder)
+    with pytest.raises(ConfigError, match=rf"config key 'data.datacomp_dir': the local DataComp shards' folder "
+                                          rf"{re.escape(str(folder))} {message}"):
+        load_config(config)
+
+
+def test_local_dr_runs_need_the_datacompdr_folder_too(toy):
+    config = _published(toy)  # no DataCompDR shard written
+    with pytest.raises(ConfigError, match=r"config key 'data.dr_dir': the DataCompDR shards' folder of "
+                                          r"reinforcement 'default' .*datacompdr does not exist"):
+        load_config(config)
+
+
+@pytest.mark.parametrize("classnames, message", [
+    (["a", "b"], r"lists 2 class names, but .*0.tar: s0003.cls has label 3 \(labels index the list from 0\)"),
+    ([], r"lists no class names"),
+])
+def test_a_classification_set_whose_class_names_do_not_cover_its_labels_is_refused(toy, tmp_path, classnames,
+                                                                                  message):
+    root = _classification_set(tmp_path / "extra", [0, 1, 2, 3], classnames)
+    with pytest.raises(ConfigError, match=rf"config key 'evaluation.benchmarks.2.root': benchmark 'extra': "
+                                          rf"{re.escape(str(root / 'classnames.txt'))} {message}"):
+        load_config(_with_benchmark(toy, root=str(root)))
+
+
+def test_a_set_being_fetched_is_left_to_its_fetch_and_evaluate_jobs(toy, tmp_path):
+    root = _classification_set(tmp_path / "extra", [0, 3], ["a"])
+    (root / "test" / "nshards.txt").write_text("2\n")  # shard 1 not there yet
+    load_config(_with_benchmark(toy, root=str(root), hub_repo="clip-benchmark/wds_extra"))
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -285,6 +465,29 @@ BAD_CONFIGS = {
     "published DR shards with another num_samples": (
         lambda c, tmp: _dr_shard(_dr_dir(c), num_samples=3) and _published(c),
         r"'reinforcement.config': the DataCompDR shards in .* were made with num_samples 3"),
+    # values that validate but make no sense (issue 25, item 5)
+    "negative grad_clip_norm": (lambda c, tmp: _set(c, ("runs", "toy_dr", "grad_clip_norm"), -1),
+                                r"'runs.toy_dr.grad_clip_norm': -1 is less than the minimum of 0"),
+    "warm-up longer than the run": (lambda c, tmp: _set(c, ("runs", "toy_dr", "warmup_steps"), 300),
+                                    r"'runs.toy_dr.warmup_steps': 300 warm-up steps are more than the run's 256"),
+    "recall_k without 1": (lambda c, tmp: _set(c, ("evaluation", "benchmarks", 1, "recall_k"), [5, 10]),
+                           r"'evaluation.benchmarks.1.recall_k': \[5, 10\] has no 1"),
+    "benchmark root missing": (lambda c, tmp: _with_benchmark(c, root=str(tmp / "nope")),
+                               r"'evaluation.benchmarks.2.root': benchmark 'extra': .*nope does not exist"),
+    "more workers than shards": (
+        lambda c, tmp: _set(c, ("runs", "toy_plain"), {**c["runs"]["toy_plain"], "workers": 5,
+                                                       "dataset_resampled": False}),
+        r"'runs.toy_plain.workers': 5 workers x 1 processes need 5 shards"),
+    "local data folder missing": (
+        lambda c, tmp: _set(c, ("data",), {"source": "local", "datacomp_dir": str(tmp / "nope")}),
+        r"'data.datacomp_dir': the local DataComp shards' folder .*nope does not exist"),
+    "classnames.txt shorter than the labels": (
+        lambda c, tmp: _with_benchmark(c, root=str(_classification_set(tmp / "extra", [0, 1, 2], ["a", "b"]))),
+        r"'evaluation.benchmarks.2.root': benchmark 'extra': .*extra/classnames.txt lists 2 class names, "
+        r"but .* has label 2"),
+    "classnames.txt empty": (
+        lambda c, tmp: _with_benchmark(c, root=str(_classification_set(tmp / "extra", [0], []))),
+        r"'evaluation.benchmarks.2.root': benchmark 'extra': .*extra/classnames.txt lists no class names"),
 }
 
 

@@ -27,6 +27,7 @@ DFNDR12M = {
     "reinforcement": {"generate": False, "config": "configs/reinforce/datacompdr12m.json"},
     "runs": {"dfndr12m": {
         "model": "MobileCLIP-B", "data": "dr", "gpus_per_node": 0, "global_batch_size": 8, "seen_samples": 8,
+        "warmup_steps": 1,  # the default 1000 is longer than this one-step run
         "local_loss": True, "gather_with_grad": True,
         "distill": {"logit_scale": [70.0, 60.0], "loss_weights": [0.0, 1.0], "teacher_dimension": [768, 768],
                     "average_after_softmax": True}}},

@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from mobileclip_repro.benchmark_sets import BenchmarkSetError
 from mobileclip_repro.cli import main
 from mobileclip_repro.evaluate import parse_benchmark_specs
 from mobileclip_repro.models import create_model_and_transforms
@@ -188,6 +189,24 @@ def test_a_benchmark_shard_cut_at_a_member_boundary_is_refused_not_scored(world,
         main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
               "--out-dir", str(tmp_path / "out")])
     assert not list((tmp_path / "out").glob("*.json")), "no record from part of a set"
+
+
+@pytest.mark.parametrize("classnames, message", [(CLASSES[:2], "lists 2 class names, but .* has label 2"),
+                                                 ([], "lists no class names")])
+def test_a_set_whose_class_names_miss_labels_fails_before_any_record(tmp_path, classnames, message):
+    """A set made or fetched after the DAG started is only checked here: a shorter classnames.txt
+    would give a record with a meaningless number, an empty one a traceback inside clip_benchmark."""
+    root = tmp_path / "short"
+    _write_shards(root / "test", [{"__key__": f"s{i}", "png": _png(i), "cls": label}
+                                  for i, label in enumerate(CLASSIFICATION_LABELS)], per_shard=4)
+    (root / "classnames.txt").write_text("".join(f"{name}\n" for name in classnames))
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    spec = [{"name": "short", "dataset": "wds/short", "task": "zeroshot_classification", "root": str(root)}]
+    (tmp_path / "b.json").write_text(json.dumps(spec))
+    with pytest.raises(BenchmarkSetError, match=rf"benchmark 'short': {root / 'classnames.txt'} {message}"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "never_read.pt"), "--benchmarks-json",
+              str(tmp_path / "b.json"), "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 # The CLI's benchmark list is checked by the config schema's benchmark definition: the same

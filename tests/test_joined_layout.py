@@ -67,6 +67,10 @@ def test_joined_samples_missing_a_side_are_counted_not_dropped_silently(datacomp
 def test_the_joined_layout_is_local_data_and_the_run_reads_its_tars_for_both_sides(repo_root, tmp_path):
     config = yaml.safe_load((repo_root / "configs" / "paper" / "datacompdr12m.yaml").read_text())
     config["data"] = {"source": "local", "layout": "joined", "datacomp_dir": str(tmp_path / "DataCompDR-12M")}
+    # local data must be on disk when the config loads, and so must the benchmark roots it names
+    with shards.atomic_tar_writer(tmp_path / "DataCompDR-12M" / shards.shard_name(0), mtime=0):
+        pass
+    config["evaluation"]["benchmarks"] = []
     spec = resolve_run(load_config({**config, "results_dir": str(tmp_path / "results")}), "datacompdr12m_s30m")
     assert spec["data_layout"] == "joined" and spec["dr_dir"] == spec["datacomp_dir"]
     hub_joined = {**config, "data": {"source": "hub", "layout": "joined"}}

@@ -88,7 +88,7 @@ def test_each_captioner_writes_its_own_set_and_embeddings(world, reinforced):
 
 def _spec(world: dict, regex: str | None) -> dict:
     run = {"model": "toy-student", "data": "dr", "gpus_per_node": 0, "global_batch_size": 4, "seen_samples": 8,
-           "workers": 0, "distill": {"teacher_dimension": [64, 64]}}
+           "warmup_steps": 1, "workers": 0, "distill": {"teacher_dimension": [64, 64]}}
     if regex is not None:
         run["syn_caption_regex"] = regex
     loaded = config.load_config({"name": "v2", "results_dir": str(world["root"]),
@@ -156,4 +156,5 @@ def test_a_captioner_mapping_the_config_cannot_use_is_refused_when_it_loads(tmp_
     with pytest.raises(config.ConfigError, match=rf"config key '{key}'"):
         config.load_config({"name": "v2", "results_dir": str(tmp_path), "reinforcement": {"captioner": captioner},
                             "runs": {"dr": {"model": "toy-student", "data": "dr", "global_batch_size": 4,
-                                            "seen_samples": 8, "distill": {"teacher_dimension": [64, 64]}}}})
+                                            "seen_samples": 8, "warmup_steps": 1,
+                                            "distill": {"teacher_dimension": [64, 64]}}}})

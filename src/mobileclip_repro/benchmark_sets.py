@@ -11,11 +11,16 @@ download inside every job.
 Files go through huggingface_hub (``HF_ENDPOINT``/``HF_TOKEN`` honoured), which writes
 each one under a temporary name and renames it when complete, so an interrupted fetch
 resumes and never leaves a truncated shard under its final name.
+
+``check_class_names`` is what a classification set on disk must satisfy for its record to
+mean something (every label named, a template to say it with); the config's preflight runs
+it at DAG start on the sets already there, ``evaluate`` on every set before its first record.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import tarfile
 from pathlib import Path
 
 from mobileclip_repro.hub import hub_download
@@ -55,6 +60,79 @@ def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", rev
         log.info("%s: %s/%d.tar (%d/%d)", repo_id, split, shard, shard + 1, num_shards)
     return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "num_shards": num_shards,
             "files": present + [f"{split}/nshards.txt"] + [f"{split}/{i}.tar" for i in range(num_shards)]}
+
+
+class BenchmarkSetError(ValueError):
+    """A benchmark set on disk that would give a meaningless record (or none); the message names the file."""
+
+
+def wds_shard_paths(root: str | Path, split: str = "test") -> list[Path] | None:
+    """The shards clip_benchmark reads, ``<root>/<split>/{0..n-1}.tar`` for n in ``nshards.txt``;
+    None when there is no readable count (not, or not yet, a complete webdataset set)."""
+    nshards = Path(root) / split / "nshards.txt"
+    text = nshards.read_text().strip() if nshards.is_file() else ""
+    if not text.isdigit():
+        return None
+    return [Path(root) / split / f"{shard}.tar" for shard in range(int(text))]
+
+
+def read_lines(path: Path) -> list[str]:
+    """A text file's entries as clip_benchmark reads classnames.txt and the templates: one per line, stripped."""
+    return [line.strip() for line in path.read_text().splitlines()]
+
+
+def wds_labels(shard_paths: list[Path]) -> dict[int, str]:
+    """Each class index the shards' ``cls`` members hold -> the first member holding it.
+
+    From tar headers and the few bytes of each ``cls`` member: images are never read.
+    """
+    labels: dict[int, str] = {}
+    for shard in shard_paths:
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                # webdataset's rule (shards.member_key): the extension is the name after its first dot
+                extension = member.name.rpartition("/")[2].partition(".")[2]
+                if not member.isfile() or extension.lower() != "cls":
+                    continue
+                text = archive.extractfile(member).read().decode("utf-8", "replace").strip()
+                try:
+                    label = int(text)
+                except ValueError:
+                    raise BenchmarkSetError(f"{shard}: {member.name} holds {text!r}, not a class index") from None
+                labels.setdefault(label, f"{shard}: {member.name}")
+    return labels
+
+
+def check_class_names(root: str | Path, split: str = "test") -> None:
+    """A zero-shot classification set in clip_benchmark's webdataset layout names every label it has.
+
+    clip_benchmark builds one classifier row per line of ``classnames.txt`` and scores label i
+    against row i: with a shorter list a label past its end is never predicted, and the record
+    still gives a number; an empty list (or no templates) fails inside clip_benchmark.
+    BenchmarkSetError names the file.
+    """
+    root = Path(root)
+    classnames = root / "classnames.txt"
+    if not classnames.is_file():
+        raise BenchmarkSetError(f"{classnames} missing")
+    names = read_lines(classnames)
+    if not any(names):
+        raise BenchmarkSetError(f"{classnames} lists no class names")
+    templates = root / "zeroshot_classification_templates.txt"
+    if templates.is_file() and not any(read_lines(templates)):
+        raise BenchmarkSetError(f"{templates} lists no templates")
+    shard_paths = wds_shard_paths(root, split)
+    if shard_paths is None:
+        raise BenchmarkSetError(f"{root / split / 'nshards.txt'} missing or not a shard count")
+    missing = [path for path in shard_paths if not path.is_file()]
+    if missing:
+        raise BenchmarkSetError(f"{missing[0]} missing ({root / split / 'nshards.txt'} lists {len(shard_paths)} shards)")
+    labels = wds_labels(shard_paths)
+    outside = [label for label in labels if not 0 <= label < len(names)]
+    if outside:
+        label = max(outside, key=abs)  # the one farthest out
+        raise BenchmarkSetError(f"{classnames} lists {len(names)} class names, but {labels[label]} has label {label} "
+                                f"(labels index the list from 0)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,6 +94,11 @@ def validate_benchmarks(benchmarks, where: str = "evaluation.benchmarks") -> lis
     names = [benchmark["name"] for benchmark in benchmarks]
     if len(names) != len(set(names)):
         raise ConfigError(f"config key '{where}': benchmark names must be unique")
+    for position, benchmark in enumerate(benchmarks):
+        # a retrieval record's number is mean_recall@1; without K = 1 the evaluate job fails after training
+        if benchmark["task"] == "zeroshot_retrieval" and 1 not in benchmark["recall_k"]:
+            raise ConfigError(f"config key '{where}.{position}.recall_k': {benchmark['recall_k']} has no 1; "
+                              f"retrieval's main metric is mean_recall@1")
     return benchmarks
 
 
@@ -116,6 +121,11 @@ def reinforcement_dr_dir(config: dict, name: str = DEFAULT_REINFORCEMENT) -> str
     """Where a named reinforcement's DataCompDR shards live: data.dr_dir, or data.dr_dir + _<name>."""
     dr_dir = config["data"]["dr_dir"]
     return dr_dir if name == DEFAULT_REINFORCEMENT else f"{dr_dir.rstrip('/')}_{name}"
+
+
+def generated_benchmark(config: dict, benchmark: dict) -> bool:
+    """Whether the DAG makes this benchmark set itself (the toy world's held-out sets, toy data only)."""
+    return config["data"]["source"] == "toy" and benchmark["dataset"].startswith("wds/toy")
 
 
 def _check_consistency(config: dict) -> None:
@@ -215,6 +225,9 @@ def _derived(run: dict, where: str) -> dict:
     if len(run_seeds(run, where)) > 1 and where.startswith("teachers."):
         raise ConfigError(f"config key '{where}.seeds': a teacher is one checkpoint file; give it one seed")
     steps = checkpoint_steps(total_steps, run["num_checkpoints"], run["checkpoint_spacing"], where)
+    if run["warmup_steps"] > total_steps:  # the learning rate would never reach lr, nor decay
+        raise ConfigError(f"config key '{where}.warmup_steps': {run['warmup_steps']} warm-up steps are more than "
+                          f"the run's {total_steps} steps (seen_samples / global_batch_size)")
     derived = {"world_size": world_size, "per_gpu_batch_size": global_batch // world_size,
                "total_steps": total_steps, "checkpoint_steps": steps}
     if run["checkpoint_spacing"] == "linear":

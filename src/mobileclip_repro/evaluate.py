@@ -13,6 +13,8 @@ Traps handled here rather than left to the user:
   network on the clusters, so a missing root is an error before clip_benchmark runs.
 - a webdataset set read by more loader workers than it has shards fails; workers are
   clamped to the shard count.
+- a classification set whose ``classnames.txt`` is shorter than its labels still gives a
+  number (an empty one a traceback); both are an error before the first record.
 - recall@K needs K <= number of images; K is clamped to the number of images.
 - a custom webdataset retrieval set is only treated as retrieval when the task says so;
   the task must agree with the set's ``dataset_type.txt``.
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobileclip_repro import shards
+from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names
 from mobileclip_repro.config import validate_benchmarks
 from mobileclip_repro.tables import RECORD_SCHEMA
 
@@ -162,6 +165,11 @@ def check_dataset_present(spec: BenchmarkSpec) -> None:
             for required in ("classnames.txt", "zeroshot_classification_templates.txt"):
                 if not (root / required).exists():
                     raise FileNotFoundError(f"benchmark {spec.name!r}: {root / required} missing")
+            # also at DAG start for sets already there; here for the ones made or fetched since
+            try:
+                check_class_names(root, spec.split)
+            except BenchmarkSetError as error:
+                raise BenchmarkSetError(f"benchmark {spec.name!r}: {error}") from None
     elif spec.dataset == "flickr30k":
         annotation = Path(spec.annotation_file or root / f"flickr30k_{spec.split}_karpathy.txt")
         if not annotation.exists():

@@ -13,7 +13,16 @@ The schema sees one YAML file; these look at what it points to:
   against the reinforcement JSON and the runs' widths (their per-shard manifests, and the
   embeddings of a few samples). ``train`` repeats the shard check when it starts, for shards
   that appeared after the DAG started (a fetch). The DAG's own shards (``generate: true``)
-  are its reinforce job's to redo when a setting changes.
+  are its reinforce job's to redo when a setting changes;
+* local data (``data.source: local``): its folders hold shards;
+* ``workers`` of each run without ``dataset_resampled``: every process x worker needs shards
+  of its own, counted from the toy settings, the hub's shard spec or the local folder;
+* benchmark sets: a root the DAG neither makes (the toy sets) nor fetches (``hub_repo``)
+  exists, and a classification set already on disk names every label it has
+  (``benchmark_sets.check_class_names``; ``evaluate`` runs it again on every set). A hub
+  experiment is planned before its data exist, wherever it is planned (the paper configs plan
+  on a laptop), so its roots are checked when the DAG starts running jobs instead
+  (``check_benchmark_roots``, the Snakefile's ``onstart``).
 
 None of this imports torch or open_clip (20 s on a 2-core machine): the registry is read
 from the same JSON files open_clip reads, and shards only when some exist.
@@ -31,9 +40,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, wds_shard_paths
 from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets,
-                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant,
-                                     strict_validator)
+                                     generated_benchmark, reinforcement_dr_dir, reinforcement_names,
+                                     reinforcement_variant, strict_validator)
+from mobileclip_repro.hub import expand_shard_spec
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -233,6 +244,115 @@ def check_dr_shards(dr_dir: str | Path, settings: dict[str, tuple[str, object]],
                                 width, list(dimension), source)
 
 
+# -- training data the DAG does not make --------------------------------------------------------
+
+def _tars(directory: str | Path) -> list[Path]:
+    """shards.list_shards' rule (every .tar, nested ones too), without importing webdataset (and torch)."""
+    return sorted(Path(directory).rglob("*.tar")) if Path(directory).is_dir() else []
+
+
+def _require_shards(directory: str | Path, key: str, what: str) -> None:
+    if not Path(directory).is_dir():
+        raise ConfigError(f"config key '{key}': {what} {directory} does not exist")
+    if not _tars(directory):
+        raise ConfigError(f"config key '{key}': {what} {directory} holds no .tar shards")
+
+
+def check_local_data(config: dict) -> None:
+    """Local data is read, not made: its DataComp folder (and, for DR runs on shards the DAG does
+    not reinforce, the DataCompDR one beside it) must hold shards before the first job."""
+    data = config["data"]
+    if data["source"] != "local":
+        return
+    _require_shards(data["datacomp_dir"], "data.datacomp_dir", "the local DataComp shards' folder")
+    if data["layout"] == "joined":  # the DataCompDR keys are in the same tars
+        return
+    trained_on = {run["reinforcement"] for section in ("teachers", "runs")
+                  for run in config.get(section, {}).values() if run["data"] == "dr"}
+    for name in reinforcement_names(config):
+        if name in trained_on and not reinforcement_variant(config, name)["generate"]:
+            _require_shards(reinforcement_dr_dir(config, name), "data.dr_dir",
+                            f"the DataCompDR shards' folder of reinforcement {name!r}")
+
+
+def training_shards(config: dict, run: dict) -> tuple[int, str] | None:
+    """(how many shards a run reads, where that number comes from), None when not knowable yet."""
+    data = config["data"]
+    toy = data["toy"]
+    if data["source"] == "toy":  # toyworld.generate: ceil(samples / samples_per_shard) shards per set
+        samples, key = ((toy["teacher_samples"], "teacher_samples") if run["data"] == "teacher"
+                        else (toy["train_samples"], "train_samples"))
+        return -(-samples // toy["samples_per_shard"]), f"data.toy.{key} / data.toy.samples_per_shard"
+    if run["data"] == "teacher":  # the toy world's teacher set; elsewhere whatever is on disk
+        directory = Path(config["results_dir"]) / "data" / "teacher_data"
+        tars = _tars(directory)
+        return (len(tars), str(directory)) if tars else None
+    if data["source"] == "hub":
+        try:
+            return len(expand_shard_spec(data["hub"]["shards"])), "data.hub.shards"
+        except ValueError as error:
+            raise ConfigError(f"config key 'data.hub.shards': {error}") from None
+    return len(_tars(data["datacomp_dir"])), data["datacomp_dir"]
+
+
+def check_workers(config: dict) -> None:
+    """Without resampling each rank x worker streams a disjoint slice of the shards
+    (``samples.shard_stream``), and an empty slice stops the train job; refuse it here."""
+    for section in ("teachers", "runs"):
+        for name, run in config.get(section, {}).items():
+            if run["dataset_resampled"]:
+                continue
+            counted = training_shards(config, run)
+            if counted is None:
+                continue
+            shards, source = counted
+            processes = run["nodes"] * max(run["gpus_per_node"], 1)
+            workers = max(run["workers"], 1)  # workers: 0 reads in the process itself, one stream
+            if shards < processes * workers:
+                fix = (f"at most {shards // processes} workers, " if shards >= processes else "")
+                raise ConfigError(f"config key '{section}.{name}.workers': {run['workers']} workers x {processes} "
+                                  f"processes need {processes * workers} shards without resampling (each "
+                                  f"streams shards of its own), the run has {shards} ({source}); use {fix}"
+                                  f"more shards or dataset_resampled: true")
+
+
+# -- benchmark sets ---------------------------------------------------------------------------------
+
+def check_benchmark_roots(config: dict) -> None:
+    """A benchmark root the DAG neither makes nor fetches exists (else evaluation fails after training)."""
+    for position, benchmark in enumerate(config["evaluation"]["benchmarks"]):
+        if generated_benchmark(config, benchmark) or benchmark.get("hub_repo"):
+            continue
+        if not Path(benchmark["root"]).is_dir():
+            raise ConfigError(f"config key 'evaluation.benchmarks.{position}.root': benchmark "
+                              f"{benchmark['name']!r}: {benchmark['root']} does not exist (the DAG neither "
+                              f"makes nor fetches it: give hub_repo, or put the set there)")
+
+
+def check_benchmark_sets(config: dict) -> None:
+    """Classification sets already on disk that the DAG does not make name every label they have.
+
+    The toy sets are rewritten by the DAG when their settings change, and checked by
+    ``evaluate`` when it starts, as a fetched set still being fetched is.
+    """
+    for position, benchmark in enumerate(config["evaluation"]["benchmarks"]):
+        root = Path(benchmark["root"])
+        if (benchmark["task"] != "zeroshot_classification" or not benchmark["dataset"].startswith("wds/")
+                or generated_benchmark(config, benchmark) or not root.is_dir()):
+            continue
+        type_file = root / "dataset_type.txt"
+        if type_file.is_file() and type_file.read_text().strip().lower() != "classification":
+            continue  # multilabel (npy labels) or a task mismatch: evaluate says which
+        shard_paths = wds_shard_paths(root, benchmark["split"])
+        if benchmark.get("hub_repo") and (shard_paths is None or not all(path.is_file() for path in shard_paths)):
+            continue  # a fetch under way: its job finishes it, evaluate checks it
+        try:
+            check_class_names(root, benchmark["split"])
+        except BenchmarkSetError as error:
+            raise ConfigError(f"config key 'evaluation.benchmarks.{position}.root': benchmark "
+                              f"{benchmark['name']!r}: {error}") from None
+
+
 # -- the whole config ---------------------------------------------------------------------------
 
 def check_config(config: dict) -> None:
@@ -252,6 +372,11 @@ def check_config(config: dict) -> None:
         runs = {where: run for where, run in dr_runs.items() if run["reinforcement"] == name}
         if runs:
             _check_reinforcement(config, name, runs)
+    check_local_data(config)
+    check_workers(config)
+    if config["data"]["source"] != "hub":  # toy and local experiments are planned where they run
+        check_benchmark_roots(config)
+    check_benchmark_sets(config)
 
 
 def _check_reinforcement(config: dict, name: str, dr_runs: dict[str, dict]) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import (ConfigError, load_config, reinforcement_dr_dir, reinforcement_names,
-                                     reinforcement_variant, resolve_run, run_dir, run_seeds)
+from mobileclip_repro.config import (ConfigError, generated_benchmark, load_config, reinforcement_dr_dir,
+                                     reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
+from mobileclip_repro.preflight import check_benchmark_roots
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
@@ -20,6 +21,18 @@ try:
     EXP = load_config(dict(config) if config else DEFAULT_CONFIG)
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
+
+
+onstart:
+    # A hub experiment loads (and plans: `snakemake -n`) without its benchmark roots, as it is
+    # planned before its data exist, wherever it is planned. When jobs are about to run and
+    # some evaluate, the roots it neither makes nor fetches must be there (toy and local
+    # experiments checked them when they loaded): before any job, not after training.
+    if {job.rule.name for job in workflow.dag.needrun_jobs()} & {"evaluate", "evaluate_teachers"}:
+        try:
+            check_benchmark_roots(EXP)
+        except ConfigError as error:
+            raise WorkflowError(f"invalid config: {error}") from None
 
 RESULTS = Path(EXP["results_dir"])
 DATA = EXP["data"]
@@ -157,8 +170,8 @@ def paper_reference_option(setting):
 
 
 def toy_benchmark_roots():
-    """Benchmark sets the toy-data rule generates (the others are user-provided roots)."""
-    return [b["root"] for b in BENCHMARKS if IS_TOY and b["dataset"].startswith("wds/toy")]
+    """Benchmark sets the toy-data rule generates (the others are fetched or user-provided roots)."""
+    return [b["root"] for b in BENCHMARKS if generated_benchmark(EXP, b)]
 
 
 def train_inputs(wildcards):
