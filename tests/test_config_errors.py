@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from mobileclip_repro import preflight, shards
-from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, resolve_run
+from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, read_yaml, resolve_run
 
 TOY_JSON = json.loads((REPO_ROOT / "configs" / "reinforce" / "toy.json").read_text())
 
@@ -417,6 +417,47 @@ def test_validate_config_prints_the_message_not_a_traceback(toy, tmp_path):
     assert result.stderr.strip() == ("invalid config: config key 'runs.toy_dr.global_batch_size': "
                                      "128.0 is not of type 'integer'")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+MALFORMED_FILES = {
+    "a YAML syntax error": ("name: toy\nruns:\n  toy_dr: {model: toy-student\n", r":4:1: while parsing a flow mapping"),
+    "a python tag": ("name: !!python/object/apply:os.system ['echo ran']\n",
+                     r":1:7: could not determine a constructor for the tag .*python/object/apply"),
+    "a list at the top level": ("- name: toy\n", r": the top level must be a mapping of config keys, got a list"),
+    "a key given twice": ("name: toy\nresults_dir: a\nname: other\n",
+                          r":3:1: duplicate key 'name' \(first given on line 1\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_FILES))
+@pytest.mark.parametrize("command", ["validate-config", "train"])
+def test_a_malformed_config_file_is_one_line_naming_file_and_line(tmp_path, case, command):
+    text, message = MALFORMED_FILES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    argv = [str(path)] if command == "validate-config" else ["--config", str(path), "--run-name", "toy_dr",
+                                                              "--out-dir", str(tmp_path / "run")]
+    result = subprocess.run([sys.executable, "-m", "mobileclip_repro", command, *argv],
+                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert re.fullmatch(rf"(mobileclip-repro train: )?invalid config: {re.escape(str(path))}{message}.*", line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_merge_keys_may_override_what_they_bring_in(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {model: toy-student, lr: 0.1}\nother:\n  <<: *base\n  lr: 0.2\n")
+    assert read_yaml(path)["other"] == {"model": "toy-student", "lr": 0.2}
+
+
+def test_a_key_given_twice_in_a_configfile_stops_the_dag_naming_the_line(snakemake_cmd, repo_root, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("report:\n  title: one\n  title: two\n")
+    result = subprocess.run([*snakemake_cmd, "-n", "--configfile", "configs/toy-smoke.yaml", str(overlay)],
+                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"invalid config: {overlay}:3:3: duplicate key 'title' (first given on line 2)" in result.stdout + result.stderr
 
 
 def test_torchrun_hands_every_train_option_to_the_trainer_unchanged():

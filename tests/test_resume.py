@@ -389,3 +389,82 @@ def test_a_filesystem_without_locks_warns_and_trains_unguarded(tmp_path, monkeyp
     with caplog.at_level(logging.WARNING, "mobileclip_repro.locks"), trainer.run_folder_lock(tmp_path / "run"):
         assert (tmp_path / "run" / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
     assert "cannot lock" in caplog.text and "nothing stops a second trainer on this folder" in caplog.text
+
+
+# -- a preemption warning (SIGTERM, SIGUSR1): at most one step lost --------------------------------
+# Checkpoints only at the two pseudo-epoch ends (steps 5 and 10): a signal in the second one
+# lands inside a data segment, so the rerun has to re-read the segment to go on bit for bit.
+PREEMPTED = {"resume_every_steps": 0}
+
+
+def torchrun_command(spec: dict, out_dir: Path, processes: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc-per-node", str(processes), *train_command(spec, out_dir)[1:]]
+
+
+def signal_in_the_second_pseudo_epoch(command: list[str], out_dir: Path, signum: int) -> tuple[int, int]:
+    """Start ``command``, send ``signum`` to it as soon as the first pseudo-epoch's checkpoint is
+    there: (its exit code, the step of the resume.pt it left)."""
+    process = popen(command, out_dir.with_suffix(".log"))
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while checkpoint_step(out_dir / "checkpoints" / "epoch_1.pt") is None:
+            assert process.poll() is None, out_dir.with_suffix(".log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no first checkpoint"
+            time.sleep(0.01)
+        process.send_signal(signum)
+        returncode = process.wait(timeout=WAIT_S)
+    finally:
+        process.kill()
+        process.wait()
+    return returncode, checkpoint_step(out_dir / "checkpoints" / "resume.pt")
+
+
+@pytest.fixture(scope="module")
+def preempted_reference(results) -> Path:
+    out_dir = results / "runs" / "preempted_uninterrupted"
+    train_here(run_spec(results, "dr", **PREEMPTED), out_dir)
+    return out_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_costs_at_most_a_step_and_the_rerun_ends_as_if_never_stopped(
+        results, preempted_reference, tmp_path, caplog, signum):
+    spec = run_spec(results, "dr", **PREEMPTED)
+    out_dir = tmp_path / "run"
+    returncode, stopped_at = signal_in_the_second_pseudo_epoch(train_command(spec, out_dir), out_dir, signum)
+
+    assert returncode == 128 + signum  # nonzero: Snakemake (and the slurm profile's retries) run it again
+    first_end = spec["checkpoint_steps"][0]
+    # the signal came as step first_end + 1 began (or while its loader started): that step, or the one after
+    assert stopped_at in (first_end + 1, first_end + 2), stopped_at
+    log_text = out_dir.with_suffix(".log").read_text()
+    assert f"{signal.Signals(signum).name} received: stopping after step {stopped_at}, resume.pt written" in log_text
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+        train_here(spec, out_dir)
+    assert f"resumed at step {stopped_at} " in caplog.text
+    assert_ends_like(out_dir, preempted_reference, spec)
+
+
+@pytest.mark.timeout(600)
+def test_a_two_process_torchrun_job_stops_on_sigterm_at_one_step_and_resumes_bit_for_bit(results, tmp_path):
+    """SIGTERM to torchrun, as SLURM sends it: torchrun passes it to both workers, which agree on
+    the step to stop after; the rerun (two processes again) ends as an uninterrupted two-process run."""
+    spec = run_spec(results, "plain", **PREEMPTED)
+    reference = tmp_path / "reference"
+    uninterrupted = popen(torchrun_command(spec, reference, 2), reference.with_suffix(".log"))
+    out_dir = tmp_path / "run"
+    returncode, stopped_at = signal_in_the_second_pseudo_epoch(torchrun_command(spec, out_dir, 2), out_dir,
+                                                               signal.SIGTERM)
+    assert uninterrupted.wait(timeout=WAIT_S) == 0, reference.with_suffix(".log").read_text()[-3000:]
+
+    assert returncode != 0
+    first_end = spec["checkpoint_steps"][0]
+    assert stopped_at in (first_end + 1, first_end + 2), stopped_at
+    log_text = out_dir.with_suffix(".log").read_text()
+    assert log_text.count(f"SIGTERM received: stopping after step {stopped_at}, resume.pt written") == 2, \
+        "both ranks stop after the same step"
+    rerun = popen(torchrun_command(spec, out_dir, 2), tmp_path / "rerun.log")
+    assert rerun.wait(timeout=WAIT_S) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert f"resumed at step {stopped_at} " in (tmp_path / "rerun.log").read_text()
+    assert_ends_like(out_dir, reference, spec)

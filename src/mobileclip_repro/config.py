@@ -280,6 +280,45 @@ def run_seeds(run: dict, where: str = "run") -> list[int]:
     return list(run.get("seeds") or [run.get("seed", 0)])
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no python tags) that also refuses a key given twice in one mapping,
+    which safe_load resolves silently in favour of the last: a config shared between people
+    must mean one thing. Keys a merge (``<<: *anchor``) brings in may be overridden, as YAML says."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base constructor names it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first given on line "
+                                                            f"{first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's content; any YAML problem (syntax, a python tag, a duplicate key) is a
+    ConfigError naming the file, line and column."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(part for part in (error.context, error.problem) if part)
+        raise ConfigError(f"{where}: {' '.join(what.split())}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: {' '.join(str(error).split())}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read ({error})") from None
+
+
 def load_config(source: str | Path | dict) -> dict:
     if isinstance(source, dict):
         config = copy.deepcopy(source)
@@ -287,7 +326,12 @@ def load_config(source: str | Path | dict) -> dict:
         path = Path(source)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = read_yaml(path)
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got a "
+                              f"{type(config).__name__}")
     if not isinstance(config, dict):
         raise ConfigError("config must be a mapping at the top level")
     validate(config)

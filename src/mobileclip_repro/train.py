@@ -211,9 +211,9 @@ class Preempted(Exception):
 class PreemptionWarning:
     """Notes a preemption signal instead of dying of it; the loop asks ``agreed`` after each step.
 
-    Installed before the DataLoader forks its workers, which inherit the handler: a scheduler
-    that signals every process of the job leaves the workers running until the trainer stops.
-    Signal handlers can only be set from the main thread; elsewhere the signals keep their default."""
+    Its DataLoader workers ignore the signals (``ignore_preemption_signals``), so a scheduler that
+    signals every process of the job leaves them running until the trainer stops. Signal
+    handlers can only be set from the main thread; elsewhere the signals keep their default."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -258,7 +258,16 @@ def segment_loader(dataset, spec: dict, step: int, rank: int, batch_size: int, d
     torch.manual_seed(seed_from(spec["seed"], "torch", rank, step))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=spec["workers"],
                                        pin_memory=device.type == "cuda",
-                                       prefetch_factor=4 if spec["workers"] > 0 else None)
+                                       prefetch_factor=4 if spec["workers"] > 0 else None,
+                                       worker_init_fn=ignore_preemption_signals if spec["workers"] > 0 else None)
+
+
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader workers outlive a preemption warning: torchrun and SLURM signal every process
+    of the job, and torch's worker handler would end the worker mid-step. A worker still ends
+    when its trainer stops it, or dies (the worker loop watches its parent)."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import (ConfigError, generated_benchmark, load_config, reinforcement_dr_dir,
+from mobileclip_repro.config import (ConfigError, generated_benchmark, load_config, read_yaml, reinforcement_dr_dir,
                                      reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
@@ -18,6 +18,8 @@ from mobileclip_repro.preflight import check_benchmark_roots
 DEFAULT_CONFIG = "configs/toy.yaml"
 
 try:
+    for configfile in workflow.configfiles:  # Snakemake's own reader lets a key given twice pass
+        read_yaml(configfile)
     EXP = load_config(dict(config) if config else DEFAULT_CONFIG)
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None

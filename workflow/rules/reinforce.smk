@@ -18,7 +18,7 @@ rule train_teacher:
     log:
         RESULTS / "logs" / "teachers" / "{teacher}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
+        "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
         " --out-dir {params.out_dir:q} --export {output.weights:q} > {log:q} 2>&1"
 
 

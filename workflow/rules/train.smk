@@ -3,6 +3,8 @@
 # The declared output is the job's manifest, written last: checkpoints are deliberately not
 # outputs, so a failed or preempted job keeps them (Snakemake deletes a failed job's
 # outputs) and the rerun resumes from the latest one.
+# `exec`: the launcher takes the shell's place, so a scheduler's SIGTERM (sent to every process of
+# the job) reaches a trainer whose Snakemake waits for it to write resume.pt, not a dead shell.
 
 
 rule train:
@@ -31,5 +33,5 @@ rule train:
     log:
         RESULTS / "logs" / "train" / "{run}_seed_{seed}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
+        "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
