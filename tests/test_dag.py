@@ -127,8 +127,24 @@ def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, smoke_run):
     teachers = pd.read_csv(results / "report" / "teachers.csv")
     assert sorted(teachers["teacher"]) == ["ensemble", "teacher_a", "teacher_b"]
     for name in ("results.csv", "results.md", "efficiency.json", "learning_efficiency.png",
-                 "learning_efficiency.pdf", "report.html"):
+                 "learning_efficiency.pdf", "report.html", "cost.csv", "learning_efficiency_compute.png"):
         assert (results / "report" / name).stat().st_size > 0
+    # the compute ledger: a benchmark TSV for every job but the report itself, FLOPs for every job running a model
+    cost = pd.read_csv(results / "report" / "cost.csv")
+    assert sorted(cost["rule"].value_counts().items()) == [
+        ("evaluate", 2), ("evaluate_teachers", 1), ("reinforce", 1), ("toy_data", 1), ("train", 4),
+        ("train_teacher", 2)]
+    assert (cost["wall_s"] > 0).all()
+    models = cost[cost["rule"].isin(["train", "train_teacher", "evaluate", "evaluate_teachers", "reinforce"])]
+    assert (models["flops"] > 0).all() and (models["samples"] > 0).all()
+    train = cost[cost["rule"] == "train"]
+    assert sorted(train["samples"]) == [768] * 4
+    dr, plain = (train[train["run"] == run]["flops_per_sample"].iloc[0] for run in ("smoke_dr", "smoke_plain"))
+    assert 1.0 < dr / plain < 2.0, "a DR step adds the synthetic caption's text forward, nothing else"
+    assert all("compute_multiplier" in e and e["compute_multiplier_with_reinforcement"] is not None
+               for e in efficiency)
+    assert "## Cost" in (results / "report" / "results.md").read_text()
+    assert "<h2>Cost</h2>" in (results / "report" / "report.html").read_text()
 
     # a second invocation finds nothing to do: every output is up to date
     again = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", "configs/toy-smoke.yaml",

@@ -217,7 +217,8 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
     """The multi-node path of torchrun() (common.smk) in the job script the plugin really runs:
     `srun --nodes 2 ...` from the batch script, c10d rendezvous on the first node's name, counts
     passed explicitly because the plugin strips SLURM_* but the job id. Requeued after epoch 1
-    (`scontrol requeue`, as a preemption would), the same SLURM job resumes from epoch_1.pt."""
+    (`scontrol requeue`, as a preemption would: SIGTERM first), the same SLURM job resumes from the
+    resume.pt its first attempt wrote on the signal (or epoch_1.pt, had the signal come as that ended)."""
     results = slurm_smoke["results"]  # its toy data is reused: only the new run's train job runs
     config = yaml.safe_load((repo_root / SMOKE).read_text())
     run = dict(config["runs"]["smoke_plain"], nodes=2, seen_samples=1536, num_checkpoints=4, seeds=[0],
@@ -286,5 +287,6 @@ def test_two_node_train_job_launches_torchrun_per_node_and_resumes_after_requeue
     manifest = read_json(run_dir / "manifest.json")
     assert manifest["world_size"] == 2 and manifest["attempts"] == 2, manifest
     assert [e["seen_samples"] for e in manifest["epochs"]] == [384, 768, 1152, 1536]
-    # the second attempt started from the first one's checkpoint
-    assert re.search(r"resuming from \S*epoch_[123]\.pt", text), text[-3000:]
+    # the second attempt started from the first one's checkpoint: an epoch's, or the resume.pt the
+    # first attempt wrote on the SIGTERM that SLURM sends a requeued job
+    assert re.search(r"resuming from \S*(epoch_[123]|resume)\.pt", text), text[-3000:]

@@ -294,6 +294,7 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     if num_images == 0:
         raise ValueError(f"benchmark {spec.name!r}: no images in {spec.root} (split {spec.split})")
     counting = _CountingLoader(loader)
+    model = _MeteredModel(model)  # the FLOPs of its image and text forwards, for the compute ledger
     # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers.
     amp = device == "cuda"
     # As the trainer's `precision` names them: "amp" = clip_benchmark's torch.autocast(device), float16 on CUDA.
@@ -313,7 +314,28 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     if counting.num_images != num_images:
         raise RuntimeError(f"benchmark {spec.name!r}: counted {num_images} images but evaluated {counting.num_images}")
     return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
-            "num_samples": counting.num_images, "device": device, "precision": precision, **extra}
+            "num_samples": counting.num_images, "device": device, "precision": precision,
+            "flops": model.flops(), **extra}
+
+
+class _MeteredModel:
+    """A CLIP model whose ``encode_image``/``encode_text`` count their FLOPs (``cost.PerItemFlops``:
+    the first call of each counted by FlopCounterMode, the rest scaled by batch size)."""
+
+    def __init__(self, model):
+        from mobileclip_repro.cost import PerItemFlops
+
+        self._model = model
+        self.encode_image = PerItemFlops(model.encode_image)
+        self.encode_text = PerItemFlops(model.encode_text)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def flops(self) -> dict:
+        return {"total": int(self.encode_image.total + self.encode_text.total),
+                "images": self.encode_image.items, "texts": self.encode_text.items,
+                "per_image": self.encode_image.per_item, "per_text": self.encode_text.per_item}
 
 
 def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, result: dict,
@@ -344,7 +366,7 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
         "eval_seconds": round(eval_seconds, 3),
         "run_spec": info.run_spec,
     }
-    record.update({key: result[key] for key in ("num_classes", "recall_k", "num_texts") if key in result})
+    record.update({key: result[key] for key in ("num_classes", "recall_k", "num_texts", "flops") if key in result})
     return record
 
 

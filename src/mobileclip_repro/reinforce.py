@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from mobileclip_repro import devices, hub, locks, replay, shards
 from mobileclip_repro.config import captioner_sets
+from mobileclip_repro.cost import PerItemFlops
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
 
@@ -400,6 +401,18 @@ class Reinforcer:
             raise ValueError("no captioner")
         self.config, self.teachers = config, teachers
         self.seed, self.dtype, self.batch_size, self.workers = seed, dtype, batch_size, workers
+        # The compute ledger: FLOPs of the teachers' image and text forwards and of the captioners
+        # (each entry point counted once with FlopCounterMode, then scaled by its batch).
+        self.metered = {"teacher_images": PerItemFlops(teachers.encode_images),
+                        "teacher_texts": PerItemFlops(teachers.encode_texts),
+                        **{f"captioner_{key}": PerItemFlops(captioner.caption_batch)
+                           for key, captioner in self.captioners.items()}}
+
+    def flops(self) -> dict:
+        """FLOPs spent so far by each model entry point, their total and the items each saw."""
+        counted = {name: int(meter.total) for name, meter in self.metered.items()}
+        return {**counted, "total": sum(counted.values()),
+                "items": {name: meter.items for name, meter in self.metered.items()}}
 
     @property
     def images_per_batch(self) -> int:
@@ -474,7 +487,7 @@ class Reinforcer:
                 # a stream of draws per set: two captioners of one kind must not write the same captions
                 seeds = [seed_from("captions", self.seed, sample.key, key) for sample in pending]
             start = time.perf_counter()
-            captions = captioner.caption_batch(inputs, [sample.meta for sample in pending], seeds)
+            captions = self.metered[f"captioner_{key}"](inputs, [sample.meta for sample in pending], seeds)
             report.captioner_seconds += time.perf_counter() - start
             counts = {len(per_image) for per_image in captions}
             if len(captions) != len(pending) or counts != {captioner.num_captions}:
@@ -493,10 +506,10 @@ class Reinforcer:
             torch.cuda.synchronize(device)  # charge the copy to the upload, not to the teachers
         report.upload_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        image_emb = self.teachers.encode_images(views)
+        image_emb = self.metered["teacher_images"](views)
         report.image_teacher_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        text_emb = self.teachers.encode_texts(texts)
+        text_emb = self.metered["teacher_texts"](texts)
         report.text_teacher_seconds += time.perf_counter() - start
         del views
         for sample in pending:
@@ -745,6 +758,8 @@ def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_l
 
     ordered = [entries[shard] for shard in selected]
     summary = totals(ordered)
+    # this job's work only: shards kept from an earlier job were paid for there
+    summary["flops"] = reinforcer.flops() if todo else {"total": 0}
     if args.manifest is not None:
         shards.write_json_atomic(args.manifest, {
             "schema": GROUP_MANIFEST_SCHEMA, "group": args.group, "group_index": group_index,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobileclip_repro import efficiency
+from mobileclip_repro import cost, efficiency
 from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
-from mobileclip_repro.plots import plot_learning_efficiency, validate_reference_points
+from mobileclip_repro.plots import FlopsFormatter, plot_learning_efficiency, validate_reference_points
 from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, fetch_markdown, fetch_table,
                                      format_seen_samples, load_fetch_manifests, load_records, long_table,
                                      student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
@@ -93,7 +93,8 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
 def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path: Path,
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
-                multipliers: list[dict] | None = None, ablation: dict | None = None) -> str:
+                multipliers: list[dict] | None = None, ablation: dict | None = None,
+                cost_section: dict | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -131,6 +132,15 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
         averages_section = ("<h2>Averages over benchmark groups</h2>\n<p>Main metric averaged over the benchmarks "
                             "of each group (their number in parentheses), as DataComp reports its suite.</p>\n"
                             + display_table(summary_table(averages)).to_html(index=False, classes="table", border=0))
+    compute_section = ""
+    if cost_section is not None:
+        compute_section = "<h2>Cost</h2>\n" + "\n".join(
+            f"<p>{html.escape(line.strip())}</p>" for line in cost_section["sentences"]) + \
+            cost_section["table"].to_html(index=False, classes="table", border=0, na_rep="n/a")
+        if cost_section.get("png") is not None:
+            figure = base64.b64encode(cost_section["png"].read_bytes()).decode("ascii")
+            compute_section += (f'\n<img alt="main metric against training FLOPs" '
+                                f'src="data:image/png;base64,{figure}">')
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
@@ -160,6 +170,7 @@ with several seeds, the mean over seeds and (min–max).</p>
 {teacher_section}
 {ablation_section}
 {averages_section}
+{compute_section}
 <h2>Runs</h2>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
 <h2>Benchmarks</h2>
@@ -186,12 +197,14 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
                  fetch_manifests_dir: str | os.PathLike | None = None,
                  efficiency_pairs: list[tuple[str, str]] | None = None,
-                 ablation_settings: dict | None = None) -> list[Path]:
+                 ablation_settings: dict | None = None, results_dir: str | os.PathLike | None = None) -> list[Path]:
     """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section.
 
     ``efficiency_pairs`` (DR run, non-DR run) get an efficiency multiplier each; default: every
     DR run with every non-DR run of the same model. ``ablation_settings`` (config
-    ``report.ablation``) adds the ablation ladder's table and chart.
+    ``report.ablation``) adds the ablation ladder's table and chart. ``results_dir`` (the
+    experiment's results folder) adds the compute ledger: ``cost.csv``, a Cost section, the
+    compute multipliers in ``efficiency.json`` and accuracy against training FLOPs.
     """
     records = load_records(records_dir)
     if not student_records(records):
@@ -212,6 +225,14 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
              write_markdown(summary, markdown, title=title)]
     pairs = efficiency.default_pairs(records) if efficiency_pairs is None else efficiency_pairs
     multipliers = efficiency.efficiency_records(records, pairs)
+    ledger = None
+    if results_dir is not None:
+        table = cost.cost_table(Path(results_dir) / "benchmarks", cost.full_ledger(results_dir, records))
+        runs = cost.run_costs(results_dir, table)
+        reinforcements = cost.reinforcement_flops(table)
+        cost.add_compute_multipliers(multipliers, runs, reinforcements)
+        paths.append(write_csv(table, out_dir / "cost.csv"))
+        ledger = {"table": table, "runs": runs, "reinforcements": reinforcements}
     (out_dir / "efficiency.json").write_text(json.dumps(multipliers, indent=2, allow_nan=False) + "\n")
     paths.append(out_dir / "efficiency.json")
     if multipliers:
@@ -239,9 +260,22 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
         ablation = {"table": ablation_rows, "benchmarks": ablation_settings["benchmarks"], "png": out_dir / "ablation.png"}
     paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
                                       paper_reference=paper_reference)
+    cost_section = None
+    if ledger is not None:
+        section = cost.cost_markdown(ledger["table"], ledger["runs"], ledger["reinforcements"], multipliers)
+        markdown.write_text(markdown.read_text() + "\n" + section)
+        compute_png = None
+        in_flops = cost.records_in_flops(records, ledger["runs"])
+        if in_flops:
+            paths += plot_learning_efficiency(in_flops, out_dir / "learning_efficiency_compute", title=title,
+                                              chance=chance, x_label="training compute, FLOPs counted (log scale)",
+                                              x_formatter=FlopsFormatter)
+            compute_png = out_dir / "learning_efficiency_compute.png"
+        cost_section = {"sentences": [line for line in section.splitlines()[2:] if line and not line.startswith("|")],
+                        "table": cost.runs_table(ledger["runs"]), "png": compute_png}
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
-                                     data, averages, teachers, multipliers, ablation))
+                                     data, averages, teachers, multipliers, ablation, cost_section))
     return paths + [html_path]
 
 
@@ -263,6 +297,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-json", default=None,
                         help='the ablation ladder (config report.ablation): {"benchmarks": {"<paper column>": '
                              '"<benchmark>"}, "rows": [{"run": ..., "label": ..., "paper_row": ...}, ...]}')
+    parser.add_argument("--results-dir", default=None,
+                        help="the experiment's results folder: adds the compute ledger (cost.csv, a Cost section, "
+                             "compute multipliers, accuracy against training FLOPs) from its benchmarks/, run "
+                             "manifests and reinforce manifests")
     parser.add_argument("--fetch-manifests-dir", default=None,
                         help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
                              "a missing or empty directory adds nothing")
@@ -280,6 +318,7 @@ def command(args: argparse.Namespace) -> int:
         pairs = [tuple(pair) for pair in json.loads(args.efficiency_pairs_json)]
     for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance,
                              fetch_manifests_dir=args.fetch_manifests_dir, efficiency_pairs=pairs,
-                             ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None):
+                             ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None,
+                             results_dir=args.results_dir):
         print(path)
     return 0

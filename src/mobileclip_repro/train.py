@@ -31,7 +31,7 @@ from open_clip_train.distributed import init_distributed_device_so
 from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
-from mobileclip_repro import devices, locks, models, preflight, shards
+from mobileclip_repro import cost, devices, locks, models, preflight, shards
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
@@ -453,6 +453,9 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     manifest = {"run": spec["name"], "seed": spec["seed"], "world_size": world_size, "device": str(device),
                 "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
                 "torch_threads": torch.get_num_threads()}
+    flops_per_step = history.get("flops_per_step")  # counted by an earlier attempt, if any
+    if flops_per_step is not None:
+        manifest["flops_per_step"] = flops_per_step
     if set_aside_why is not None:
         manifest["set_aside"] = set_aside_why
     skipped_before = -carried_skips  # counts since the epoch began = counter now - skipped_before
@@ -478,7 +481,13 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                         resumed_rng = None
                 adjust_lr(step)
                 batch = [t.to(device, non_blocking=True) for t in next(batches)]
-                losses = train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
+                step_args = (training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
+                if flops_per_step is None:  # counted on this attempt's first step, a real one
+                    losses, flops_per_step = cost.count_flops(train_step, *step_args)
+                    flops_per_step = _summed_over_ranks(flops_per_step, device, world_size)
+                    manifest["flops_per_step"] = flops_per_step
+                else:
+                    losses = train_step(*step_args)
                 step += 1
                 window_samples += spec["global_batch_size"]
                 if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
@@ -496,7 +505,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                         if is_master:
                             _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
                                              step * spec["global_batch_size"],
-                                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
+                                             _history(manifest),
                                              epoch_skipped=segment_skips.tolist())
                             log.info("resume checkpoint at step %d", step)
                 signum = warning.agreed(device, world_size)
@@ -507,7 +516,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                             # The counts as the segment began: the rerun reads the segment again and counts it again.
                             _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
                                              step * spec["global_batch_size"],
-                                             {"epochs": manifest["epochs"], "attempts": manifest["attempts"]},
+                                             _history(manifest),
                                              epoch_skipped=segment_skips.tolist(), segment_start=segment_start,
                                              rng=rng)
                     _stop_preempted(signum, step, world_size)
@@ -525,7 +534,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                                            "samples_per_second": round(epoch_samples / epoch_seconds, 1),
                                            "skipped_samples": skipped_in_epoch})
                 _save_checkpoint(out_dir, epoch + 1, spec, stamp, model, optimizer, scaler, step, seen,
-                                 {"epochs": manifest["epochs"], "attempts": manifest["attempts"]})
+                                 _history(manifest))
                 log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
                          epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
                          {k: v for k, v in skipped_in_epoch.items() if v} or "none")
@@ -533,6 +542,13 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                 _stop_preempted(stop_after_epoch, step, world_size)
 
     if is_master:
+        if flops_per_step is not None:
+            manifest["flops"] = {"per_step": flops_per_step, "steps": total_steps,
+                                 "seen_samples": total_steps * spec["global_batch_size"],
+                                 "total": flops_per_step * total_steps,
+                                 "per_seen_sample": flops_per_step / spec["global_batch_size"],
+                                 "counted": "one optimizer step with torch's FlopCounterMode (forward, backward, "
+                                            "loss; every rank), times the run's steps"}
         # Per-epoch counts include what the loader read ahead before a segment ended (that
         # read-ahead is dropped with the segment's loader); the run total is their sum over
         # every attempt, so nothing is counted twice or lost.
@@ -549,6 +565,23 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return manifest
+
+
+def _history(manifest: dict) -> dict:
+    """What a checkpoint carries for the attempts after it: the epochs so far, the attempt count
+    and the FLOPs of one step (counted once per run)."""
+    history = {"epochs": manifest["epochs"], "attempts": manifest["attempts"]}
+    if "flops_per_step" in manifest:
+        history["flops_per_step"] = manifest["flops_per_step"]
+    return history
+
+
+def _summed_over_ranks(value: int, device: torch.device, world_size: int) -> int:
+    if world_size == 1:
+        return int(value)
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def _stop_preempted(signum: int, step: int, world_size: int) -> None:

@@ -160,7 +160,7 @@ def ablation_outputs():
 
 def report_outputs():
     names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
-             "report.html"]
+             "report.html", "cost.csv"]
     return [str(REPORT_DIR / name) for name in names] + ablation_outputs()
 
 
@@ -200,3 +200,9 @@ def reinforce_selection(wildcards):
         return ""
     return (f"--shard-spec {shlex.quote(json.dumps(HUB['shards']))} --group {wildcards.group}"
             f" --group-size {HUB['group_size']}")
+
+
+def job_benchmark(rule, name):
+    """Where Snakemake's `benchmark:` directive writes a job's TSV (wall s, max RSS, CPU s, I/O):
+    benchmarks/<rule>/<name>.tsv, joined with the FLOPs the job counted into report/cost.csv."""
+    return RESULTS / "benchmarks" / rule / f"{name}.tsv"

@@ -15,6 +15,8 @@ rule toy_data:
         out_dir=DATA_ROOT,
     threads: 2  # shards are written in parallel, byte-identical to one process
     priority: 10
+    benchmark:
+        job_benchmark("toy_data", "all"),
     log:
         RESULTS / "logs" / "toy_data.log",
     shell:
@@ -43,6 +45,8 @@ rule fetch:
     resources:
         runtime=12 * 60,
         mem_mb=32000,
+    benchmark:
+        job_benchmark("fetch", "group_{group}"),
     log:
         RESULTS / "logs" / "fetch" / "group_{group}.log",
     shell:

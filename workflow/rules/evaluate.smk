@@ -11,6 +11,8 @@ rule fetch_benchmark:
         spec=lambda wc: HUB_BENCHMARKS[wc.benchmark],
     wildcard_constraints:
         benchmark="|".join(map(re.escape, HUB_BENCHMARKS)) if HUB_BENCHMARKS else "NONE",
+    benchmark:
+        job_benchmark("fetch_benchmark", "{benchmark}"),
     log:
         RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
     shell:
@@ -37,6 +39,8 @@ rule evaluate:
     resources:
         gpu=1,
         runtime=lambda wc: 30 + 10 * len(run_checkpoints(wc.run)),
+    benchmark:
+        job_benchmark("evaluate", "{run}"),
     log:
         RESULTS / "logs" / "eval" / "{run}.log",
     shell:
@@ -62,6 +66,8 @@ rule evaluate_teachers:
     resources:
         gpu=1,
         runtime=120,
+    benchmark:
+        job_benchmark("evaluate_teachers", "all"),
     log:
         RESULTS / "logs" / "eval" / "teachers.log",
     shell:

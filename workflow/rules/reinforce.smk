@@ -15,6 +15,8 @@ rule train_teacher:
         teacher="|".join(map(re.escape, TEACHERS)) if TEACHERS else "NONE",
     threads: 1
     priority: 10  # on the critical path: teachers -> reinforce -> DR students
+    benchmark:
+        job_benchmark("train_teacher", "{teacher}"),
     log:
         RESULTS / "logs" / "teachers" / "{teacher}.log",
     shell:
@@ -46,6 +48,8 @@ rule reinforce:
         # a hub group (or local data): up to 1,024 shards through two ViT-L-14; the toy world: 4 small shards
         runtime=60 if IS_TOY else 24 * 60,
         mem_mb=4000 if IS_TOY else 64000,
+    benchmark:
+        job_benchmark("reinforce", "{reinforcement}_group_{group}"),
     log:
         RESULTS / "logs" / "reinforce" / "{reinforcement}" / "group_{group}.log",
     shell:

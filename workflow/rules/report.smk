@@ -14,6 +14,7 @@ rule report:
                     category="Figures"),
         plot_pdf=REPORT_DIR / "learning_efficiency.pdf",
         page=report(REPORT_DIR / "report.html", caption="../report/page.rst", category="Report page"),
+        cost=REPORT_DIR / "cost.csv",
         ablation=[report(path, caption="../report/ablation.rst", category="Ablation") for path in ablation_outputs()],
     params:
         records_dir=RESULTS / "eval",
@@ -24,10 +25,14 @@ rule report:
         if REPORT.get("efficiency_pairs") is not None else "",
         ablation=f"--ablation-json {shlex.quote(json.dumps(REPORT['ablation']))}" if REPORT.get("ablation") else "",
         fetch_manifests=DATA_ROOT / "fetch",
+        # the compute ledger: benchmarks/ TSVs, run and reinforce manifests, all upstream of the records
+        results=RESULTS,
     priority: 4
+    benchmark:
+        job_benchmark("report", "all"),
     log:
         RESULTS / "logs" / "report.log",
     shell:
         "mobileclip-repro report --records-dir {params.records_dir:q} --out-dir {params.out_dir:q}"
         " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"
-        " --fetch-manifests-dir {params.fetch_manifests:q} > {log:q} 2>&1"
+        " --fetch-manifests-dir {params.fetch_manifests:q} --results-dir {params.results:q} > {log:q} 2>&1"

@@ -30,6 +30,8 @@ rule train:
         runtime=train_resource("runtime"),
         tasks_per_gpu=0,
         slurm_extra="'--ntasks-per-node=1'",
+    benchmark:
+        job_benchmark("train", "{run}_seed_{seed}"),
     log:
         RESULTS / "logs" / "train" / "{run}_seed_{seed}.log",
     shell:

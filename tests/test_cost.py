@@ -1,0 +1,95 @@
+"""The compute ledger (issue 20): FLOPs counted by torch's FlopCounterMode on real steps, checked
+against a hand count of the toy student's matrix products; a run's training FLOPs are its steps
+times the FLOPs of one step; each job's benchmark TSV and FLOPs meet in one cost table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobileclip_repro import config, cost
+from mobileclip_repro import train as trainer
+from mobileclip_repro.models import create_model_and_transforms
+
+BATCH = 4
+
+
+def toy_student_forward_flops(batch: int, captions: int) -> int:
+    """Multiply-adds x 2 of the toy student (model_configs/toy-student.json) on ``batch`` images
+    and ``captions`` captions, written out from its shapes."""
+    width, mlp, embed = 64, 4 * 64, 64
+    patches, patch_pixels = (32 // 8) ** 2, 3 * 8 * 8
+    tokens_image, tokens_text, head_width = patches + 1, 16, 32
+
+    def layer(tokens, heads):
+        qkv = tokens * width * 3 * width
+        attention = 2 * heads * tokens * tokens * head_width  # scores and the weighted sum
+        return 2 * (qkv + attention + tokens * width * width + 2 * tokens * width * mlp)
+
+    image = 2 * patches * patch_pixels * width + 2 * layer(tokens_image, width // head_width) + 2 * width * embed
+    text = 2 * layer(tokens_text, 2) + 2 * width * embed
+    logits = 2 * (2 * batch * captions * embed)  # image @ text.T and text @ image.T
+    patch_embedding = 2 * patches * patch_pixels * width  # its backward has no input gradient
+    return batch * image + captions * text + logits, batch * patch_embedding
+
+
+def test_one_toy_step_counts_what_a_hand_count_of_its_matrix_products_gives():
+    torch.manual_seed(0)
+    model, _, _ = create_model_and_transforms("toy-student", output_dict=True)
+    spec = {"dr": False, "grad_clip_norm": 1.0, "local_loss": True, "gather_with_grad": True}
+    loss_fn = trainer.build_loss(spec, rank=0, world_size=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = [torch.randn(BATCH, 3, 32, 32), torch.randint(0, 49408, (BATCH, 16))]
+    _, counted = cost.count_flops(trainer.train_step, model, model, optimizer, None, torch.enable_grad,
+                                  loss_fn, batch, spec, 0)
+
+    forward, input_gradient_not_needed = toy_student_forward_flops(BATCH, BATCH)
+    by_hand = 3 * forward - input_gradient_not_needed  # backward: twice the forward's products
+    assert counted == pytest.approx(by_hand, rel=0.05), (counted, by_hand)
+
+
+def test_per_item_flops_counts_once_and_scales_by_batch():
+    layer = torch.nn.Linear(8, 4, bias=False)
+    metered = cost.PerItemFlops(layer)
+    with torch.no_grad():
+        metered(torch.randn(3, 8))
+        metered(torch.randn(5, 8))
+    assert metered.per_item == 2 * 8 * 4 and metered.items == 8 and metered.total == 8 * 2 * 8 * 4
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, write_reinforced_toy):
+    results = write_reinforced_toy(tmp_path_factory.mktemp("cost"), train_samples=32, samples_per_shard=16)
+    cfg = config.load_config({"name": "cost", "results_dir": str(results), "evaluation": {"benchmarks": []},
+                              "runs": {"r": {"model": "toy-student", "data": "plain", "gpus_per_node": 0,
+                                             "global_batch_size": 8, "seen_samples": 32, "num_checkpoints": 2,
+                                             "workers": 0, "precision": "fp32", "grad_checkpointing": False,
+                                             "warmup_steps": 1}}})
+    spec = config.resolve_run(cfg, "r")
+    out_dir = results / "runs" / "r" / "seed_0"
+    return spec, trainer.train(spec, out_dir, device_name="cpu"), results
+
+
+def test_a_runs_training_flops_are_its_steps_times_one_steps(finished_run):
+    spec, manifest, _ = finished_run
+    flops = manifest["flops"]
+    assert flops["steps"] == spec["total_steps"] == 4 and flops["seen_samples"] == 32
+    assert flops["total"] == flops["per_step"] * 4 and flops["per_seen_sample"] == flops["per_step"] / 8
+    forward, no_input_gradient = toy_student_forward_flops(8, 8)
+    assert flops["per_step"] == pytest.approx(3 * forward - no_input_gradient, rel=0.05)
+
+
+def test_the_cost_table_joins_a_jobs_benchmark_tsv_with_its_flops(finished_run, tmp_path):
+    spec, manifest, results = finished_run
+    benchmarks = tmp_path / "benchmarks"
+    (benchmarks / "train").mkdir(parents=True)
+    (benchmarks / "train" / "r_seed_0.tsv").write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "12.5\t0:00:12\t812.3\t900\t800\t805\t1.0\t2.0\t95.0\t11.9\n")
+    table = cost.cost_table(benchmarks, cost.train_ledger(results))
+    [row] = table.to_dict("records")
+    assert (row["stage"], row["rule"], row["run"], row["seed"]) == ("train", "train", "r", 0)
+    assert (row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (12.5, 11.9, 812.3)
+    assert row["flops"] == manifest["flops"]["total"] and row["samples"] == 32
