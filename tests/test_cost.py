@@ -93,3 +93,25 @@ def test_the_cost_table_joins_a_jobs_benchmark_tsv_with_its_flops(finished_run, 
     assert (row["stage"], row["rule"], row["run"], row["seed"]) == ("train", "train", "r", 0)
     assert (row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (12.5, 11.9, 812.3)
     assert row["flops"] == manifest["flops"]["total"] and row["samples"] == 32
+
+
+def test_the_projection_counts_the_students_and_teachers_shapes_on_the_meta_device(repo_root):
+    projection = cost.paper_projection(config.load_config(repo_root / "configs" / "toy.yaml"))
+    [run] = [run for name, run in projection["runs"].items() if name == "toy_dr"]
+    flops = run["flops_per_sample"]
+    assert flops["plain"] < flops["DR"] < flops["online"], "DR adds a caption forward; online adds the teachers"
+    forward, no_input_gradient = toy_student_forward_flops(1, 1)
+    assert flops["plain"] == pytest.approx(3 * forward - no_input_gradient, rel=0.05)
+    assert projection["reinforcement_flops_per_image"]["captioner"] == 0  # the toy's oracle captions
+    assert "toy_dr (toy-student): training GFLOPs per seen sample" in cost.describe_projection(projection)
+
+
+def test_the_paper_student_costs_what_vit_b_16_costs(repo_root, monkeypatch):
+    """ViT-B/16 at 224 px: 17.6 GMACs an image (35.1 GFLOPs) and 3.0 GMACs a 77-token caption."""
+    monkeypatch.setattr(cost, "CAPTION_TOKENS", 3)  # the captioner's loop is not what this checks
+    projection = cost.paper_projection(config.load_config(repo_root / "configs" / "paper" / "datacompdr12m.yaml"))
+    run = projection["runs"]["datacompdr12m_s30m"]
+    assert run["flops_per_sample"]["plain"] == pytest.approx(3 * (35.13e9 + 5.96e9), rel=0.01)
+    assert run["ratios"]["DR/plain"] == pytest.approx(1.145, abs=0.01)  # text: ~15% of a plain step
+    teachers = run["flops_per_sample"]["online"] - run["flops_per_sample"]["DR"]
+    assert teachers == pytest.approx(2 * (162.0e9 + 2 * 13.3e9), rel=0.01)  # two ViT-L-14, image + 2 captions

@@ -24,6 +24,7 @@ COMMANDS = {
     "export-open-clip": ("mobileclip_repro.models", "write a checkpoint as a folder plain open_clip loads (model name local-dir:DIR), e.g. for `clip_benchmark eval`"),
     "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
     "validate-config": ("mobileclip_repro.config", "validate a config file against the schema and print the resolved runs"),
+    "cost": ("mobileclip_repro.cost", "project a config's training and reinforcement FLOPs and GPU-hours (plain, DR, online distillation)"),
 }
 
 

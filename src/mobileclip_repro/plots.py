@@ -88,10 +88,22 @@ def validate_reference_points(points: list[dict]) -> list[dict]:
     return points
 
 
+class FlopsFormatter(LogFormatter):
+    """Log-axis ticks of FLOPs in engineering notation (3.2e12)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:.2g}"
+
+
 def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *, title: str | None = None,
                              chance: dict[str, float] | None = None,
-                             paper_reference: list[dict] | None = None) -> list[Path]:
+                             paper_reference: list[dict] | None = None,
+                             x_label: str = "seen samples (log scale)",
+                             x_formatter: type[LogFormatter] = SeenSamplesFormatter) -> list[Path]:
     """One figure, one subplot per benchmark; writes ``<out_stem>.png`` (200 dpi) and ``.pdf``.
+
+    The x axis is the records' ``seen_samples``; the compute figure passes records whose
+    ``seen_samples`` hold training FLOPs instead, with its own ``x_label`` and ``x_formatter``.
 
     ``chance`` maps benchmark name to chance level (a fraction, e.g. 1/num_classes).
     ``paper_reference`` points (fractions) are drawn on the subplot whose dataset and main
@@ -166,9 +178,9 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                 legend_handles.setdefault(label, handle)
                 highest = max(highest, point["value"])
             axis.set_xscale("log")
-            axis.xaxis.set_major_formatter(SeenSamplesFormatter())
-            axis.xaxis.set_minor_formatter(SeenSamplesFormatter(labelOnlyBase=False))
-            axis.set_xlabel("seen samples (log scale)")
+            axis.xaxis.set_major_formatter(x_formatter())
+            axis.xaxis.set_minor_formatter(x_formatter(labelOnlyBase=False))
+            axis.set_xlabel(x_label)
             axis.set_ylabel(METRIC_LABELS.get(metric, f"{metric} (%)"))
             dataset = first["dataset"]
             axis.set_title(benchmark if dataset in (benchmark, f"wds/{benchmark}") else f"{benchmark} ({dataset})")
