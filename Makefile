@@ -7,7 +7,7 @@ CORES     ?= 2
 TOY       ?= configs/toy.yaml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo ablation test slurm-deps slurm-cluster dry-run-paper clean
+.PHONY: install demo ablation study test slurm-deps slurm-cluster dry-run-paper clean
 
 install: $(STAMP)
 
@@ -39,6 +39,15 @@ ablation: $(STAMP)
 	cat results/toy-ablation/report/ablation.md && \
 	echo "chart: results/toy-ablation/report/ablation.png  results/toy-ablation/report/ablation.pdf"
 
+# The toy study: the demo's arms plus online distillation, 3 seeds each, with the compute ledger.
+study: $(STAMP)
+	@start=$$(date +%s); \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-study.yaml && \
+	echo "Toy study DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
+	cat results/toy-study/report/results.md && \
+	echo "cost:  results/toy-study/report/cost.csv" && \
+	echo "plots: results/toy-study/report/learning_efficiency.png  results/toy-study/report/learning_efficiency_compute.png"
+
 test: $(STAMP) slurm-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
@@ -56,4 +65,4 @@ dry-run-paper: $(STAMP)
 	for c in configs/paper/*.yaml; do $(VENV)/bin/snakemake -n --quiet --configfile $$c || exit 1; done
 
 clean:
-	rm -rf results/toy results/toy-ablation results/toy-test .snakemake
+	rm -rf results/toy results/toy-ablation results/toy-study results/toy-test .snakemake

@@ -168,6 +168,14 @@ def _check_consistency(config: dict) -> None:
             if wanted != DEFAULT_REINFORCEMENT and wanted not in config["reinforcement"]["variants"]:
                 raise ConfigError(f"config key '{section}.{run_name}.reinforcement': no reinforcement {wanted!r} "
                                   f"(have: {', '.join(reinforcement_names(config))})")
+            if (run.get("distill") or {}).get("online") and run["data"] != "dr":
+                raise ConfigError(f"config key '{section}.{run_name}.distill.online': online distillation is a DR "
+                                  f"run's (data: dr), this one has data: {run['data']}")
+            if (run.get("distill") or {}).get("online") and (run["distill"].get("teachers", "all") != "all"
+                                                             or not run["distill"]["synthetic_captions"]):
+                raise ConfigError(f"config key '{section}.{run_name}.distill.online': the online arm distils from "
+                                  f"every teacher with synthetic captions (distill.teachers: all, "
+                                  f"synthetic_captions: true)")
             members = (run.get("distill") or {}).get("teachers", "all")
             count = len((run.get("distill") or {}).get("teacher_dimension", []))
             if members != "all" and max(members) >= count:
@@ -379,7 +387,11 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
     else:
         run["dr_dir"] = reinforcement_dr_dir(config, run["reinforcement"]) if run["dr"] else None
     if run["dr"]:
-        run["reinforcement_config"] = reinforcement_variant(config, run["reinforcement"])["config"]
+        variant = reinforcement_variant(config, run["reinforcement"])
+        run["reinforcement_config"] = variant["config"]
+        if run["distill"].get("online"):
+            # the DAG's own teachers (toy), or None: the JSON's pretrained tags resolve through open_clip
+            run["teachers_dir"] = str(results / "teachers") if variant["generate"] else None
     return run
 
 

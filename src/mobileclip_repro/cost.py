@@ -165,7 +165,8 @@ def run_costs(results_dir: str | os.PathLike, table) -> dict[str, dict]:
                                                   "seen_samples": None})
         entry["seeds"] += 1
         if checkpoint_spec:
-            entry["arm"] = "DR" if checkpoint_spec.get("dr") else "plain"
+            online = bool((checkpoint_spec.get("distill") or {}).get("online"))
+            entry["arm"] = ("online" if online else "DR") if checkpoint_spec.get("dr") else "plain"
             entry["reinforcement"] = checkpoint_spec.get("reinforcement") if checkpoint_spec.get("dr") else None
         entry["flops_per_sample"] = flops.get("per_seen_sample", entry["flops_per_sample"])
         entry["seen_samples"] = flops.get("seen_samples", entry.get("seen_samples"))
@@ -202,12 +203,18 @@ def add_compute_multipliers(multipliers: list[dict], runs: dict[str, dict], rein
     training FLOPs to reach its final accuracy (its budget) over the DR run's FLOPs to reach it
     (``compute_multiplier``), and the same with the DR run's reinforcement amortized over the DR
     training jobs of this experiment that read it (``compute_multiplier_with_reinforcement``).
-    Both scale the sample multiplier, so a lower bound stays one. ``break_even_runs_vs_online``
-    needs an online-distillation arm's measured cost: None (and said) until one is run."""
+    Both scale the sample multiplier, so a lower bound stays one. ``break_even_runs_vs_online``:
+    with an online-distillation run on the same reinforcement's teachers in the experiment, the
+    number of training runs after which reinforcing once and training DR costs fewer FLOPs
+    than distilling online every time (the reinforcement's FLOPs over what one online run costs
+    more than one DR run, at their budgets); None, and said, without one."""
     dr_jobs: dict[str, int] = {}
+    online = {}
     for entry in runs.values():
         if entry["arm"] == "DR":
             dr_jobs[entry["reinforcement"]] = dr_jobs.get(entry["reinforcement"], 0) + entry["seeds"]
+        if entry["arm"] == "online" and entry["flops_per_sample"]:
+            online.setdefault(entry["reinforcement"], entry)
     for record in multipliers:
         dr, plain = runs.get(record["dr_run"]), runs.get(record["plain_run"])
         record.update(compute_multiplier=None, compute_multiplier_with_reinforcement=None,
@@ -215,6 +222,15 @@ def add_compute_multipliers(multipliers: list[dict], runs: dict[str, dict], rein
                       break_even_note="no online-distillation arm in this experiment: nothing measured to compare")
         if not dr or not plain or not dr["flops_per_sample"] or not plain["flops_per_sample"] or not record["multiplier"]:
             continue
+        rival = online.get(dr["reinforcement"])
+        one_time = reinforcements.get(dr["reinforcement"])
+        if dr["arm"] == "DR" and rival is not None and one_time is not None:
+            extra = rival["flops_per_sample"] * rival["seen_samples"] - dr["flops_per_sample"] * dr["seen_samples"]
+            record["break_even_runs_vs_online"] = one_time / extra if extra > 0 else None
+            record["break_even_note"] = (f"reinforcing once ({one_time:.3g} FLOPs) pays for itself after this many "
+                                         f"training runs against {rival['run']} (online distillation, "
+                                         f"{extra:.3g} FLOPs more per run)" if extra > 0 else
+                                         f"{rival['run']} costs no more than {dr['run']} per run")
         ratio = plain["flops_per_sample"] / dr["flops_per_sample"]
         record["compute_multiplier"] = record["multiplier"] * ratio
         # absolute FLOPs at the crossing: the reference run used its whole budget
@@ -224,8 +240,7 @@ def add_compute_multipliers(multipliers: list[dict], runs: dict[str, dict], rein
         else:
             dr_compute = dr["seen_samples"] * dr["flops_per_sample"]
             plain_compute = dr_compute * record["compute_multiplier"]
-        one_time = reinforcements.get(dr["reinforcement"])
-        if one_time is not None and dr_jobs.get(dr["reinforcement"]):
+        if dr["arm"] == "DR" and one_time is not None and dr_jobs.get(dr["reinforcement"]):
             amortized = dr_compute + one_time / dr_jobs[dr["reinforcement"]]
             record["compute_multiplier_with_reinforcement"] = plain_compute / amortized
             record["reinforcement_flops"] = one_time
@@ -266,8 +281,21 @@ def cost_markdown(table, runs: dict[str, dict], reinforcements: dict[str, float]
                      + (f", {bound}{amortized:.2f}x with the reinforcement amortized over "
                         f"{record['reinforcement_shared_by']} DR training jobs" if amortized is not None else "")
                      + ".")
-    lines.append("\nOnline distillation (teachers run during training): not part of this experiment, so no "
-                 "break-even is given.")
+    arms_seen = {entry["arm"] for entry in runs.values()}
+    if "online" in arms and "DR" in arms:
+        ratio = arms["online"]["flops_per_sample"] / arms["DR"]["flops_per_sample"]
+        wall = (arms["online"]["wall_s_per_sample"] / arms["DR"]["wall_s_per_sample"]
+                if arms["online"]["wall_s_per_sample"] and arms["DR"]["wall_s_per_sample"] else None)
+        lines.append(f"\nOnline distillation costs {ratio:.2f}x a DR step in FLOPs per seen sample (the teachers run "
+                     f"on every sample) and {number(wall, 2)}x in wall time here.")
+    for record in multipliers:
+        if record.get("break_even_runs_vs_online") is not None:
+            lines.append(f"\n{record['dr_run']} on {record['benchmark']}: {record['break_even_note']}: "
+                         f"{record['break_even_runs_vs_online']:.2f}.")
+            break
+    if "online" not in arms_seen:
+        lines.append("\nOnline distillation (teachers run during training): not part of this experiment, so no "
+                     "break-even is given.")
     return "\n".join(lines) + "\n"
 
 

@@ -152,13 +152,7 @@ class ShardReport:
 
 def draw_param_aug(config: ReinforceConfig, width: int, height: int, generator: torch.Generator) -> list:
     """``config.num_samples`` compressed augmentations for a ``width`` x ``height`` image."""
-    return [
-        replay.sample_param_aug(
-            width, height, generator, size=config.crop_size, scale=config.crop_scale, ratio=config.crop_ratio,
-            num_ops=config.rand_augment_num_ops if config.rand_augment else 0,
-            magnitude=config.rand_augment_magnitude, num_magnitude_bins=config.rand_augment_num_magnitude_bins,
-            p=config.rand_augment_p)
-        for _ in range(config.num_samples)]
+    return [config.draw_param_aug(width, height, generator) for _ in range(config.num_samples)]
 
 
 def augmentation_generator(seed: int, key: str) -> torch.Generator:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,6 +513,65 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
                      reinforcement.syn_sets[syn_key][syn], reinforcement.syn_embs[syn_key][syn], aug, syn, syn_key)
 
 
+@dataclass
+class OnlineExample:
+    """One online-distillation training example: a fresh augmentation, replayed twice."""
+    pixels: torch.Tensor        # the student's replay of the augmentation drawn for this step
+    caption: str                # ground-truth caption (txt)
+    teacher_view: torch.Tensor  # uint8 [3, S, S]: the same augmentation at the teachers' crop size
+    syn_caption: str            # syn_json[syn_key][s], from the stored syn.json
+    syn_key: str = shards.SYN_TEXT
+
+
+def assemble_online_example(datacomp: dict, dr: dict, replay: Callable, reinforce_config, rng: random.Random,
+                            syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX) -> OnlineExample:
+    """Online distillation's counterpart of ``assemble_dr_example``: the same checks (keys, uid,
+    sha256) and the same synthetic-caption draw, but the augmentation is drawn afresh with the
+    reinforcement config's own sampler (``ReinforceConfig.draw_param_aug``) and replayed for the
+    student and, at the reinforcement's crop size, for the teachers, which embed it during the
+    step. The stored augmentations and embeddings are not read."""
+    missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
+    missing_dr = [k for k in ("syn.json", "json") if k not in dr]
+    if missing_datacomp or missing_dr:
+        side = "both" if missing_datacomp and missing_dr else "datacomp" if missing_datacomp else "dr"
+        raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
+    try:
+        uid = json.loads(datacomp["json"])["uid"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+    try:
+        meta, syn_json = json.loads(dr["json"]), json.loads(dr["syn.json"])
+        stored_uid, stored_sha256 = str(meta["uid"]), str(meta["sha256"])
+        pattern = re.compile(syn_caption_regex)
+        keys = [key for key in syn_json if pattern.match(key)]
+    except Exception as error:  # noqa: BLE001 - any malformed DataCompDR metadata is this sample's loss
+        raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}", "dr") from None
+    if not keys:
+        raise SampleSkipped("missing_key", f"syn.json has no caption set matching {syn_caption_regex!r}", "dr")
+    if str(uid) != stored_uid:
+        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {stored_uid}", "both")
+    if shards.sha256_hex(datacomp["jpg"]) != stored_sha256.lower():
+        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {stored_sha256}", "both")
+    # the set and caption drawn as assemble_dr_example draws them (its augmentation draw is not made here)
+    syn_key = keys[rng.randrange(len(keys))] if len(keys) > 1 else keys[0]
+    captions = syn_json[syn_key]
+    if not isinstance(captions, list) or not captions or not all(isinstance(text, str) for text in captions):
+        raise SampleSkipped("bad_reinforcement", f"syn.json's {syn_key!r} must be a non-empty list of strings", "dr")
+    syn_caption = captions[rng.randrange(len(captions))]
+    caption = _caption(datacomp)
+    image = _image(datacomp["jpg"])
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from mobileclip_repro import replay as replay_ops
+
+    entry = reinforce_config.draw_param_aug(image.width, image.height,
+                                            torch.Generator().manual_seed(rng.getrandbits(63)))
+    pixels = replay(image, entry)
+    teacher_view = pil_to_tensor(replay_ops.replay_pil(image, entry, reinforce_config.crop_size,
+                                                       reinforce_config.interpolation))
+    return OnlineExample(pixels, caption, teacher_view, syn_caption, syn_key)
+
+
 def paired_shards(datacomp_shards: list[Path], datacomp_dir: str | Path,
                   dr_dir: str | Path | None) -> list[tuple[Path, Path | None]]:
     """Each DataComp shard (listed under ``datacomp_dir``) with the DataCompDR shard at the same
@@ -564,3 +624,32 @@ class DRSamples(torch.utils.data.IterableDataset):
                    torch.from_numpy(np.ascontiguousarray(example.caption_emb)),
                    self.tokenizer([example.syn_caption])[0],
                    torch.from_numpy(np.ascontiguousarray(example.syn_emb)))
+
+
+class OnlineDRSamples(DRSamples):
+    """(image, caption ids, teacher view uint8, caption, syn caption ids, syn caption): the online
+    arm's samples, over the same joined DataComp / DataCompDR shards as ``DRSamples``. The
+    captions go to the teachers as text, each teacher tokenizing them its own way."""
+
+    def __init__(self, shard_pairs, replay: Callable, tokenizer: Callable, seed: int, resampled: bool,
+                 counter: SkipCounter, reinforce_config, **kwargs):
+        kwargs.pop("embedding_dim", None)  # nothing stored is read: no width to check
+        super().__init__(shard_pairs, replay, tokenizer, seed, resampled, counter, **kwargs)
+        self.reinforce_config = reinforce_config
+
+    def examples(self) -> Iterator[OnlineExample]:
+        rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
+        for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
+            try:
+                example = assemble_online_example(datacomp, dr, self.replay, self.reinforce_config, rng,
+                                                  self.syn_caption_regex)
+            except SampleSkipped as skip:
+                self.counter.skipped(skip, _pair_where(datacomp, dr, skip.side))
+                continue
+            self.counter.passed("sample")
+            yield example
+
+    def __iter__(self):
+        for example in self.examples():
+            yield (example.pixels, self.tokenizer([example.caption])[0], example.teacher_view, example.caption,
+                   self.tokenizer([example.syn_caption])[0], example.syn_caption)

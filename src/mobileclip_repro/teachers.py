@@ -114,6 +114,17 @@ class ReinforceConfig:
             rand_augment_num_magnitude_bins=int(rand_augment.get("num_magnitude_bins", 31)),
         )
 
+    def draw_param_aug(self, width: int, height: int, generator: torch.Generator) -> list:
+        """One compressed augmentation (random-resized-crop + RandAugment, as this config sets
+        them) for a ``width`` x ``height`` image: what reinforcement stores ``num_samples`` of per
+        image, and what online distillation draws afresh at every step."""
+        from mobileclip_repro import replay
+
+        return replay.sample_param_aug(
+            width, height, generator, size=self.crop_size, scale=self.crop_scale, ratio=self.crop_ratio,
+            num_ops=self.rand_augment_num_ops if self.rand_augment else 0, magnitude=self.rand_augment_magnitude,
+            num_magnitude_bins=self.rand_augment_num_magnitude_bins, p=self.rand_augment_p)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReinforceConfig":
         try:

@@ -116,8 +116,8 @@ def data_stamp(spec: dict) -> dict:
     reinforced again with another seed, a toy world of another seed, under the same run spec."""
     stamp = {}
     for role in ("datacomp_dir", "dr_dir"):
-        if not spec.get(role) or role in stamp.values():
-            continue
+        if not spec.get(role) or spec[role] in [entry["path"] for entry in stamp.values()]:
+            continue  # the joined layout: one folder holds both sides
         stats = [path.stat() for path in shards.list_shards(spec[role])]
         stamp[role] = {"path": spec[role], "shards": len(stats), "bytes": sum(st.st_size for st in stats),
                        "newest_mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
@@ -128,7 +128,8 @@ def prepare_run_folder(spec: dict, out_dir: Path) -> dict | None:
     """Before the first step (rank 0, run folder locked): keep ``checkpoints/`` only if this job
     resumes from it. Checkpoints made with another run spec (a changed config key) or on other
     data (``data_stamp``), with ``resume: none``, or none of which can be read are set aside
-    (``set_aside``), loudly; the job then trains from step 0. Returns what was set aside and why (for the manifest), or None."""
+    (``set_aside``), loudly; the job then trains from step 0. Returns what was set aside and why
+    (for the manifest), or None."""
     files = _checkpoint_files(out_dir)
     if not files:
         return None
@@ -318,6 +319,16 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
     shard_paths = shards.list_shards(spec["datacomp_dir"])
     if not shard_paths:
         raise FileNotFoundError(f"no .tar shards in {spec['datacomp_dir']}")
+    if spec["dr"] and online_distillation(spec):
+        from mobileclip_repro.replay import ReplayTransform
+        from mobileclip_repro.samples import OnlineDRSamples
+        from mobileclip_repro.teachers import ReinforceConfig
+
+        joined = spec.get("data_layout") == "joined"
+        pairs = paired_shards(shard_paths, spec["datacomp_dir"], None if joined else spec["dr_dir"])
+        return OnlineDRSamples(pairs, ReplayTransform.from_open_clip(model), tokenizer, stream_seed,
+                               spec["dataset_resampled"], counter, ReinforceConfig.load(spec["reinforcement_config"]),
+                               syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX))
     if spec["dr"]:
         from mobileclip_repro.replay import ReplayTransform
 
@@ -333,6 +344,38 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
                          # a spec resolved before the key existed reads every set, as Apple's default
                          syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX))
     return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
+
+
+def online_distillation(spec: dict) -> bool:
+    return bool((spec.get("distill") or {}).get("online"))
+
+
+class OnlineTeachers:
+    """Online distillation's teachers: the reinforcement's ensemble (its JSON: models, pretrained
+    weights, crop size, normalization), frozen, in eval mode under inference mode and the
+    reinforcement's autocast (bf16 on CUDA, none on the CPU, as the reinforce job runs them).
+    ``targets`` turns an online batch into a DR batch, embeddings computed now rather than read."""
+
+    def __init__(self, spec: dict, device: torch.device, batch_size: int):
+        from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble
+
+        self.config = ReinforceConfig.load(spec["reinforcement_config"])
+        self.device = device
+        self.ensemble = TeacherEnsemble.from_config(self.config, pretrained_root=spec.get("teachers_dir"),
+                                                    device=device, autocast_dtype=devices.autocast_dtype("auto", device),
+                                                    batch_size=batch_size)
+        if self.ensemble.dims != list(spec["distill"]["teacher_dimension"]):
+            raise config_lib.ConfigError(f"config key 'distill.teacher_dimension' of run '{spec['name']}': "
+                                         f"{spec['distill']['teacher_dimension']}, the teachers give {self.ensemble.dims}")
+
+    def targets(self, batch: list) -> list:
+        from mobileclip_repro.reinforce import normalize_views
+
+        images, texts, teacher_views, captions, syn_texts, syn_captions = batch
+        views = normalize_views(teacher_views.to(self.device), self.config.mean, self.config.std)
+        on = images.device
+        return [images, texts, self.ensemble.encode_images(views).to(on), self.ensemble.encode_texts(list(captions)).to(on),
+                syn_texts, self.ensemble.encode_texts(list(syn_captions)).to(on)]
 
 
 def skipped_over_ranks(counter: SkipCounter, device: torch.device, world_size: int) -> torch.Tensor:
@@ -423,6 +466,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
     counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
     dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"])
+    teachers = OnlineTeachers(spec, device, per_process_batch) if online_distillation(spec) else None
     step, history = 0, {"epochs": [], "attempts": 0}
     carried_skips = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)  # this epoch's, from before a mid-epoch resume
     checkpoint = load_latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
@@ -480,9 +524,12 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                                         len(resumed_rng), world_size)
                         resumed_rng = None
                 adjust_lr(step)
-                batch = [t.to(device, non_blocking=True) for t in next(batches)]
+                # captions travel as text for the online teachers (a list, not a tensor)
+                batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in next(batches)]
                 step_args = (training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
-                if flops_per_step is None:  # counted on this attempt's first step, a real one
+                if teachers is not None:  # online distillation: the teachers embed this batch first
+                    step_args = (*step_args, teachers)
+                if flops_per_step is None:  # counted once a run, on its first real step
                     losses, flops_per_step = cost.count_flops(train_step, *step_args)
                     flops_per_step = _summed_over_ranks(flops_per_step, device, world_size)
                     manifest["flops_per_step"] = flops_per_step
@@ -612,9 +659,13 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec: dict, step: int) -> dict:
+def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec: dict, step: int,
+               teachers: OnlineTeachers | None = None) -> dict:
     """One optimizer step as open_clip_train takes it (amp with GradScaler on CUDA, clipping, the
-    temperature clamp); returns the losses. A non-finite loss stops the run."""
+    temperature clamp); returns the losses. A non-finite loss stops the run. With ``teachers``
+    (online distillation) they embed the batch first, inside the step (and its FLOP count)."""
+    if teachers is not None:
+        batch = teachers.targets(batch)
     optimizer.zero_grad(set_to_none=True)
     with autocast():
         losses = _forward(training_model, model, loss_fn, batch, spec)
