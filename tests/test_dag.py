@@ -14,7 +14,7 @@ import torch
 import yaml
 
 PAPER_CONFIGS = ["datacompdr1b", "datacompdr12m", "datacomp12m", "dfndr12m", "dfndr2b", "dfndr12m-generate",
-                 "ablation-12m"]
+                 "ablation-12m", "datacompdr12m-online"]
 
 
 def snakemake(snakemake_cmd, repo_root, *args, timeout=600):

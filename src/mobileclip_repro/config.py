@@ -406,6 +406,8 @@ def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = N
 def add_arguments(parser) -> None:
     parser.add_argument("configfile", help="experiment YAML")
     parser.add_argument("--run", help="print this run's resolved spec")
+    parser.add_argument("--cost", action="store_true",
+                        help="also print each student's training FLOPs per seen sample, plain and DR (imports torch)")
 
 
 def command(args) -> int:
@@ -424,4 +426,12 @@ def command(args) -> int:
             print(f"{spec['name']} seed {spec['seed']}: {spec['model']} data={spec['data']} world={spec['world_size']} "
                   f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc) "
                   f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints at steps {spec['checkpoint_steps']}")
+        if args.cost:
+            from mobileclip_repro import cost
+
+            for model in dict.fromkeys(spec["model"] for spec in specs):
+                student = cost.meta_model(model)
+                plain, dr = cost.training_flops_per_sample(student, 1), cost.training_flops_per_sample(student, 2)
+                print(f"{model}: training GFLOPs per seen sample {plain / 1e9:.3g} plain, {dr / 1e9:.3g} DR "
+                      f"(counted on the meta device; teachers, online arm and GPU-hours: mobileclip-repro cost)")
     return 0

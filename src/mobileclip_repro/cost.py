@@ -332,7 +332,7 @@ DEFAULT_MFU = 0.4
 CAPTION_TOKENS = 30  # the CoCa captioner's default caption length (teachers.CocaCaptioner)
 
 
-def _meta_model(name: str):
+def meta_model(name: str):
     from mobileclip_repro.models import create_model_and_transforms
 
     model, _, _ = create_model_and_transforms(name, device="meta", output_dict=True)
@@ -393,7 +393,7 @@ def captioner_flops_per_image(model_name: str, captions: int, tokens: int = CAPT
     (no key-value cache, as open_clip's CoCa forward has none)."""
     import torch
 
-    model = _meta_model(model_name)
+    model = meta_model(model_name)
     size = _image_size(model)
     with torch.no_grad():
         encoded, image_flops = count_flops(model, torch.empty(1, 3, size, size, device="meta"))
@@ -414,7 +414,7 @@ def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
 
     reinforcement = reinforcement_variant(config)
     reinforce_config = ReinforceConfig.load(reinforcement["config"])
-    teachers = [_meta_model(name) for name in reinforce_config.model_names]
+    teachers = [meta_model(name) for name in reinforce_config.model_names]
     captions = reinforcement["num_syn_captions"]
     captioner = reinforcement["captioner"]
     if reinforcement["generate"] and captioner == "world":  # the toy world's oracle captions: no model runs
@@ -431,7 +431,7 @@ def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
         "captioner": caption_flops}
     runs = {}
     for name, run in config["runs"].items():
-        student = _meta_model(run["model"])
+        student = meta_model(run["model"])
         plain, dr = training_flops_per_sample(student, 1), training_flops_per_sample(student, 2)
         # online: the teachers on a fresh augmentation and both captions each step, captions from syn.json;
         # online + captioning: one fresh synthetic caption per seen sample too
