@@ -32,7 +32,7 @@ SHARED = {
 }
 # Apple's DR loss: every member of the ensemble, the synthetic caption's term included (the
 # ablation knobs' defaults, which no paper run changes).
-ALL_TEACHERS_ALL_CAPTIONS = {"teachers": "all", "synthetic_captions": True}
+ALL_TEACHERS_ALL_CAPTIONS = {"teachers": "all", "synthetic_captions": True, "online": False}
 EXPECTED = {
     # §1 row datacompdr1b ("s13b"): 16 x 8, 65,536 (512/GPU), 200,000 steps, 13.107B seen, 100 checkpoints
     "datacompdr1b_s13b": {

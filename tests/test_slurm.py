@@ -119,8 +119,9 @@ def submitted_jobs(log: str) -> dict[str, str]:
 
 
 def digests(root: Path) -> dict[str, str]:
+    """Every file's sha256 but the writers' lock files (they name the process that held them)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 TIMING = re.compile(r"(seconds|per_second|_share|elapsed_s)$")  # wall-clock fields: eval_seconds, samples_per_second, ...

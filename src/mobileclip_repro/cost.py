@@ -101,7 +101,9 @@ def cost_table(benchmarks_dir: str | os.PathLike, ledger: dict[tuple, dict]):
         rows.append({**job, **read_benchmark_tsv(path), "flops": flops, "samples": samples,
                      "flops_per_sample": flops / samples if flops and samples else None,
                      "benchmark_tsv": str(path.relative_to(benchmarks_dir))})
-    return pd.DataFrame(rows, columns=COST_COLUMNS)
+    table = pd.DataFrame(rows, columns=COST_COLUMNS)
+    table["seed"] = table["seed"].astype("Int64")  # an integer column with gaps (jobs of no seed)
+    return table
 
 
 def train_ledger(results_dir: str | os.PathLike) -> dict[tuple, dict]:
