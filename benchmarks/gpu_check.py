@@ -233,6 +233,13 @@ def make_data(root: Path, args, parts: set[str], member_dims: list[int]) -> dict
         reinforce_json["num_samples"] = args.num_augs
         info["reinforce_config"] = root / "reinforce.json"
         info["reinforce_config"].write_text(json.dumps(reinforce_json, indent=1))
+        # The online arm's teachers are args.teacher_model (random init); their crop size is theirs
+        # (the toy JSON's 32 px for the smoke's toy-teacher, DataCompDR-12M's 224 for ViT-L-14).
+        online_json = json.loads((REPO / "configs" / "reinforce" /
+                                  ("toy.json" if args.smoke else "datacompdr12m.json")).read_text())
+        online_json.update(model_name=f"{args.teacher_model},{args.teacher_model}", num_samples=args.num_augs)
+        info["online_reinforce_config"] = root / "reinforce_online.json"
+        info["online_reinforce_config"].write_text(json.dumps(online_json, indent=1))
         per_shard = -(-args.images // args.shards)
         datacomp_dir, dr_dir = root / "datacomp", root / "datacompdr"
         for shard in range(args.shards):
@@ -272,7 +279,8 @@ def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: 
 
     from mobileclip_repro import config as config_lib
 
-    path = REPO / "configs" / "paper" / ("datacompdr12m.yaml" if data == "dr" else "datacomp12m.yaml")
+    path = REPO / "configs" / "paper" / {"dr": "datacompdr12m.yaml", "online": "datacompdr12m-online.yaml",
+                                          "plain": "datacomp12m.yaml"}[data]
     raw = yaml.safe_load(path.read_text())
     (name, run), = raw["runs"].items()
     run.update(model=model, nodes=1, gpus_per_node=1 if device.type == "cuda" else 0,
@@ -287,6 +295,14 @@ def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: 
     raw["data"]["dr_dir"] = str(data_info["dr_dir"])
     if data == "dr":
         raw["reinforcement"]["config"] = str(data_info["reinforce_config"])
+    if data == "online":
+        raw["reinforcement"]["config"] = str(data_info["online_reinforce_config"])
+        import open_clip
+
+        from mobileclip_repro.teachers import register_project_models
+
+        register_project_models()  # toy-teacher
+        run["distill"]["teacher_dimension"] = [int(open_clip.get_model_config(args.teacher_model)["embed_dim"])] * 2
     return config_lib.resolve_run(config_lib.load_config(raw), name)
 
 
@@ -301,7 +317,7 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
     """samples/s through the trainer's data pipeline and step, compute-only samples/s, FLOPs per sample."""
     import torch
 
-    from mobileclip_repro import models, train
+    from mobileclip_repro import devices, models, train
     from mobileclip_repro.samples import SkipCounter
 
     torch.manual_seed(spec["seed"])
@@ -324,8 +340,17 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
                                          prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
     built = time.perf_counter() - built
 
+    teachers = None
+    if train.online_distillation(spec):  # the run's teachers, random init: their cost, not their weights
+        from mobileclip_repro.teachers import TeacherEnsemble
+
+        ensemble = TeacherEnsemble([args.teacher_model] * 2, [None, None], device=device,
+                                   autocast_dtype=devices.autocast_dtype("auto", device),
+                                   batch_size=spec["per_gpu_batch_size"])
+        teachers = train.OnlineTeachers(spec, device, spec["per_gpu_batch_size"], ensemble=ensemble)
+
     def step(batch) -> None:  # the trainer's step (train.train_step), without the lr schedule
-        train.train_step(model, model, optimizer, scaler, autocast, loss_fn, batch, spec, 0)
+        train.train_step(model, model, optimizer, scaler, autocast, loss_fn, batch, spec, 0, teachers)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -343,7 +368,7 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
         t0 = time.perf_counter()
         batch = next(batches)
         t1 = time.perf_counter()
-        batch = [t.to(device, non_blocking=True) for t in batch]
+        batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch]
         step(batch)
         _sync(device)
         t2 = time.perf_counter()
@@ -376,7 +401,8 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
     _sync(device)
     compute_seconds = time.perf_counter() - start
     result = {
-        "model": spec["model"], "data": "dr" if spec["dr"] else "plain", "batch_size": batch_size,
+        "model": spec["model"], "data": ("online" if teachers else "dr") if spec["dr"] else "plain",
+        "batch_size": batch_size,
         "samples_per_second": timed["steps"] * batch_size / timed["seconds"],
         "step_seconds": timed["seconds"] / timed["steps"],
         "data_wait_seconds_per_step": timed["data_seconds"] / timed["steps"],
@@ -389,9 +415,9 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
     }
     if cuda:
         result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if count_flops:
+    if count_flops and teachers is None:
         result["flops_per_sample"] = count_step_flops(model, loss_fn, batch, spec)
-    del model, optimizer, batch
+    del model, optimizer, batch, teachers
     _free(device)
     return result
 
@@ -453,7 +479,7 @@ def part_train(args, device, data_info: dict, tmp: Path, parts: set[str]) -> dic
     for model in args.models:
         try:
             figures = {}
-            for data in ("plain", "dr"):
+            for data in ("plain", "dr", "online"):
                 spec = run_spec(data, model, args, device, data_info, tmp / "train_results")
                 result = measure_training(spec, args, device, count_flops="mfu" in parts and model == args.models[0])
                 if result["skipped_samples"]:
@@ -473,6 +499,10 @@ def part_train(args, device, data_info: dict, tmp: Path, parts: set[str]) -> dic
         figures["dr_over_plain"] = figures["plain"]["samples_per_second"] / figures["dr"]["samples_per_second"]
         figures["dr_over_plain_compute_only"] = (figures["plain"]["compute_only_samples_per_second"]
                                                  / figures["dr"]["compute_only_samples_per_second"])
+        # online distillation: the two teachers in every step, against the stored reinforcement
+        figures["online_over_dr"] = figures["dr"]["samples_per_second"] / figures["online"]["samples_per_second"]
+        figures["online_over_dr_compute_only"] = (figures["dr"]["compute_only_samples_per_second"]
+                                                  / figures["online"]["compute_only_samples_per_second"])
         runs[model] = figures
     if not runs:
         raise RuntimeError("no model measured:\n" + "\n".join(errors.values()))
@@ -704,9 +734,9 @@ def table_rows(payload: dict) -> list[dict]:
     train = payload.get("train")
     if isinstance(train, dict) and "runs" in train:
         for model, runs in train["runs"].items():
-            for data in ("plain", "dr"):
+            for data in ("plain", "dr", "online"):
                 r = runs[data]
-                label = "DR" if data == "dr" else "plain"
+                label = {"dr": "DR", "plain": "plain", "online": "online distillation"}[data]
                 row("1 train", f"{model} {label}: samples/s (data pipeline + step)", r["samples_per_second"], "samples/s")
                 row("1 train", f"{model} {label}: data loader share of step time", r["data_loader_share"], "share")
                 row("1 train", f"{model} {label}: samples/s, compute only", r["compute_only_samples_per_second"],
@@ -717,6 +747,8 @@ def table_rows(payload: dict) -> list[dict]:
             row("1 train", f"{model}: DR / plain step time per sample", ratio, "x",
                 f"<= {TARGET_DR_OVER_PLAIN:.2f}x", ratio <= TARGET_DR_OVER_PLAIN)
             row("1 train", f"{model}: DR / plain, compute only", runs["dr_over_plain_compute_only"], "x")
+            row("1 train", f"{model}: online / DR step time per sample", runs["online_over_dr"], "x")
+            row("1 train", f"{model}: online / DR, compute only", runs["online_over_dr_compute_only"], "x")
     mfu = payload.get("mfu")
     if isinstance(mfu, dict) and "mfu" in mfu:
         for data in ("dr", "plain"):

@@ -64,6 +64,11 @@ def test_training_step_figures(smoke):
             assert run["skipped_samples"] == {}  # the generated shards are clean: DR join, sha256, replay all pass
             assert run["grad_scaler"] is False  # GradScaler only with amp on CUDA, as in the trainer
         assert positive(runs["dr_over_plain"]) and positive(runs["dr_over_plain_compute_only"])
+        online = runs["online"]  # the teachers (random init, the teacher model) inside every step
+        assert online["data"] == "online" and online["skipped_samples"] == {} and positive(online["samples_per_second"])
+        assert math.isclose(runs["online_over_dr"], runs["dr"]["samples_per_second"] / online["samples_per_second"],
+                            rel_tol=1e-9)
+        assert positive(runs["online_over_dr_compute_only"])
         assert math.isclose(runs["dr_over_plain"],
                             runs["plain"]["samples_per_second"] / runs["dr"]["samples_per_second"], rel_tol=1e-9)
 
@@ -121,8 +126,9 @@ def test_the_table_has_every_figure(smoke):
         assert set(row) == {"part", "figure", "value", "unit", "target", "met"}
         assert positive(row["value"]), row
     parts = [row["part"] for row in table]
-    # per model: 2 x (samples/s, loader share, compute only, loader only) + DR/plain + compute-only ratio
-    assert parts.count("1 train") == len(MODELS) * 10
+    # per model: 3 x (samples/s, loader share, compute only, loader only) for plain, DR and online, and the
+    # DR/plain and online/DR ratios, each also compute only
+    assert parts.count("1 train") == len(MODELS) * 16
     assert parts.count("2 MFU") == 6 and parts.count("3 teachers") == 2 * len(VIEWS) + 2
     assert parts.count("4 DAG") == 1
     targets = [row for row in table if row["target"] is not None]

@@ -405,8 +405,15 @@ def _check_reinforcement(config: dict, name: str, dr_runs: dict[str, dict]) -> N
         # The DAG's own shards are not checked: a changed setting changes the reinforce job's
         # params, and the rerun job redoes every shard made with the old one.
         return
+    # An online run reads only the shards' syn.json (its teachers embed a fresh augmentation each
+    # step): what the stored embeddings were made with is the stored-reinforcement runs' concern.
+    stored = {where for where, run in dr_runs.items() if not (run.get("distill") or {}).get("online")}
+    if not stored:
+        return
     settings = json_settings(reinforce, f"{prefix}.config")
-    check_dr_shards(reinforcement_dr_dir(config, name), settings, dimensions, regexes)
+    check_dr_shards(reinforcement_dr_dir(config, name), settings,
+                    {key: value for key, value in dimensions.items() if key.rsplit(".distill.", 1)[0] in stored},
+                    {key: value for key, value in regexes.items() if key.rsplit(".syn_caption_regex", 1)[0] in stored})
 
 
 def json_settings(reinforce: dict, key: str = "reinforcement.config") -> dict[str, tuple[str, object]]:

@@ -356,14 +356,15 @@ class OnlineTeachers:
     reinforcement's autocast (bf16 on CUDA, none on the CPU, as the reinforce job runs them).
     ``targets`` turns an online batch into a DR batch, embeddings computed now rather than read."""
 
-    def __init__(self, spec: dict, device: torch.device, batch_size: int):
+    def __init__(self, spec: dict, device: torch.device, batch_size: int, ensemble=None):
+        """``ensemble``: teachers already built (benchmarks pass random-init ones); default the JSON's."""
         from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble
 
         self.config = ReinforceConfig.load(spec["reinforcement_config"])
         self.device = device
-        self.ensemble = TeacherEnsemble.from_config(self.config, pretrained_root=spec.get("teachers_dir"),
-                                                    device=device, autocast_dtype=devices.autocast_dtype("auto", device),
-                                                    batch_size=batch_size)
+        self.ensemble = ensemble or TeacherEnsemble.from_config(
+            self.config, pretrained_root=spec.get("teachers_dir"), device=device,
+            autocast_dtype=devices.autocast_dtype("auto", device), batch_size=batch_size)
         if self.ensemble.dims != list(spec["distill"]["teacher_dimension"]):
             raise config_lib.ConfigError(f"config key 'distill.teacher_dimension' of run '{spec['name']}': "
                                          f"{spec['distill']['teacher_dimension']}, the teachers give {self.ensemble.dims}")
