@@ -15,6 +15,7 @@ with apt-get) and skips otherwise.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -208,8 +209,15 @@ def test_slurm_outputs_equal_a_local_run(slurm_smoke, local_smoke):
     for record in records:
         assert normalized(read_json(slurm / "eval" / record), slurm) == \
             normalized(read_json(local / "eval" / record), local), record
-    for table in ("results.csv", "results_per_seed.csv", "results_long.csv", "results.md", "efficiency.json"):
+    for table in ("results.csv", "results_per_seed.csv", "results_long.csv", "efficiency.json"):
         assert (slurm / "report" / table).read_text() == (local / "report" / table).read_text(), table
+    # results.md to its Cost section, which gives each job's measured wall and CPU seconds
+    slurm_md, local_md = ((d / "report" / "results.md").read_text().split("\n## Cost\n")[0] for d in (slurm, local))
+    assert slurm_md == local_md
+    # the ledger's counted FLOPs and samples are the same on both (its times are not)
+    counted = [{(row["rule"], row["run"], row["seed"]): (row["flops"], row["samples"])
+                for row in csv.DictReader(open(d / "report" / "cost.csv"))} for d in (slurm, local)]
+    assert counted[0] == counted[1]
 
 
 # ----------------------------------------------------------------------------- two nodes
