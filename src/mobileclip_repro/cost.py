@@ -358,8 +358,6 @@ def training_flops_per_sample(model, captions_per_image: int) -> float:
     """One seen sample of a training step: the student's forward on its image and
     ``captions_per_image`` captions and the backward of both towers (the contrastive and
     distillation heads' B x B logits left out: under local loss they are a few MFLOPs)."""
-    import torch
-
     batch = 2
     images, texts = _inputs(model, batch, batch * captions_per_image)
     model.train()
@@ -370,7 +368,6 @@ def training_flops_per_sample(model, captions_per_image: int) -> float:
 
     _, flops = count_flops(step)
     model.zero_grad(set_to_none=True)
-    del torch
     return flops / batch
 
 

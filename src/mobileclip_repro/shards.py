@@ -249,8 +249,13 @@ def _end_of_archive_problem(path: str | os.PathLike, offset: int, members: int) 
         tail = stream.read(len(END_OF_ARCHIVE))
     if tail == END_OF_ARCHIVE:
         return None
-    what = ("ends" if not tail else "holds a cut or invalid tar header" if len(tail) < tarfile.BLOCKSIZE
-            or tail[:tarfile.BLOCKSIZE] != END_OF_ARCHIVE[:tarfile.BLOCKSIZE] else "has one end-of-archive block of two")
+    zero_block = END_OF_ARCHIVE[:tarfile.BLOCKSIZE]
+    if not tail:
+        what = "ends"
+    elif len(tail) >= tarfile.BLOCKSIZE and tail.startswith(zero_block):
+        what = "has one end-of-archive block of two"
+    else:
+        what = "holds a cut or invalid tar header"
     return f"truncated: {what} at byte {offset:,} after {members} members, without the end-of-archive blocks"
 
 
