@@ -15,6 +15,7 @@ import concurrent.futures
 import errno
 import json
 import logging
+import math
 import multiprocessing
 import os
 import random
@@ -468,3 +469,46 @@ def test_a_two_process_torchrun_job_stops_on_sigterm_at_one_step_and_resumes_bit
     assert rerun.wait(timeout=WAIT_S) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     assert f"resumed at step {stopped_at} " in (tmp_path / "rerun.log").read_text()
     assert_ends_like(out_dir, reference, spec)
+
+
+# -- telemetry: metrics.jsonl survives a kill ---------------------------------------------------
+
+def metrics_lines(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_after_a_kill_and_a_rerun_metrics_jsonl_has_every_step_once_in_order(results, tmp_path):
+    """A log line each step; SIGKILL after the trainer has logged past its last checkpoint (epoch_1
+    at step 5); the rerun drops what it will redo, and its losses are the uninterrupted run's."""
+    spec = run_spec(results, "dr", **PREEMPTED, log_every_steps=1)
+    reference = tmp_path / "reference"
+    train_here(spec, reference)
+    out_dir = tmp_path / "run"
+    process = popen(train_command(spec, out_dir), out_dir.with_suffix(".log"))
+    try:
+        deadline = time.monotonic() + WAIT_S
+        first_end = spec["checkpoint_steps"][0]
+        while not ((out_dir / "metrics.jsonl").is_file() and any(
+                '"step": %d,' % (first_end + 2) in line for line in (out_dir / "metrics.jsonl").read_text().splitlines())):
+            assert process.poll() is None, out_dir.with_suffix(".log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no metrics past the first checkpoint"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=WAIT_S)
+    finally:
+        process.kill()
+        process.wait()
+    logged = [record["step"] for record in metrics_lines(out_dir)]
+    assert logged[-1] > first_end + 1, "the kill came after steps the rerun will take again"
+    train_here(spec, out_dir)
+
+    got, expected = metrics_lines(out_dir), metrics_lines(reference)
+    assert [r["step"] for r in got] == list(range(1, spec["total_steps"] + 1)) == [r["step"] for r in expected]
+    same = ("seen_samples", "epoch", "lr", "logit_scale", "loss", "contrastive_loss", "distill_loss",
+            "loss/clip_real", "loss/distill_i2t_real", "loss/distill_t2i_real", "loss/clip_syn",
+            "loss/distill_i2t_syn", "loss/distill_t2i_syn")
+    assert [{k: r[k] for k in same} for r in got] == [{k: r[k] for k in same} for r in expected]
+    first = got[0]
+    assert 0 <= first["data_wait_share"] <= 1 and first["samples_per_second"] > 0 and first["skipped_samples"] == {}
+    assert math.isclose(first["loss"], first["contrastive_loss"] + first["distill_loss"], rel_tol=1e-6)
+    assert math.isclose(first["loss"], sum(first[k] for k in same if k.startswith("loss/")), rel_tol=1e-5)

@@ -25,6 +25,8 @@ from open_clip.loss import ClipLoss, gather_features
 
 class DRClipLoss(ClipLoss):
     """Returns ``{"contrastive_loss", "distill_loss"}``, already weighted; the trainer sums them.
+    ``terms`` (after a call): the same loss split as telemetry shows it, detached and weighted:
+    ``clip``, ``distill_i2t`` and ``distill_t2i`` on the real (``_real``) and synthetic (``_syn``) captions.
 
     Under ``local_loss`` each rank scores its own rows against columns gathered from all
     ranks, for the student (open_clip's ClipLoss.get_logits) and the teachers alike, so the
@@ -106,8 +108,13 @@ class DRClipLoss(ClipLoss):
         contrastive = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         with torch.no_grad():
             targets_i2t, targets_t2i = self.teacher_targets(dist_image_features, dist_text_features)
-        distill = (self.soft_cross_entropy(targets_i2t, logits_per_image)
-                   + self.soft_cross_entropy(targets_t2i, logits_per_text)) / 2
+        distill_i2t = self.soft_cross_entropy(targets_i2t, logits_per_image)
+        distill_t2i = self.soft_cross_entropy(targets_t2i, logits_per_text)
+        distill = (distill_i2t + distill_t2i) / 2
+        # what telemetry shows of this pair, each term as it enters the loss (weighted); not a result
+        self._pair_terms = {"clip": contrastive.detach() * self.loss_weights[0],
+                            "distill_i2t": distill_i2t.detach() * self.loss_weights[1] / 2,
+                            "distill_t2i": distill_t2i.detach() * self.loss_weights[1] / 2}
         return contrastive * self.loss_weights[0], distill * self.loss_weights[1]
 
     def forward(self, image_features, text_features, logit_scale, dist_image_features, dist_text_features,
@@ -122,10 +129,12 @@ class DRClipLoss(ClipLoss):
                                  f"for {len(image_features)} images")
         contrastive, distill = self.pair_loss(image_features, text_features, logit_scale,
                                               dist_image_features, dist_text_features)
+        self.terms = {f"{name}_real": value for name, value in self._pair_terms.items()}
         if syn_text_features is not None:
             syn_contrastive, syn_distill = self.pair_loss(image_features, syn_text_features, logit_scale,
                                                           dist_image_features, dist_syn_text_features)
             contrastive, distill = contrastive + syn_contrastive, distill + syn_distill
+            self.terms.update({f"{name}_syn": value for name, value in self._pair_terms.items()})
         return {"contrastive_loss": contrastive, "distill_loss": distill}
 
 

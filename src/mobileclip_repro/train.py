@@ -60,7 +60,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 # these is resumed. Any other difference (lr, seeds, data, model, loss, schedule, workers, ...)
 # makes it another run's checkpoint. resume_every_steps is not among them: the data stream
 # restarts at every intra-epoch checkpoint, so it changes what a run draws.
-RESULT_NEUTRAL_KEYS = ("resume", "save_most_recent", "max_consecutive_skips", "slurm", "ddp_static_graph")
+RESULT_NEUTRAL_KEYS = ("resume", "save_most_recent", "max_consecutive_skips", "slurm", "ddp_static_graph",
+                       "log_every_steps")
 SET_ASIDE_DIR = "superseded"  # <run>/superseded/<when>/: checkpoints a restart from step 0 moved out of the way
 
 
@@ -92,7 +93,7 @@ def _describe_differences(differences: dict[str, tuple]) -> str:
 
 
 def set_aside(out_dir: Path, why: dict) -> Path:
-    """Move ``checkpoints/`` (and the last manifest) to ``superseded/<UTC time>/`` with a
+    """Move ``checkpoints/`` (and the last manifest and metrics) to ``superseded/<UTC time>/`` with a
     ``why.json``: a restart from step 0 never overwrites or deletes earlier work."""
     out_dir = Path(out_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -102,8 +103,9 @@ def set_aside(out_dir: Path, why: dict) -> Path:
         target, suffix = out_dir / SET_ASIDE_DIR / f"{stamp}-{suffix}", suffix + 1
     target.mkdir(parents=True)
     os.replace(out_dir / "checkpoints", target / "checkpoints")
-    if (out_dir / "manifest.json").is_file():
-        os.replace(out_dir / "manifest.json", target / "manifest.json")
+    for name in ("manifest.json", METRICS_FILE):
+        if (out_dir / name).is_file():
+            os.replace(out_dir / name, target / name)
     shards.write_json_atomic(target / "why.json", why)
     return target
 
@@ -241,6 +243,38 @@ class PreemptionWarning:
         noted = torch.tensor([self.signum or 0], device=device)
         torch.distributed.all_reduce(noted, op=torch.distributed.ReduceOp.MAX)
         return int(noted.item()) or None
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """``<run>/metrics.jsonl``: one JSON line per log step, written by rank 0 and flushed as it
+    goes. A run resumed at step k keeps the lines up to k and drops the rest (a killed job may
+    have logged past its last checkpoint, and a cut last line is dropped too), so after any
+    number of attempts every log step is there once, in order."""
+
+    def __init__(self, path: Path, resumed_step: int):
+        self.path = Path(path)
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # the line a kill cut short
+                if isinstance(record, dict) and record.get("step", resumed_step + 1) <= resumed_step:
+                    kept.append(line)
+            with shards.atomic_output(self.path) as partial:
+                partial.write_text("".join(f"{line}\n" for line in kept))
+        self.stream = open(self.path, "a")
+
+    def write(self, record: dict) -> None:
+        self.stream.write(json.dumps(record) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def segment_boundaries(spec: dict) -> set[int]:
@@ -507,11 +541,14 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     segment_skips = carried_skips.clone()  # the epoch's counts when the current segment began
     started = time.time()
     batches, stop_after_epoch = None, None
+    log_every = spec.get("log_every_steps", LOG_EVERY_STEPS)
+    metrics = MetricsLog(out_dir / METRICS_FILE, step) if is_master else None
     warning = PreemptionWarning()
     with warning:
         for epoch in range(start_epoch, spec["num_checkpoints"]):
             model.train()
             epoch_start, window_start, window_samples, epoch_first_step = time.time(), time.time(), 0, step
+            window_data_seconds = 0.0
             while step < spec["checkpoint_steps"][epoch]:
                 if batches is None:
                     batches = iter(segment_loader(dataset, spec, segment_start, rank, per_process_batch, device))
@@ -525,8 +562,11 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                                         len(resumed_rng), world_size)
                         resumed_rng = None
                 adjust_lr(step)
+                waited = time.time()
+                raw_batch = next(batches)
+                window_data_seconds += time.time() - waited
                 # captions travel as text for the online teachers (a list, not a tensor)
-                batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in next(batches)]
+                batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in raw_batch]
                 step_args = (training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
                 if teachers is not None:  # online distillation: the teachers embed this batch first
                     step_args = (*step_args, teachers)
@@ -538,14 +578,24 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                     losses = train_step(*step_args)
                 step += 1
                 window_samples += spec["global_batch_size"]
-                if is_master and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
-                    rate = window_samples / max(time.time() - window_start, 1e-9)
+                if is_master and (step % log_every == 0 or step == total_steps):
+                    window_seconds = max(time.time() - window_start, 1e-9)
+                    rate = window_samples / window_seconds
                     log.info("epoch %d step %d/%d seen %s | %s | lr %.2e | scale %.1f | %.0f samples/s | skipped here %s",
                              epoch + 1, step, total_steps, f"{step * spec['global_batch_size']:,}",
                              " ".join(f"{k} {v.item():.4f}" for k, v in losses.items()),
                              optimizer.param_groups[0]["lr"], model.logit_scale.exp().item(), rate,
                              counter.totals() or "none")
-                    window_start, window_samples = time.time(), 0
+                    metrics.write({
+                        "step": step, "seen_samples": step * spec["global_batch_size"], "epoch": epoch + 1,
+                        "lr": optimizer.param_groups[0]["lr"], "logit_scale": model.logit_scale.exp().item(),
+                        "loss": sum(v.item() for v in losses.values()), **{k: v.item() for k, v in losses.items()},
+                        # the DR loss's terms as it computes them (weighted): CLIP and distillation (image->text,
+                        # text->image) on the real captions and on the synthetic ones
+                        **{f"loss/{k}": v.item() for k, v in getattr(loss_fn, "terms", {}).items()},
+                        "samples_per_second": rate, "data_wait_share": window_data_seconds / window_seconds,
+                        "skipped_samples": counter.totals()})
+                    window_start, window_samples, window_data_seconds = time.time(), 0, 0.0
                 if step in boundaries:
                     batches, segment_start = None, step  # the next segment draws a stream of its own
                     if step < spec["checkpoint_steps"][epoch]:
@@ -590,6 +640,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                 _stop_preempted(stop_after_epoch, step, world_size)
 
     if is_master:
+        metrics.close()
         if flops_per_step is not None:
             manifest["flops"] = {"per_step": flops_per_step, "steps": total_steps,
                                  "seen_samples": total_steps * spec["global_batch_size"],
