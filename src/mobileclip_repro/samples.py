@@ -605,12 +605,14 @@ class DRSamples(torch.utils.data.IterableDataset):
             else:
                 yield from joined_samples(datacomp_tar, dr_tar, self.counter, cache)
 
+    def _assemble(self, datacomp: dict, dr: dict, rng: random.Random) -> DRExample:
+        return assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim, self.syn_caption_regex)
+
     def examples(self) -> Iterator[DRExample]:
         rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
         for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
             try:
-                example = assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim,
-                                              self.syn_caption_regex)
+                example = self._assemble(datacomp, dr, rng)
             except SampleSkipped as skip:
                 self.counter.skipped(skip, _pair_where(datacomp, dr, skip.side))
                 continue
@@ -633,21 +635,11 @@ class OnlineDRSamples(DRSamples):
 
     def __init__(self, shard_pairs, replay: Callable, tokenizer: Callable, seed: int, resampled: bool,
                  counter: SkipCounter, reinforce_config, **kwargs):
-        kwargs.pop("embedding_dim", None)  # nothing stored is read: no width to check
         super().__init__(shard_pairs, replay, tokenizer, seed, resampled, counter, **kwargs)
         self.reinforce_config = reinforce_config
 
-    def examples(self) -> Iterator[OnlineExample]:
-        rng = random.Random(seed_from(self.seed, "dr", *stream_position()))
-        for datacomp, dr in shuffled(self._joined(), self.shuffle_buffer, rng):
-            try:
-                example = assemble_online_example(datacomp, dr, self.replay, self.reinforce_config, rng,
-                                                  self.syn_caption_regex)
-            except SampleSkipped as skip:
-                self.counter.skipped(skip, _pair_where(datacomp, dr, skip.side))
-                continue
-            self.counter.passed("sample")
-            yield example
+    def _assemble(self, datacomp: dict, dr: dict, rng: random.Random) -> OnlineExample:
+        return assemble_online_example(datacomp, dr, self.replay, self.reinforce_config, rng, self.syn_caption_regex)
 
     def __iter__(self):
         for example in self.examples():
