@@ -126,7 +126,7 @@ def data_stamp(spec: dict) -> dict:
     return stamp
 
 
-def prepare_run_folder(spec: dict, out_dir: Path) -> dict | None:
+def prepare_run_folder(spec: dict, out_dir: Path, stamp: dict) -> dict | None:
     """Before the first step (rank 0, run folder locked): keep ``checkpoints/`` only if this job
     resumes from it. Checkpoints made with another run spec (a changed config key) or on other
     data (``data_stamp``), with ``resume: none``, or none of which can be read are set aside
@@ -135,7 +135,6 @@ def prepare_run_folder(spec: dict, out_dir: Path) -> dict | None:
     files = _checkpoint_files(out_dir)
     if not files:
         return None
-    stamp = data_stamp(spec)
     readable, unreadable, differing = [], {}, {}
     for path in files:
         try:
@@ -454,12 +453,14 @@ def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path
     is_rank0 = os.environ.get("RANK", "0") == "0"
     with run_folder_lock(out_dir) if is_rank0 else nullcontext():
         # Before the process group forms, so no other rank has looked at the checkpoints yet.
-        set_aside_why = prepare_run_folder(spec, out_dir) if is_rank0 else None
+        stamp = data_stamp(spec) if is_rank0 else None  # what its checkpoints are compared with, and carry
+        set_aside_why = prepare_run_folder(spec, out_dir, stamp) if is_rank0 else None
         dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return _train(spec, out_dir, dist, export_path, set_aside_why)
+        return _train(spec, out_dir, dist, export_path, set_aside_why, stamp)
 
 
-def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_aside_why: dict | None = None) -> dict:
+def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_aside_why: dict | None = None,
+           stamp: dict | None = None) -> dict:
     device, rank, world_size = torch.device(dist["device"]), dist["global_rank"], dist["world_size"]
     is_master = rank == 0
     if world_size != spec["world_size"] and spec["world_size"] > 1:
@@ -526,7 +527,6 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     # intra-epoch checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG,
     # so a job resumed at a boundary draws exactly what an uninterrupted one draws there.
     boundaries = segment_boundaries(spec)
-    stamp = data_stamp(spec) if is_master else None
     # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
     # covers the epochs (and skipped samples) of the attempts before it.
     manifest = {"run": spec["name"], "seed": spec["seed"], "world_size": world_size, "device": str(device),
