@@ -161,15 +161,13 @@ def run_costs(results_dir: str | os.PathLike, table) -> dict[str, dict]:
     for manifest_path in sorted(Path(results_dir).glob("runs/*/seed_*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         flops = manifest.get("flops") or {}
-        checkpoint_spec = _spec_of(manifest_path.parent)
         entry = runs.setdefault(manifest["run"], {"run": manifest["run"], "seeds": 0, "arm": None,
                                                   "reinforcement": None, "flops_per_sample": None,
                                                   "seen_samples": None})
         entry["seeds"] += 1
-        if checkpoint_spec:
-            online = bool((checkpoint_spec.get("distill") or {}).get("online"))
-            entry["arm"] = ("online" if online else "DR") if checkpoint_spec.get("dr") else "plain"
-            entry["reinforcement"] = checkpoint_spec.get("reinforcement") if checkpoint_spec.get("dr") else None
+        if "data" in manifest:  # manifests of older runs do not say
+            entry["arm"] = ("online" if manifest["online"] else "DR") if manifest["data"] == "dr" else "plain"
+            entry["reinforcement"] = manifest["reinforcement"]
         entry["flops_per_sample"] = flops.get("per_seen_sample", entry["flops_per_sample"])
         entry["seen_samples"] = flops.get("seen_samples", entry.get("seen_samples"))
     for run, entry in runs.items():
@@ -179,16 +177,6 @@ def run_costs(results_dir: str | os.PathLike, table) -> dict[str, dict]:
                           if row[column] is not None and row["samples"]]
             entry[f"{column}_per_sample"] = sum(per_sample) / len(per_sample) if per_sample else None
     return runs
-
-
-def _spec_of(run_dir: Path) -> dict | None:
-    """A finished run's spec, from its last checkpoint (the tensors are not read)."""
-    import torch
-
-    checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
-    if not checkpoints:
-        return None
-    return torch.load(checkpoints[-1], map_location="cpu", weights_only=True, mmap=True).get("run")
 
 
 def reinforcement_flops(table) -> dict[str, float]:

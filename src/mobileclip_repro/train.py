@@ -529,7 +529,10 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     boundaries = segment_boundaries(spec)
     # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
     # covers the epochs (and skipped samples) of the attempts before it.
-    manifest = {"run": spec["name"], "seed": spec["seed"], "world_size": world_size, "device": str(device),
+    # the arm (data, online) and reinforcement: what the compute ledger groups runs by
+    manifest = {"run": spec["name"], "seed": spec["seed"], "data": spec["data"], "online": online_distillation(spec),
+                "reinforcement": spec.get("reinforcement") if spec["dr"] else None,
+                "world_size": world_size, "device": str(device),
                 "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
                 "torch_threads": torch.get_num_threads()}
     flops_per_step = history.get("flops_per_step")  # counted by an earlier attempt, if any
