@@ -144,11 +144,40 @@ def count_wds_images(root: str, split: str) -> int:
     return len(keys)
 
 
+def _set_files(spec: BenchmarkSpec) -> tuple:
+    """(name, size, mtime) of the files a webdataset set's check reads: its root's and its split
+    folder's. The same tuple means the same files, already checked."""
+    folders = [Path(spec.root), Path(spec.root) / spec.split]
+    entries = []
+    for folder in folders:
+        if folder.is_dir():
+            entries += sorted((entry.path, entry.stat().st_size, entry.stat().st_mtime_ns)
+                              for entry in os.scandir(folder) if entry.is_file())
+    return tuple(entries)
+
+
+_CHECKED_SETS: set = set()  # (spec, files) whose check passed in this process
+
+
 def check_dataset_present(spec: BenchmarkSpec) -> None:
-    """Fail before clip_benchmark would start a download (no network on the clusters)."""
+    """Fail before clip_benchmark would start a download (no network on the clusters), and on a
+    set that is cut short or names too few classes. An evaluate job checks each set before
+    every checkpoint; a set whose files have not changed since it passed is not read again
+    (the shard and label scans read every tar header of, e.g., ImageNet's 50k images)."""
     root = Path(spec.root)
     if not root.is_dir():
         raise FileNotFoundError(f"benchmark {spec.name!r}: dataset root {root} does not exist")
+    if not spec.is_wds:  # existence checks only: cheap, and of files outside the root too
+        _check_dataset(spec, root)
+        return
+    key = (spec.name, spec.dataset, spec.task, spec.root, spec.split, _set_files(spec))
+    if key in _CHECKED_SETS:
+        return
+    _check_dataset(spec, root)
+    _CHECKED_SETS.add(key)
+
+
+def _check_dataset(spec: BenchmarkSpec, root: Path) -> None:
     if spec.is_wds:
         for shard in range(wds_num_shards(spec.root, spec.split)):
             # a cut shard reads as a shorter set without an error: the record would score a subset
