@@ -13,7 +13,7 @@ from PIL import Image
 
 from mobileclip_repro.benchmark_sets import BenchmarkSetError
 from mobileclip_repro.cli import main
-from mobileclip_repro.evaluate import parse_benchmark_specs
+from mobileclip_repro.evaluate import check_dataset_present, parse_benchmark_specs
 from mobileclip_repro.models import create_model_and_transforms
 
 CLASSES = ["red square", "green circle", "blue triangle"]
@@ -333,3 +333,21 @@ def test_clip_benchmark_cli_gives_the_records_number(world, exported, tmp_path):
     assert theirs["task"] == record["task"] and theirs["dataset"] == record["dataset"]
     assert theirs["metrics"]["acc1"] == record["main_metric"] == record["metrics"]["acc1"]
     assert theirs["metrics"]["mean_per_class_recall"] == record["metrics"]["mean_per_class_recall"]
+
+
+def test_a_set_that_passed_is_checked_again_once_its_files_change(world, tmp_path):
+    import shutil
+    import tarfile
+
+    root = tmp_path / "toy_zeroshot"
+    shutil.copytree(world["classification"], root)
+    [spec] = parse_benchmark_specs([{"name": "toy_zeroshot", "dataset": "wds/toy_zeroshot",
+                                     "task": "zeroshot_classification", "root": str(root)}])
+    check_dataset_present(spec)
+    check_dataset_present(spec)  # unchanged: passes from memory
+    shard = root / "test" / "0.tar"
+    with tarfile.open(shard) as archive:
+        cut = archive.getmembers()[2].offset
+    shard.write_bytes(shard.read_bytes()[:cut])
+    with pytest.raises(ValueError, match="truncated"):
+        check_dataset_present(spec)
