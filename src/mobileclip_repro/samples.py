@@ -456,6 +456,31 @@ class DRExample:
     syn_key: str = shards.SYN_TEXT
 
 
+def _require_keys(datacomp: dict, dr: dict, dr_keys: list[str]) -> None:
+    """missing_key, at the side that lacks them, unless both samples carry what is needed
+    (``dr_keys``: extensions, or ``a|b`` for either of two)."""
+    missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
+    missing_dr = [k for k in dr_keys if not any(option in dr for option in k.split("|"))]
+    if missing_datacomp or missing_dr:
+        side = "both" if missing_datacomp and missing_dr else "datacomp" if missing_datacomp else "dr"
+        raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
+
+
+def _datacomp_uid(datacomp: dict):
+    try:
+        return json.loads(datacomp["json"])["uid"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+
+
+def _check_same_image(datacomp: dict, uid, stored_uid: str, stored_sha256: str) -> None:
+    """The DataCompDR sample belongs to these very image bytes: same uid, and the jpg hashes to its sha256."""
+    if str(uid) != str(stored_uid):
+        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {stored_uid}", "both")
+    if shards.sha256_hex(datacomp["jpg"]) != stored_sha256.lower():
+        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {stored_sha256}", "both")
+
+
 def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.Random,
                         embedding_dim: int | None = None,
                         syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX) -> DRExample:
@@ -466,17 +491,8 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     teachers' summed width) keeps a sample of the wrong width out of a batch, where it
     would break collation. ``syn_caption_regex`` selects the synthetic-caption sets drawn from.
     """
-    missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
-    missing_dr = [k for k in ("syn.json", "paug.json", "json") if k not in dr]
-    if "npz" not in dr and "pth.gz" not in dr:
-        missing_dr.append("npz|pth.gz")
-    if missing_datacomp or missing_dr:
-        side = "both" if missing_datacomp and missing_dr else "datacomp" if missing_datacomp else "dr"
-        raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
-    try:
-        uid = json.loads(datacomp["json"])["uid"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+    _require_keys(datacomp, dr, ["syn.json", "paug.json", "json", "npz|pth.gz"])
+    uid = _datacomp_uid(datacomp)
     try:
         reinforcement = shards.decode_reinforcement(dr, check_finite=False, syn_caption_regex=syn_caption_regex)
     except shards.MissingCaptionSet as error:
@@ -488,10 +504,7 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
     if embedding_dim is not None and width != embedding_dim:
         raise SampleSkipped("bad_reinforcement", f"embeddings are {width}-D, the teachers give {embedding_dim}-D "
                             "(distill.teacher_dimension)", "dr")
-    if str(uid) != str(reinforcement.uid):
-        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {reinforcement.uid}", "both")
-    if shards.sha256_hex(datacomp["jpg"]) != reinforcement.sha256.lower():
-        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {reinforcement.sha256}", "both")
+    _check_same_image(datacomp, uid, reinforcement.uid, reinforcement.sha256)
     aug = rng.randrange(len(reinforcement.param_aug))
     keys = list(reinforcement.syn_sets)
     # The set is drawn only when there is a choice: a sample with one selected set (every v1
@@ -530,15 +543,8 @@ def assemble_online_example(datacomp: dict, dr: dict, replay: Callable, reinforc
     reinforcement config's own sampler (``ReinforceConfig.draw_param_aug``) and replayed for the
     student and, at the reinforcement's crop size, for the teachers, which embed it during the
     step. The stored augmentations and embeddings are not read."""
-    missing_datacomp = [k for k in shards.DATACOMP_KEYS if k not in datacomp]
-    missing_dr = [k for k in ("syn.json", "json") if k not in dr]
-    if missing_datacomp or missing_dr:
-        side = "both" if missing_datacomp and missing_dr else "datacomp" if missing_datacomp else "dr"
-        raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
-    try:
-        uid = json.loads(datacomp["json"])["uid"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+    _require_keys(datacomp, dr, ["syn.json", "json"])
+    uid = _datacomp_uid(datacomp)
     try:
         meta, syn_json = json.loads(dr["json"]), json.loads(dr["syn.json"])
         stored_uid, stored_sha256 = str(meta["uid"]), str(meta["sha256"])
@@ -548,10 +554,7 @@ def assemble_online_example(datacomp: dict, dr: dict, replay: Callable, reinforc
         raise SampleSkipped("bad_reinforcement", f"{type(error).__name__}: {error}", "dr") from None
     if not keys:
         raise SampleSkipped("missing_key", f"syn.json has no caption set matching {syn_caption_regex!r}", "dr")
-    if str(uid) != stored_uid:
-        raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {stored_uid}", "both")
-    if shards.sha256_hex(datacomp["jpg"]) != stored_sha256.lower():
-        raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {stored_sha256}", "both")
+    _check_same_image(datacomp, uid, stored_uid, stored_sha256)
     # the set and caption drawn as assemble_dr_example draws them (its augmentation draw is not made here)
     syn_key = keys[rng.randrange(len(keys))] if len(keys) > 1 else keys[0]
     captions = syn_json[syn_key]
