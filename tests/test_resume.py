@@ -12,6 +12,7 @@ agree across processes too."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import json
 import logging
@@ -447,6 +448,57 @@ def test_a_preemption_signal_costs_at_most_a_step_and_the_rerun_ends_as_if_never
     assert_ends_like(out_dir, preempted_reference, spec)
 
 
+class _Numbers(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(4))
+
+
+def _slow_to_start(marker: Path):
+    """A worker_init_fn that stays in the window between torch's SIGTERM handler and
+    ``ignore_preemption_signals`` until the test has signalled it."""
+    def init(worker_id: int) -> None:
+        marker.write_text(str(os.getpid()))
+        while marker.exists():
+            time.sleep(0.01)
+        trainer.ignore_preemption_signals(worker_id)
+    return init
+
+
+def _iterate_with_sigterm_at_worker_start(tmp_path: Path, hold: bool) -> list[int]:
+    marker = tmp_path / "worker_started"
+    loader = torch.utils.data.DataLoader(_Numbers(), batch_size=None, num_workers=1,
+                                         worker_init_fn=_slow_to_start(marker))
+    with trainer.starting_workers() if hold else contextlib.nullcontext():
+        batches = iter(loader)
+    deadline = time.monotonic() + WAIT_S
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.01)
+    # from another process, as torchrun's killpg and SLURM's signal come (torch's handler lets
+    # a SIGTERM from the worker's own trainer end it quietly)
+    subprocess.run(["kill", "-TERM", marker.read_text()], check=True)
+    marker.unlink()
+    return [int(n) for n in batches]
+
+
+def test_a_sigterm_while_a_dataloader_worker_starts_waits_until_the_worker_ignores_it(tmp_path):
+    assert _iterate_with_sigterm_at_worker_start(tmp_path, hold=True) == [0, 1, 2, 3]
+
+
+def test_without_held_signals_that_sigterm_ends_the_worker_and_the_loader(tmp_path):
+    """The window ``starting_workers`` closes: the trainer would fail before writing resume.pt."""
+    with pytest.raises(RuntimeError, match="DataLoader worker .* (exited unexpectedly|killed by signal)"):
+        _iterate_with_sigterm_at_worker_start(tmp_path, hold=False)
+
+
+def test_a_signal_held_while_workers_start_reaches_the_trainer_afterwards():
+    with trainer.PreemptionWarning() as warning:
+        with trainer.starting_workers():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert warning.signum is None
+        assert warning.signum == signal.SIGUSR1
+
+
 @pytest.mark.timeout(600)
 def test_a_two_process_torchrun_job_stops_on_sigterm_at_one_step_and_resumes_bit_for_bit(results, tmp_path):
     """SIGTERM to torchrun, as SLURM sends it: torchrun passes it to both workers, which agree on
@@ -461,8 +513,8 @@ def test_a_two_process_torchrun_job_stops_on_sigterm_at_one_step_and_resumes_bit
 
     assert returncode != 0
     first_end = spec["checkpoint_steps"][0]
-    assert stopped_at in (first_end + 1, first_end + 2), stopped_at
     log_text = out_dir.with_suffix(".log").read_text()
+    assert stopped_at in (first_end + 1, first_end + 2), (stopped_at, log_text[-3000:])
     assert log_text.count(f"SIGTERM received: stopping after step {stopped_at}, resume.pt written") == 2, \
         "both ranks stop after the same step"
     rerun = popen(torchrun_command(spec, out_dir, 2), tmp_path / "rerun.log")

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -299,9 +299,30 @@ def segment_loader(dataset, spec: dict, step: int, rank: int, batch_size: int, d
 def ignore_preemption_signals(worker_id: int) -> None:
     """DataLoader workers outlive a preemption warning: torchrun and SLURM signal every process
     of the job, and torch's worker handler would end the worker mid-step. A worker still ends
-    when its trainer stops it, or dies (the worker loop watches its parent)."""
+    when its trainer stops it, or dies (the worker loop watches its parent).
+
+    Workers start with the signals held (``starting_workers``): one that came before this point
+    is pending, and ignoring it here discards it."""
     for sig in PREEMPTION_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+
+@contextmanager
+def starting_workers():
+    """Hold the preemption signals while a DataLoader forks its workers. A worker installs
+    torch's SIGTERM handler (which ends it when the signal is not its trainer's) before it runs
+    ``ignore_preemption_signals``; a SIGTERM sent to the job's process group in between would
+    end it and the trainer with it, before any resume.pt. Held, the signal waits: in each worker
+    until it is ignored, in the trainer until this block ends, when ``PreemptionWarning`` notes it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -554,7 +575,8 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
             window_data_seconds = 0.0
             while step < spec["checkpoint_steps"][epoch]:
                 if batches is None:
-                    batches = iter(segment_loader(dataset, spec, segment_start, rank, per_process_batch, device))
+                    with starting_workers():
+                        batches = iter(segment_loader(dataset, spec, segment_start, rank, per_process_batch, device))
                     for _ in range(step - segment_start):  # read again, not trained on: what the segment drew so far
                         next(batches)
                     if resumed_rng is not None:  # this rank's generators as they were at the signal
