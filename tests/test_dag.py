@@ -109,6 +109,15 @@ def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, smoke_run):
             # log-spaced checkpoints: each pseudo-epoch as long as all before it
             assert [e["seen_samples"] for e in manifest["epochs"]] == [192, 384, 768]
             assert all(count == 0 for count in manifest["skipped_samples"].values())
+    # telemetry: every train job (students and teachers) has metrics.jsonl and TensorBoard event files
+    jobs = [results / "runs" / run / f"seed_{seed}" for run in ("smoke_dr", "smoke_plain") for seed in (0, 1)]
+    jobs += sorted(path.parent for path in (results / "teachers").glob("*/manifest.json"))
+    assert len(jobs) == 6
+    for job in jobs:
+        assert (job / "metrics.jsonl").stat().st_size > 0
+        assert list((job / "tensorboard").glob("events.out.tfevents.*")), job
+    assert "## Training" in (results / "report" / "results.md").read_text()
+    assert "<h2>Training</h2>" in (results / "report" / "report.html").read_text()
     table = pd.read_csv(results / "report" / "results_long.csv")
     zeroshot = table[(table["benchmark"] == "toy_zeroshot") & table["is_main"]]
     assert sorted(zip(zeroshot["run"], zeroshot["seed"], zeroshot["seen_samples"])) == [
@@ -127,7 +136,8 @@ def test_smoke_toy_dag_runs_end_to_end(snakemake_cmd, repo_root, smoke_run):
     teachers = pd.read_csv(results / "report" / "teachers.csv")
     assert sorted(teachers["teacher"]) == ["ensemble", "teacher_a", "teacher_b"]
     for name in ("results.csv", "results.md", "efficiency.json", "learning_efficiency.png",
-                 "learning_efficiency.pdf", "report.html", "cost.csv", "learning_efficiency_compute.png"):
+                 "learning_efficiency.pdf", "report.html", "cost.csv", "learning_efficiency_compute.png",
+                 "training_curves.png", "training_curves.pdf"):
         assert (results / "report" / name).stat().st_size > 0
     # the compute ledger: a benchmark TSV for every job but the report itself, FLOPs for every job running a model
     cost = pd.read_csv(results / "report" / "cost.csv")

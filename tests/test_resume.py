@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from mobileclip_repro import cli, config, locks
+from mobileclip_repro import cli, config, locks, telemetry
 from mobileclip_repro import train as trainer
 from mobileclip_repro.train import segment_boundaries
 
@@ -556,6 +557,11 @@ def test_after_a_kill_and_a_rerun_metrics_jsonl_has_every_step_once_in_order(res
 
     got, expected = metrics_lines(out_dir), metrics_lines(reference)
     assert [r["step"] for r in got] == list(range(1, spec["total_steps"] + 1)) == [r["step"] for r in expected]
+    # TensorBoard (the default report_to): the killed attempt's events past the resumed step are
+    # purged, so its reader sees every step once, with the values of metrics.jsonl
+    board = telemetry.read_tensorboard_scalars(out_dir / "tensorboard")
+    assert [step for step, _ in board["train/loss"]] == [r["step"] for r in got]
+    assert [value for _, value in board["train/loss"]] == [float(np.float32(r["loss"])) for r in got]
     same = ("seen_samples", "epoch", "lr", "logit_scale", "loss", "contrastive_loss", "distill_loss",
             "loss/clip_real", "loss/distill_i2t_real", "loss/distill_t2i_real", "loss/clip_syn",
             "loss/distill_i2t_syn", "loss/distill_t2i_syn")

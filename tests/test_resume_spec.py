@@ -26,7 +26,8 @@ RUN = {"model": "toy-student", "data": "plain", "gpus_per_node": 0, "global_batc
 # A value other than the default for each key that does not change what a run computes
 # (``resume`` is one too, but its other value, "none", is the one that does not resume).
 NEUTRAL_CHANGES = {"save_most_recent": True, "max_consecutive_skips": 7, "slurm": {"runtime": 60},
-                   "ddp_static_graph": False, "log_every_steps": 3}
+                   "ddp_static_graph": False, "log_every_steps": 3, "report_to": [],
+                   "wandb_project": "elsewhere"}
 
 
 @pytest.fixture(scope="module")

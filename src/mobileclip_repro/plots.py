@@ -1,4 +1,5 @@
-"""The learning-efficiency figure: each benchmark's main metric against seen samples.
+"""The report's figures: learning efficiency (each benchmark's main metric against seen
+samples) and the training curves (``plot_training_curves``).
 
 The paper's claim is about efficiency (DR reaches a given accuracy with ~10x fewer seen
 samples), so the x axis is seen samples on a log scale and every checkpoint is a marker.
@@ -195,6 +196,74 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
         out_stem.parent.mkdir(parents=True, exist_ok=True)
         paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
         # tight bbox: a long legend is never cut off at the figure edge
+        figure.savefig(paths[0], dpi=200, bbox_inches="tight")
+        figure.savefig(paths[1], bbox_inches="tight")
+        plt.close(figure)
+    return paths
+
+
+def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str | os.PathLike, *,
+                         title: str | None = None, flagged: set[str] = frozenset()) -> list[Path]:
+    """The training curves from each run's metrics.jsonl: one panel per loss term against seen
+    samples (a run's mean over its seeds, a band from min to max), and the samples/s of every
+    job (its median over log steps). ``curves``: run -> seed -> records. A run in ``flagged``
+    (a non-finite or diverging loss) says so in the legend; non-finite points are gaps."""
+    import pandas as pd
+
+    from mobileclip_repro.telemetry import loss_columns
+
+    rows = [{"run": run, "seed": seed, **record} for run, seeds in curves.items()
+            for seed, records in seeds.items() for record in records]
+    frame = pd.DataFrame(rows)
+    columns = loss_columns(rows)
+    runs = list(curves)
+    colors = {run: f"C{i % 10}" for i, run in enumerate(runs)}
+    with plt.rc_context(STYLE):
+        panels = len(columns) + 1
+        ncols = min(4, panels)
+        nrows = -(-panels // ncols)
+        figure, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False,
+                                    layout="constrained")
+        flat = list(axes.flat)
+        for axis, column in zip(flat, columns):
+            for run in runs:
+                series = frame[(frame["run"] == run)]
+                if column not in series or series[column].isna().all():
+                    continue
+                values = series[["seen_samples", column]].copy()
+                values[column] = values[column].where(values[column].abs() != float("inf"))
+                stats = values.groupby("seen_samples")[column].agg(["mean", "min", "max"]).reset_index()
+                axis.plot(stats["seen_samples"], stats["mean"], color=colors[run], linewidth=1.3)
+                if series["seed"].nunique() > 1:
+                    axis.fill_between(stats["seen_samples"], stats["min"], stats["max"], color=colors[run],
+                                      alpha=0.2, linewidth=0)
+            axis.set_title(column.replace("loss/", "loss term: ") if column.startswith("loss/") else column)
+            axis.set_xlabel("seen samples")
+            axis.xaxis.set_major_formatter(lambda value, _: format_seen_samples(int(value)) if value > 0 else "0")
+            axis.grid(True, alpha=0.3)
+        rates = axes.flat[len(columns)]
+        labels, medians = [], []
+        for run in runs:
+            for seed in sorted(curves[run]):
+                speeds = [r["samples_per_second"] for r in curves[run][seed] if "samples_per_second" in r]
+                if speeds:
+                    labels.append(f"{run} s{seed}")
+                    medians.append(float(pd.Series(speeds).median()))
+        rates.barh(range(len(labels)), medians, color=[colors[label.rsplit(" s", 1)[0]] for label in labels])
+        rates.set_yticks(range(len(labels)), labels, fontsize=7)
+        rates.invert_yaxis()
+        rates.set_xlabel("samples/s (median over log steps)")
+        rates.set_title("throughput per job")
+        for axis in flat[panels:]:
+            axis.set_visible(False)
+        handles = [Line2D([], [], color=colors[run], linewidth=1.6,
+                          label=f"{run} [DIVERGED OR NaN]" if run in flagged else run) for run in runs]
+        figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+        if title:
+            figure.suptitle(f"{title}: training curves", fontsize=12)
+        out_stem = Path(out_stem)
+        out_stem.parent.mkdir(parents=True, exist_ok=True)
+        paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
         figure.savefig(paths[0], dpi=200, bbox_inches="tight")
         figure.savefig(paths[1], bbox_inches="tight")
         plt.close(figure)

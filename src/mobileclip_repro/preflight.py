@@ -353,6 +353,17 @@ def check_benchmark_sets(config: dict) -> None:
                               f"{benchmark['name']!r}: {error}") from None
 
 
+def check_report_to(config: dict) -> None:
+    """A telemetry sink whose package is missing fails before any job, not at a job's first log step."""
+    from mobileclip_repro.telemetry import missing_report_to
+
+    for section in ("teachers", "runs"):
+        for name, run in config.get(section, {}).items():
+            missing = missing_report_to(run.get("report_to", []))
+            if missing:
+                raise ConfigError(f"{section}.{name}.report_to: {', '.join(missing)} requested but not installed "
+                                  f"(wandb is the optional extra: pip install -e '.[wandb]'; or drop it from report_to)")
+
 # -- the whole config ---------------------------------------------------------------------------
 
 def check_config(config: dict) -> None:
@@ -374,6 +385,7 @@ def check_config(config: dict) -> None:
             _check_reinforcement(config, name, runs)
     check_local_data(config)
     check_workers(config)
+    check_report_to(config)
     if config["data"]["source"] != "hub":  # toy and local experiments are planned where they run
         check_benchmark_roots(config)
     check_benchmark_sets(config)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobileclip_repro import cost, efficiency
+from mobileclip_repro import cost, efficiency, telemetry
 from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
-from mobileclip_repro.plots import FlopsFormatter, plot_learning_efficiency, validate_reference_points
+from mobileclip_repro.plots import (FlopsFormatter, plot_learning_efficiency, plot_training_curves,
+                                   validate_reference_points)
 from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, fetch_markdown, fetch_table,
                                      format_seen_samples, load_fetch_manifests, load_records, long_table,
                                      student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
@@ -94,7 +95,7 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
-                cost_section: dict | None = None) -> str:
+                cost_section: dict | None = None, training: dict | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -141,6 +142,18 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
             figure = base64.b64encode(cost_section["png"].read_bytes()).decode("ascii")
             compute_section += (f'\n<img alt="main metric against training FLOPs" '
                                 f'src="data:image/png;base64,{figure}">')
+    training_section = ""
+    if training is not None:
+        figure = base64.b64encode(training["png"].read_bytes()).decode("ascii")
+        problems = training["problems"]
+        training_section = ("<h2>Training</h2>\n<p>Loss terms against seen samples (mean over seeds, min–max band) "
+                            "and samples/s per job, from each job's <code>metrics.jsonl</code>; the same scalars "
+                            "are in TensorBoard (<code>tensorboard --logdir &lt;results&gt;/runs</code>).</p>\n"
+                            + ("<p><strong>Problems found in the training curves:</strong></p><ul>"
+                               + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>" if problems else
+                               "<p>No run logged a non-finite loss or ended with a higher loss than it began with.</p>")
+                            + f'\n<img alt="training curves" src="data:image/png;base64,{figure}">\n'
+                            + pd.DataFrame(training["rows"]).to_html(index=False, classes="table", border=0))
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
@@ -171,6 +184,7 @@ with several seeds, the mean over seeds and (min–max).</p>
 {ablation_section}
 {averages_section}
 {compute_section}
+{training_section}
 <h2>Runs</h2>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
 <h2>Benchmarks</h2>
@@ -273,9 +287,18 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
             compute_png = out_dir / "learning_efficiency_compute.png"
         cost_section = {"sentences": [line for line in section.splitlines()[2:] if line and not line.startswith("|")],
                         "table": cost.runs_table(ledger["runs"]), "png": compute_png}
+    training = None
+    curves = telemetry.training_curves(results_dir) if results_dir is not None else {}
+    if curves:
+        problems = telemetry.curve_findings(curves)
+        flagged = {run for run, seeds in curves.items() if any(telemetry.findings(run, s, r) for s, r in seeds.items())}
+        paths += plot_training_curves(curves, out_dir / "training_curves", title=title, flagged=flagged)
+        markdown.write_text(markdown.read_text() + "\n" + telemetry.training_markdown(curves, "training_curves.png"))
+        training = {"png": out_dir / "training_curves.png", "problems": problems,
+                    "rows": telemetry.throughput_rows(curves)}
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
-                                     data, averages, teachers, multipliers, ablation, cost_section))
+                                     data, averages, teachers, multipliers, ablation, cost_section, training))
     return paths + [html_path]
 
 

@@ -32,6 +32,7 @@ from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
 from mobileclip_repro import cost, devices, locks, models, preflight, shards
+from mobileclip_repro.telemetry import METRICS_FILE, MetricsLog
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
@@ -61,7 +62,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 # makes it another run's checkpoint. resume_every_steps is not among them: the data stream
 # restarts at every intra-epoch checkpoint, so it changes what a run draws.
 RESULT_NEUTRAL_KEYS = ("resume", "save_most_recent", "max_consecutive_skips", "slurm", "ddp_static_graph",
-                       "log_every_steps")
+                       "log_every_steps", "report_to", "wandb_project")
 SET_ASIDE_DIR = "superseded"  # <run>/superseded/<when>/: checkpoints a restart from step 0 moved out of the way
 
 
@@ -242,38 +243,6 @@ class PreemptionWarning:
         noted = torch.tensor([self.signum or 0], device=device)
         torch.distributed.all_reduce(noted, op=torch.distributed.ReduceOp.MAX)
         return int(noted.item()) or None
-
-
-METRICS_FILE = "metrics.jsonl"
-
-
-class MetricsLog:
-    """``<run>/metrics.jsonl``: one JSON line per log step, written by rank 0 and flushed as it
-    goes. A run resumed at step k keeps the lines up to k and drops the rest (a killed job may
-    have logged past its last checkpoint, and a cut last line is dropped too), so after any
-    number of attempts every log step is there once, in order."""
-
-    def __init__(self, path: Path, resumed_step: int):
-        self.path = Path(path)
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # the line a kill cut short
-                if isinstance(record, dict) and record.get("step", resumed_step + 1) <= resumed_step:
-                    kept.append(line)
-            with shards.atomic_output(self.path) as partial:
-                partial.write_text("".join(f"{line}\n" for line in kept))
-        self.stream = open(self.path, "a")
-
-    def write(self, record: dict) -> None:
-        self.stream.write(json.dumps(record) + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.close()
 
 
 def segment_boundaries(spec: dict) -> set[int]:
@@ -566,7 +535,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     started = time.time()
     batches, stop_after_epoch = None, None
     log_every = spec.get("log_every_steps", LOG_EVERY_STEPS)
-    metrics = MetricsLog(out_dir / METRICS_FILE, step) if is_master else None
+    metrics = MetricsLog(out_dir, step, spec) if is_master else None
     warning = PreemptionWarning()
     with warning:
         for epoch in range(start_epoch, spec["num_checkpoints"]):
@@ -618,7 +587,8 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                         # the DR loss's terms as it computes them (weighted): CLIP and distillation (image->text,
                         # text->image) on the real captions and on the synthetic ones
                         **{f"loss/{k}": v.item() for k, v in getattr(loss_fn, "terms", {}).items()},
-                        "samples_per_second": rate, "data_wait_share": window_data_seconds / window_seconds,
+                        "samples_per_second": rate, "samples_per_second_per_gpu": rate / world_size,
+                        "data_wait_share": window_data_seconds / window_seconds,
                         "skipped_samples": counter.totals()})
                     window_start, window_samples, window_data_seconds = time.time(), 0, 0.0
                 if step in boundaries:
