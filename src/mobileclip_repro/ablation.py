@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mobileclip_repro.plots import save_figure  # noqa: E402
 from mobileclip_repro.tables import student_records, to_markdown  # noqa: E402
 
 PAPER_ABLATION_PATH = Path(__file__).parent / "paper_ablation.json"
@@ -132,11 +133,7 @@ def plot_ablation(table: pd.DataFrame, benchmarks: dict, out_stem: str | os.Path
     if title:
         figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    paths = [Path(f"{out_stem}.png"), Path(f"{out_stem}.pdf")]
-    figure.savefig(paths[0], dpi=200, bbox_inches="tight")
-    figure.savefig(paths[1], bbox_inches="tight")
-    plt.close(figure)
-    return paths
+    return save_figure(figure, out_stem)
 
 
 def write_ablation(records: list[dict], settings: dict, out_dir: str | os.PathLike,

@@ -37,6 +37,18 @@ STYLE = {
 REFERENCE_KEYS = ("label", "seen_samples", "value", "dr", "dataset", "metric")
 
 
+def save_figure(figure, out_stem: str | os.PathLike) -> list[Path]:
+    """``<out_stem>.png`` (200 dpi) and ``<out_stem>.pdf``, then the figure is closed."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
+    # tight bbox: a long legend is never cut off at the figure edge
+    figure.savefig(paths[0], dpi=200, bbox_inches="tight")
+    figure.savefig(paths[1], bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
 class SeenSamplesFormatter(LogFormatter):
     """Log-axis ticks in the paper's units (8.192k, 245.8M, 1.48B); matplotlib still picks which ticks to label."""
 
@@ -192,14 +204,7 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
             figure.suptitle(title, fontsize=12)
         figure.legend(list(legend_handles.values()), list(legend_handles.keys()), loc="outside lower center",
                       ncol=max(1, min(len(legend_handles), int(width // 3))), frameon=False)
-        out_stem = Path(out_stem)
-        out_stem.parent.mkdir(parents=True, exist_ok=True)
-        paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
-        # tight bbox: a long legend is never cut off at the figure edge
-        figure.savefig(paths[0], dpi=200, bbox_inches="tight")
-        figure.savefig(paths[1], bbox_inches="tight")
-        plt.close(figure)
-    return paths
+        return save_figure(figure, out_stem)
 
 
 def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str | os.PathLike, *,
@@ -261,10 +266,4 @@ def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str
         figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
         if title:
             figure.suptitle(f"{title}: training curves", fontsize=12)
-        out_stem = Path(out_stem)
-        out_stem.parent.mkdir(parents=True, exist_ok=True)
-        paths = [out_stem.parent / f"{out_stem.name}.png", out_stem.parent / f"{out_stem.name}.pdf"]
-        figure.savefig(paths[0], dpi=200, bbox_inches="tight")
-        figure.savefig(paths[1], bbox_inches="tight")
-        plt.close(figure)
-    return paths
+        return save_figure(figure, out_stem)

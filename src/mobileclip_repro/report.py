@@ -290,8 +290,9 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     training = None
     curves = telemetry.training_curves(results_dir) if results_dir is not None else {}
     if curves:
-        problems = telemetry.curve_findings(curves)
-        flagged = {run for run, seeds in curves.items() if any(telemetry.findings(run, s, r) for s, r in seeds.items())}
+        found = telemetry.curve_findings(curves)
+        problems = [problem for run_problems in found.values() for problem in run_problems]
+        flagged = {run for run, run_problems in found.items() if run_problems}
         paths += plot_training_curves(curves, out_dir / "training_curves", title=title, flagged=flagged)
         markdown.write_text(markdown.read_text() + "\n" + telemetry.training_markdown(curves, "training_curves.png"))
         training = {"png": out_dir / "training_curves.png", "problems": problems,

@@ -188,9 +188,10 @@ def training_curves(results_dir: str | os.PathLike) -> dict[str, dict[int, list[
     return curves
 
 
-def curve_findings(curves: dict[str, dict[int, list[dict]]]) -> list[str]:
-    return [problem for run, seeds in curves.items() for seed, records in sorted(seeds.items())
-            for problem in findings(run, seed, records)]
+def curve_findings(curves: dict[str, dict[int, list[dict]]]) -> dict[str, list[str]]:
+    """run -> the findings of its seeds' curves (an empty list for a healthy run)."""
+    return {run: [problem for seed, records in sorted(seeds.items()) for problem in findings(run, seed, records)]
+            for run, seeds in curves.items()}
 
 
 def throughput_rows(curves: dict[str, dict[int, list[dict]]]) -> list[dict]:
@@ -210,7 +211,7 @@ def throughput_rows(curves: dict[str, dict[int, list[dict]]]) -> list[dict]:
 
 def training_markdown(curves: dict[str, dict[int, list[dict]]], figure_name: str) -> str:
     rows = throughput_rows(curves)
-    problems = curve_findings(curves)
+    problems = [problem for found in curve_findings(curves).values() for problem in found]
     lines = ["## Training", "",
              f"Loss terms against seen samples, per run (mean over seeds, min-max band), and samples/s per "
              f"job: [{figure_name}]({figure_name}). Per-step records: `runs/<run>/seed_<k>/metrics.jsonl`; "
