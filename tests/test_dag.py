@@ -39,6 +39,18 @@ def test_paper_config_plans_through_the_slurm_profile(snakemake_cmd, repo_root, 
     assert f"nodes={config_nodes}" in result.stdout and "gres=gpu:8" in result.stdout
 
 
+def test_the_datacomp_suite_overlay_plans_all_38_tasks_for_a_paper_config(snakemake_cmd, repo_root):
+    result = snakemake(snakemake_cmd, repo_root, "-n", "-p", "--configfile", "configs/paper/datacompdr12m.yaml",
+                       "configs/eval/datacomp_suite.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    fetched = set(re.findall(r"fetch-benchmark --repo (\S+)", result.stdout))
+    assert len(fetched) == 38 and {"nlphuji/winogavil", "djghosh/wds_geode_test"} <= fetched
+    evaluate = [line for line in result.stdout.splitlines() if "mobileclip-repro evaluate --checkpoint" in line]
+    assert evaluate and all("--skip-failed-benchmarks" in line for line in evaluate)
+    (benchmarks,) = set(re.findall(r"--benchmarks-json '(\[.+?\])'", evaluate[0]))
+    assert len(json.loads(benchmarks)) == 38
+
+
 @pytest.mark.parametrize("config", ["configs/toy.yaml", "configs/paper/datacompdr1b.yaml", "configs/paper/ablation-12m.yaml"])
 def test_snakemake_lint_is_clean_but_for_the_conda_hint(snakemake_cmd, repo_root, config):
     """The environment is the pinned venv (requirements.lock), so rules name no conda env; every other lint is fixed."""

@@ -266,7 +266,8 @@ def test_the_datacomp_suite_overlay_parses(repo_root):
 
     suite = yaml.safe_load((repo_root / "configs" / "eval" / "datacomp_suite.yaml").read_text())
     specs = parse_benchmark_specs(suite["evaluation"]["benchmarks"])
-    assert len(specs) == 33 and all(spec.hub_repo.startswith("clip-benchmark/wds_") for spec in specs)
+    assert len(specs) == 38
+    assert all(spec.hub_repo.startswith(("clip-benchmark/wds_", "djghosh/wds_", "nlphuji/")) for spec in specs)
     by_name = {spec.name: spec for spec in specs}
     assert by_name["imagenet1k"].main_metric == "acc1" and by_name["caltech101"].main_metric == "mean_per_class_recall"
     assert by_name["mscoco"].task == "zeroshot_retrieval" and "retrieval" in by_name["mscoco"].tags

@@ -298,6 +298,70 @@ def test_tagged_records_get_an_averages_section(records_dir, tmp_path):
     assert len(rows) == 6 and set(rows[0]) >= {"average (2)", "retrieval (1)"}
 
 
+# DataComp's aggregate_scores.py groups, by its display names, mapped to the suite's benchmark names
+DATACOMP_DIST_SHIFTS = ["imagenet_sketch", "imagenetv2", "imagenet_a", "imagenet_o", "imagenet_r", "objectnet"]
+DATACOMP_VTAB = ["caltech101", "cifar100", "clevr_count_all", "clevr_closest_object_distance", "dtd", "eurosat",
+                 "kitti_closest_vehicle_distance", "flowers", "pets", "pcam", "resisc45", "svhn", "sun397"]
+DATACOMP_RETRIEVAL = ["flickr30k", "mscoco", "winogavil"]
+
+
+def _suite_records(repo_root, skip=()):
+    """One hand-made record per task of the 38-task suite, task i scoring (i + 1) / 100."""
+    import yaml
+
+    suite = yaml.safe_load((repo_root / "configs" / "eval" / "datacomp_suite.yaml").read_text())
+    records, values = [], {}
+    for position, spec in enumerate(suite["evaluation"]["benchmarks"]):
+        values[spec["name"]] = (position + 1) / 100
+        if spec["name"] in skip:
+            continue
+        record = make_record("dr", True, 1, "toy_zeroshot", values[spec["name"]])
+        record.update(benchmark=spec["name"], task=spec["task"], tags=spec.get("tags", []), seed=0,
+                      main_metric_name="acc1")
+        records.append(record)
+    return records, values
+
+
+def test_the_suite_averages_are_datacomps_aggregate_scores(repo_root):
+    """ImageNet, ImageNet dist. shifts, VTAB, Retrieval and the average over 38, as DataComp's
+    aggregate_scores.py computes them from the same 38 numbers."""
+    from mobileclip_repro.tables import suite_averages
+
+    records, values = _suite_records(repo_root)
+    assert len(records) == 38
+    (row,) = suite_averages(records).to_dict("records")
+    assert row["imagenet (1)"] == pytest.approx(values["imagenet1k"])
+    assert row["imagenet_dist_shifts (6)"] == pytest.approx(sum(values[n] for n in DATACOMP_DIST_SHIFTS) / 6)
+    assert row["vtab (13)"] == pytest.approx(sum(values[n] for n in DATACOMP_VTAB) / 13)
+    assert row["retrieval (3)"] == pytest.approx(sum(values[n] for n in DATACOMP_RETRIEVAL) / 3)
+    assert row["average (38)"] == pytest.approx(sum(range(1, 39)) / 100 / 38)
+    columns = list(suite_averages(records).columns)
+    assert columns[5:10] == ["average (38)", "imagenet (1)", "imagenet_dist_shifts (6)", "vtab (13)", "retrieval (3)"]
+
+
+def test_a_task_that_failed_is_named_and_left_out_of_the_averages(repo_root, tmp_path):
+    records, values = _suite_records(repo_root, skip=("winogavil",))
+    directory = tmp_path / "eval"
+    for record in records:
+        path = directory / "dr" / "seed_0" / "epoch_1" / f"{record['benchmark']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    (directory / "dr" / "seed_0" / "epoch_1" / "winogavil.failed.json").write_text(json.dumps(
+        {"schema": "mobileclip_repro/eval-failure/1", "run": "dr", "role": "student", "seed": 0, "epoch": 1,
+         "seen_samples": SEEN_PER_EPOCH, "dr": True, "checkpoint": "/ckpt", "benchmark": "winogavil",
+         "error": "FileNotFoundError: benchmark 'winogavil': dataset root /x does not exist"}))
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(directory), "--out-dir", str(out)]) == 0
+    with open(out / "suite_averages.csv") as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert float(row["average (37)"]) == pytest.approx((sum(values.values()) - values["winogavil"]) / 37)
+    assert float(row["retrieval (2)"]) == pytest.approx((values["flickr30k"] + values["mscoco"]) / 2)
+    text = (out / "results.md").read_text()
+    assert "Left out: benchmarks that failed to evaluate" in text
+    assert "- winogavil: dr seed 0, epoch 1" in text and "dataset root /x does not exist" in text
+    assert "winogavil: dr seed 0, epoch 1" in (out / "report.html").read_text()
+
+
 # --- seeds, teachers and the efficiency multiplier -------------------------------------------
 
 @pytest.fixture

@@ -31,9 +31,22 @@ CLASSIFICATION_FILES = ("classnames.txt", "zeroshot_classification_templates.txt
 OPTIONAL_FILES = ("dataset_type.txt",)
 
 
+def _fetch_winogavil(root, split):
+    from mobileclip_repro.datacomp_tasks import fetch_winogavil
+
+    return {**fetch_winogavil(root, split), "num_shards": len(wds_shard_paths(root, split) or [])}
+
+
+CONVERTED_SETS = {"nlphuji/winogavil": _fetch_winogavil}
+
+
 def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", revision: str | None = None) -> dict:
-    """Download one clip_benchmark webdataset set; returns what was fetched (the set's manifest)."""
+    """Download one clip_benchmark webdataset set; returns what was fetched (the set's manifest).
+    WinoGAViL's hub dataset is not a webdataset mirror: it is converted into one."""
     from huggingface_hub.errors import EntryNotFoundError
+
+    if repo_id in CONVERTED_SETS:
+        return CONVERTED_SETS[repo_id](root, split)
 
     root = Path(root)
 

@@ -99,6 +99,9 @@ def validate_benchmarks(benchmarks, where: str = "evaluation.benchmarks") -> lis
         if benchmark["task"] == "zeroshot_retrieval" and 1 not in benchmark["recall_k"]:
             raise ConfigError(f"config key '{where}.{position}.recall_k': {benchmark['recall_k']} has no 1; "
                               f"retrieval's main metric is mean_recall@1")
+        if "group_by" in benchmark and benchmark["group_by"] not in benchmark.get("metadata_fields", []):
+            raise ConfigError(f"config key '{where}.{position}.group_by': {benchmark['group_by']!r} is not one of "
+                              f"its metadata_fields {benchmark.get('metadata_fields', [])}")
     return benchmarks
 
 

@@ -3,7 +3,8 @@
 clip_benchmark 1.6.2 computes the metrics (``zeroshot_classification.evaluate``,
 ``zeroshot_retrieval.evaluate``); this module picks the datasets, steers around the
 library's known traps (docs/reference.md §7) and writes DataComp-style records: the metrics,
-a ``main_metric`` (``acc1``; ``mean_recall@1`` for retrieval) and where the number came
+a ``main_metric`` (``acc1``; ``mean_recall@1`` for retrieval; DataComp's own metric for the
+five tasks clip_benchmark does not score, ``datacomp_tasks.py``) and where the number came
 from (run, epoch, seen samples, DR or not) and how (device; precision ``fp32``, or ``amp``:
 autocast on CUDA). Tables and plots are derived from these
 records only (``tables.py``, ``plots.py``).
@@ -34,17 +35,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobileclip_repro import shards
+from mobileclip_repro import datacomp_tasks, shards
 from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names
 from mobileclip_repro.config import validate_benchmarks
-from mobileclip_repro.tables import RECORD_SCHEMA
+from mobileclip_repro.tables import FAILURE_SCHEMA, RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
 CLASSIFICATION = "zeroshot_classification"
 RETRIEVAL = "zeroshot_retrieval"
+ASSOCIATION = datacomp_tasks.ASSOCIATION
 DEFAULT_RECALL_K = (1, 5, 10)
-MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall"), RETRIEVAL: ("mean_recall@1",)}
+MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall", *datacomp_tasks.PREDICTION_METRICS),
+                RETRIEVAL: ("mean_recall@1",), ASSOCIATION: (datacomp_tasks.WINOGAVIL_METRIC,)}
+DATASET_TYPES = {CLASSIFICATION: "classification", RETRIEVAL: "retrieval", ASSOCIATION: "association"}
 WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
 
@@ -61,6 +65,8 @@ class BenchmarkSpec:
     main_metric: str | None = None  # None: DataComp's default for the task
     hub_repo: str | None = None
     tags: tuple[str, ...] = ()
+    metadata_fields: tuple[str, ...] = ()  # the columns of each image's npy metadata row
+    group_by: str | None = None  # the metadata field a worst-group metric groups by
 
     @property
     def is_wds(self) -> bool:
@@ -96,7 +102,9 @@ def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
                                     split=spec["split"], recall_k=tuple(sorted(set(spec["recall_k"]))),
                                     annotation_file=spec.get("annotation_file"),
                                     main_metric=spec.get("main_metric", MAIN_METRICS[task][0]),
-                                    hub_repo=spec.get("hub_repo"), tags=tuple(spec.get("tags", []))))
+                                    hub_repo=spec.get("hub_repo"), tags=tuple(spec.get("tags", [])),
+                                    metadata_fields=tuple(spec.get("metadata_fields", [])),
+                                    group_by=spec.get("group_by")))
     return parsed
 
 
@@ -131,15 +139,17 @@ def wds_num_shards(root: str, split: str) -> int:
     return int(text)
 
 
-def count_wds_images(root: str, split: str) -> int:
-    """Samples carrying an image, counted from tar headers without decoding anything."""
+def count_wds_images(root: str, split: str, sample_file: str | None = None) -> int:
+    """Samples carrying an image (or, given ``sample_file``, a member with that extension),
+    counted from tar headers without decoding anything."""
+    extensions = (sample_file,) if sample_file else WDS_IMAGE_EXTENSIONS
     keys = set()
     for shard in range(wds_num_shards(root, split)):
         shard_path = Path(root) / split / f"{shard}.tar"
         with tarfile.open(shard_path) as archive:
             for member in archive:
                 key_and_ext = shards.member_key(member.name)
-                if member.isfile() and key_and_ext and key_and_ext[1].lower() in WDS_IMAGE_EXTENSIONS:
+                if member.isfile() and key_and_ext and key_and_ext[1].lower() in extensions:
                     keys.add(key_and_ext[0])
     return len(keys)
 
@@ -187,7 +197,7 @@ def _check_dataset(spec: BenchmarkSpec, root: Path) -> None:
                 raise ValueError(f"benchmark {spec.name!r}: shard {shard_path}: {problem}; "
                                  "regenerate or refetch the set")
         dataset_type = wds_dataset_type(spec.root)
-        expected = "retrieval" if spec.task == RETRIEVAL else "classification"
+        expected = DATASET_TYPES[spec.task]
         if dataset_type != expected:
             raise ValueError(f"benchmark {spec.name!r}: task {spec.task} but {root}/dataset_type.txt says {dataset_type!r}")
         if spec.task == CLASSIFICATION:
@@ -305,6 +315,9 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
     check_dataset_present(spec)
+    amp = device == "cuda"  # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers
+    if spec.task == ASSOCIATION:
+        return run_association(model, transform, tokenizer, spec, device, amp)
     dataset = build_dataset(dataset_name=spec.dataset, root=spec.root, transform=transform, split=spec.split,
                             download=False, annotation_file=spec.annotation_file, task=spec.task)
     if spec.is_wds:
@@ -324,12 +337,14 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
         raise ValueError(f"benchmark {spec.name!r}: no images in {spec.root} (split {spec.split})")
     counting = _CountingLoader(loader)
     model = _MeteredModel(model)  # the FLOPs of its image and text forwards, for the compute ledger
-    # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers.
-    amp = device == "cuda"
     # As the trainer's `precision` names them: "amp" = clip_benchmark's torch.autocast(device), float16 on CUDA.
     precision = "amp" if amp else "fp32"
     extra: dict = {}
-    if spec.task == CLASSIFICATION:
+    if spec.task == CLASSIFICATION and spec.main_metric in datacomp_tasks.PREDICTION_METRICS:
+        metrics = _classify_with_metadata(model, counting, tokenizer, dataset, spec, device, amp, batch_size,
+                                          num_workers)
+        extra["num_classes"] = len(dataset.classes)
+    elif spec.task == CLASSIFICATION:
         metrics = zeroshot_classification.evaluate(model, counting, tokenizer, dataset.classes, dataset.templates,
                                                    device=device, amp=amp)
         extra["num_classes"] = len(dataset.classes)
@@ -345,6 +360,64 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
             "num_samples": counting.num_images, "device": device, "precision": precision,
             "flops": model.flops(), **extra}
+
+
+def _classify_with_metadata(model, loader, tokenizer, dataset, spec: BenchmarkSpec, device: str, amp: bool,
+                            batch_size: int, num_workers: int) -> dict:
+    """clip_benchmark's classification metrics plus a DataComp metric that needs every image's
+    prediction and metadata (worst group, macro F1)."""
+    from clip_benchmark.metrics.zeroshot_classification import (accuracy, run_classification,
+                                                                zero_shot_classifier)
+    from sklearn.metrics import balanced_accuracy_score
+
+    classifier = zero_shot_classifier(model, tokenizer, dataset.classes, dataset.templates, device, amp=amp)
+    logits, targets = run_classification(model, classifier, loader, device, amp=amp)
+    # the three numbers clip_benchmark's evaluate() computes from the same logits, its way
+    acc1, acc5 = accuracy(logits, targets, topk=(1, 5)) if len(dataset.classes) >= 5 else (
+        accuracy(logits, targets, topk=(1,))[0], float("nan"))
+    metrics = {"acc1": acc1, "acc5": acc5,
+               "mean_per_class_recall": balanced_accuracy_score(targets, logits.argmax(axis=1))}
+    metadata = None
+    if spec.main_metric != datacomp_tasks.MACRO_F1:
+        labels, metadata = datacomp_tasks.read_wds_metadata(spec.root, spec.split, batch_size, num_workers)
+        datacomp_tasks.check_metadata_matches(labels, targets.numpy(), f"benchmark {spec.name!r}")
+    metrics.update(datacomp_tasks.prediction_metrics(spec.main_metric, logits.numpy(), targets.numpy(), metadata,
+                                                     spec.metadata_fields, spec.group_by))
+    return metrics
+
+
+def run_association(model, transform, tokenizer, spec: BenchmarkSpec, device: str, amp: bool) -> dict:
+    """WinoGAViL: per instance, rank the candidates by cosine similarity to the cue's prompt."""
+    import torch
+    import torch.nn.functional as F
+    import webdataset as wds
+
+    num_instances = count_wds_images(spec.root, spec.split, sample_file="cue.txt")
+    if num_instances == 0:
+        raise ValueError(f"benchmark {spec.name!r}: no instances in {spec.root} (split {spec.split})")
+    pattern = os.path.join(spec.root, spec.split, "{0..%d}.tar" % (wds_num_shards(spec.root, spec.split) - 1))
+    metered = _MeteredModel(model)
+    scores, candidate_counts = [], []
+    with torch.no_grad():
+        for sample in wds.WebDataset(pattern, nodesplitter=lambda src: src, shardshuffle=False):
+            cue, images, is_association = datacomp_tasks.read_winogavil_sample(sample)
+            pixels = torch.stack([transform(image) for image in images]).to(device)
+            with torch.autocast(device, enabled=amp):
+                image_features = F.normalize(metered.encode_image(pixels).float(), dim=-1)
+                prompt = tokenizer([datacomp_tasks.clip_prompt(cue)]).to(device)
+                text_features = F.normalize(metered.encode_text(prompt).float(), dim=-1)
+            similarities = (text_features @ image_features.T)[0].cpu().numpy()
+            scores.append(datacomp_tasks.association_jaccard(similarities, is_association))
+            candidate_counts.append(len(images))
+    if len(scores) != num_instances:
+        raise RuntimeError(f"benchmark {spec.name!r}: counted {num_instances} instances but evaluated {len(scores)}")
+    metrics = datacomp_tasks.winogavil_scores(scores, candidate_counts)
+    if not math.isfinite(metrics[spec.main_metric]):
+        raise ValueError(f"benchmark {spec.name!r}: {spec.main_metric} averages over instances with 10 or 12 "
+                         f"candidates, and {spec.root} has none (candidate counts: {sorted(set(candidate_counts))})")
+    return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
+            "num_samples": len(scores), "device": device, "precision": "amp" if amp else "fp32",
+            "flops": metered.flops()}
 
 
 class _MeteredModel:
@@ -399,10 +472,54 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
     return record
 
 
+def failure_path(out_dir: str | os.PathLike, benchmark: str) -> Path:
+    return Path(out_dir) / f"{benchmark}.failed.json"
+
+
+def record_failure(out_dir: str | os.PathLike, spec: BenchmarkSpec, info: CheckpointInfo, error: Exception) -> Path:
+    """What a benchmark that could not be evaluated leaves instead of its record: which one, for
+    which checkpoint, and why (the report names it and leaves it out of every average)."""
+    path = failure_path(out_dir, spec.name)
+    log.error("%s: failed for %s (%s: %s); recorded in %s, going on with the other benchmarks",
+              spec.name, info.path, type(error).__name__, error, path)
+    shards.write_json_atomic(path, {"schema": FAILURE_SCHEMA, "run": info.run, "role": info.role, "seed": info.seed,
+                                    "epoch": info.epoch, "seen_samples": info.seen_samples, "dr": info.dr,
+                                    "checkpoint": os.path.abspath(info.path), "benchmark": spec.name,
+                                    "error": f"{type(error).__name__}: {error}"})
+    return path
+
+
+def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[BenchmarkSpec], info: CheckpointInfo,
+                         model_name: str, device: str, batch_size: int, num_workers: int, skip_failed: bool,
+                         record_path) -> list[Path]:
+    """One record per benchmark at ``record_path(spec)``; with ``skip_failed`` a benchmark that
+    raises leaves a failure file beside it instead, and the others go on."""
+    paths = []
+    for spec in benchmarks:
+        path = record_path(spec)
+        started = time.perf_counter()
+        log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
+        try:
+            result = run_benchmark(model, transform, tokenizer, spec, device, batch_size, num_workers)
+        except Exception as error:
+            if not skip_failed:
+                raise
+            paths.append(record_failure(path.parent, spec, info, error))
+            continue
+        record = build_record(info, model_name, spec, result, time.perf_counter() - started)
+        shards.write_json_atomic(path, record, allow_nan=False)
+        failure_path(path.parent, spec.name).unlink(missing_ok=True)  # an earlier attempt's, now superseded
+        log.info("%s: %s = %.4f on %d images in %.1f s -> %s", spec.name, record["main_metric_name"],
+                 record["main_metric"], record["num_samples"], record["eval_seconds"], path)
+        paths.append(path)
+    return paths
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[BenchmarkSpec], out_dir: str | os.PathLike,
                         model_name: str | None = None, device: str = "cpu", batch_size: int = 256,
-                        num_workers: int = 0, force: bool = False) -> list[Path]:
-    """Evaluate ``checkpoint`` on each benchmark; returns the record paths (existing ones kept unless ``force``)."""
+                        num_workers: int = 0, force: bool = False, skip_failed: bool = False) -> list[Path]:
+    """Evaluate ``checkpoint`` on each benchmark; returns the record paths (existing ones kept
+    unless ``force``), and with ``skip_failed`` the failure files of benchmarks that failed."""
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
     out_dir = Path(out_dir)
@@ -413,9 +530,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
             log.info("%s: record %s exists, skipped (use --force to redo)", spec.name, paths[spec.name])
     if not todo:
         return list(paths.values())
-    for spec in todo:
-        check_dataset_present(spec)
     _check_numpy()
+    if not skip_failed:  # fail before loading anything; with skip_failed each set fails on its own, below
+        for spec in todo:
+            check_dataset_present(spec)
 
     from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
 
@@ -427,15 +545,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
     tokenizer = get_tokenizer(model_name)
     log.info("loaded %s (%s, run %s, epoch %d, %d seen samples) in %.1f s", checkpoint, model_name, info.run,
              info.epoch, info.seen_samples, time.perf_counter() - started)
-    for spec in todo:
-        started = time.perf_counter()
-        log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
-        result = run_benchmark(model, eval_transform, tokenizer, spec, device, batch_size, num_workers)
-        record = build_record(info, model_name, spec, result, time.perf_counter() - started)
-        shards.write_json_atomic(paths[spec.name], record, allow_nan=False)
-        log.info("%s: %s = %.4f on %d images in %.1f s -> %s", spec.name, record["main_metric_name"],
-                 record["main_metric"], record["num_samples"], record["eval_seconds"], paths[spec.name])
-    return list(paths.values())
+    written = _evaluate_benchmarks(model, eval_transform, tokenizer, todo, info, model_name, device, batch_size,
+                                   num_workers, skip_failed, lambda spec: paths[spec.name])
+    return [paths[spec.name] for spec in benchmarks if spec not in todo] + written
 
 
 class _StringBatch(list):
@@ -490,13 +602,15 @@ def teacher_eval_transform(ensemble):
 
 def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[BenchmarkSpec],
                       out_dir: str | os.PathLike, pretrained_root: str | os.PathLike | None = None,
-                      device: str = "cpu", batch_size: int = 256, num_workers: int = 0) -> list[Path]:
+                      device: str = "cpu", batch_size: int = 256, num_workers: int = 0,
+                      skip_failed: bool = False) -> list[Path]:
     """Evaluate each teacher of a reinforcement JSON and their ensemble: ``<out_dir>/<member>/<benchmark>.json``
     (member = the pretrained entry's stem, or ``<model>_<tag>``) and ``<out_dir>/ensemble/<benchmark>.json``."""
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble
 
-    for spec in benchmarks:
-        check_dataset_present(spec)
+    if not skip_failed:
+        for spec in benchmarks:
+            check_dataset_present(spec)
     _check_numpy()
     config = ReinforceConfig.load(reinforce_config)
     ensemble = TeacherEnsemble.from_config(config, pretrained_root=pretrained_root, device=device,
@@ -516,16 +630,14 @@ def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[Benc
                               model_name=model_name, role="ensemble" if member is None else "teacher",
                               run_spec={"reinforce_config": str(reinforce_config),
                                         "pretrained": list(ensemble.pretrained)})
-        for spec in benchmarks:
-            started = time.perf_counter()
-            result = run_benchmark(model, transform, _StringBatch, spec, device, batch_size,
-                                   num_workers)
-            record = build_record(info, model_name, spec, result, time.perf_counter() - started)
-            path = out_dir / label / f"{spec.name}.json"
-            shards.write_json_atomic(path, record, allow_nan=False)
-            log.info("%s %s: %s = %.4f", label, spec.name, record["main_metric_name"], record["main_metric"])
-            paths.append(path)
+        paths += _evaluate_benchmarks(model, transform, _StringBatch, benchmarks, info, model_name, device,
+                                      batch_size, num_workers, skip_failed,
+                                      lambda spec, label=label: out_dir / label / f"{spec.name}.json")
     return paths
+
+
+def _is_failure(path: Path) -> bool:
+    return path.name.endswith(".failed.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -544,6 +656,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
+    parser.add_argument("--skip-failed-benchmarks", action="store_true",
+                        help="a benchmark that fails leaves <out-dir>/<name>.failed.json and the others go on "
+                             "(default: the job fails)")
     parser.add_argument("--index", type=Path, default=None,
                         help="also write the list of record paths here (the Snakemake rule's declared output)")
 
@@ -560,16 +675,19 @@ def command(args: argparse.Namespace) -> int:
         if len(args.out_dir) != 1:
             raise SystemExit("--teachers writes into one --out-dir")
         paths = evaluate_teachers(args.teachers, benchmarks, args.out_dir[0], args.pretrained_root, device=device,
-                                  batch_size=args.batch_size, num_workers=args.num_workers)
+                                  batch_size=args.batch_size, num_workers=args.num_workers,
+                                  skip_failed=args.skip_failed_benchmarks)
     else:
         if len(args.out_dir) != len(args.checkpoint):
             raise SystemExit(f"{len(args.checkpoint)} checkpoints need as many --out-dir, got {len(args.out_dir)}")
         paths = [path for checkpoint, out_dir in zip(args.checkpoint, args.out_dir)
                  for path in evaluate_checkpoint(checkpoint, benchmarks, out_dir, model_name=args.model,
                                                  device=device, batch_size=args.batch_size,
-                                                 num_workers=args.num_workers, force=args.force)]
+                                                 num_workers=args.num_workers, force=args.force,
+                                                 skip_failed=args.skip_failed_benchmarks)]
     if args.index is not None:
-        shards.write_json_atomic(args.index, {"records": [str(path) for path in paths]})
+        shards.write_json_atomic(args.index, {"records": [str(path) for path in paths if not _is_failure(path)],
+                                              "failed": [str(path) for path in paths if _is_failure(path)]})
     for path in paths:
         print(path)
     return 0

@@ -20,8 +20,9 @@ from mobileclip_repro import cost, efficiency, telemetry
 from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
 from mobileclip_repro.plots import (FlopsFormatter, plot_learning_efficiency, plot_training_curves,
                                    validate_reference_points)
-from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, fetch_markdown, fetch_table,
-                                     format_seen_samples, load_fetch_manifests, load_records, long_table,
+from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, failures_markdown,
+                                     fetch_markdown, fetch_table, format_seen_samples, load_failures,
+                                     load_fetch_manifests, load_records, long_table,
                                      student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
                                      teacher_table, wide_table, write_csv, write_markdown)
 
@@ -95,7 +96,8 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
-                cost_section: dict | None = None, training: dict | None = None) -> str:
+                cost_section: dict | None = None, training: dict | None = None,
+                failures: list[dict] | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -133,6 +135,10 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
         averages_section = ("<h2>Averages over benchmark groups</h2>\n<p>Main metric averaged over the benchmarks "
                             "of each group (their number in parentheses), as DataComp reports its suite.</p>\n"
                             + display_table(summary_table(averages)).to_html(index=False, classes="table", border=0))
+    if failures:
+        note, _, items = failures_markdown(failures).partition("\n\n")
+        averages_section += (f"\n<p>{html.escape(note.replace('**', ''))}</p>\n<ul>"
+                             + "".join(f"<li>{html.escape(item[2:])}</li>" for item in items.splitlines()) + "</ul>")
     compute_section = ""
     if cost_section is not None:
         compute_section = "<h2>Cost</h2>\n" + "\n".join(
@@ -259,6 +265,9 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     if not averages.empty:
         paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
         markdown.write_text(markdown.read_text() + "\n" + suite_markdown(averages))
+    failures = load_failures(records_dir)
+    if failures:
+        markdown.write_text(markdown.read_text() + "\n" + failures_markdown(failures))
     data = None
     manifests = load_fetch_manifests(fetch_manifests_dir)
     if manifests:
@@ -299,7 +308,8 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
                     "rows": telemetry.throughput_rows(curves)}
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
-                                     data, averages, teachers, multipliers, ablation, cost_section, training))
+                                     data, averages, teachers, multipliers, ablation, cost_section, training,
+                                     failures))
     return paths + [html_path]
 
 

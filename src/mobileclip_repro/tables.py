@@ -19,6 +19,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "mobileclip_repro/eval-record/1"
+FAILURE_SCHEMA = "mobileclip_repro/eval-failure/1"  # a benchmark that failed to evaluate (evaluate --skip-failed-benchmarks)
 REQUIRED_RECORD_KEYS = ("run", "epoch", "seen_samples", "dr", "model", "benchmark", "dataset", "task",
                         "metrics", "main_metric_name", "main_metric", "num_samples")
 ROW_KEYS = ["run", "dr", "seed", "epoch", "seen_samples"]
@@ -28,7 +29,7 @@ TEACHER_ROLES = ("teacher", "ensemble")
 # Main metrics computed from others rather than reported by clip_benchmark.
 DERIVED_MAIN_METRICS = {"mean_recall@1"}
 # Column and subplot order: classification (ImageNet-like) first, as in the paper's tables.
-TASK_ORDER = {"zeroshot_classification": 0, "zeroshot_retrieval": 1}
+TASK_ORDER = {"zeroshot_classification": 0, "zeroshot_retrieval": 1, "visual_association": 2}
 LONG_COLUMNS = ROW_KEYS + ["model", "benchmark", "dataset", "task", "metric", "value", "is_main"]
 
 
@@ -64,6 +65,31 @@ def load_records(directory: str | os.PathLike) -> list[dict]:
             continue
         records.append(validate_record(payload, str(path)))
     return records
+
+
+def load_failures(directory: str | os.PathLike) -> list[dict]:
+    """Every benchmark that failed to evaluate under ``directory`` (``<benchmark>.failed.json``)."""
+    failures = []
+    for path in sorted(Path(directory).glob("**/*.failed.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        if isinstance(payload, dict) and payload.get("schema") == FAILURE_SCHEMA:
+            failures.append(payload)
+    return failures
+
+
+def failures_markdown(failures: list[dict]) -> str:
+    """The benchmarks left out of every table and average because they failed, in words."""
+    if not failures:
+        return ""
+    lines = [f"- {failure['benchmark']}: {failure['run']}"
+             + (f" seed {failure['seed']}" if failure.get("seed") is not None else "")
+             + f", epoch {failure['epoch']} ({format_seen_samples(failure['seen_samples'])} samples): {failure['error']}"
+             for failure in failures]
+    return ("**Left out: benchmarks that failed to evaluate.** They are in no table and no average above; "
+            "an average over a checkpoint's benchmarks is over the ones that evaluated.\n\n" + "\n".join(lines) + "\n")
 
 
 def role(record: dict) -> str:
@@ -298,6 +324,11 @@ def fetch_markdown(table: pd.DataFrame) -> str:
     return text + to_markdown(display_fetch_table(table))
 
 
+# DataComp's summary columns (its aggregate_scores.py): every task, ImageNet-1k, its
+# distribution shifts, VTAB, retrieval (Flickr30k, MSCOCO, WinoGAViL); as tags of the suite.
+DATACOMP_GROUPS = ("average", "imagenet", "imagenet_dist_shifts", "vtab", "retrieval")
+
+
 def suite_averages(records: list[dict]) -> pd.DataFrame:
     """DataComp's summary columns: the main metric averaged over every benchmark and per tag.
 
@@ -314,7 +345,9 @@ def suite_averages(records: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     sizes = table.drop_duplicates(["group", "benchmark"])["group"].value_counts()
     averaged = table.groupby(ROW_KEYS + ["group"])["value"].mean().unstack("group")
-    order = ["average"] + sorted(set(averaged.columns) - {"average"})
+    # DataComp's aggregate columns first, in its order; then any other groups
+    leading = [group for group in DATACOMP_GROUPS if group in averaged.columns]
+    order = leading + sorted(set(averaged.columns) - set(leading))
     averaged = averaged[order].rename(columns={group: f"{group} ({sizes[group]})" for group in order})
     averaged.columns.name = None
     return averaged.reset_index().sort_values(["run", "seed", "seen_samples"], kind="stable").reset_index(drop=True)
@@ -323,5 +356,6 @@ def suite_averages(records: list[dict]) -> pd.DataFrame:
 def suite_markdown(averages: pd.DataFrame) -> str:
     shown = display_table(summary_table(averages))
     return ("## Averages over benchmark groups\n\nMain metric averaged over the benchmarks of each group "
-            "(number of benchmarks in parentheses), in percent, as DataComp reports its suite.\n\n"
+            "(number of benchmarks in parentheses), in percent, as DataComp reports its suite: DataComp's "
+            "aggregate columns (average, imagenet, imagenet_dist_shifts, vtab, retrieval) first.\n\n"
             + to_markdown(shown) + "\n")

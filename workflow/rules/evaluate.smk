@@ -32,6 +32,7 @@ rule evaluate:
         model=lambda wc: SPECS[(wc.run, seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
         benchmarks=json.dumps(BENCHMARKS),
         settings=EVALUATION,
+        skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
     wildcard_constraints:
         run="|".join(map(re.escape, RUNS)),
     threads: 1
@@ -47,7 +48,7 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints:q} --out-dir {params.out_dirs:q}"
         " --model {params.model:q} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} --force --index {output.index:q} > {log:q} 2>&1"
+        " --device {params.settings[device]:q} {params.skip_failed} --force --index {output.index:q} > {log:q} 2>&1"
 
 
 rule evaluate_teachers:
@@ -62,6 +63,7 @@ rule evaluate_teachers:
         out_dir=RESULTS / "eval" / "teachers",
         benchmarks=json.dumps(BENCHMARKS),
         settings=EVALUATION,
+        skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
     threads: 1
     resources:
         gpu=1,
@@ -74,4 +76,4 @@ rule evaluate_teachers:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
         " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} > {log:q} 2>&1"
+        " --device {params.settings[device]:q} {params.skip_failed} > {log:q} 2>&1"
