@@ -493,9 +493,13 @@ def test_without_held_signals_that_sigterm_ends_the_worker_and_the_loader(tmp_pa
 
 
 def test_a_signal_held_while_workers_start_reaches_the_trainer_afterwards():
+    import threading
+
     with trainer.PreemptionWarning() as warning:
         with trainer.starting_workers():
-            os.kill(os.getpid(), signal.SIGUSR1)
+            # to this thread, the one whose mask the workers inherit (a process-directed signal may
+            # go to any other thread of the test process, which blocks nothing)
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
             assert warning.signum is None
         assert warning.signum == signal.SIGUSR1
 

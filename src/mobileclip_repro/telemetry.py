@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from mobileclip_repro import shards
@@ -47,9 +48,21 @@ def scalars(record: dict) -> dict[str, float]:
     return out
 
 
+def _after_existing_event_files(log_dir: Path) -> None:
+    """Wait (at most a second) until a new event file's name sorts after every existing one.
+    Readers take the files in name order, and the name starts with the time in whole seconds,
+    then the host and pid. A rerun started within the second its killed attempt started could
+    otherwise sort first, and its purge would then be applied before the old steps are read."""
+    stamps = [int(parts[3]) for parts in (path.name.split(".") for path in log_dir.glob("events.out.tfevents.*"))
+              if len(parts) > 3 and parts[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 class TensorBoardSink:
     def __init__(self, log_dir: Path, resumed_step: int):
         from torch.utils.tensorboard import SummaryWriter  # only jobs that log to TensorBoard import it
+        _after_existing_event_files(Path(log_dir))
         # purge_step: events a killed attempt logged past the resumed step are dropped by readers
         self.writer = SummaryWriter(str(log_dir), purge_step=resumed_step + 1 if resumed_step else None)
 
