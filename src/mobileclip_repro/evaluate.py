@@ -49,7 +49,7 @@ DEFAULT_RECALL_K = (1, 5, 10)
 MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall", *datacomp_tasks.PREDICTION_METRICS),
                 RETRIEVAL: ("mean_recall@1",), ASSOCIATION: (datacomp_tasks.WINOGAVIL_METRIC,)}
 DATASET_TYPES = {CLASSIFICATION: "classification", RETRIEVAL: "retrieval", ASSOCIATION: "association"}
-WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
+WDS_IMAGE_EXTENSIONS = datacomp_tasks.IMAGE_EXTENSIONS  # the extensions clip_benchmark decodes
 CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
 
 

@@ -54,30 +54,29 @@ def load_records(directory: str | os.PathLike) -> list[dict]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"records directory {directory} does not exist")
-    records = []
-    for path in sorted(directory.glob("**/*.json")):
+    return [validate_record(payload, str(path)) for path, payload in tagged_json(directory, RECORD_SCHEMA)]
+
+
+def tagged_json(directory: str | os.PathLike, schema: str, pattern: str = "**/*.json") -> list[tuple[Path, dict]]:
+    """(path, payload) of every JSON file under ``directory`` matching ``pattern`` whose
+    ``schema`` tag is ``schema``, in path order; other JSON files are passed over, a file that
+    is not JSON is an error."""
+    found = []
+    for path in sorted(Path(directory).glob(pattern)):
         try:
             payload = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON: {error}") from error
-        if not isinstance(payload, dict) or payload.get("schema") != RECORD_SCHEMA:
-            log.debug("%s: not an evaluation record, skipped", path)
+        if not isinstance(payload, dict) or payload.get("schema") != schema:
+            log.debug("%s: not tagged %s, skipped", path, schema)
             continue
-        records.append(validate_record(payload, str(path)))
-    return records
+        found.append((path, payload))
+    return found
 
 
 def load_failures(directory: str | os.PathLike) -> list[dict]:
     """Every benchmark that failed to evaluate under ``directory`` (``<benchmark>.failed.json``)."""
-    failures = []
-    for path in sorted(Path(directory).glob("**/*.failed.json")):
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
-        if isinstance(payload, dict) and payload.get("schema") == FAILURE_SCHEMA:
-            failures.append(payload)
-    return failures
+    return [payload for _, payload in tagged_json(directory, FAILURE_SCHEMA, "**/*.failed.json")]
 
 
 def failures_markdown(failures: list[dict]) -> str:
@@ -271,13 +270,7 @@ def load_fetch_manifests(directory: str | os.PathLike | None) -> list[dict]:
     if directory is None or not Path(directory).is_dir():
         return []
     manifests = []
-    for path in sorted(Path(directory).glob("**/*.json")):
-        try:
-            payload = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
-        if not isinstance(payload, dict) or payload.get("schema") != FETCH_MANIFEST_SCHEMA:
-            continue
+    for path, payload in tagged_json(directory, FETCH_MANIFEST_SCHEMA):
         if not isinstance(payload.get("totals"), dict):
             raise ValueError(f"{path}: fetch manifest has no 'totals'")
         manifests.append({**payload, "group": str(payload.get("group", path.stem))})
