@@ -133,6 +133,43 @@ def test_an_npy_header_claiming_more_than_its_member_holds_is_refused_unallocate
         shards.decode_payload({"npz": npz})
 
 
+def _savez(compressed: bool, **arrays) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored (np.savez)", "deflated (np.savez_compressed)"])
+def test_an_npz_decodes_to_what_np_load_reads_in_any_layout(compressed):
+    rng = np.random.default_rng(0)
+    arrays = {"image_emb": rng.standard_normal((5, 6), dtype=np.float32),
+              "text_emb": np.asfortranarray(rng.standard_normal((3, 6)).astype(">f4")),
+              "syn_text_b_emb": rng.standard_normal((2, 6)).astype(np.float16)}
+    npz = _savez(compressed, **arrays)
+    with np.load(io.BytesIO(npz)) as reference:
+        expected = {name: reference[name].astype(np.float32) for name in reference.files}
+    for views in (False, True):
+        decoded = shards.decode_payload({"npz": npz}, views=views)
+        assert decoded.keys() == expected.keys()
+        for name, array in decoded.items():
+            assert array.dtype == np.float32 and np.array_equal(array, expected[name]), name
+    assert all(array.flags.writeable for array in shards.decode_payload({"npz": npz}).values()), \
+        "a caller that does not ask for views may write into what it gets"
+
+
+def test_a_stored_npz_member_with_a_flipped_byte_fails_its_crc():
+    npz = bytearray(_savez(False, image_emb=np.ones((4, 4), np.float32)))
+    npz[npz.index(np.ones(4, np.float32).tobytes()) + 5] ^= 0xFF
+    with pytest.raises(ValueError, match="npz member image_emb.npy: bad CRC-32"):
+        shards.decode_payload({"npz": bytes(npz)})
+
+
+def test_an_npz_of_python_objects_is_refused():
+    npz = _savez(False, image_emb=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="holds Python objects"):
+        shards.decode_payload({"npz": npz})
+
+
 def test_a_bare_npy_is_not_an_npz_and_is_not_read():
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": (2 ** 40,)})

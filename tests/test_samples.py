@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import pickle
 import random
 from collections import Counter
 from pathlib import Path
@@ -303,6 +304,24 @@ def test_a_small_dataset_is_read_from_disk_once_and_gives_the_same_examples(data
     assert all(a[:2] == b[:2] and torch.equal(a[2], b[2]) for a, b in zip(cached, streamed))
     # each of the 4 tars (2 DataComp + 2 DataCompDR, same names) parsed on the first pass only
     assert reads == {shards.shard_name(0): 2, shards.shard_name(1): 2}
+
+
+def test_the_cache_outlives_an_iteration_so_a_run_of_many_segments_reads_each_shard_once(datacomp, tmp_path,
+                                                                                         monkeypatch):
+    """The trainer iterates its dataset anew at every checkpoint segment; with the data read in
+    its own process the shards are parsed once per run, and a fresh copy of the dataset in
+    another process (a DataLoader worker) starts without the parent's cache."""
+    _pair(tmp_path, datacomp[:8], [_dr_sample(s, i) for i, s in enumerate(datacomp[:8])])
+    reads = Counter()
+    real_reader = shards.iter_raw_samples
+    monkeypatch.setattr(shards, "iter_raw_samples", lambda path: reads.update([Path(path).name]) or real_reader(path))
+    pairs = paired_shards(shards.list_shards(tmp_path / "datacomp"), tmp_path / "datacomp", tmp_path / "dr")
+    dataset = DRSamples(pairs, REPLAY, tokenizer=None, seed=0, resampled=False, counter=SkipCounter(),
+                        shuffle_buffer=4, passes=1, embedding_dim=EMBEDDING_DIM, cache_bytes=2 ** 30)
+    segments = [[(e.caption, e.aug) for e in dataset.examples()] for _ in range(3)]
+    assert all(len(segment) == 8 for segment in segments)
+    assert reads == {shards.shard_name(0): 2}, "the DataComp and the DataCompDR tar, once each"
+    assert "_cache" not in pickle.loads(pickle.dumps(dataset)).__dict__
 
 
 def test_the_cache_is_off_when_the_shards_do_not_fit(tmp_path):

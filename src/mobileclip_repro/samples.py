@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -248,6 +249,26 @@ class ShardCache:
         self.samples[str(path)] = samples
 
 
+class _KeepsShardCache:
+    """A dataset's ShardCache, one per process, kept across iterations: the trainer starts a new
+    one at every checkpoint segment, and where the data is read in the trainer's own process
+    (``workers: 0``, the toy runs) the cache then lasts the whole run rather than one segment.
+    A DataLoader worker (a forked copy of the dataset) builds its own; a pickled copy carries none."""
+
+    cache_bytes: int
+
+    def _shard_cache(self, tars: list[Path]) -> ShardCache | None:
+        if getattr(self, "_cache_pid", None) != os.getpid():
+            self._cache_pid, self._cache = os.getpid(), ShardCache.for_shards(tars, self.cache_bytes)
+        return self._cache
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_cache_pid", None)
+        state.pop("_cache", None)
+        return state
+
+
 class _ShardReader:
     """A shard's samples; a read error ends them and is kept in ``error`` (and its skip reason in
     ``reason``) rather than raised. A sample with an oversized member is counted and dropped
@@ -352,7 +373,7 @@ def _check_recorded_sha256(datacomp: dict) -> None:
         raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to the json's sha256 {recorded}")
 
 
-class PlainCLIPSamples(torch.utils.data.IterableDataset):
+class PlainCLIPSamples(_KeepsShardCache, torch.utils.data.IterableDataset):
     """(image tensor, token ids) from DataComp shards with a train transform."""
 
     def __init__(self, shard_paths: list[Path], transform: Callable, tokenizer: Callable, seed: int,
@@ -363,7 +384,7 @@ class PlainCLIPSamples(torch.utils.data.IterableDataset):
         self.passes, self.cache_bytes = passes, cache_bytes
 
     def _raw(self) -> Iterator[dict]:
-        cache = ShardCache.for_shards(self.shard_paths, self.cache_bytes)  # one per worker process
+        cache = self._shard_cache(self.shard_paths)
         for shard in shard_stream(self.shard_paths, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_paths))
             for raw in raw_samples(shard, self.counter, cache):
@@ -522,8 +543,10 @@ def assemble_dr_example(datacomp: dict, dr: dict, replay: Callable, rng: random.
         pixels = replay(image, reinforcement.param_aug[aug])
     except Exception as error:  # noqa: BLE001 - an entry is data: whatever it breaks in replay is its loss
         raise SampleSkipped("bad_param_aug", f"param_aug[{aug}]: {type(error).__name__}: {error}", "dr") from None
-    return DRExample(pixels, caption, reinforcement.image_emb[aug], reinforcement.text_emb[0],
-                     reinforcement.syn_sets[syn_key][syn], reinforcement.syn_embs[syn_key][syn], aug, syn, syn_key)
+    # Copies of the drawn rows only: the payload's arrays are views of the cached shard's bytes.
+    return DRExample(pixels, caption, reinforcement.image_emb[aug].copy(), reinforcement.text_emb[0].copy(),
+                     reinforcement.syn_sets[syn_key][syn], reinforcement.syn_embs[syn_key][syn].copy(),
+                     aug, syn, syn_key)
 
 
 @dataclass
@@ -585,7 +608,7 @@ def paired_shards(datacomp_shards: list[Path], datacomp_dir: str | Path,
     return [(shard, dr_dir / shard.relative_to(datacomp_dir)) for shard in datacomp_shards]
 
 
-class DRSamples(torch.utils.data.IterableDataset):
+class DRSamples(_KeepsShardCache, torch.utils.data.IterableDataset):
     """(image, caption ids, teacher image emb, teacher caption emb, syn caption ids, teacher syn emb)."""
 
     def __init__(self, shard_pairs: list[tuple[Path, Path]], replay: Callable, tokenizer: Callable,
@@ -599,8 +622,7 @@ class DRSamples(torch.utils.data.IterableDataset):
         self.cache_bytes = cache_bytes
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
-        cache = ShardCache.for_shards([tar for pair in self.shard_pairs for tar in pair if tar is not None],
-                                      self.cache_bytes)  # one per worker process
+        cache = self._shard_cache([tar for pair in self.shard_pairs for tar in pair if tar is not None])
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_pairs))
             if dr_tar is None:  # joined layout
@@ -624,11 +646,9 @@ class DRSamples(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         for example in self.examples():
-            yield (example.pixels, self.tokenizer([example.caption])[0],
-                   torch.from_numpy(np.ascontiguousarray(example.image_emb)),
-                   torch.from_numpy(np.ascontiguousarray(example.caption_emb)),
-                   self.tokenizer([example.syn_caption])[0],
-                   torch.from_numpy(np.ascontiguousarray(example.syn_emb)))
+            caption_ids, syn_caption_ids = self.tokenizer([example.caption, example.syn_caption])
+            yield (example.pixels, caption_ids, torch.from_numpy(example.image_emb),
+                   torch.from_numpy(example.caption_emb), syn_caption_ids, torch.from_numpy(example.syn_emb))
 
 
 class OnlineDRSamples(DRSamples):

@@ -21,11 +21,15 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
 import socket
+import struct
 import tarfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,41 +344,84 @@ MAX_PAYLOAD_BYTES = 64 * 2 ** 20
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load reads as an npz (the 2nd: an empty zip)
 
 
-def _check_npz_size(data: bytes, limit: int) -> None:
-    """ValueError unless the npz's arrays fit in ``limit`` bytes, judged before np.load
-    allocates: from the zip directory (a deflated member can declare gigabytes, and
-    zipfile reads a member up to its declared size) and each ``.npy`` header (np.load
-    allocates the header's shape before reading, so the shape must fit in its member)."""
-    import math
-    import zipfile
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (past 22 bytes) name and extra lengths
 
+
+def _npz_arrays(data: bytes, limit: int) -> dict[str, np.ndarray]:
+    """Every array of an npz, by member name without ``.npy``, from one read of its zip directory.
+
+    A stored member (np.savez writes no other kind, and DataCompDR's are stored) is a read-only
+    view of ``data``, not a copy: a reader that draws one augmentation's row copies that row
+    only. Its CRC is checked as zipfile would. A deflated member is inflated, bounded by the
+    directory's declared sizes, which are checked before anything is read.
+
+    ValueError, before anything is allocated, when the members declare more than ``limit``
+    bytes (a deflated member can declare gigabytes, and zipfile reads one up to its declared
+    size), or an ``.npy`` header declares a shape its member cannot hold (np.load would
+    allocate the shape before reading); also for a member that is not an ``.npy`` array.
+    """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as error:
         raise ValueError(f"npz is not a readable zip: {error}") from None
+    view = memoryview(data)
     with archive:
         members = archive.infolist()
         declared = sum(info.file_size for info in members)
         if declared > limit:
             raise ValueError(f"npz members declare {declared:,} bytes uncompressed, over "
                              f"MAX_PAYLOAD_BYTES ({limit:,})")
-        magic_length = len(np.lib.format.MAGIC_PREFIX) + 2
+        arrays = {}
         for info in members:
-            with archive.open(info) as member:
-                magic = member.read(magic_length)
-                if not magic.startswith(np.lib.format.MAGIC_PREFIX):
-                    continue  # np.load hands back such a member's bytes: bounded by file_size above
-                version = (magic[-2], magic[-1])
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version in ((2, 0), (3, 0)):  # 3.0 differs from 2.0 only in the header's text encoding
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                else:
-                    raise ValueError(f"npz member {info.filename}: unsupported .npy version {version}")
-            array_bytes = math.prod(shape) * dtype.itemsize
-            if array_bytes > info.file_size:
-                raise ValueError(f"npz member {info.filename} declares shape {shape} ({array_bytes:,} bytes) "
-                                 f"in {info.file_size:,} bytes")
+            member = _stored_member(view, info) if info.compress_type == zipfile.ZIP_STORED else archive.read(info)
+            name = info.filename[:-len(".npy")] if info.filename.endswith(".npy") else info.filename
+            arrays[name] = _npy_array(member, info)
+    return arrays
+
+
+def _stored_member(data: memoryview, info: zipfile.ZipInfo) -> memoryview:
+    start = info.header_offset
+    header = bytes(data[start:start + _ZIP_LOCAL_HEADER.size])
+    if len(header) < _ZIP_LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"npz member {info.filename}: bad zip local header")
+    _, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(header)
+    start += _ZIP_LOCAL_HEADER.size + name_length + extra_length
+    member = data[start:start + info.file_size]
+    if len(member) != info.file_size:
+        raise ValueError(f"npz member {info.filename} is cut: {len(member):,} of {info.file_size:,} bytes")
+    if zlib.crc32(member) != info.CRC:
+        raise ValueError(f"npz member {info.filename}: bad CRC-32")
+    return member
+
+
+def _npy_array(member, info: zipfile.ZipInfo) -> np.ndarray:
+    """The array in one ``.npy`` member, a view of its bytes; shape checked against the member's size."""
+    prefix = np.lib.format.MAGIC_PREFIX
+    magic_length = len(prefix) + 2
+    magic = bytes(member[:magic_length])
+    if not magic.startswith(prefix) or len(magic) < magic_length:
+        raise ValueError(f"npz member {info.filename} is not an .npy array")
+    version = (magic[-2], magic[-1])
+    if version == (1, 0):
+        length_bytes = 2
+        read_header = np.lib.format.read_array_header_1_0
+    elif version in ((2, 0), (3, 0)):  # 3.0 differs from 2.0 only in the header's text encoding
+        length_bytes = 4
+        read_header = np.lib.format.read_array_header_2_0
+    else:
+        raise ValueError(f"npz member {info.filename}: unsupported .npy version {version}")
+    header_length = int.from_bytes(bytes(member[magic_length:magic_length + length_bytes]), "little")
+    data_start = magic_length + length_bytes + header_length
+    shape, fortran_order, dtype = read_header(io.BytesIO(bytes(member[magic_length:data_start])))
+    if dtype.hasobject:
+        raise ValueError(f"npz member {info.filename} holds Python objects, which are not loaded")
+    count = math.prod(shape)
+    array_bytes = count * dtype.itemsize
+    if array_bytes > len(member) - data_start:
+        raise ValueError(f"npz member {info.filename} declares shape {shape} ({array_bytes:,} bytes) "
+                         f"in {info.file_size:,} bytes")
+    array = np.frombuffer(member, dtype, count, offset=data_start)
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -403,8 +450,10 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def decode_payload(sample: dict) -> dict[str, np.ndarray]:
+def decode_payload(sample: dict, *, views: bool = False) -> dict[str, np.ndarray]:
     """Every array of the ``npz`` (or, without one, the bf16 ``pth.gz``) payload, as float32.
+    ``views``: an npz's float32 arrays may be read-only views of the sample's bytes
+    (``_npz_arrays``), for a reader that copies the rows it uses; otherwise each is its own array.
 
     Decoding is bounded: a payload that would decode to more than MAX_PAYLOAD_BYTES is
     refused with ValueError before it is expanded.
@@ -414,9 +463,8 @@ def decode_payload(sample: dict) -> dict[str, np.ndarray]:
             # np.load would read a bare .npy (allocating its header's shape) or refuse a pickle;
             # neither is an npz
             raise ValueError(f"npz is not a zip archive (starts {bytes(sample['npz'][:8])!r})")
-        _check_npz_size(sample["npz"], MAX_PAYLOAD_BYTES)
-        with np.load(io.BytesIO(sample["npz"]), allow_pickle=False) as npz:
-            return {name: np.asarray(npz[name], np.float32) for name in npz.files}
+        arrays = _npz_arrays(sample["npz"], MAX_PAYLOAD_BYTES)
+        return {name: (np.asarray if views else np.array)(array, np.float32) for name, array in arrays.items()}
     if "pth.gz" in sample:
         import torch
 
@@ -476,12 +524,13 @@ def decode_reinforcement(sample: dict, *, check_finite: bool = True,
     is absent, KeyError/ValueError naming anything else that is wrong.
 
     Entries of ``param_aug`` are checked when replayed, not here: a caller that draws one
-    entry should not pay for parsing the others.
+    entry should not pay for parsing the others. For the same reason the embeddings are
+    read-only views of the npz's bytes where it stores float32: copy the rows you keep.
     """
     meta = json.loads(sample["json"])
     if not isinstance(meta, dict) or "uid" not in meta or "sha256" not in meta:
         raise ValueError(f"json must hold uid and sha256, got {sample['json'][:80]!r}")
-    payload = decode_payload(sample)
+    payload = decode_payload(sample, views=True)
     image_emb, text_emb = payload["image_emb"], payload["text_emb"]
     syn_json = json.loads(sample["syn.json"])
     if not isinstance(syn_json, dict):
