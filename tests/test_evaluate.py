@@ -352,3 +352,67 @@ def test_a_set_that_passed_is_checked_again_once_its_files_change(world, tmp_pat
     shard.write_bytes(shard.read_bytes()[:cut])
     with pytest.raises(ValueError, match="truncated"):
         check_dataset_present(spec)
+
+
+def _second_checkpoint(world):
+    path = world["root"] / "epoch_3.pt"
+    if not path.exists():
+        torch.manual_seed(1)
+        model, _, _ = create_model_and_transforms("toy-student")
+        checkpoint = torch.load(world["checkpoint"], weights_only=False)
+        torch.save({**checkpoint, "epoch": 3, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_one_job_decodes_each_set_once_for_all_its_checkpoints(world, tmp_path, monkeypatch):
+    """An evaluate job runs its checkpoints in turn; the second reuses the first's decoded batches
+    and gets the records it would get alone."""
+    import clip_benchmark.datasets.builder as builder
+
+    second = _second_checkpoint(world)
+    alone = {}
+    for checkpoint, name in ((world["checkpoint"], "a"), (second, "b")):
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--model", "toy-student", "--batch-size", "3",
+                     "--benchmarks-json", str(world["benchmarks_json"]), "--out-dir", str(tmp_path / "alone" / name)]) == 0
+        alone[name] = {p.name: json.loads(p.read_text())["metrics"] for p in (tmp_path / "alone" / name).glob("*.json")}
+
+    built = []
+    real_build = builder.build_dataset
+    monkeypatch.setattr(builder, "build_dataset", lambda **kwargs: built.append(kwargs["root"]) or real_build(**kwargs))
+    assert main(["evaluate", "--checkpoint", str(world["checkpoint"]), str(second), "--model", "toy-student",
+                 "--batch-size", "3", "--benchmarks-json", str(world["benchmarks_json"]),
+                 "--out-dir", str(tmp_path / "job" / "a"), str(tmp_path / "job" / "b")]) == 0
+
+    assert sorted(built) == sorted({str(world["classification"]), str(world["root"] / "toy_retrieval")})
+    for name in ("a", "b"):
+        together = {p.name: json.loads(p.read_text())["metrics"] for p in (tmp_path / "job" / name).glob("*.json")}
+        assert together == alone[name] and len(together) == 2
+    assert alone["a"] != alone["b"], "two different models: a reused batch is not a reused result"
+
+
+class _ListLoader:
+    def __init__(self, batches):
+        self.batches, self.dataset, self.passes = batches, "the loader's dataset", 0
+
+    def __iter__(self):
+        self.passes += 1
+        yield from self.batches
+
+
+@pytest.mark.parametrize("max_bytes, passes", [(2 * 2 * 6 * 4, 1), (2 * 2 * 6 * 4 - 1, 3)],
+                         ids=["fits: read once", "one byte over the budget: streamed every time"])
+def test_decoded_batches_are_kept_only_within_the_jobs_budget(max_bytes, passes):
+    from mobileclip_repro.evaluate import DecodedSets
+
+    batches = [(torch.zeros(2, 6), [0, 1]), (torch.ones(2, 6), [1, 0])]  # 2 x 48 bytes of float32 images
+    decoded = DecodedSets(max_bytes=2 * max_bytes)
+    loader = _ListLoader(batches)
+    other = decoded.loader("other set", lambda: (_ListLoader([(torch.zeros(2, 6), [0, 0])] * 2), "set"), len)
+    list(other)  # takes the same share of the budget first
+    reused = decoded.loader("key", lambda: (loader, "the benchmark set"), lambda dataset: 4)
+    assert decoded.loader("key", None, None) is reused, "one entry per key: built once"
+    for _ in range(3):
+        assert [(images.tolist(), targets) for images, targets in reused] == [
+            (images.tolist(), targets) for images, targets in batches]
+    assert loader.passes == passes
+    assert (reused.benchmark_set, reused.num_images, reused.dataset) == ("the benchmark set", 4, "the loader's dataset")

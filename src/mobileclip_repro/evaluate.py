@@ -299,6 +299,57 @@ class _CountingLoader:
             yield images, targets
 
 
+DEFAULT_DECODED_BYTES = 1 << 30
+
+
+class DecodedSets:
+    """Each benchmark set's batches as the model's eval transform makes them, decoded once per
+    job and reused for every later checkpoint of the same model (an evaluate job runs a run's
+    seeds x checkpoints in turn: 18 in the toy, each of whose benchmark sets would otherwise be
+    read, JPEG-decoded and transformed again). A set's batches are kept only while all kept
+    sets fit in ``max_bytes`` of image tensors; a set that does not fit (ImageNet at 224 px) is
+    streamed for every checkpoint, as without the cache."""
+
+    def __init__(self, max_bytes: int = DEFAULT_DECODED_BYTES):
+        self.max_bytes, self.used_bytes = max_bytes, 0
+        self.sets: dict[tuple, "_ReusedBatches"] = {}
+
+    def loader(self, key: tuple, make_loader, count_images) -> "_ReusedBatches":
+        if key not in self.sets:
+            loader, dataset = make_loader()
+            self.sets[key] = _ReusedBatches(loader, dataset, count_images(dataset), self)
+        return self.sets[key]
+
+
+class _ReusedBatches:
+    """A loader's batches: streamed on the first pass, replayed from memory after one complete
+    pass that fit the job's budget (``budget`` None: always streamed). ``dataset`` is the
+    loader's, as clip_benchmark expects of a loader; ``benchmark_set`` the set clip_benchmark
+    built (classes, templates), with its ``num_images``."""
+
+    def __init__(self, loader, benchmark_set, num_images: int, budget: DecodedSets | None):
+        self.loader, self.dataset, self.budget = loader, loader.dataset, budget
+        self.benchmark_set, self.num_images = benchmark_set, num_images
+        self.batches: list | None = None
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept, size = ([] if self.budget is not None else None), 0
+        for batch in self.loader:
+            if kept is not None:
+                size += batch[0].element_size() * batch[0].nelement()
+                if self.budget.used_bytes + size > self.budget.max_bytes:
+                    kept = None
+                else:
+                    kept.append(batch)
+            yield batch
+        if kept is not None:
+            self.batches, self.budget.used_bytes = kept, self.budget.used_bytes + size
+            self.loader = None  # its workers and pipeline are no longer needed
+
+
 def _check_numpy() -> None:
     import numpy
 
@@ -308,8 +359,9 @@ def _check_numpy() -> None:
 
 
 def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str, batch_size: int,
-                  num_workers: int) -> dict:
-    """Metrics for one benchmark: clip_benchmark's dict plus sample counts and the K actually used."""
+                  num_workers: int, decoded: DecodedSets | None = None) -> dict:
+    """Metrics for one benchmark: clip_benchmark's dict plus sample counts and the K actually used.
+    ``decoded``: the job's decoded sets, shared by its checkpoints (``DecodedSets``)."""
     import torch
     from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
@@ -318,21 +370,30 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     amp = device == "cuda"  # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers
     if spec.task == ASSOCIATION:
         return run_association(model, transform, tokenizer, spec, device, amp)
-    dataset = build_dataset(dataset_name=spec.dataset, root=spec.root, transform=transform, split=spec.split,
-                            download=False, annotation_file=spec.annotation_file, task=spec.task)
-    if spec.is_wds:
+    def make_loader():
+        dataset = build_dataset(dataset_name=spec.dataset, root=spec.root, transform=transform, split=spec.split,
+                                download=False, annotation_file=spec.annotation_file, task=spec.task)
+        if not spec.is_wds:
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                               collate_fn=get_dataset_collate_fn(spec.dataset)), dataset
         shards = wds_num_shards(spec.root, spec.split)
-        if num_workers > shards:
+        workers = num_workers
+        if workers > shards:
             log.warning("%s: %d loader workers for %d shards; using %d (more fail in clip_benchmark)",
-                        spec.name, num_workers, shards, shards)
-            num_workers = shards
-        loader = torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, shuffle=False,
-                                             num_workers=num_workers)
-        num_images = count_wds_images(spec.root, spec.split)
-    else:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                             collate_fn=get_dataset_collate_fn(spec.dataset))
-        num_images = len(dataset)
+                        spec.name, workers, shards, shards)
+            workers = shards
+        return torch.utils.data.DataLoader(dataset.batched(batch_size), batch_size=None, shuffle=False,
+                                           num_workers=workers), dataset
+
+    def count_images(dataset) -> int:
+        return count_wds_images(spec.root, spec.split) if spec.is_wds else len(dataset)
+
+    if decoded is None:
+        made, dataset = make_loader()
+        loader = _ReusedBatches(made, dataset, count_images(dataset), None)
+    else:  # the same set, transform and batching: the same batches
+        loader = decoded.loader((repr(spec), repr(transform), batch_size, num_workers), make_loader, count_images)
+    dataset, num_images = loader.benchmark_set, loader.num_images
     if num_images == 0:
         raise ValueError(f"benchmark {spec.name!r}: no images in {spec.root} (split {spec.split})")
     counting = _CountingLoader(loader)
@@ -491,7 +552,7 @@ def record_failure(out_dir: str | os.PathLike, spec: BenchmarkSpec, info: Checkp
 
 def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[BenchmarkSpec], info: CheckpointInfo,
                          model_name: str, device: str, batch_size: int, num_workers: int, skip_failed: bool,
-                         record_path) -> list[Path]:
+                         record_path, decoded: DecodedSets | None = None) -> list[Path]:
     """One record per benchmark at ``record_path(spec)``; with ``skip_failed`` a benchmark that
     raises leaves a failure file beside it instead, and the others go on."""
     paths = []
@@ -500,7 +561,7 @@ def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[Benchmark
         started = time.perf_counter()
         log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
         try:
-            result = run_benchmark(model, transform, tokenizer, spec, device, batch_size, num_workers)
+            result = run_benchmark(model, transform, tokenizer, spec, device, batch_size, num_workers, decoded)
         except Exception as error:
             if not skip_failed:
                 raise
@@ -517,9 +578,11 @@ def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[Benchmark
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[BenchmarkSpec], out_dir: str | os.PathLike,
                         model_name: str | None = None, device: str = "cpu", batch_size: int = 256,
-                        num_workers: int = 0, force: bool = False, skip_failed: bool = False) -> list[Path]:
+                        num_workers: int = 0, force: bool = False, skip_failed: bool = False,
+                        decoded: DecodedSets | None = None) -> list[Path]:
     """Evaluate ``checkpoint`` on each benchmark; returns the record paths (existing ones kept
-    unless ``force``), and with ``skip_failed`` the failure files of benchmarks that failed."""
+    unless ``force``), and with ``skip_failed`` the failure files of benchmarks that failed.
+    ``decoded``: pass one ``DecodedSets`` to each checkpoint of a job to decode its sets once."""
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
     out_dir = Path(out_dir)
@@ -546,7 +609,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
     log.info("loaded %s (%s, run %s, epoch %d, %d seen samples) in %.1f s", checkpoint, model_name, info.run,
              info.epoch, info.seen_samples, time.perf_counter() - started)
     written = _evaluate_benchmarks(model, eval_transform, tokenizer, todo, info, model_name, device, batch_size,
-                                   num_workers, skip_failed, lambda spec: paths[spec.name])
+                                   num_workers, skip_failed, lambda spec: paths[spec.name], decoded)
     return [paths[spec.name] for spec in benchmarks if spec not in todo] + written
 
 
@@ -680,11 +743,12 @@ def command(args: argparse.Namespace) -> int:
     else:
         if len(args.out_dir) != len(args.checkpoint):
             raise SystemExit(f"{len(args.checkpoint)} checkpoints need as many --out-dir, got {len(args.out_dir)}")
+        decoded = DecodedSets()  # the checkpoints of one job share one model's eval transform
         paths = [path for checkpoint, out_dir in zip(args.checkpoint, args.out_dir)
                  for path in evaluate_checkpoint(checkpoint, benchmarks, out_dir, model_name=args.model,
                                                  device=device, batch_size=args.batch_size,
                                                  num_workers=args.num_workers, force=args.force,
-                                                 skip_failed=args.skip_failed_benchmarks)]
+                                                 skip_failed=args.skip_failed_benchmarks, decoded=decoded)]
     if args.index is not None:
         shards.write_json_atomic(args.index, {"records": [str(path) for path in paths if not _is_failure(path)],
                                               "failed": [str(path) for path in paths if _is_failure(path)]})
