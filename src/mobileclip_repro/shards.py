@@ -33,11 +33,15 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
+
+# webdataset (which imports torch, ~1 s) is imported where tars are written or read: the
+# report stage uses this module for JSON files only.
+if TYPE_CHECKING:
+    import webdataset
 
 DATACOMP_KEYS = ("jpg", "txt", "json")
 DR_KEYS_NPZ = ("syn.json", "paug.json", "npz", "json")
@@ -136,15 +140,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_tar_writer(path: str | os.PathLike, *, mtime: float | None = None,
-                      encoder=True) -> Iterator[wds.TarWriter]:
+                      encoder=True) -> Iterator["webdataset.TarWriter"]:
     """A webdataset TarWriter whose output appears at ``path`` only if the block succeeds.
 
     ``mtime`` fixes the members' modification time; without it TarWriter stamps the
     current time, so the same content would give different bytes on every run.
     ``encoder`` is TarWriter's (True: webdataset's default encoding by extension).
     """
+    import webdataset
+
     with atomic_output(path) as partial, open(partial, "wb") as stream:
-        writer = wds.TarWriter(stream, mtime=mtime, encoder=encoder)
+        writer = webdataset.TarWriter(stream, mtime=mtime, encoder=encoder)
         try:
             yield writer
         finally:
@@ -273,6 +279,8 @@ def iter_raw_samples(tar_path: str | os.PathLike, max_member_bytes: int | None =
     blocks raises ``ShardTruncated`` after its samples. A member over ``max_member_bytes`` is
     skipped unread and named in its sample's ``OVERSIZED`` list (default: ``MAX_MEMBER_BYTES``).
     """
+    from webdataset.tariterators import group_by_keys
+
     max_member_bytes = MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes
     with open(tar_path, "rb") as stream:
         tar = tarfile.open(fileobj=stream, mode="r|*")
@@ -291,7 +299,7 @@ def iter_raw_samples(tar_path: str | os.PathLike, max_member_bytes: int | None =
                     yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": str(tar_path)}
                 tar.members = []  # a stream reader need not remember what it has passed
 
-        for sample in wds.tariterators.group_by_keys(files()):
+        for sample in group_by_keys(files()):
             oversized = [(key[:-len(OVERSIZED) - 1], sample.pop(key)) for key in list(sample)
                          if key.endswith("." + OVERSIZED)]
             if oversized:
