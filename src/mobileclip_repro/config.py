@@ -346,6 +346,7 @@ def load_config(source: str | Path | dict) -> dict:
     if not isinstance(config, dict):
         raise ConfigError("config must be a mapping at the top level")
     validate(config)
+    expand_subsets(config)
     results = Path(config.get("results_dir") or f"results/{config['name']}")
     config["results_dir"] = str(results)
     data = config["data"]
@@ -357,6 +358,50 @@ def load_config(source: str | Path | dict) -> dict:
 
     preflight.check_config(config)
     return config
+
+
+def expand_subsets(config: dict) -> None:
+    """``data.subsets``: each run becomes one run per size, ``<run>_n<size>`` (in place, in size
+    order). A run that already has a ``subset_size`` (set by hand, or an expanded config loaded
+    again) stays as it is."""
+    sizes = sorted(config["data"].get("subsets") or [])
+    data = config["data"]
+    expanded = {}
+    for name, run in config["runs"].items():
+        if not sizes or "subset_size" in run:
+            expanded[name] = run
+            continue
+        for size in sizes:
+            subset_name = f"{name}_n{size}"
+            if subset_name in config["runs"]:
+                raise ConfigError(f"config key 'runs.{subset_name}': the name data.subsets gives run {name!r}'s "
+                                  f"{size}-sample subset; rename the run")
+            expanded[subset_name] = {**copy.deepcopy(run), "subset_size": size, "subset_of": name}
+    config["runs"] = expanded
+    pairs = config["report"].get("efficiency_pairs")
+    if sizes and pairs:  # a pair of expanded runs is compared at each size
+        rewritten = []
+        for dr, plain in pairs:
+            if f"{dr}_n{sizes[0]}" in expanded and f"{plain}_n{sizes[0]}" in expanded:
+                rewritten += [[f"{dr}_n{size}", f"{plain}_n{size}"] for size in sizes]
+            else:
+                rewritten.append([dr, plain])
+        config["report"]["efficiency_pairs"] = rewritten
+    wanted = subset_sizes(config)
+    if wanted and data["source"] == "toy" and max(wanted) > data["toy"]["train_samples"]:
+        key = "data.subsets" if max(wanted) in sizes else next(
+            f"runs.{name}.subset_size" for name, run in config["runs"].items() if run.get("subset_size") == max(wanted))
+        raise ConfigError(f"config key '{key}': a subset of {max(wanted):,} samples, but the toy world has "
+                          f"data.toy.train_samples = {data['toy']['train_samples']:,}")
+
+
+def subset_sizes(config: dict) -> list[int]:
+    """Every subset size a run trains on (what the subset ranking must cover)."""
+    return sorted({run["subset_size"] for run in config["runs"].values() if run.get("subset_size")})
+
+
+def subsets_file(config: dict) -> Path:
+    return Path(config["results_dir"]) / "data" / "subsets" / f"seed_{config['data']['subset_seed']}.json"
 
 
 def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None = None) -> dict:
@@ -385,6 +430,8 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
     else:
         run["datacomp_dir"] = data["datacomp_dir"]
     run["data_layout"] = data["layout"]
+    if run.get("subset_size"):
+        run["subset_file"] = str(subsets_file(config))
     if data["layout"] == "joined":  # each DataComp tar holds its DataCompDR keys too
         run["dr_dir"] = run["datacomp_dir"] if run["dr"] else None
     else:

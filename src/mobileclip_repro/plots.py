@@ -108,6 +108,94 @@ class FlopsFormatter(LogFormatter):
         return f"{x:.2g}"
 
 
+def _teacher_and_chance_lines(axis, teachers: list[dict], benchmark: str, chance: dict[str, float],
+                              legend_handles: dict) -> float:
+    """The teachers' and chance levels of ``benchmark`` as horizontal lines; returns the highest."""
+    highest = 0.0
+    for teacher in (t for t in teachers if t["benchmark"] == benchmark and t["main_metric"] is not None):
+        ensemble = teacher["role"] == "ensemble"
+        style = dict(color="0.15", linestyle="-.", linewidth=1.6) if ensemble else \
+            dict(color="0.55", linestyle="-", linewidth=0.8)
+        axis.axhline(100 * teacher["main_metric"], **style)
+        label = "teacher ensemble" if ensemble else "single teachers"
+        legend_handles.setdefault(label, Line2D([], [], **style))
+        highest = max(highest, teacher["main_metric"])
+    if benchmark in chance:
+        level = chance[benchmark]
+        axis.axhline(100 * level, color="0.45", linestyle=":", linewidth=1.2)
+        legend_handles.setdefault("chance", Line2D([], [], color="0.45", linestyle=":", linewidth=1.2))
+        highest = max(highest, level)
+    return highest
+
+
+def _final_by_size(records: list[dict], benchmark: str) -> dict[tuple[str, bool], list[tuple]]:
+    """(run a data.subsets run was expanded from, dr) -> [(dataset size, mean, min, max over seeds of the
+    final checkpoint's metric)], DR runs first; seen samples (the budget) per run in the label."""
+    last: dict[tuple, tuple] = {}
+    for record in student_records(records):
+        spec = record.get("run_spec") or {}
+        if record["benchmark"] != benchmark or record["main_metric"] is None or not spec.get("subset_size"):
+            continue
+        key = (spec.get("subset_of") or record["run"], bool(record["dr"]), spec["subset_size"], record.get("seed") or 0)
+        if key not in last or record["seen_samples"] > last[key][0]:
+            last[key] = (record["seen_samples"], record["main_metric"])
+    values = defaultdict(lambda: defaultdict(list))
+    for (base, dr, size, _), (_, metric) in last.items():
+        values[(base, dr)][size].append(metric)
+    curves = {key: [(size, mean(v), min(v), max(v)) for size, v in sorted(sizes.items())]
+              for key, sizes in values.items()}
+    return dict(sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0])))
+
+
+def plot_data_efficiency(records: list[dict], out_stem: str | os.PathLike, *, title: str | None = None,
+                         chance: dict[str, float] | None = None) -> list[Path]:
+    """Final accuracy against dataset size (``data.subsets`` runs, log x), one subplot per benchmark:
+    each arm's seed mean with its min–max band, the teachers and chance as lines. Writes
+    ``<out_stem>.png`` and ``.pdf``; nothing (an empty list) without subset runs."""
+    chance = chance or {}
+    benchmarks = [b for b in _benchmarks_in_order(student_records(records)) if _final_by_size(records, b["benchmark"])]
+    if not benchmarks:
+        return []
+    teachers = teacher_records(records)
+    budgets = sorted({r["seen_samples"] for r in student_records(records) if (r.get("run_spec") or {}).get("subset_size")})
+    width = max(6.4, 4.4 * len(benchmarks))
+    with plt.rc_context(STYLE):
+        figure, axes = plt.subplots(1, len(benchmarks), figsize=(width, 3.6), layout="constrained", squeeze=False)
+        legend_handles: dict[str, object] = {}
+        for axis, first in zip(axes[0], benchmarks):
+            benchmark, metric = first["benchmark"], first["main_metric_name"]
+            highest = 0.0
+            for position, ((base, dr), points) in enumerate(_final_by_size(records, benchmark).items()):
+                sizes, values, lowest, largest = zip(*points)
+                colour = plt.get_cmap("tab10").colors[position % 10]
+                label = f"{base} ({'DR' if dr else 'non-DR'})"
+                (line,) = axis.plot(sizes, [100 * v for v in values], color=colour, linestyle="-" if dr else "--",
+                                    marker="o" if dr else "s", markersize=5, linewidth=1.8)
+                if lowest != largest:
+                    axis.fill_between(sizes, [100 * v for v in lowest], [100 * v for v in largest], color=colour,
+                                      alpha=0.18, linewidth=0)
+                    legend_handles.setdefault("min–max over seeds", axis.fill_between(
+                        [], [], [], color="0.5", alpha=0.3, linewidth=0))
+                legend_handles.setdefault(label, line)
+                highest = max(highest, max(largest))
+            highest = max(highest, _teacher_and_chance_lines(axis, teachers, benchmark, chance, legend_handles))
+            axis.set_xscale("log")
+            axis.xaxis.set_major_formatter(SeenSamplesFormatter())  # the same units: 250, 1k, 1.28M
+            axis.xaxis.set_minor_formatter(SeenSamplesFormatter(labelOnlyBase=False))
+            axis.set_xlabel("unique training samples (log scale)")
+            axis.set_ylabel(f"final {METRIC_LABELS.get(metric, f'{metric} (%)')}")
+            axis.set_title(benchmark)
+            axis.set_ylim(0, min(100, 100 * highest * 1.15 + 2))
+            axis.grid(True, which="major", alpha=0.35)
+            axis.grid(True, which="minor", axis="x", alpha=0.12)
+        budget = " / ".join(format_seen_samples(b) for b in budgets)
+        figure.suptitle(f"{title + ': ' if title else ''}accuracy vs dataset size, {budget} seen samples each",
+                        fontsize=12)
+        figure.legend(list(legend_handles.values()), list(legend_handles.keys()), loc="outside lower center",
+                      ncol=max(1, min(len(legend_handles), int(width // 3))), frameon=False)
+        return save_figure(figure, out_stem)
+
+
 def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *, title: str | None = None,
                              chance: dict[str, float] | None = None,
                              paper_reference: list[dict] | None = None,
@@ -157,19 +245,7 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                         [], [], [], color="0.5", alpha=0.3, linewidth=0))
                 legend_handles.setdefault(label, line)
                 highest = max(highest, max(largest))
-            for teacher in (t for t in teachers if t["benchmark"] == benchmark and t["main_metric"] is not None):
-                ensemble = teacher["role"] == "ensemble"
-                style = dict(color="0.15", linestyle="-.", linewidth=1.6) if ensemble else \
-                    dict(color="0.55", linestyle="-", linewidth=0.8)
-                axis.axhline(100 * teacher["main_metric"], **style)
-                label = "teacher ensemble" if ensemble else "single teachers"
-                legend_handles.setdefault(label, Line2D([], [], **style))
-                highest = max(highest, teacher["main_metric"])
-            if benchmark in chance:
-                level = chance[benchmark]
-                axis.axhline(100 * level, color="0.45", linestyle=":", linewidth=1.2)
-                legend_handles.setdefault("chance", Line2D([], [], color="0.45", linestyle=":", linewidth=1.2))
-                highest = max(highest, level)
+            highest = max(highest, _teacher_and_chance_lines(axis, teachers, benchmark, chance, legend_handles))
             for point in paper_reference:
                 if point["dataset"] != first["dataset"] or point["metric"] != metric:
                     continue

@@ -18,8 +18,8 @@ import pandas as pd
 
 from mobileclip_repro import cost, efficiency, telemetry
 from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
-from mobileclip_repro.plots import (FlopsFormatter, plot_learning_efficiency, plot_training_curves,
-                                   validate_reference_points)
+from mobileclip_repro.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
+                                   plot_training_curves, validate_reference_points)
 from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, failures_markdown,
                                      fetch_markdown, fetch_table, format_seen_samples, load_failures,
                                      load_fetch_manifests, load_records, long_table,
@@ -97,7 +97,7 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
                 cost_section: dict | None = None, training: dict | None = None,
-                failures: list[dict] | None = None) -> str:
+                failures: list[dict] | None = None, data_efficiency: dict | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -116,6 +116,14 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
     if multipliers:
         efficiency_section = ("<p>" + "</p>\n<p>".join(html.escape(efficiency.describe(m)) for m in multipliers)
                               + f"</p>\n<p>{html.escape(efficiency.DEFINITION)}</p>")
+    data_efficiency_section = ""
+    if data_efficiency is not None:
+        figure = base64.b64encode(data_efficiency["png"].read_bytes()).decode("ascii")
+        data_efficiency_section = ("<h2>Data efficiency</h2>\n<p>"
+                                   + "</p>\n<p>".join(html.escape(efficiency.describe_data(m))
+                                                      for m in data_efficiency["multipliers"])
+                                   + f"</p>\n<p>{html.escape(efficiency.DATA_DEFINITION)}</p>\n"
+                                   f'<img alt="final accuracy against dataset size" src="data:image/png;base64,{figure}">')
     teacher_section = ""
     if teachers is not None and not teachers.empty:
         shown = display_teachers(teachers)
@@ -184,6 +192,7 @@ with several seeds, the mean over seeds and (min–max).</p>
 {efficiency_section}
 <img alt="main metric against seen samples" src="data:image/png;base64,{image}">
 {reference_note}
+{data_efficiency_section}
 <h2>Results</h2>
 {table_html}
 {teacher_section}
@@ -211,6 +220,11 @@ def chance_from_records(records: list[dict]) -> dict[str, float]:
 def efficiency_markdown(multipliers: list[dict]) -> str:
     return ("## Learning efficiency\n\n" + "\n\n".join(efficiency.describe(m) for m in multipliers)
             + f"\n\n{efficiency.DEFINITION}\n")
+
+
+def data_efficiency_markdown(multipliers: list[dict], figure: str) -> str:
+    return ("## Data efficiency\n\n" + "\n\n".join(efficiency.describe_data(m) for m in multipliers)
+            + f"\n\n{efficiency.DATA_DEFINITION}\n\n![final accuracy against dataset size]({figure})\n")
 
 
 def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
@@ -253,10 +267,19 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
         cost.add_compute_multipliers(multipliers, runs, reinforcements)
         paths.append(write_csv(table, out_dir / "cost.csv"))
         ledger = {"table": table, "runs": runs, "reinforcements": reinforcements}
-    (out_dir / "efficiency.json").write_text(json.dumps(multipliers, indent=2, allow_nan=False) + "\n")
+    data_multipliers = efficiency.data_efficiency_records(records)
+    (out_dir / "efficiency.json").write_text(json.dumps(multipliers + data_multipliers, indent=2, allow_nan=False)
+                                             + "\n")
     paths.append(out_dir / "efficiency.json")
     if multipliers:
         markdown.write_text(markdown.read_text() + "\n" + efficiency_markdown(multipliers))
+    data_efficiency = None
+    data_figure = plot_data_efficiency(records, out_dir / "data_efficiency", title=title, chance=chance)
+    if data_figure:
+        paths += data_figure
+        markdown.write_text(markdown.read_text() + "\n" + data_efficiency_markdown(data_multipliers,
+                                                                                  "data_efficiency.png"))
+        data_efficiency = {"multipliers": data_multipliers, "png": out_dir / "data_efficiency.png"}
     teachers = teacher_table(records)
     if not teachers.empty:
         paths.append(write_csv(teachers, out_dir / "teachers.csv"))
@@ -309,7 +332,7 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
                                      data, averages, teachers, multipliers, ablation, cost_section, training,
-                                     failures))
+                                     failures, data_efficiency))
     return paths + [html_path]
 
 

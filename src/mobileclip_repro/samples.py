@@ -354,6 +354,18 @@ def _image(jpg: bytes):
         raise SampleSkipped("undecodable_image", f"{type(error).__name__}: {error}") from None
 
 
+def in_subset(datacomp: dict, keep_uids: frozenset[str] | None) -> bool:
+    """Whether a DataComp sample is in the run's subset (``keep_uids`` None: no subset, every one is).
+    A sample whose uid cannot be read was ranked in no subset (``subsets.py`` counts it)."""
+    if keep_uids is None:
+        return True
+    try:
+        uid = json.loads(datacomp["json"])["uid"]
+    except (KeyError, ValueError, TypeError):
+        return False
+    return str(uid) in keep_uids
+
+
 def _check_recorded_sha256(datacomp: dict) -> None:
     """A DataComp sample whose json records the jpg's sha256 must hash to it (plain path).
 
@@ -378,10 +390,10 @@ class PlainCLIPSamples(_KeepsShardCache, torch.utils.data.IterableDataset):
 
     def __init__(self, shard_paths: list[Path], transform: Callable, tokenizer: Callable, seed: int,
                  resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000, passes: int | None = None,
-                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES, keep_uids: frozenset[str] | None = None):
         self.shard_paths, self.transform, self.tokenizer = shard_paths, transform, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
-        self.passes, self.cache_bytes = passes, cache_bytes
+        self.passes, self.cache_bytes, self.keep_uids = passes, cache_bytes, keep_uids
 
     def _raw(self) -> Iterator[dict]:
         cache = self._shard_cache(self.shard_paths)
@@ -391,6 +403,8 @@ class PlainCLIPSamples(_KeepsShardCache, torch.utils.data.IterableDataset):
                 if "jpg" not in raw or "txt" not in raw:
                     missing = [k for k in ("jpg", "txt") if k not in raw]
                     self.counter.add("missing_key", _where(raw), f"no {', '.join(missing)}")
+                    continue
+                if not in_subset(raw, self.keep_uids):
                     continue
                 self.counter.passed("raw")
                 yield raw
@@ -615,20 +629,22 @@ class DRSamples(_KeepsShardCache, torch.utils.data.IterableDataset):
                  seed: int, resampled: bool, counter: SkipCounter, shuffle_buffer: int = 1000,
                  passes: int | None = None, embedding_dim: int | None = None,
                  syn_caption_regex: str = shards.DEFAULT_SYN_CAPTION_REGEX,
-                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_SHARD_CACHE_BYTES, keep_uids: frozenset[str] | None = None):
         self.shard_pairs, self.replay, self.tokenizer = shard_pairs, replay, tokenizer
         self.seed, self.resampled, self.counter, self.shuffle_buffer = seed, resampled, counter, shuffle_buffer
         self.passes, self.embedding_dim, self.syn_caption_regex = passes, embedding_dim, syn_caption_regex
-        self.cache_bytes = cache_bytes
+        self.cache_bytes, self.keep_uids = cache_bytes, keep_uids
 
     def _joined(self) -> Iterator[tuple[dict, dict]]:
         cache = self._shard_cache([tar for pair in self.shard_pairs for tar in pair if tar is not None])
         for datacomp_tar, dr_tar in shard_stream(self.shard_pairs, self.seed, self.resampled, self.passes):
             self.counter.shard_started(len(self.shard_pairs))
             if dr_tar is None:  # joined layout
-                yield from one_tar_samples(datacomp_tar, self.counter, cache)
+                pairs = one_tar_samples(datacomp_tar, self.counter, cache)
             else:
-                yield from joined_samples(datacomp_tar, dr_tar, self.counter, cache)
+                pairs = joined_samples(datacomp_tar, dr_tar, self.counter, cache)
+            # after the join, so the other subsets' samples still pair up (and count as no loss)
+            yield from (pair for pair in pairs if in_subset(pair[0], self.keep_uids))
 
     def _assemble(self, datacomp: dict, dr: dict, rng: random.Random) -> DRExample:
         return assemble_dr_example(datacomp, dr, self.replay, rng, self.embedding_dim, self.syn_caption_regex)

@@ -17,6 +17,7 @@ never leaves a half-written shard that a rerun would mistake for a finished one.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -402,6 +403,13 @@ def _stored_member(data: memoryview, info: zipfile.ZipInfo) -> memoryview:
     return member
 
 
+@functools.lru_cache(maxsize=256)
+def _npy_header(read_header, header: bytes) -> tuple:
+    """(shape, fortran_order, dtype) of an ``.npy`` header. Memoized: numpy parses the header's
+    text with ast.literal_eval (~30 us), and every sample of a dataset repeats the same few."""
+    return read_header(io.BytesIO(header))
+
+
 def _npy_array(member, info: zipfile.ZipInfo) -> np.ndarray:
     """The array in one ``.npy`` member, a view of its bytes; shape checked against the member's size."""
     prefix = np.lib.format.MAGIC_PREFIX
@@ -420,7 +428,7 @@ def _npy_array(member, info: zipfile.ZipInfo) -> np.ndarray:
         raise ValueError(f"npz member {info.filename}: unsupported .npy version {version}")
     header_length = int.from_bytes(bytes(member[magic_length:magic_length + length_bytes]), "little")
     data_start = magic_length + length_bytes + header_length
-    shape, fortran_order, dtype = read_header(io.BytesIO(bytes(member[magic_length:data_start])))
+    shape, fortran_order, dtype = _npy_header(read_header, bytes(member[magic_length:data_start]))
     if dtype.hasobject:
         raise ValueError(f"npz member {info.filename} holds Python objects, which are not loaded")
     count = math.prod(shape)

@@ -342,6 +342,12 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
     shard_paths = shards.list_shards(spec["datacomp_dir"])
     if not shard_paths:
         raise FileNotFoundError(f"no .tar shards in {spec['datacomp_dir']}")
+    keep = None
+    if spec.get("subset_size"):
+        from mobileclip_repro import subsets
+
+        keep = subsets.members(spec["subset_file"], spec["subset_size"])
+        log.info("training on a subset of %d unique samples (%s)", len(keep), spec["subset_file"])
     if spec["dr"] and online_distillation(spec):
         from mobileclip_repro.replay import ReplayTransform
         from mobileclip_repro.samples import OnlineDRSamples
@@ -351,7 +357,8 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         pairs = paired_shards(shard_paths, spec["datacomp_dir"], None if joined else spec["dr_dir"])
         return OnlineDRSamples(pairs, ReplayTransform.from_open_clip(model), tokenizer, stream_seed,
                                spec["dataset_resampled"], counter, ReinforceConfig.load(spec["reinforcement_config"]),
-                               syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX))
+                               syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX),
+                               keep_uids=keep)
     if spec["dr"]:
         from mobileclip_repro.replay import ReplayTransform
 
@@ -365,8 +372,10 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         return DRSamples(pairs, replay, tokenizer, stream_seed, spec["dataset_resampled"], counter,
                          embedding_dim=sum(spec["distill"]["teacher_dimension"]),
                          # a spec resolved before the key existed reads every set, as Apple's default
-                         syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX))
-    return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter)
+                         syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX),
+                         keep_uids=keep)
+    return PlainCLIPSamples(shard_paths, train_transform, tokenizer, stream_seed, spec["dataset_resampled"], counter,
+                            keep_uids=keep)
 
 
 def online_distillation(spec: dict) -> bool:

@@ -10,7 +10,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from mobileclip_repro.config import (ConfigError, generated_benchmark, load_config, read_yaml, reinforcement_dr_dir,
-                                     reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds)
+                                     reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds,
+                                     subset_sizes, subsets_file)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
 from mobileclip_repro.preflight import check_benchmark_roots
@@ -108,6 +109,8 @@ def training_data(spec):
     """What a run's training reads: the toy world's manifest or every fetched group, and, for a DR
     run, the reinforcement it names when the DAG generates it."""
     inputs = {"data": data_inputs()}
+    if spec.get("subset_size"):
+        inputs["subsets"] = spec["subset_file"]
     if spec["dr"] and REINFORCEMENTS[spec["reinforcement"]]["generate"]:
         inputs["reinforced"] = [reinforce_manifest(spec["reinforcement"], group) for group in GROUP_IDS]
     return inputs
@@ -161,6 +164,8 @@ def ablation_outputs():
 def report_outputs():
     names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
              "report.html", "cost.csv"]
+    if any(spec.get("subset_size") for spec in SPECS.values()):  # data.subsets: the data-efficiency figure
+        names += ["data_efficiency.png", "data_efficiency.pdf"]
     return [str(REPORT_DIR / name) for name in names] + ablation_outputs()
 
 

@@ -54,3 +54,23 @@ rule fetch:
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
         " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
+
+
+# data.subsets: every sample ranked once by a seeded hash of its uid; each subset run keeps the
+# first subset_size of the ranking (subsets.py). One job for all sizes and both arms.
+rule select_subsets:
+    input:
+        data=data_inputs(),
+    output:
+        subsets=subsets_file(EXP),
+    params:
+        sizes=" ".join(str(size) for size in subset_sizes(EXP)),
+        seed=DATA["subset_seed"],
+        datacomp_dir=DATA["datacomp_dir"],
+    benchmark:
+        job_benchmark("select_subsets", "all"),
+    log:
+        RESULTS / "logs" / "select_subsets.log",
+    shell:
+        "mobileclip-repro select-subsets --datacomp-dir {params.datacomp_dir:q} --sizes {params.sizes}"
+        " --seed {params.seed:q} --out {output.subsets:q} > {log:q} 2>&1"
