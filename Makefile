@@ -39,14 +39,16 @@ ablation: $(STAMP)
 	cat results/toy-ablation/report/ablation.md && \
 	echo "chart: results/toy-ablation/report/ablation.png  results/toy-ablation/report/ablation.pdf"
 
-# The toy study: the demo's arms plus online distillation, 3 seeds each, with the compute ledger.
+# The toy study: the demo's arms on 3 dataset sizes plus online distillation, 3 seeds each, with the
+# compute ledger and the data-efficiency multiplier.
 study: $(STAMP)
 	@start=$$(date +%s); \
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-study.yaml && \
 	echo "Toy study DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
 	cat results/toy-study/report/results.md && \
 	echo "cost:  results/toy-study/report/cost.csv" && \
-	echo "plots: results/toy-study/report/learning_efficiency.png  results/toy-study/report/learning_efficiency_compute.png"
+	echo "plots: results/toy-study/report/learning_efficiency.png  results/toy-study/report/learning_efficiency_compute.png" && \
+	echo "data:  results/toy-study/report/data_efficiency.png"
 
 test: $(STAMP) slurm-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

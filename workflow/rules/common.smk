@@ -164,9 +164,14 @@ def ablation_outputs():
 def report_outputs():
     names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
              "report.html", "cost.csv"]
-    if any(spec.get("subset_size") for spec in SPECS.values()):  # data.subsets: the data-efficiency figure
-        names += ["data_efficiency.png", "data_efficiency.pdf"]
-    return [str(REPORT_DIR / name) for name in names] + ablation_outputs()
+    return [str(REPORT_DIR / name) for name in names] + ablation_outputs() + data_efficiency_outputs()
+
+
+def data_efficiency_outputs():
+    """The data-efficiency figure, where runs train on data.subsets."""
+    if not any(spec.get("subset_size") for spec in SPECS.values()):
+        return []
+    return [str(REPORT_DIR / name) for name in ("data_efficiency.png", "data_efficiency.pdf")]
 
 
 def paper_reference_option(setting):

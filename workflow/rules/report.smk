@@ -16,6 +16,8 @@ rule report:
         page=report(REPORT_DIR / "report.html", caption="../report/page.rst", category="Report page"),
         cost=REPORT_DIR / "cost.csv",
         ablation=[report(path, caption="../report/ablation.rst", category="Ablation") for path in ablation_outputs()],
+        data_efficiency=[report(path, caption="../report/data_efficiency.rst", category="Figures")
+                         for path in data_efficiency_outputs()],
     params:
         records_dir=RESULTS / "eval",
         out_dir=REPORT_DIR,
