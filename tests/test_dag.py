@@ -273,3 +273,4 @@ def test_a_changed_lr_retrains_the_run_and_its_records_carry_the_new_lr(snakemak
     assert json.loads((kept / "why.json").read_text())["differences"] == {"lr": {"checkpoint": 0.001, "job": 0.02}}
     # the DR run's config did not change: nothing of it was retrained
     assert not (results / "runs" / "smoke_dr" / "seed_0" / "superseded").exists()
+
