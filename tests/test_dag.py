@@ -4,6 +4,7 @@ config value in a finished run reruns exactly the jobs that depend on it."""
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -249,6 +250,50 @@ def test_a_changed_config_value_reruns_exactly_the_jobs_that_depend_on_it(planne
     returncode, output = planned_reruns[key]
     assert returncode == 0, output[-3000:]
     assert planned_jobs(output) == RERUNS[key][1]
+
+
+def test_a_subsets_axis_trains_each_run_per_size_on_the_same_data_and_reinforcement(snakemake_cmd, repo_root,
+                                                                                   smoke_run, tmp_path):
+    """data.subsets on the smoke world, 150 and 600 samples (the whole world): one run per size
+    and arm, reusing the finished run's toy data, teachers and reinforcement; the report gets
+    the data-efficiency records and figure."""
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    subset_results = tmp_path / "results"
+    students = {results: {"runs", "report", "logs"}, results / "eval": {"smoke_dr", "smoke_plain"}}
+    shutil.copytree(results, subset_results,
+                    ignore=lambda folder, names: [name for name in names if name in students.get(Path(folder), ())])
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"results_dir": str(subset_results), "data": {"subsets": [150, 600]},
+                                       "runs": {"smoke_dr": {"seeds": [0]}, "smoke_plain": {"seeds": [0]}}}))
+    planned = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", "configs/toy-smoke.yaml", str(overlay))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    # one ranking, then per size and arm a train and an evaluate job; nothing upstream again
+    assert planned_jobs(planned.stdout) == {"select_subsets": 1, "train": 4, "evaluate": 4, "report": 1}
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", "configs/toy-smoke.yaml", str(overlay),
+                    timeout=900)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-5000:])
+
+    ranking = json.loads((subset_results / "data" / "subsets" / "seed_0.json").read_text())
+    assert len(ranking["uids"]) == 600 and ranking["unranked"] == 0
+    for run in ("smoke_dr", "smoke_plain"):
+        for size in (150, 600):
+            manifest = json.loads((subset_results / "runs" / f"{run}_n{size}" / "seed_0" / "manifest.json").read_text())
+            assert manifest["subset_size"] == size
+            assert [e["seen_samples"] for e in manifest["epochs"]] == [192, 384, 768]  # the run's own budget
+            log = (subset_results / "logs" / "train" / f"{run}_n{size}_seed_0.log").read_text()
+            assert f"training on a subset of {size} unique samples" in log
+    efficiency = json.loads((subset_results / "report" / "efficiency.json").read_text())
+    data_records = [e for e in efficiency if e["kind"] == "data"]
+    assert sorted((e["dr_subset_size"], e["benchmark"]) for e in data_records) == [
+        (size, benchmark) for size in (150, 600) for benchmark in ("toy_retrieval", "toy_zeroshot")]
+    assert all(e["plain_sizes"] == [150, 600] and e["multiplier"] > 0 and len(e["per_seed"]) == 1
+               for e in data_records)
+    # sample multipliers pair the two arms at the same size
+    assert sorted((e["dr_run"], e["plain_run"]) for e in efficiency if e["kind"] == "samples") == [
+        (f"smoke_dr_n{size}", f"smoke_plain_n{size}") for size in (150, 150, 600, 600)]
+    assert (subset_results / "report" / "data_efficiency.png").stat().st_size > 0
+    assert "## Data efficiency" in (subset_results / "report" / "results.md").read_text()
 
 
 # Last in this module: it retrains part of the finished smoke run that the tests above read.
