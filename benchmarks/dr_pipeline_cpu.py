@@ -48,11 +48,29 @@ with ``shards.datacomp_record`` and DataCompDR shards with ``shards.dr_record``:
 ``param_aug`` entries per image from ``replay.sample_param_aug(..., size=224)``,
 float32 ``image_emb`` [30, 1536] and ``text_emb`` [6, 1536], 5 synthetic captions.
 
+**Against Apple's loader** (issue 21, item 4; with ``--apple-open-clip`` and
+``--apple-ml-mobileclip``, two git repositories, checkouts or bare mirrors, of
+mlfoundations/open_clip and apple/ml-mobileclip: GitHub is not reachable from the machines
+this project runs on, so the benchmark takes them from the user and never installs them).
+The benchmark follows Apple's training README in a temporary folder: open_clip at the
+pinned commit 7260a46, ``training/open_clip_v2.patch`` applied, ``training/dr`` and
+``mobileclip2/`` copied in. A child process with that tree first on its path runs the
+patched ``get_wds_dataset`` with ``--dataset-reinforcement`` as Apple's DataCompDR-12M script
+sets it up (resampled shards, ``datacompdr12m.json``, ViT-B-16's train transform and
+tokenizer, batch 32, no workers); beside it the project's ``DRSamples`` in a DataLoader
+(resampled, no shard cache, the uncached tokenizer). Both read the same joined-layout shards
+(``shards.join_shards`` of the data above) and give the same six tensors per batch. Samples/s
+wall, 1 thread, the clock started after the first batch (both sample shuffle buffers 1,000,
+full before the first sample), passes alternating, the median of ``--repeats`` per side:
+``project DR loader / Apple's loader, samples/s: N.NNx (target >= 1.0)``. ``--apple-only``
+skips the comparison with the plain pipeline.
+
 Run (about 85 s of CPU at the defaults, single-threaded, so about as long on an idle 2-core
 machine; longer under other load; exits 0 whatever the ratio):
 
     .venv/bin/python benchmarks/dr_pipeline_cpu.py [--samples 512] [--shards 4] [--seed 0]
         [--repeats 3] [--breakdown-repeats 2] [--shuffle-buffer 0] [--keep-data DIR]
+        [--apple-open-clip REPO --apple-ml-mobileclip REPO [--apple-samples 1024] [--apple-only]]
 """
 from __future__ import annotations
 
@@ -65,6 +83,7 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -424,6 +443,168 @@ def plain_breakdown(data: dict, preprocess, seed: int, shuffle_buffer: int,
     return steps, None if expected is None else got == expected
 
 
+# -- Apple's loader: open_clip at Apple's pinned commit with Apple's patch --------------------
+
+APPLE_OPEN_CLIP_COMMIT = "7260a46e7b4bcf518f5200fea06da5bc85aae025"  # ml-mobileclip training/README.md (v2)
+APPLE_PATCH = "training/open_clip_v2.patch"
+APPLE_BATCH = 32
+SHUFFLE_BUFFER = 1000  # DRSamples' default
+
+
+def git(repo: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "--git-dir", str(repo), *args], check=True, **kwargs)
+
+
+def git_dir(path: Path) -> Path:
+    """A checkout's .git, or a bare repository as it is."""
+    return path / ".git" if (path / ".git").exists() else path
+
+
+def build_apple_tree(open_clip_repo: Path, ml_mobileclip_repo: Path, into: Path) -> Path:
+    """What Apple's training README does, in ``into``: open_clip at the pinned commit, the v2
+    patch applied, ``training/dr`` copied to ``src/open_clip_train/dr`` and
+    ``training/configs`` to ``configs``, ``mobileclip2/*`` into ``src/open_clip``. Nothing is installed: the child process puts
+    ``into/src`` first on its path."""
+    open_clip_repo, ml_mobileclip_repo = git_dir(open_clip_repo), git_dir(ml_mobileclip_repo)
+    into.mkdir(parents=True)
+    archive = git(open_clip_repo, "archive", APPLE_OPEN_CLIP_COMMIT, "src", stdout=subprocess.PIPE,
+                  stderr=subprocess.DEVNULL).stdout  # a partial mirror warns of absent blobs outside src/
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    patch = git(ml_mobileclip_repo, "show", f"HEAD:{APPLE_PATCH}", stdout=subprocess.PIPE).stdout
+    # --recount: the last hunk's header line counts disagree with its body in the copy read here
+    # (git apply calls it "corrupt patch at line 841"); the body is what gets applied.
+    subprocess.run(["git", "apply", "--recount", "-"], input=patch, cwd=into, check=True)
+    extras = git(ml_mobileclip_repo, "archive", "HEAD", "training/dr", "training/configs", "mobileclip2",
+                 stdout=subprocess.PIPE).stdout
+    staging = into / "_ml_mobileclip"
+    staging.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(staging)], input=extras, check=True)
+    shutil.move(str(staging / "training" / "dr"), str(into / "src" / "open_clip_train" / "dr"))
+    shutil.move(str(staging / "training" / "configs"), str(into / "configs"))
+    # `cp ../../mobileclip2/* ./src/open_clip/ -r`: the patched __init__ imports mobileclip2.py
+    shutil.copytree(staging / "mobileclip2", into / "src" / "open_clip", dirs_exist_ok=True)
+    shutil.rmtree(staging)
+    return into
+
+
+def apple_child(request: dict) -> dict:
+    """Runs in its own process with the patched tree first on sys.path: Apple's
+    ``get_wds_dataset(..., dataset_reinforcement=True)`` as its DataCompDR-12M script sets it up
+    (resampled shards, 30-augmentation JSON, ViT-B-16's train transform and tokenizer), iterated
+    for ``samples`` samples in batches, one process, no workers."""
+    sys.path.insert(0, str(Path(request["tree"]) / "src"))
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.ERROR)
+    import open_clip
+    import open_clip_train.data as apple_data
+
+    assert Path(open_clip.__file__).is_relative_to(request["tree"]), open_clip.__file__
+    # webdataset 1.0 ends every shard with an empty dict that the pinned commit's
+    # group_by_keys_nothrow cannot take (it wants webdataset<=0.2.86): the markers are dropped.
+    apple_data.tarfile_to_samples_nothrow = tarfile_to_samples_nothrow
+    # The sample shuffle buffer as the project's (1,000, full before the first sample), so that
+    # both sides read one raw sample per sample out once the clock runs; open_clip's default
+    # grows from 1,000 to 5,000 and reads two per sample out until then.
+    apple_data._SAMPLE_SHUFFLE_SIZE = apple_data._SAMPLE_SHUFFLE_INITIAL = SHUFFLE_BUFFER
+    args = argparse.Namespace(
+        train_data="::".join(request["shards"]), train_num_samples=request["samples"], dataset_resampled=True,
+        train_data_upsampling_factors=None, batch_size=APPLE_BATCH, world_size=1, workers=0, seed=request["seed"],
+        dataset_reinforcement=True,
+        dataset_reinforcement_config=str(Path(request["tree"]) / "configs" / "datacompdr12m.json"),
+        dataset_reinforcement_filter_image_size=None, distill=False, dataset_reinforcement_mix_synthetic=False,
+        dataset_reinforcement_mix_synthetic_ratio=0.0, dataset_reinforcement_sample_sequential=False,
+        dataset_reinforcement_syn_text_key_regex=r"^syn_text.*$")
+    model_cfg = open_clip.get_model_config("ViT-B-16")
+    preprocess = open_clip.image_transform(model_cfg["vision_cfg"]["image_size"], is_train=True)
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    times = []
+    for _ in range(request["repeats"]):
+        loader = apple_data.get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=tokenizer).dataloader
+        gc.collect()
+        count, batches = 0, iter(loader)
+        next(batches)  # the shuffle buffer's fill is start-up, not throughput: the clock starts after it
+        wall, cpu = time.perf_counter(), time.process_time()
+        for batch in batches:
+            count += len(batch[0])
+            if count >= request["samples"]:
+                break
+        times.append({"samples": count, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                      "shapes": [list(batch[i].shape) for i in (0, 1, 2, 3, 4, 5)]})
+    return {"open_clip": open_clip.__file__, "times": times}
+
+
+def time_apple_loader(tree: Path, shard_urls: list[str], samples: int, seed: int, repeats: int) -> list[dict]:
+    request = {"tree": str(tree), "shards": shard_urls, "samples": samples, "seed": seed, "repeats": repeats}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, __file__, "--apple-child", json.dumps(request)], env=env,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["times"]
+
+
+def time_project_loader(joined_dir: Path, replay, tokenizer, samples: int, seed: int, repeats: int) -> list[dict]:
+    """The training job's DR loader on the joined layout: DRSamples (resampled shards, its
+    shuffle buffer) through a DataLoader in batches, no workers: what train.build_dataset and
+    the trainer's loader do for a DR run."""
+    from mobileclip_repro import shards
+    from mobileclip_repro.samples import DRSamples, SkipCounter, paired_shards
+
+    times = []
+    for _ in range(repeats):
+        counter = SkipCounter(max_workers=0)
+        dataset = DRSamples(paired_shards(shards.list_shards(joined_dir), joined_dir, None), replay, tokenizer,
+                            seed, resampled=True, counter=counter, embedding_dim=EMBEDDING_DIM,
+                            shuffle_buffer=SHUFFLE_BUFFER,
+                            cache_bytes=0)  # web-size data does not fit in memory: every pass reads the tars
+        loader = torch.utils.data.DataLoader(dataset, batch_size=APPLE_BATCH, num_workers=0)
+        gc.collect()
+        count, batches = 0, iter(loader)
+        next(batches)  # as on Apple's side: after the shuffle buffer's fill
+        wall, cpu = time.perf_counter(), time.process_time()
+        for batch in batches:
+            count += len(batch[0])
+            if count >= samples:
+                break
+        times.append({"samples": count, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+                      "shapes": [list(batch[i].shape) for i in (0, 1, 2, 3, 4, 5)], "skips": counter.totals()})
+    return times
+
+
+def compare_with_apple(args, data: dict, replay, tokenizer) -> None:
+    """samples/s of the project's DR loader and of Apple's patched open_clip loader on the
+    same joined DataCompDR shards, alternating, the median of each side."""
+    from mobileclip_repro import shards
+
+    root = Path(tempfile.mkdtemp(prefix="apple_loader_"))
+    try:
+        tree = build_apple_tree(args.apple_open_clip, args.apple_ml_mobileclip, root / "open_clip")
+        joined_dir = root / "joined"
+        joined_dir.mkdir()
+        for datacomp_tar in data["datacomp"]:
+            shards.join_shards(datacomp_tar, data["dr_dir"] / datacomp_tar.name, joined_dir / datacomp_tar.name)
+        urls = [str(p) for p in shards.list_shards(joined_dir)]
+        count = args.apple_samples
+        apple, ours = [], []
+        for _ in range(args.repeats):  # alternate, so drift on the machine hits both alike
+            apple += time_apple_loader(tree, urls, count, args.seed, 1)
+            ours += time_project_loader(joined_dir, replay, tokenizer, count, args.seed, 1)
+        print(f"\nApple's loader: open_clip {APPLE_OPEN_CLIP_COMMIT[:7]} + {APPLE_PATCH} (built in {tree}), "
+              f"get_wds_dataset with --dataset-reinforcement, resampled, batch {APPLE_BATCH}, no workers, 1 thread, "
+              f"sample shuffle buffer {SHUFFLE_BUFFER}; "
+              f"the project's DRSamples in a DataLoader, same shards (joined layout), both tokenizing both captions")
+        print(f"  output shapes: Apple {apple[0]['shapes']}, project {ours[0]['shapes']}; project skips {ours[0]['skips']}")
+        rates = {}
+        for name, runs in (("Apple's patched open_clip loader", apple), ("project DR loader", ours)):
+            rates[name] = float(np.median([r["samples"] / r["wall_s"] for r in runs]))
+            cpu = float(np.median([r["cpu_s"] / r["samples"] * 1e3 for r in runs]))
+            print(f"  {name:<34s} {rates[name]:7.1f} samples/s wall (median of {len(runs)}; "
+                  f"{cpu:.2f} ms CPU/sample)")
+        ratio = rates["project DR loader"] / rates["Apple's patched open_clip loader"]
+        print(f"project DR loader / Apple's loader, samples/s: {ratio:.2f}x (target >= 1.0: "
+              f"{'met' if ratio >= 1.0 else 'NOT met'})")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- report ----------------------------------------------------------------------------------
 
 def print_breakdown(title: str, steps: Steps, total: float, n: int, extra: dict | None = None) -> None:
@@ -451,7 +632,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffle-buffer", type=int, default=0,
                         help="sample shuffle buffer on both sides (0: no shuffle)")
     parser.add_argument("--keep-data", type=Path, default=None, help="write the data here and keep it")
+    parser.add_argument("--apple-open-clip", type=Path, default=None,
+                        help="a git repository (checkout or bare) of mlfoundations/open_clip holding Apple's pinned commit")
+    parser.add_argument("--apple-ml-mobileclip", type=Path, default=None,
+                        help="a git repository (checkout or bare) of apple/ml-mobileclip: its v2 patch and training/dr")
+    parser.add_argument("--apple-samples", type=int, default=1024, help="samples per loader pass in the Apple comparison")
+    parser.add_argument("--apple-only", action="store_true", help="only the comparison with Apple's loader")
+    parser.add_argument("--apple-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.apple_child:
+        print(json.dumps(apple_child(json.loads(args.apple_child))))
+        return 0
+    if (args.apple_open_clip is None) != (args.apple_ml_mobileclip is None) or (
+            args.apple_only and args.apple_open_clip is None):
+        parser.error("the Apple comparison needs both --apple-open-clip and --apple-ml-mobileclip")
     if args.samples < args.shards or args.shards < 1 or args.repeats < 1:
         parser.error("need --shards >= 1, --samples >= --shards and --repeats >= 1")
     args.breakdown_repeats = min(max(args.breakdown_repeats, 1), args.repeats)
@@ -482,10 +676,18 @@ def main(argv: list[str] | None = None) -> int:
               f"jpg q90 mean {data['mean_mp']:.2f} MP, {data['mean_jpg_kb']:.0f} KB ({data['bits_per_px']:.2f} bits/px); "
               f"DR npz {data['mean_npz_kb']:.0f} KB + paug.json {data['mean_paug_kb']:.1f} KB per sample")
         print(f"setup: torch {torch.__version__} threads {torch.get_num_threads()}, Pillow {PIL.__version__}, "
-              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, "
-              f"shuffle buffer {args.shuffle_buffer or 'off'} on both sides, tokenization excluded on both sides")
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+              + ("" if args.apple_only else f", shuffle buffer {args.shuffle_buffer or 'off'} on both sides, "
+                                            "tokenization excluded on both sides"))
         print("note: open_clip_train's tarfile_to_samples_nothrow fails on webdataset 1.0 (KeyError 'fname' on the "
               "end-of-shard marker; open_clip_torch[training] wants webdataset<=0.2.86): markers dropped before it")
+        if args.apple_open_clip is not None:
+            from mobileclip_repro.models import get_tokenizer
+
+            # uncached: the trainer's CachingTokenizer would hit on this small set's repeats, not at web scale
+            compare_with_apple(args, data, replay, get_tokenizer("ViT-B-16"))
+            if args.apple_only:
+                return 0
         n = data["samples"]
         plain_times, dr_times = [], []
         plain_record, dr_record = [], []
