@@ -148,7 +148,7 @@ def data_needed(size_curve: Curve, target: float) -> tuple[float, bool, bool]:
     return reached, False, size_curve[0][1] >= target
 
 
-def _final_accuracies(rows: list[dict]) -> dict[int, float]:
+def final_accuracies(rows: list[dict]) -> dict[int, float]:
     """seed -> the main metric at the run's last checkpoint (its full budget)."""
     last: dict[int, tuple] = {}
     for row in rows:
@@ -172,7 +172,7 @@ def data_efficiency_records(records: list[dict]) -> list[dict]:
         first = rows[0]
         base = first["run_spec"].get("subset_of") or run
         key = (base, bool(first["dr"]), first["model"], benchmark)
-        finals[key][subset_size(first)] = _final_accuracies(rows)
+        finals[key][subset_size(first)] = final_accuracies(rows)
         metric_names[benchmark] = first["main_metric_name"]
         budgets[key] = max(row["seen_samples"] for row in rows)
     results = []

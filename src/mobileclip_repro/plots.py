@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
+from mobileclip_repro.efficiency import final_accuracies, subset_size  # noqa: E402
 from mobileclip_repro.tables import TASK_ORDER, format_seen_samples, student_records, teacher_records  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -130,18 +131,15 @@ def _teacher_and_chance_lines(axis, teachers: list[dict], benchmark: str, chance
 
 def _final_by_size(records: list[dict], benchmark: str) -> dict[tuple[str, bool], list[tuple]]:
     """(run a data.subsets run was expanded from, dr) -> [(dataset size, mean, min, max over seeds of the
-    final checkpoint's metric)], DR runs first; seen samples (the budget) per run in the label."""
-    last: dict[tuple, tuple] = {}
+    final checkpoint's metric)], DR runs first: the values the data multiplier is computed from."""
+    runs = defaultdict(list)
     for record in student_records(records):
-        spec = record.get("run_spec") or {}
-        if record["benchmark"] != benchmark or record["main_metric"] is None or not spec.get("subset_size"):
-            continue
-        key = (spec.get("subset_of") or record["run"], bool(record["dr"]), spec["subset_size"], record.get("seed") or 0)
-        if key not in last or record["seen_samples"] > last[key][0]:
-            last[key] = (record["seen_samples"], record["main_metric"])
-    values = defaultdict(lambda: defaultdict(list))
-    for (base, dr, size, _), (_, metric) in last.items():
-        values[(base, dr)][size].append(metric)
+        if record["benchmark"] == benchmark and record["main_metric"] is not None and subset_size(record):
+            runs[record["run"]].append(record)
+    values = defaultdict(dict)
+    for run, rows in runs.items():
+        base = rows[0]["run_spec"].get("subset_of") or run
+        values[(base, bool(rows[0]["dr"]))][subset_size(rows[0])] = list(final_accuracies(rows).values())
     curves = {key: [(size, mean(v), min(v), max(v)) for size, v in sorted(sizes.items())]
               for key, sizes in values.items()}
     return dict(sorted(curves.items(), key=lambda item: (not item[0][1], item[0][0])))
@@ -157,7 +155,7 @@ def plot_data_efficiency(records: list[dict], out_stem: str | os.PathLike, *, ti
     if not benchmarks:
         return []
     teachers = teacher_records(records)
-    budgets = sorted({r["seen_samples"] for r in student_records(records) if (r.get("run_spec") or {}).get("subset_size")})
+    budgets = sorted({r["seen_samples"] for r in student_records(records) if subset_size(r)})
     width = max(6.4, 4.4 * len(benchmarks))
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(1, len(benchmarks), figsize=(width, 3.6), layout="constrained", squeeze=False)

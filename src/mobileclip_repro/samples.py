@@ -360,10 +360,9 @@ def in_subset(datacomp: dict, keep_uids: frozenset[str] | None) -> bool:
     if keep_uids is None:
         return True
     try:
-        uid = json.loads(datacomp["json"])["uid"]
-    except (KeyError, ValueError, TypeError):
+        return shards.datacomp_uid(datacomp.get("json")) in keep_uids
+    except ValueError:
         return False
-    return str(uid) in keep_uids
 
 
 def _check_recorded_sha256(datacomp: dict) -> None:
@@ -501,11 +500,11 @@ def _require_keys(datacomp: dict, dr: dict, dr_keys: list[str]) -> None:
         raise SampleSkipped("missing_key", f"no {', '.join(missing_datacomp + missing_dr)}", side)
 
 
-def _datacomp_uid(datacomp: dict):
+def _datacomp_uid(datacomp: dict) -> str:
     try:
-        return json.loads(datacomp["json"])["uid"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise SampleSkipped("bad_metadata", f"DataComp json: {type(error).__name__}: {error}") from None
+        return shards.datacomp_uid(datacomp.get("json"))
+    except ValueError as error:
+        raise SampleSkipped("bad_metadata", f"DataComp json: {error}") from None
 
 
 def _check_same_image(datacomp: dict, uid, stored_uid: str, stored_sha256: str) -> None:

@@ -79,6 +79,20 @@ def sample_key(shard_index: int, position: int) -> str:
     return f"{shard_index:08d}{position:04d}"
 
 
+def datacomp_uid(json_bytes: bytes | None) -> str:
+    """The uid in a DataComp sample's json member, as text: what the DR join, the subset ranking
+    and the subset filter all key on. Raises ValueError saying why there is none."""
+    if json_bytes is None:
+        raise ValueError("no json member")
+    try:
+        meta = json.loads(json_bytes)
+    except ValueError as error:
+        raise ValueError(f"{type(error).__name__}: {error}") from None
+    if not isinstance(meta, dict) or meta.get("uid") is None:
+        raise ValueError("no uid in the json")
+    return str(meta["uid"])
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

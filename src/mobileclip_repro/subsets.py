@@ -53,12 +53,11 @@ def dataset_uids(datacomp_dir: str | Path) -> tuple[list[str], list[str]]:
     Reads the tars' json members only (tarfile seeks past the images)."""
     uids, unranked = [], []
     for shard in shards.list_shards(datacomp_dir):
-        for key, meta in _json_members(shard):
-            uid = meta.get("uid") if isinstance(meta, dict) else None
-            if uid is None:
+        for key, json_bytes in _json_members(shard):
+            try:
+                uids.append(shards.datacomp_uid(json_bytes))
+            except ValueError:
                 unranked.append(f"{shard}:{key}")
-            else:
-                uids.append(str(uid))
     return uids, unranked
 
 
@@ -74,10 +73,7 @@ def _json_members(shard: Path) -> Iterator[tuple[str, object]]:
             if extension != "json":
                 continue
             json_keys.add(key)
-            try:
-                yield key, json.loads(archive.extractfile(member).read())
-            except ValueError:
-                yield key, None
+            yield key, archive.extractfile(member).read()
     for key in sorted(seen_keys - json_keys):
         yield key, None
 
