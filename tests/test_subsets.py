@@ -183,3 +183,13 @@ def test_per_seed_pairs_and_the_seed_mean_are_both_reported():
     assert [entry["multiplier"] for entry in result["per_seed"]] == pytest.approx([4, 16])
     assert result["range"] == pytest.approx([4, 16]) and result["target"] == pytest.approx(0.40)
     assert result["multiplier"] == pytest.approx(8), "the seed mean's 40% is reached at 800 samples"
+
+
+def test_the_paper_subset_config_gives_every_size_the_recipes_budget(repo_root):
+    config = load_config(repo_root / "configs" / "paper" / "subsets-1b.yaml")
+    sizes = [1_280_000, 12_800_000, 128_000_000]
+    assert sorted(config["runs"]) == sorted(f"subsets1b_{arm}_n{size}" for arm in ("dr", "plain") for size in sizes)
+    for name, run in config["runs"].items():
+        assert run["subset_size"] in sizes and name.endswith(f"_n{run['subset_size']}")
+        # 30,000 steps x 8,192 at every size: only the unique data differs
+        assert (run["seen_samples"], run["global_batch_size"], run["model"]) == (245_760_000, 8192, "ViT-B-16")
