@@ -462,9 +462,9 @@ def git_dir(path: Path) -> Path:
 
 def build_apple_tree(open_clip_repo: Path, ml_mobileclip_repo: Path, into: Path) -> Path:
     """What Apple's training README does, in ``into``: open_clip at the pinned commit, the v2
-    patch applied, ``training/dr`` copied to ``src/open_clip_train/dr`` and
-    ``training/configs`` to ``configs``, ``mobileclip2/*`` into ``src/open_clip``. Nothing is installed: the child process puts
-    ``into/src`` first on its path."""
+    patch applied, ``training/dr`` copied to ``src/open_clip_train/dr``, ``training/configs``
+    to ``configs`` and ``mobileclip2/*`` into ``src/open_clip``. Nothing is installed: the
+    child process puts ``into/src`` first on its path."""
     open_clip_repo, ml_mobileclip_repo = git_dir(open_clip_repo), git_dir(ml_mobileclip_repo)
     into.mkdir(parents=True)
     archive = git(open_clip_repo, "archive", APPLE_OPEN_CLIP_COMMIT, "src", stdout=subprocess.PIPE,

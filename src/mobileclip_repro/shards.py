@@ -80,8 +80,9 @@ def sample_key(shard_index: int, position: int) -> str:
 
 
 def datacomp_uid(json_bytes: bytes | None) -> str:
-    """The uid in a DataComp sample's json member, as text: what the DR join, the subset ranking
-    and the subset filter all key on. Raises ValueError saying why there is none."""
+    """The uid in a DataComp sample's json member, as text: what the DR join checks against the
+    DataCompDR sample's, and what the subset ranking and filter key on. Raises ValueError saying
+    why there is none."""
     if json_bytes is None:
         raise ValueError("no json member")
     try:

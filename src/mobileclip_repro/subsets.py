@@ -61,7 +61,7 @@ def dataset_uids(datacomp_dir: str | Path) -> tuple[list[str], list[str]]:
     return uids, unranked
 
 
-def _json_members(shard: Path) -> Iterator[tuple[str, object]]:
+def _json_members(shard: Path) -> Iterator[tuple[str, bytes | None]]:
     seen_keys, json_keys = set(), set()
     with tarfile.open(shard) as archive:
         for member in archive:

@@ -530,8 +530,8 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     # covers the epochs (and skipped samples) of the attempts before it.
     # the arm (data, online) and reinforcement: what the compute ledger groups runs by
     manifest = {"run": spec["name"], "seed": spec["seed"], "data": spec["data"], "online": online_distillation(spec),
-                "subset_size": spec.get("subset_size"),
                 "reinforcement": spec.get("reinforcement") if spec["dr"] else None,
+                "subset_size": spec.get("subset_size"),  # None: the whole data
                 "world_size": world_size, "device": str(device),
                 "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
                 "torch_threads": torch.get_num_threads()}
