@@ -517,56 +517,47 @@ def apple_child(request: dict) -> dict:
     model_cfg = open_clip.get_model_config("ViT-B-16")
     preprocess = open_clip.image_transform(model_cfg["vision_cfg"]["image_size"], is_train=True)
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
-    times = []
-    for _ in range(request["repeats"]):
-        loader = apple_data.get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=tokenizer).dataloader
-        gc.collect()
-        count, batches = 0, iter(loader)
-        next(batches)  # the shuffle buffer's fill is start-up, not throughput: the clock starts after it
-        wall, cpu = time.perf_counter(), time.process_time()
-        for batch in batches:
-            count += len(batch[0])
-            if count >= request["samples"]:
-                break
-        times.append({"samples": count, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                      "shapes": [list(batch[i].shape) for i in (0, 1, 2, 3, 4, 5)]})
-    return {"open_clip": open_clip.__file__, "times": times}
+    loader = apple_data.get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=tokenizer).dataloader
+    return time_batches(loader, request["samples"])
 
 
-def time_apple_loader(tree: Path, shard_urls: list[str], samples: int, seed: int, repeats: int) -> list[dict]:
-    request = {"tree": str(tree), "shards": shard_urls, "samples": samples, "seed": seed, "repeats": repeats}
+def time_batches(loader, samples: int) -> dict:
+    """One timed pass of ``samples`` samples; the first batch (the shuffle buffer's fill) is
+    start-up, not throughput: the clock starts after it."""
+    gc.collect()
+    count, batches = 0, iter(loader)
+    next(batches)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        count += len(batch[0])
+        if count >= samples:
+            break
+    return {"samples": count, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "shapes": [list(tensor.shape) for tensor in batch]}
+
+
+def time_apple_loader(tree: Path, shard_urls: list[str], samples: int, seed: int) -> dict:
+    request = {"tree": str(tree), "shards": shard_urls, "samples": samples, "seed": seed}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, __file__, "--apple-child", json.dumps(request)], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["times"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def time_project_loader(joined_dir: Path, replay, tokenizer, samples: int, seed: int, repeats: int) -> list[dict]:
+def time_project_loader(joined_dir: Path, replay, tokenizer, samples: int, seed: int) -> dict:
     """The training job's DR loader on the joined layout: DRSamples (resampled shards, its
     shuffle buffer) through a DataLoader in batches, no workers: what train.build_dataset and
     the trainer's loader do for a DR run."""
     from mobileclip_repro import shards
     from mobileclip_repro.samples import DRSamples, SkipCounter, paired_shards
 
-    times = []
-    for _ in range(repeats):
-        counter = SkipCounter(max_workers=0)
-        dataset = DRSamples(paired_shards(shards.list_shards(joined_dir), joined_dir, None), replay, tokenizer,
-                            seed, resampled=True, counter=counter, embedding_dim=EMBEDDING_DIM,
-                            shuffle_buffer=SHUFFLE_BUFFER,
-                            cache_bytes=0)  # web-size data does not fit in memory: every pass reads the tars
-        loader = torch.utils.data.DataLoader(dataset, batch_size=APPLE_BATCH, num_workers=0)
-        gc.collect()
-        count, batches = 0, iter(loader)
-        next(batches)  # as on Apple's side: after the shuffle buffer's fill
-        wall, cpu = time.perf_counter(), time.process_time()
-        for batch in batches:
-            count += len(batch[0])
-            if count >= samples:
-                break
-        times.append({"samples": count, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-                      "shapes": [list(batch[i].shape) for i in (0, 1, 2, 3, 4, 5)], "skips": counter.totals()})
-    return times
+    counter = SkipCounter(max_workers=0)
+    dataset = DRSamples(paired_shards(shards.list_shards(joined_dir), joined_dir, None), replay, tokenizer,
+                        seed, resampled=True, counter=counter, embedding_dim=EMBEDDING_DIM,
+                        shuffle_buffer=SHUFFLE_BUFFER,
+                        cache_bytes=0)  # web-size data does not fit in memory: every pass reads the tars
+    timed = time_batches(torch.utils.data.DataLoader(dataset, batch_size=APPLE_BATCH, num_workers=0), samples)
+    return {**timed, "skips": counter.totals()}
 
 
 def compare_with_apple(args, data: dict, replay, tokenizer) -> None:
@@ -585,8 +576,8 @@ def compare_with_apple(args, data: dict, replay, tokenizer) -> None:
         count = args.apple_samples
         apple, ours = [], []
         for _ in range(args.repeats):  # alternate, so drift on the machine hits both alike
-            apple += time_apple_loader(tree, urls, count, args.seed, 1)
-            ours += time_project_loader(joined_dir, replay, tokenizer, count, args.seed, 1)
+            apple.append(time_apple_loader(tree, urls, count, args.seed))
+            ours.append(time_project_loader(joined_dir, replay, tokenizer, count, args.seed))
         print(f"\nApple's loader: open_clip {APPLE_OPEN_CLIP_COMMIT[:7]} + {APPLE_PATCH} (built in {tree}), "
               f"get_wds_dataset with --dataset-reinforcement, resampled, batch {APPLE_BATCH}, no workers, 1 thread, "
               f"sample shuffle buffer {SHUFFLE_BUFFER}; "
