@@ -2,8 +2,9 @@
 
 It answers what huggingface_hub's real download path asks (HEAD/GET
 ``/datasets/<repo>/resolve/<rev>/<file>``, the tree API for listings) from files the test
-puts in ``FakeHub.files``, serves images by name (some slow, failing or opted out) and logs
-every request so a test can count them.
+puts in ``FakeHub.files``, fails the downloads of the files a test names (``fail_downloads``),
+serves images by name (some slow, trickling, redirected, chunked, failing or opted out) and
+logs every request so a test can count them.
 """
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import threading
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SLOW_SECONDS = 2.5     # how long a "slow" image waits before answering
+TRICKLE_BYTES = 100    # a "trickle" image's body comes this many bytes at a time,
+TRICKLE_SECONDS = 0.2  # one piece every this many seconds
+REDIRECT_HOPS = 5      # a "redirects" / "slow_redirects" image is this many redirects away,
+SLOW_HOP_SECONDS = 0.4  # each of a "slow_redirects" image's hops answering after this long
 
 
 class FakeHub:
@@ -24,10 +29,36 @@ class FakeHub:
     def __init__(self):
         self.files: dict[tuple[str, str], bytes] = {}
         self.images: dict[str, bytes] = {}
-        self.special: dict[str, str] = {}       # image name -> "slow" | "error" | "opted_out"
+        self.special: dict[str, str] = {}       # image name -> "slow" | "trickle" | "redirects" |
+        #                                         "slow_redirects" | "chunked" | "error" | "opted_out"
         self.requests: list[tuple[str, str]] = []
+        self.failing: dict[tuple[str, str], list] = {}  # (repo, file) -> [HTTP status, GETs left or None: all]
         self.lock = threading.Lock()
         self.base_url = ""
+
+    def fail_downloads(self, repo: str, filename: str, status: int, times: int | None = None) -> None:
+        """Answer the next ``times`` GETs of the file (every one: None) with ``status``, as a hub or
+        CDN in trouble does; its HEAD (the metadata) still answers."""
+        with self.lock:
+            self.failing[(repo, filename)] = [status, times]
+
+    def recover(self, repo: str, filename: str) -> None:
+        with self.lock:
+            self.failing.pop((repo, filename), None)
+
+    def failure_for(self, repo: str, filename: str) -> int | None:
+        """The status to fail this GET with, if any (one of its ``times`` used up)."""
+        with self.lock:
+            failing = self.failing.get((repo, filename))
+            if failing is None:
+                return None
+            status, left = failing
+            if left is not None:
+                if left <= 1:
+                    del self.failing[(repo, filename)]
+                else:
+                    failing[1] = left - 1
+            return status
 
     def log(self, method: str, path: str) -> None:
         with self.lock:
@@ -56,7 +87,8 @@ def _handler(hub: FakeHub):
                 self.wfile.write(body)
 
         def _route(self, head: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
+            url = urlsplit(self.path)
+            path = unquote(url.path)
             hub.log(self.command, path)
             parts = path.strip("/").split("/")
             try:
@@ -65,7 +97,7 @@ def _handler(hub: FakeHub):
                 if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "tree":
                     return self._tree(f"{parts[2]}/{parts[3]}")
                 if parts[:1] == ["img"] and len(parts) == 2:
-                    return self._image(parts[1], head)
+                    return self._image(parts[1], head, int(parse_qs(url.query).get("hop", ["0"])[0]))
                 self._send(404, b"not found")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timed-out URL)
@@ -76,6 +108,10 @@ def _handler(hub: FakeHub):
             if content is None:
                 return self._send(404, b'{"error": "Entry not found"}',
                                   {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, head)
+            status = None if head else hub.failure_for(repo, filename)
+            if status is not None:
+                return self._send(status, b'{"error": "the hub is having a bad day"}',
+                                  {"Content-Type": "application/json"})
             self._send(200, content, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
                                       "Content-Type": "application/octet-stream"}, head)
 
@@ -87,18 +123,43 @@ def _handler(hub: FakeHub):
                 return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
             self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
 
-        def _image(self, name: str, head: bool) -> None:
+        def _image(self, name: str, head: bool, hop: int) -> None:
             special = hub.special.get(name)
             if special == "slow":
                 time.sleep(SLOW_SECONDS)
             if special == "error":
                 return self._send(500, b"server error", head=head)
+            if special in ("redirects", "slow_redirects") and hop < REDIRECT_HOPS:
+                if special == "slow_redirects":
+                    time.sleep(SLOW_HOP_SECONDS)
+                return self._send(302, b"", {"Location": f"/img/{name}?hop={hop + 1}"}, head)
             if name not in hub.images:
                 return self._send(404, b"gone", head=head)
             headers = {"Content-Type": "image/jpeg"}
             if special == "opted_out":
                 headers["X-Robots-Tag"] = "noai, noimageai"
+            if special in ("trickle", "chunked") and not head:
+                return self._send_in_pieces(hub.images[name], headers, special)
             self._send(200, hub.images[name], headers, head)
+
+        def _send_in_pieces(self, body: bytes, headers: dict, special: str) -> None:
+            """A "trickle" body goes TRICKLE_BYTES every TRICKLE_SECONDS, a "chunked" one in two HTTP chunks."""
+            self.send_response(200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            if special == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                half = len(body) // 2
+                for piece in (body[:half], body[half:], b""):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                return
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), TRICKLE_BYTES):
+                self.wfile.write(body[start:start + TRICKLE_BYTES])
+                self.wfile.flush()
+                time.sleep(TRICKLE_SECONDS)
 
         def do_HEAD(self):
             self._route(head=True)

@@ -2,13 +2,17 @@
 local root that clip_benchmark then reads without any network."""
 from __future__ import annotations
 
+import io
 import json
+import logging
+import re
+import tarfile
 
 import pytest
 from huggingface_hub.errors import EntryNotFoundError
 
 import fake_hub  # tests/fake_hub.py
-from mobileclip_repro.benchmark_sets import fetch_benchmark_set
+from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, fetch_benchmark_set
 from mobileclip_repro.cli import main
 from mobileclip_repro.evaluate import check_dataset_present, count_wds_images, parse_benchmark_specs
 from mobileclip_repro.toyworld import generate
@@ -85,3 +89,60 @@ def test_the_cli_writes_a_manifest(hub, toy_sets, tmp_path):
     assert main(["fetch-benchmark", "--repo", REPO, "--root", str(tmp_path / "set"),
                  "--manifest", str(tmp_path / "fetched.json")]) == 0
     assert json.loads((tmp_path / "fetched.json").read_text())["repo"] == REPO
+
+
+# -- class names against labels, both ways -------------------------------------------------------
+
+def _classification_set(root, labels: list[int], classnames_text: str):
+    """One shard of these labels (placeholder images: the check reads only ``cls`` members) and
+    this ``classnames.txt``, in clip_benchmark's webdataset layout."""
+    (root / "test").mkdir(parents=True)
+    with tarfile.open(root / "test" / "0.tar", "w") as archive:
+        for index, label in enumerate(labels):
+            for extension, data in (("jpg", b"not decoded"), ("cls", str(label).encode())):
+                info = tarfile.TarInfo(f"s{index:04d}.{extension}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text(classnames_text)
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    return root
+
+
+def test_names_no_label_uses_are_reported_with_both_counts_not_refused(tmp_path, caplog):
+    """classnames.txt is the set's label space (clip_benchmark scores every name, used or not) and a
+    split may lack classes, so extra names are a warning naming the file, both counts, and the names."""
+    root = _classification_set(tmp_path / "subset", [0, 2, 2], "cat\ndog\nbird\nfish\n")
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.benchmark_sets"):
+        assert check_class_names(root) == {"class_names": 4, "labels_used": 2}
+    [warning] = caplog.records
+    assert warning.getMessage() == (f"{root / 'classnames.txt'} lists 4 class names, the test split's labels use 2 "
+                                    f"of them: the other 2 ('dog', 'fish') stay in the classifier as distractors "
+                                    f"(fine for a split without every class; wrong if the file is another set's)")
+
+
+def test_a_set_whose_labels_use_every_name_passes_quietly(tmp_path, caplog):
+    root = _classification_set(tmp_path / "full", [1, 0, 2], "cat\ndog\nbird\n")
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.benchmark_sets"):
+        assert check_class_names(root) == {"class_names": 3, "labels_used": 3}
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("classnames_text, lines", [
+    ("cat\n\ndog\nbird\n", "line 2"),    # shifts 'dog' and 'bird' off labels 1 and 2
+    ("cat\ndog\nbird\n\n", "line 4"),    # one more class, named ''
+    ("cat\n  \ndog\nbird\n", "line 2"),  # clip_benchmark strips each line
+])
+def test_a_blank_line_in_classnames_is_refused_naming_the_file_and_line(tmp_path, classnames_text, lines):
+    root = _classification_set(tmp_path / "blank", [0, 1, 2], classnames_text)
+    with pytest.raises(BenchmarkSetError, match=rf"{re.escape(str(root / 'classnames.txt'))} lists 4 class names, "
+                                                rf"1 of them blank \({lines}\): clip_benchmark reads a blank line "
+                                                rf"as a class named ''"):
+        check_class_names(root)
+
+
+def test_the_toy_worlds_sets_pass_with_every_class_named(toy_sets):
+    from mobileclip_repro.toyworld import class_names
+
+    counts = check_class_names(toy_sets / "toy_zeroshot")
+    assert counts["class_names"] == len(class_names()) and 1 <= counts["labels_used"] <= len(class_names())

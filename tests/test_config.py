@@ -1,6 +1,7 @@
 """The config schema: defaults filled, every mistake named by its key, derived values right."""
 import copy
 import json
+import re
 
 import pytest
 import yaml
@@ -39,6 +40,25 @@ def test_a_wrong_value_is_named_by_its_key(toy, path, value, expected):
     target[path[-1]] = value
     with pytest.raises(ConfigError, match=rf"'{expected}'"):
         load_config(toy)
+
+
+@pytest.mark.parametrize("written, value", [("2e-3", 0.002), ("2.0e-3", 0.002), ("0.002", 0.002), ("1E-2", 0.01),
+                                            ("5.e-4", 0.0005)])
+def test_a_number_reads_the_same_however_it_is_written(repo_root, tmp_path, written, value):
+    """PyYAML (YAML 1.1) leaves `2e-3` a string; YAML 1.2, JSON and Python read a float, and so does the schema."""
+    text = (repo_root / "configs" / "toy.yaml").read_text().replace("lr: 2.0e-3 ", f"lr: {written} ")
+    (tmp_path / "c.yaml").write_text(text)
+    config = load_config(tmp_path / "c.yaml")
+    assert config["runs"]["toy_dr"]["lr"] == value and isinstance(config["runs"]["toy_dr"]["lr"], float)
+
+
+@pytest.mark.parametrize("written, message", [("2e-3x", "'2e-3x' is not of type 'number'"),
+                                              ("1e999", "not a finite number")])
+def test_a_string_that_is_no_finite_number_is_still_refused_naming_the_key(repo_root, tmp_path, written, message):
+    text = (repo_root / "configs" / "toy.yaml").read_text().replace("lr: 2.0e-3 ", f"lr: {written} ")
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"'runs.toy_(dr|plain).lr': .*{re.escape(message)}"):  # one anchor, two runs
+        load_config(tmp_path / "c.yaml")
 
 
 def test_an_unknown_key_is_named(toy):

@@ -119,6 +119,85 @@ def test_an_integer_written_as_a_float_or_bool_is_refused(toy, path, value):
         load_config(_set(toy, path, value))
 
 
+# -- NaN and infinities --------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("path, value, key, shown", [
+    (("runs", "toy_dr", "lr"), NAN, "runs.toy_dr.lr", "nan"),
+    (("runs", "toy_dr", "eps"), INF, "runs.toy_dr.eps", "inf"),
+    (("runs", "toy_dr", "grad_clip_norm"), NAN, "runs.toy_dr.grad_clip_norm", "nan"),  # passes minimum: 0
+    (("runs", "toy_plain", "distill", "loss_weights"), [0.0, INF], "runs.toy_plain.distill.loss_weights.1", "inf"),
+    (("runs", "toy_dr", "distill", "logit_scale"), [100, NAN], "runs.toy_dr.distill.logit_scale.1", "nan"),
+    (("teachers", "teacher_b.pt", "weight_decay"), -INF, "teachers.teacher_b.pt.weight_decay", "-inf"),
+    (("data", "toy", "alt_text_mix", "full"), NAN, "data.toy.alt_text_mix.full", "nan"),
+    (("reinforcement", "batch_size"), INF, "reinforcement.batch_size", "inf"),
+    (("reinforcement", "variants"), {"weak": {"num_syn_captions": INF}},
+     "reinforcement.variants.weak.num_syn_captions", "inf"),
+    (("evaluation", "batch_size"), INF, "evaluation.batch_size", "inf"),
+    (("report", "title"), NAN, "report.title", "nan"),
+])
+def test_nan_and_infinity_are_refused_anywhere_in_the_config_naming_the_key(toy, path, value, key, shown):
+    """Every number, every section: a schema bound cannot catch NaN (it compares false with all),
+    and no setting has a use for infinity."""
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': {shown} is not a finite number"):
+        load_config(_set(toy, path, value))
+
+
+def test_yamls_nan_and_infinities_are_refused_when_a_config_file_loads(toy, tmp_path):
+    for written, shown in ((".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"), (".NaN", "nan")):
+        text = yaml.safe_dump(toy).replace("lr: 0.002\n", f"lr: {written}\n", 1)
+        assert f"lr: {written}" in text
+        (tmp_path / "config.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=rf"config key 'runs.toy_dr.lr': {shown} is not a finite number"):
+            load_config(tmp_path / "config.yaml")
+
+
+def test_a_schema_number_is_finite_for_every_strict_validator():
+    from mobileclip_repro.config import strict_validator
+
+    number = strict_validator()({"type": "number", "minimum": 0})
+    assert number.is_valid(0.5) and number.is_valid(3) and number.is_valid(10 ** 400)
+    assert not any(number.is_valid(value) for value in (float("nan"), float("inf"), float("-inf"), True))
+
+
+@pytest.mark.parametrize("augmentation, key, shown", [
+    ({"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.26, NAN, 0.27]}}, "normalize.std.1", "nan"),
+    ({"random_resized_crop": {"size": 32, "scale": [0.08, INF]}}, "random_resized_crop.scale.1", "inf"),
+])
+def test_nan_and_infinity_in_the_reinforcement_json_are_refused_naming_the_key(toy, tmp_path, augmentation, key,
+                                                                              shown):
+    image_augmentation = {**TOY_JSON["reinforce"]["image_augmentation"], **augmentation}
+    toy["reinforcement"]["config"] = _reinforce_json(tmp_path, reinforce={"image_augmentation": image_augmentation})
+    assert re.search(r"NaN|Infinity", Path(toy["reinforcement"]["config"]).read_text())  # what json writes and reads
+    with pytest.raises(ConfigError, match=rf"config key 'reinforcement.config': .*reinforce\.json: "
+                                          rf"'reinforce.image_augmentation.{re.escape(key)}': {shown} is not a "
+                                          rf"finite number"):
+        load_config(toy)
+
+
+def test_a_run_spec_given_to_train_with_nan_is_refused_naming_the_key_and_run(toy, tmp_path, capsys):
+    from mobileclip_repro import cli
+    from mobileclip_repro.config import load_run_spec
+
+    spec = resolve_run(load_config(toy), "toy_plain", seed=0)
+    assert load_run_spec(json.dumps(spec)) == spec
+    spec["grad_clip_norm"] = float("nan")
+    text = json.dumps(spec)  # what a hand-written --spec may hold: NaN, which json reads
+    with pytest.raises(ConfigError, match=r"config key 'grad_clip_norm' of run 'toy_plain' \(--spec\): nan is not "
+                                          r"a finite number"):
+        load_run_spec(text)
+    spec["grad_clip_norm"], spec["distill"]["loss_weights"] = 1.0, [0.0, float("inf")]
+    with pytest.raises(ConfigError, match=r"config key 'distill.loss_weights.1' of run 'toy_plain'"):
+        load_run_spec(json.dumps(spec))
+    # the command says so before any training: exit 2, no run folder
+    assert cli.main(["train", "--spec", text, "--out-dir", str(tmp_path / "run")]) == 2
+    assert "config key 'grad_clip_norm' of run 'toy_plain' (--spec): nan is not a finite number" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 # -- model names ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path, name, key", [

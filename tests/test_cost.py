@@ -88,7 +88,9 @@ def test_the_cost_table_joins_a_jobs_benchmark_tsv_with_its_flops(finished_run, 
     (benchmarks / "train" / "r_seed_0.tsv").write_text(
         "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
         "12.5\t0:00:12\t812.3\t900\t800\t805\t1.0\t2.0\t95.0\t11.9\n")
-    table = cost.cost_table(benchmarks, cost.train_ledger(results))
+    (benchmarks / "train" / "gone_seed_0.tsv").write_text("s\tcpu_time\n1.0\t1.0\n")  # a run no longer in the config
+    run_manifests = [results / "runs" / "r" / "seed_0" / "manifest.json"]
+    table = cost.cost_table([benchmarks / "train" / "r_seed_0.tsv"], benchmarks, cost.train_ledger(run_manifests))
     [row] = table.to_dict("records")
     assert (row["stage"], row["rule"], row["run"], row["seed"]) == ("train", "train", "r", 0)
     assert (row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (12.5, 11.9, 812.3)

@@ -218,6 +218,32 @@ RERUNS = {  # config overlay -> the jobs `snakemake -n` plans on the finished sm
 }
 
 
+def _reversed_mappings(value):
+    if isinstance(value, dict):
+        return {key: _reversed_mappings(value[key]) for key in reversed(list(value))}
+    return [_reversed_mappings(item) for item in value] if isinstance(value, list) else value
+
+
+def _reordered_evaluation(config: dict) -> dict:
+    evaluation = config["evaluation"]
+    evaluation["benchmarks"] = [dict(reversed(list(b.items()))) for b in evaluation["benchmarks"]]
+    config["evaluation"] = dict(reversed(list(evaluation.items())))
+    return config
+
+
+# The same experiment written otherwise: a whole config file each (an overlay cannot reorder).
+# None of these is a change: `snakemake -n` on the finished smoke run plans nothing.
+SAME_EXPERIMENT = {
+    "every mapping in reverse key order, anchors expanded": lambda text: yaml.safe_dump(
+        _reversed_mappings(yaml.safe_load(text)), sort_keys=False),
+    "evaluation and its benchmarks' keys reordered": lambda text: yaml.safe_dump(
+        _reordered_evaluation(yaml.safe_load(text)), sort_keys=False),
+    "the default lr written out, as 1e-3 in one run and 1.0e-3 in the other": lambda text: text.replace(
+        "  smoke_dr: &student\n", "  smoke_dr: &student\n    lr: 1e-3\n").replace(
+        "    data: plain\n", "    data: plain\n    lr: 1.0e-3\n"),
+}
+
+
 def planned_jobs(output: str) -> dict[str, int]:
     """The "Job stats" table of a dry run, as {rule: count} without the target rule `all`;
     empty when nothing is to be done."""
@@ -241,6 +267,12 @@ def planned_reruns(snakemake_cmd, repo_root, smoke_run, tmp_path_factory):
         running[key] = subprocess.Popen([*snakemake_cmd, "-n", "--configfile", "configs/toy-smoke.yaml",
                                          str(overlay_file)], cwd=repo_root, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
+    smoke_config = (repo_root / "configs" / "toy-smoke.yaml").read_text()
+    for key, rewrite in SAME_EXPERIMENT.items():
+        config_file = tmp_path_factory.mktemp("same") / "config.yaml"
+        config_file.write_text(f"results_dir: {json.dumps(str(results))}\n" + rewrite(smoke_config))
+        running[key] = subprocess.Popen([*snakemake_cmd, "-n", "--configfile", str(config_file)], cwd=repo_root,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = {key: process.communicate(timeout=600)[0] for key, process in running.items()}
     return {key: (running[key].returncode, output) for key, output in outputs.items()}
 
@@ -250,6 +282,13 @@ def test_a_changed_config_value_reruns_exactly_the_jobs_that_depend_on_it(planne
     returncode, output = planned_reruns[key]
     assert returncode == 0, output[-3000:]
     assert planned_jobs(output) == RERUNS[key][1]
+
+
+@pytest.mark.parametrize("key", SAME_EXPERIMENT)
+def test_the_same_values_written_otherwise_rerun_nothing(planned_reruns, key):
+    returncode, output = planned_reruns[key]
+    assert returncode == 0, output[-3000:]
+    assert planned_jobs(output) == {}, output[-3000:]
 
 
 def test_a_subsets_axis_trains_each_run_per_size_on_the_same_data_and_reinforcement(snakemake_cmd, repo_root,
@@ -296,7 +335,55 @@ def test_a_subsets_axis_trains_each_run_per_size_on_the_same_data_and_reinforcem
     assert "## Data efficiency" in (subset_results / "report" / "results.md").read_text()
 
 
-# Last in this module: it retrains part of the finished smoke run that the tests above read.
+def _uids_in(shard_folder: Path) -> set[str]:
+    import tarfile
+
+    uids = set()
+    for shard in shard_folder.glob("*.tar"):
+        with tarfile.open(shard) as archive:
+            uids |= {json.loads(archive.extractfile(m).read())["uid"] for m in archive if m.name.endswith(".json")}
+    return uids
+
+
+def test_local_data_is_a_tracked_input_a_removed_shard_reruns_what_depends_on_it(snakemake_cmd, repo_root,
+                                                                                  smoke_run, tmp_path):
+    """data.source: local. The DAG lists the folder (the local_data job); a shard removed from it
+    reruns the listing, the subset selection, training and what follows, and the subset a run logs
+    is the one it trains on."""
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    local = tmp_path / "local"
+    shutil.copytree(results / "data" / "datacomp", local)  # 3 shards of 200 samples
+    smoke = yaml.safe_load((repo_root / "configs" / "toy-smoke.yaml").read_text())
+    plain = {**smoke["runs"]["smoke_plain"], "seeds": [0], "seen_samples": 384, "num_checkpoints": 1}
+    config = {"name": "local", "results_dir": str(tmp_path / "results"),
+              "data": {"source": "local", "datacomp_dir": str(local), "subsets": [150]},
+              "runs": {"plain": plain},
+              "evaluation": {"teachers": False, "benchmarks": [
+                  {"name": "toy_zeroshot", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification",
+                   "root": str(results / "data" / "benchmarks" / "toy_zeroshot")}]}}
+    config_file = tmp_path / "local.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", str(config_file), timeout=900)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-5000:])
+    listing = json.loads((tmp_path / "results" / "data" / "local.json").read_text())
+    assert listing["totals"]["shards"] == 3 and all(len(e["sha256"]) == 64 for e in listing["shard_files"])
+
+    (local / "00000001.tar").unlink()
+    planned = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", str(config_file))
+    assert planned_jobs(planned.stdout) == {"local_data": 1, "select_subsets": 1, "train": 1, "evaluate": 1,
+                                            "report": 1}, planned.stdout[-3000:]
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", str(config_file), timeout=900)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-5000:])
+    ranking = json.loads((tmp_path / "results" / "data" / "subsets" / "seed_0.json").read_text())
+    assert ranking["samples"] == 400
+    assert set(ranking["uids"][:150]) <= _uids_in(local)  # every sample of the subset is still there
+    log = (tmp_path / "results" / "logs" / "train" / "plain_n150_seed_0.log").read_text()
+    assert "training on a subset of 150 unique samples" in log
+    assert "TRAINING FROM STEP 0" in log  # other data: the old checkpoints are set aside, not resumed
+
+
+# Near the end of this module: it retrains part of the finished smoke run that the tests above read.
 def test_a_changed_lr_retrains_the_run_and_its_records_carry_the_new_lr(snakemake_cmd, repo_root, smoke_run,
                                                                         tmp_path):
     results, finished = smoke_run
@@ -319,3 +406,49 @@ def test_a_changed_lr_retrains_the_run_and_its_records_carry_the_new_lr(snakemak
     # the DR run's config did not change: nothing of it was retrained
     assert not (results / "runs" / "smoke_dr" / "seed_0" / "superseded").exists()
 
+
+def _reported_runs(report: Path) -> dict[str, set[str]]:
+    """The runs each of the report's outputs names."""
+    efficiency = json.loads((report / "efficiency.json").read_text())
+    cost = pd.read_csv(report / "cost.csv")
+    return {"results.csv": set(pd.read_csv(report / "results.csv")["run"]),
+            "efficiency.json": {e[key] for e in efficiency for key in ("dr_run", "plain_run")},
+            "cost.csv": set(cost[cost["rule"].isin(["train", "evaluate"])]["run"])}
+
+
+# After the lr test: it renames and removes runs of the finished smoke run (a copy would lose
+# Snakemake's records of the jobs, which its rerun triggers read).
+def test_the_report_shows_exactly_the_configs_runs_after_one_is_renamed_and_one_removed(snakemake_cmd, repo_root,
+                                                                                        smoke_run, tmp_path):
+    """A run's folders stay on disk when it leaves the config; the report never shows it."""
+    results, finished = smoke_run
+    assert finished.returncode == 0, "the smoke DAG failed; see test_smoke_toy_dag_runs_end_to_end"
+    results = results
+    config = yaml.safe_load((repo_root / "configs" / "toy-smoke.yaml").read_text())
+    config["results_dir"] = str(results)
+    # smoke_plain renamed smoke_baseline (one seed, to keep the test short)
+    config["runs"]["smoke_baseline"] = {**config["runs"].pop("smoke_plain"), "seeds": [0]}
+    config_file = tmp_path / "renamed.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    planned = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", str(config_file))
+    assert planned_jobs(planned.stdout) == {"train": 1, "evaluate": 1, "report": 1}, planned.stdout[-3000:]
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", str(config_file), timeout=900)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-5000:])
+    report = results / "report"
+    assert _reported_runs(report) == {"results.csv": {"smoke_dr", "smoke_baseline"},
+                                      "efficiency.json": {"smoke_dr", "smoke_baseline"},
+                                      "cost.csv": {"smoke_dr", "smoke_baseline"}}
+    for name in ("results.md", "report.html", "results_long.csv"):
+        assert "smoke_plain" not in (report / name).read_text(), name
+
+    # and then removed: only the report reruns, and it shows the DR run alone
+    del config["runs"]["smoke_baseline"]
+    config_file.write_text(yaml.safe_dump(config))
+    planned = snakemake(snakemake_cmd, repo_root, "-n", "--configfile", str(config_file))
+    assert planned_jobs(planned.stdout) == {"report": 1}, planned.stdout[-3000:]
+    ran = snakemake(snakemake_cmd, repo_root, "--cores", "2", "--configfile", str(config_file), timeout=900)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-5000:])
+    assert _reported_runs(report) == {"results.csv": {"smoke_dr"}, "efficiency.json": set(), "cost.csv": {"smoke_dr"}}
+    for name in ("results.md", "report.html", "results_long.csv"):
+        text = (report / name).read_text()
+        assert "smoke_plain" not in text and "smoke_baseline" not in text, name

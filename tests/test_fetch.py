@@ -1,15 +1,18 @@
 """`fetch` against a fake hub + image server on 127.0.0.1: huggingface_hub's real download path
 (HEAD/GET /datasets/<repo>/resolve/<rev>/<file>, the tree API for the layout), images that
-404, time out, fail, changed, opted out; resumability; the DataComp ⋈ DataCompDR join."""
+404, time out, fail, changed, opted out; resumability; the DataComp ⋈ DataCompDR join; hub
+errors retried, a group with a failed shard failing; the per-URL deadline."""
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +22,11 @@ import pytest
 import webdataset as wds
 
 from mobileclip_repro import fetch, shards, toyworld
-from mobileclip_repro.hub import parse_shard_spec
+from mobileclip_repro.hub import HubRetries, parse_shard_spec
 from mobileclip_repro.cli import main
 
 import fake_hub  # tests/fake_hub.py
-from fake_hub import SLOW_SECONDS, FakeHub
+from fake_hub import SLOW_SECONDS, TRICKLE_BYTES, TRICKLE_SECONDS, FakeHub
 
 TIMEOUT = 1.0          # the fetch's per-URL timeout in these tests
 PER_SHARD = 8
@@ -135,9 +138,22 @@ def publish_shards_world(hub: FakeHub, toy_samples) -> World:
     return world
 
 
+def publish_clean_world(hub: FakeHub, toy_samples) -> World:
+    """Three shards whose hub files and images are all fine."""
+    ids = [f"{i:08d}" for i in range(3)]
+    world = World(ids, dict(zip(ids, toy_samples)), {})
+    for shard_id, samples in world.samples.items():
+        world.good_dr[shard_id] = hub.files[(DR_REPO, f"{shard_id}.tar")] = dr_tar(samples, hub.base_url)
+        hub.files[(DC_REPO, f"{shard_id}.tar")] = datacomp_caption_tar(samples, hub.base_url)
+        for s in samples:
+            hub.images[f"{s.uid}.jpg"] = s.jpg
+    return world
+
+
 def options(tmp_path: Path, **overrides) -> fetch.FetchOptions:
     values = dict(datacomp_repo=DC_REPO, datacomp_dir=tmp_path / "data" / "datacomp", dr_repo=DR_REPO,
-                  dr_dir=tmp_path / "data" / "datacompdr", processes=1, threads=8, timeout=TIMEOUT, retries=1)
+                  dr_dir=tmp_path / "data" / "datacompdr", processes=1, threads=8, timeout=TIMEOUT, retries=1,
+                  hub_backoff_s=0.01)
     values.update(overrides)
     return fetch.FetchOptions(**values)
 
@@ -293,6 +309,8 @@ def test_parquet_layout_nested_shards(hub, toy_samples, tmp_path):
 
 
 def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
+    """A group with a failed shard exits 1 without its manifest, keeping the shards it finished;
+    once the hub's file is fixed, the same command completes the group."""
     world = publish_shards_world(hub, toy_samples)
     results = tmp_path / "results" / "x" / "data"
     group_manifest = results / "fetch" / "group_00000.json"
@@ -301,12 +319,26 @@ def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
                "--datacomp-dir", str(results / "datacomp"), "--dr-dir", str(results / "datacompdr"),
                "--processes", "2", "--threads", "4", "--timeout", str(TIMEOUT), "--manifest", str(group_manifest)]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert not group_manifest.exists()
+    assert f"shard {world.ids[1]} failed: apple/DataCompDR-toy/{world.ids[1]}.tar: not a readable tar" in done.stderr
+    per_shard = {shard_id: results / "datacomp" / f"{shard_id}.tar.manifest.json" for shard_id in world.ids}
+    assert [path.is_file() for path in per_shard.values()] == [True, False, True]
+    shard0 = json.loads(per_shard[world.ids[0]].read_text())
+    assert {name: shard0[name] for name in EXPECTED_SHARD0} == EXPECTED_SHARD0
+    assert shard0["failed"] == EXPECTED_SHARD0_FAILED
+
+    hub.files[(DR_REPO, f"{world.ids[1]}.tar")] = world.good_dr[world.ids[1]]
+    hub.taken()
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads(group_manifest.read_text())
     assert manifest["schema"] == fetch.MANIFEST_SCHEMA and manifest["group"] == "00000"
-    assert manifest["totals"]["shards_ok"] == 2 and manifest["totals"]["samples_kept"] == 1 + PER_SHARD
-    assert manifest["totals"]["failed"] == EXPECTED_SHARD0_FAILED
     assert [entry["shard"] for entry in manifest["shards"]] == world.ids
+    assert [bool(entry.get("resumed")) for entry in manifest["shards"]] == [True, False, True]
+    assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 1 + 2 * PER_SHARD
+    assert manifest["totals"]["failed"] == EXPECTED_SHARD0_FAILED
+    assert set(image_requests(hub.taken())) == {f"/img/{s.uid}.jpg" for s in world.samples[world.ids[1]]}
     assert "images/s" in done.stderr
 
 
@@ -319,6 +351,227 @@ def test_group_with_no_usable_shard_fails_without_manifest(hub, toy_samples, tmp
     assert code == 1 and not manifest_path.exists()
     # the group index picks shards 2 and 3 of the spec
     assert {p for _, p in hub.taken()} == {f"/datasets/apple/missing/resolve/main/0000000{i}.tar" for i in (2, 3)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub errors: transient ones retried, a shard that still fails fails its group
+
+
+def _http_error(status: int, error_class=None):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", "https://hub.test/datasets/a/b/resolve/main/x"))
+    return (error_class or HfHubHTTPError)(f"{status} error", response=response)
+
+
+def _raised_from(error: Exception, cause: Exception) -> Exception:
+    error.__cause__ = cause
+    return error
+
+
+def _transient_errors():
+    import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    request = httpx2.Request("GET", "https://hub.test/x")
+    return {
+        "http_500": _http_error(500), "http_502": _http_error(502), "http_503": _http_error(503),
+        "http_504": _http_error(504), "http_429": _http_error(429), "http_408": _http_error(408),
+        "connect_error": httpx2.ConnectError("connection refused", request=request),
+        "connection_reset": httpx2.ReadError("connection reset by peer", request=request),
+        "read_timeout": httpx2.ReadTimeout("timed out", request=request),
+        "server_disconnected": httpx2.RemoteProtocolError("server disconnected", request=request),
+        # hf_hub_download's HEAD failed: the library raises this *from* the HTTP error
+        "head_503_wrapped": _raised_from(LocalEntryNotFoundError("cannot locate the file"), _http_error(503)),
+    }
+
+
+def _permanent_errors():
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError)
+
+    return {
+        "entry_not_found_404": _http_error(404, RemoteEntryNotFoundError),
+        "repo_not_found": _http_error(404, RepositoryNotFoundError),
+        "gated_403": _http_error(403, GatedRepoError), "unauthorized_401": _http_error(401),
+        "offline": _raised_from(LocalEntryNotFoundError("offline"), OfflineModeIsEnabled("HF_HUB_OFFLINE=1")),
+        "not_a_hub_error": ValueError("bad argument"),
+    }
+
+
+def _fails_once(error: Exception):
+    calls = []
+
+    def download():
+        calls.append(error)
+        if len(calls) == 1:
+            raise error
+        return "the file"
+
+    return download, calls
+
+
+@pytest.mark.parametrize("name", sorted(_transient_errors()))
+def test_hub_retries_a_transient_error(name):
+    download, calls = _fails_once(_transient_errors()[name])
+    assert HubRetries(retries=2, backoff_s=0.001).call("repo/file", download) == "the file"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name", sorted(_permanent_errors()))
+def test_hub_does_not_retry_what_another_try_cannot_fix(name):
+    error = _permanent_errors()[name]
+    download, calls = _fails_once(error)
+    with pytest.raises(type(error)):
+        HubRetries(retries=2, backoff_s=0.001).call("repo/file", download)
+    assert len(calls) == 1
+
+
+def test_hub_retries_are_bounded_and_back_off_exponentially(monkeypatch):
+    waits = []
+    monkeypatch.setattr("mobileclip_repro.hub.time.sleep", waits.append)
+    calls = []
+
+    def always_503():
+        calls.append(1)
+        raise _http_error(503)
+
+    with pytest.raises(Exception, match="503"):
+        HubRetries(retries=3, backoff_s=2.0).call("repo/file", always_503)
+    assert len(calls) == 4 and len(waits) == 3
+    for wait, full in zip(waits, (2.0, 4.0, 8.0)):
+        assert full / 2 <= wait <= full  # jittered down to half, never more
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_transient_error_on_a_dr_tar_is_retried_and_the_group_completes(hub, toy_samples, tmp_path, status):
+    world = publish_clean_world(hub, toy_samples)
+    hub.fail_downloads(DR_REPO, f"{world.ids[1]}.tar", status, times=1)
+    manifest = fetch.fetch_group(world.ids, options(tmp_path))
+    assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 3 * PER_SHARD
+    dr1 = f"/datasets/{DR_REPO}/resolve/main/{world.ids[1]}.tar"
+    assert [method for method, path in hub.taken() if path == dr1] == ["HEAD", "GET", "HEAD", "GET"]
+
+
+def test_a_shard_that_keeps_failing_fails_its_group_and_the_rerun_fetches_only_it(hub, toy_samples, tmp_path,
+                                                                                    caplog):
+    caplog.set_level(logging.WARNING)
+    world = publish_clean_world(hub, toy_samples)
+    broken = world.ids[1]
+    hub.fail_downloads(DR_REPO, f"{broken}.tar", 503)
+    datacomp_dir, manifest_path = tmp_path / "data" / "datacomp", tmp_path / "fetch" / "group_00000.json"
+    argv = ["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO, "--shard-spec", '"{00000000..00000002}"',
+            "--group", "00000", "--group-size", "3", "--datacomp-dir", str(datacomp_dir),
+            "--dr-dir", str(tmp_path / "data" / "datacompdr"), "--manifest", str(manifest_path),
+            "--timeout", str(TIMEOUT), "--threads", "8", "--hub-retries", "2", "--hub-backoff", "0.01"]
+
+    assert main(argv) == 1
+    assert not manifest_path.exists()
+    shard_manifests = [datacomp_dir / f"{shard_id}.tar.manifest.json" for shard_id in world.ids]
+    assert [path.is_file() for path in shard_manifests] == [True, False, True]
+    dr_broken = f"/datasets/{DR_REPO}/resolve/main/{broken}.tar"
+    assert [method for method, path in hub.taken() if path == dr_broken].count("GET") == 3  # 1 try + 2 retries
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any(message.startswith(f"shard {broken} failed") and "503" in message for message in errors), errors
+
+    hub.recover(DR_REPO, f"{broken}.tar")
+    assert main(argv) == 0
+    rerun = hub.taken()
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["schema"] == fetch.MANIFEST_SCHEMA and manifest["group"] == "00000"
+    assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["shards_resumed"] == 2
+    assert manifest["totals"]["samples_kept"] == 3 * PER_SHARD
+    # only the missing shard's files and images were asked for
+    hub_files = {path.rsplit("/", 1)[-1] for _, path in rerun if "/resolve/" in path}
+    assert hub_files == {f"{broken}.tar"}
+    assert set(image_requests(rerun)) == {f"/img/{s.uid}.jpg" for s in world.samples[broken]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-URL deadline: an answer within the timeout, its body within the timeout more
+
+
+def _elapsed(function, *args):
+    started = time.monotonic()
+    result = function(*args)
+    return result, time.monotonic() - started
+
+
+def test_a_trickling_body_is_cut_at_the_deadline(hub):
+    body = bytes(3000)  # 30 pieces: 6 s at the trickle's pace
+    hub.images["trickle.jpg"], hub.special["trickle.jpg"] = body, "trickle"
+    assert len(body) / TRICKLE_BYTES * TRICKLE_SECONDS > 4 * TIMEOUT
+    result, elapsed = _elapsed(fetch.fetch_url, f"{hub.base_url}/img/trickle.jpg", TIMEOUT, 1, 1 << 20)
+    assert result == (None, "timeout")
+    assert elapsed < 2 * TIMEOUT
+
+
+def test_a_server_that_never_answers_is_cut_at_the_deadline():
+    with socket.socket() as listener:  # the kernel completes the handshake; nobody reads or answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        result, elapsed = _elapsed(fetch.fetch_url, f"http://127.0.0.1:{listener.getsockname()[1]}/a.jpg", TIMEOUT,
+                                   1, 1 << 20)
+    assert result == (None, "timeout") and elapsed < 2 * TIMEOUT
+
+
+def test_a_stalled_connect_is_cut_at_the_deadline():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers = []
+        for _ in range(3):  # fill the accept queue: the kernel then drops new SYNs and connects hang
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+        try:
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex(address) == 0:
+                    pytest.skip("this kernel accepts connections beyond a full backlog")
+            result, elapsed = _elapsed(fetch.fetch_url, f"http://127.0.0.1:{address[1]}/a.jpg", TIMEOUT, 1, 1 << 20)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert result == (None, "timeout") and elapsed < 2 * TIMEOUT
+
+
+def test_a_slow_dns_answer_is_cut_at_the_deadline(monkeypatch):
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    answer_now = threading.Event()
+    system_getaddrinfo = socket.getaddrinfo
+
+    def slow_getaddrinfo(host, *args, **kwargs):
+        if host == "slow-dns.test":
+            answer_now.wait(5)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return system_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    try:
+        result, elapsed = _elapsed(fetch.fetch_url, "http://slow-dns.test/a.jpg", TIMEOUT, 1, 1 << 20)
+    finally:
+        answer_now.set()
+    assert result == (None, "timeout") and elapsed < 2 * TIMEOUT
+
+
+def test_redirects_are_followed_within_the_answer_deadline(hub):
+    hub.images["moved.jpg"], hub.special["moved.jpg"] = b"moved image", "redirects"
+    hub.images["far.jpg"], hub.special["far.jpg"] = b"far image", "slow_redirects"  # 5 hops of 0.4 s
+    assert fetch.fetch_url(f"{hub.base_url}/img/moved.jpg", TIMEOUT, 1, 1 << 20) == (b"moved image", None)
+    result, elapsed = _elapsed(fetch.fetch_url, f"{hub.base_url}/img/far.jpg", TIMEOUT, 1, 1 << 20)
+    assert result == (None, "timeout") and elapsed < 2 * TIMEOUT
+
+
+def test_a_chunked_body_is_read_whole(hub):
+    body = os.urandom(200_000)
+    hub.images["chunked.jpg"], hub.special["chunked.jpg"] = body, "chunked"
+    assert fetch.fetch_url(f"{hub.base_url}/img/chunked.jpg", TIMEOUT, 1, 1 << 20) == (body, None)
+    assert fetch.fetch_url(f"{hub.base_url}/img/chunked.jpg", TIMEOUT, 1, 100_000) == (None, "too_large")
 
 
 def test_group_index_out_of_range(tmp_path):

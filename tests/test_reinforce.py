@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -394,12 +395,88 @@ def test_a_coca_tag_goes_through_the_same_factory(coca_checkpoint, hub_tags):
     assert tagged.caption_batch([image], [{}], [4]) == from_file.caption_batch([image], [{}], [4])
 
 
-def test_a_truncated_input_shard_keeps_its_readable_samples_and_counts_the_rest(setup, tmp_path):
+def test_a_cut_input_shard_keeps_its_readable_samples_but_is_partial_and_fails_the_command(setup, tmp_path):
     source = tmp_path / "datacomp"
     source.mkdir()
     data = (setup["datacomp"] / "00000000.tar").read_bytes()
-    (source / "00000000.tar").write_bytes(data[: len(data) * 3 // 5])
-    assert _run(setup, tmp_path / "dr", "--captioner", "world", datacomp=source) == 0
+    (source / "00000000.tar").write_bytes(data[: len(data) * 3 // 5])  # inside a member
+    assert _run(setup, tmp_path / "dr", "--captioner", "world", datacomp=source) == 1
     manifest = json.loads((tmp_path / "dr" / "00000000.tar.manifest.json").read_text())
     assert manifest["skipped"].get("unreadable_shard") == 1
+    assert manifest["status"] == "partial" and "the input shard is unreadable past some point" in manifest["reason"]
     assert 1 <= manifest["written"] < 5 and len(_records(tmp_path / "dr" / "00000000.tar")) == manifest["written"]
+
+
+def _cut_before_sample(shard: Path, target: Path, sample: int) -> None:
+    """``shard`` cut at the header of sample ``sample``'s first member, as an interrupted copy at a
+    member boundary leaves it: every member before it reads, the end-of-archive blocks are gone."""
+    with tarfile.open(shard) as archive:
+        members = archive.getmembers()
+    keys = list(dict.fromkeys(member.name.partition(".")[0] for member in members))
+    first = next(member for member in members if member.name.partition(".")[0] == keys[sample])
+    target.write_bytes(shard.read_bytes()[:first.offset])
+
+
+def test_a_truncated_input_shard_is_partial_in_the_group_and_redone_once_the_input_is_fixed(setup, tmp_path,
+                                                                                           capsys):
+    """A shard cut at a member boundary (truncated_shard): its DR shard keeps the 3 samples before
+    the cut but is not "ok"; the command fails, naming it; the rerun after the fix redoes it in full."""
+    source, out_dir, manifest_path = tmp_path / "datacomp", tmp_path / "dr", tmp_path / "group.json"
+    source.mkdir()
+    _cut_before_sample(setup["datacomp"] / "00000001.tar", source / "00000001.tar", 3)
+    shutil.copy(setup["datacomp"] / "00000000.tar", source / "00000000.tar")
+    group = ["--captioner", "world", "--manifest", str(manifest_path)]
+
+    assert _run(setup, out_dir, *group, datacomp=source) == 1
+    output = capsys.readouterr().out
+    shard_manifest = json.loads((out_dir / "00000001.tar.manifest.json").read_text())
+    assert shard_manifest["skipped"] == {"truncated_shard": 1}
+    assert (shard_manifest["status"], shard_manifest["written"]) == ("partial", 3)
+    assert shard_manifest["reason"].startswith("the input shard is truncated (cut before its end-of-archive blocks): "
+                                               "this DR shard holds only the 3 samples written from the part before it")
+    assert len(_records(out_dir / "00000001.tar")) == 3  # kept: a faithful reinforcement of what could be read
+    assert f"error: 00000001.tar: {shard_manifest['reason']}" in output
+    assert f"error: 1 of 2 shards reinforced only in part: their input shards in {source} are cut" in output
+    group_manifest = json.loads(manifest_path.read_text())
+    assert [(entry["id"], entry["status"]) for entry in group_manifest["shards"]] == [
+        ("00000000", "ok"), ("00000001", "partial")]
+    totals = group_manifest["totals"]
+    assert (totals["shards_reinforced"], totals["shards_partial"], totals["written"]) == (1, 1, 5 + 3)
+
+    # not fixed yet: a manifest from before the partial status (ok, counting the cut) is no finished shard either
+    (out_dir / "00000001.tar.manifest.json").write_text(json.dumps(
+        {key: value for key, value in shard_manifest.items() if key != "reason"} | {"status": "ok"}))
+    assert _run(setup, out_dir, *group, datacomp=source) == 1
+    assert "00000001.tar: already reinforced" not in capsys.readouterr().out
+
+    shutil.copy(setup["datacomp"] / "00000001.tar", source / "00000001.tar")  # the input fixed
+    assert _run(setup, out_dir, *group, datacomp=source) == 0
+    output = capsys.readouterr().out
+    assert "00000000.tar: already reinforced" in output and "00000001.tar: already reinforced" not in output
+    shard_manifest = json.loads((out_dir / "00000001.tar.manifest.json").read_text())
+    assert (shard_manifest["status"], shard_manifest["written"], shard_manifest["skipped"]) == ("ok", 5, {})
+    assert "reason" not in shard_manifest and len(_records(out_dir / "00000001.tar")) == 5
+    totals = json.loads(manifest_path.read_text())["totals"]
+    assert (totals["shards_reinforced"], totals["shards_resumed"], totals["shards_partial"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--reinforce-config", _reinforce_json(reinforce={"image_augmentation": {
+        "normalize": {"mean": MEAN, "std": [STD[0], float("nan"), STD[2]]}, "random_resized_crop": {"size": 32}}}),
+     r"--reinforce-config .*nan\.json: 'reinforce.image_augmentation.normalize.std.1': nan is not a finite number"),
+    ("--captioner-json", {"coca": {"model_name": "toy-coca", "pretrained": "c.pt", "top_p": float("inf")}},
+     r"--captioner-json: 'coca.top_p': inf is not a finite number"),
+])
+def test_nan_and_infinity_given_to_the_reinforce_command_are_refused_naming_the_key(setup, tmp_path, option, value,
+                                                                                      message):
+    config = setup["config"]
+    if option == "--reinforce-config":
+        config = tmp_path / "nan.json"
+        config.write_text(json.dumps(value))  # json writes NaN, and reads it back
+        extra = []
+    else:
+        extra = ["--captioner-json", json.dumps(value)]
+    with pytest.raises(ValueError, match=message):
+        cli.main(["reinforce", "--datacomp-dir", str(setup["datacomp"]), "--out-dir", str(tmp_path / "dr"),
+                  "--reinforce-config", str(config), "--pretrained-root", str(setup["teachers"]), *extra])
+    assert not (tmp_path / "dr").exists()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from mobileclip_repro import config
+from mobileclip_repro import config, toyworld
 from mobileclip_repro import train as trainer
 
 BATCH = 8
@@ -41,12 +40,12 @@ def run_spec(results: Path, **overrides) -> dict:
     return config.resolve_run(cfg, "r")
 
 
-def train_here(spec: dict, out_dir: Path) -> dict:
+def train_here(spec: dict, out_dir: Path, data_manifests: list[Path] | None = None) -> dict:
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         try:
-            return trainer.train(spec, out_dir, device_name="cpu")
+            return trainer.train(spec, out_dir, device_name="cpu", data_manifests=data_manifests)
         finally:
             torch.set_num_threads(threads)
 
@@ -124,18 +123,53 @@ def test_every_key_that_changes_the_result_is_compared(results, finished, key, v
     assert trainer.spec_differences(stored, run_spec(results)) == {}
 
 
-def test_other_training_data_under_the_same_spec_sets_the_checkpoints_aside(results, finished, tmp_path):
+def remake_world(results: Path, seed: int) -> None:
+    """The toy world of the ``results`` fixture written again, with ``seed`` (0: the same bytes)."""
+    toyworld.generate(results / "data", seed=seed, train_samples=32, teacher_samples=1, benchmark_samples=1,
+                      samples_per_shard=16, overwrite=True)
+
+
+def test_the_same_bytes_written_again_are_the_same_data_and_the_run_resumes(results, tmp_path, caplog):
     data = tmp_path / "results"
-    shutil.copytree(results / "data", data / "data", copy_function=shutil.copy2)
-    spec = run_spec(data)
-    out_dir = tmp_path / "run"
-    train_here(spec, out_dir)
+    shutil.copytree(results / "data", data / "data")
+    spec, out_dir, manifests = run_spec(data), tmp_path / "run", [data / "data" / "manifest.json"]
+    train_here(spec, out_dir, data_manifests=manifests)
+    untouched = versions(out_dir)
     shard = sorted((data / "data" / "datacomp").glob("*.tar"))[0]
-    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))  # made again
-    train_here(spec, out_dir)
+    before = (shard.read_bytes(), shard.stat().st_mtime_ns)
+    remake_world(data, seed=0)
+    assert shard.read_bytes() == before[0] and shard.stat().st_mtime_ns != before[1]
+    # a shard no data manifest lists (left over from other data) is not read, nor part of the identity
+    shutil.copy(shard, shard.with_name("99999999.tar"))
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+        manifest = train_here(spec, out_dir, data_manifests=manifests)
+
+    assert f"resumed at step {spec['total_steps']} " in caplog.text
+    assert {k: v for k, v in versions(out_dir).items() if k in untouched} == untouched, "nothing was retrained"
+    assert not (out_dir / trainer.SET_ASIDE_DIR).exists() and manifest["attempts"] == 2
+
+
+def test_other_training_data_under_the_same_spec_sets_the_checkpoints_aside(results, tmp_path):
+    data = tmp_path / "results"
+    shutil.copytree(results / "data", data / "data")
+    spec, out_dir, manifests = run_spec(data), tmp_path / "run", [data / "data" / "manifest.json"]
+    train_here(spec, out_dir, data_manifests=manifests)
+    remake_world(data, seed=1)  # another world: other bytes, as many shards of about the same size
+    train_here(spec, out_dir, data_manifests=manifests)
 
     why = json.loads((set_aside_folder(out_dir) / "why.json").read_text())
     assert why["reason"] == "run spec changed" and set(why["differences"]) == {"training data"}
+
+
+def test_a_run_started_by_hand_identifies_its_data_by_content_too(results, tmp_path):
+    data = tmp_path / "results"
+    shutil.copytree(results / "data", data / "data")
+    spec = run_spec(data)
+    by_hand = trainer.data_stamp(spec, trainer.training_shards(spec, None))
+    listed = trainer.data_stamp(spec, trainer.training_shards(spec, [data / "data" / "manifest.json"]))
+    assert by_hand["datacomp_dir"] == listed["datacomp_dir"]
+    remake_world(data, seed=1)
+    assert trainer.data_stamp(spec, trainer.training_shards(spec, None))["datacomp_dir"] != by_hand["datacomp_dir"]
 
 
 def test_resume_none_sets_the_checkpoints_aside_rather_than_overwriting_them(results, finished, tmp_path):

@@ -136,11 +136,14 @@ def test_the_training_figure_and_section_flag_a_nan_run(tmp_path):
     assert "| good | 1 | 4 | 50.0 | 0.100 | 4.2000 | 2.1000 |" in section
 
 
-def test_training_curves_are_read_from_every_student_job(tmp_path):
-    for run, seed in (("dr", 0), ("dr", 1), ("plain", 0)):
+def test_training_curves_are_read_beside_the_job_manifests_handed_over_and_no_others(tmp_path):
+    manifests = []
+    for run, seed in (("dr", 0), ("dr", 1), ("plain", 0), ("removed_from_config", 0)):
         folder = tmp_path / "runs" / run / f"seed_{seed}"
         folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"run": run, "seed": seed}))
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve([3.0, 2.0])) + '{"step": 3, "lo')
-    curves = telemetry.training_curves(tmp_path)
+        manifests.append(folder / "manifest.json")
+    curves = telemetry.training_curves(manifests[:3])
     assert {run: sorted(seeds) for run, seeds in curves.items()} == {"dr": [0, 1], "plain": [0]}
     assert [r["step"] for r in curves["dr"][1]] == [1, 2]  # the line a kill cut short is left out

@@ -13,8 +13,9 @@ each one under a temporary name and renames it when complete, so an interrupted 
 resumes and never leaves a truncated shard under its final name.
 
 ``check_class_names`` is what a classification set on disk must satisfy for its record to
-mean something (every label named, a template to say it with); the config's preflight runs
-it at DAG start on the sets already there, ``evaluate`` on every set before its first record.
+mean something (every label named, no blank name, a template to say it with; names no label
+uses are reported); the config's preflight runs it at DAG start on the sets already there,
+``evaluate`` on every set before its first record.
 """
 from __future__ import annotations
 
@@ -116,13 +117,25 @@ def wds_labels(shard_paths: list[Path]) -> dict[int, str]:
     return labels
 
 
-def check_class_names(root: str | Path, split: str = "test") -> None:
-    """A zero-shot classification set in clip_benchmark's webdataset layout names every label it has.
+def check_class_names(root: str | Path, split: str = "test") -> dict:
+    """A zero-shot classification set in clip_benchmark's webdataset layout names every label it
+    has, and names no empty class; returns ``{"class_names": n, "labels_used": m}``.
 
     clip_benchmark builds one classifier row per line of ``classnames.txt`` and scores label i
     against row i: with a shorter list a label past its end is never predicted, and the record
     still gives a number; an empty list (or no templates) fails inside clip_benchmark.
     BenchmarkSetError names the file.
+
+    The other direction, names that no label of the split uses, is reported, not refused. The
+    layout declares its classes in ``classnames.txt`` alone (``nshards.txt`` and DataComp's
+    ``count.txt`` count shards and samples), and every name is a row of the classifier, a
+    distractor even when no image has its label: the list is the set's label space, and a
+    split without every class is legitimate (DataComp's WILDS sets; a small subset, such as a
+    toy set with fewer images than its 32 classes). So extra names are a warning with both
+    counts and the first unused names, where a file from another set would show. What always
+    makes a name wrong is a blank line: clip_benchmark reads it as a class named "" (a row any
+    image can fall to), and one before other names shifts each of them off its label; that is
+    an error.
     """
     root = Path(root)
     classnames = root / "classnames.txt"
@@ -131,6 +144,12 @@ def check_class_names(root: str | Path, split: str = "test") -> None:
     names = read_lines(classnames)
     if not any(names):
         raise BenchmarkSetError(f"{classnames} lists no class names")
+    blank = [line for line, name in enumerate(names, start=1) if not name]
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        raise BenchmarkSetError(f"{classnames} lists {len(names)} class names, {len(blank)} of them blank "
+                                f"(line {shown}): clip_benchmark reads a blank line as a class named '' (and one "
+                                f"before other names shifts them off their labels); remove it")
     templates = root / "zeroshot_classification_templates.txt"
     if templates.is_file() and not any(read_lines(templates)):
         raise BenchmarkSetError(f"{templates} lists no templates")
@@ -146,6 +165,13 @@ def check_class_names(root: str | Path, split: str = "test") -> None:
         label = max(outside, key=abs)  # the one farthest out
         raise BenchmarkSetError(f"{classnames} lists {len(names)} class names, but {labels[label]} has label {label} "
                                 f"(labels index the list from 0)")
+    unused = [name for index, name in enumerate(names) if index not in labels]
+    if unused:
+        shown = ", ".join(map(repr, unused[:5])) + (", ..." if len(unused) > 5 else "")
+        log.warning("%s lists %d class names, the %s split's labels use %d of them: the other %d (%s) stay in the "
+                    "classifier as distractors (fine for a split without every class; wrong if the file is "
+                    "another set's)", classnames, len(names), split, len(labels), len(unused), shown)
+    return {"class_names": len(names), "labels_used": len(labels)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

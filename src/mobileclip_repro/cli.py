@@ -16,6 +16,7 @@ from mobileclip_repro.config import ConfigError  # jsonschema + yaml only: cheap
 COMMANDS = {
     "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
     "fetch": ("mobileclip_repro.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
+    "local-data": ("mobileclip_repro.local_data", "list local data (data.source: local): every shard with its size and sha256"),
     "select-subsets": ("mobileclip_repro.subsets", "rank every sample by a seeded hash of its uid: the nested subsets of data.subsets"),
     "reinforce": ("mobileclip_repro.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
     "join-shards": ("mobileclip_repro.shards", "write Apple's joined layout: each DataComp shard with its DataCompDR keys in one tar"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import re
 import sys
 from pathlib import Path
@@ -28,15 +30,56 @@ class ConfigError(ValueError):
 
 
 def strict_validator(validator_class=jsonschema.Draft202012Validator):
-    """``validator_class`` where ``integer`` means an integer as written: 128.0 is not one.
+    """``validator_class`` where ``integer`` means an integer as written: 128.0 is not one, and
+    ``number`` a finite one: NaN and infinities are not numbers.
 
     JSON Schema (Draft 2020-12, like jsonschema's default type checker) counts any number
     with a zero fractional part as an integer, so ``global_batch_size: 128.0`` would pass and
-    break integer arithmetic later; booleans are not integers either.
+    break integer arithmetic later; booleans are not integers either. NaN passes every bound
+    (it compares false with all), infinity every lower one (``non_finite_number`` says why
+    neither is wanted).
     """
     checker = validator_class.TYPE_CHECKER.redefine(
         "integer", lambda _, instance: isinstance(instance, int) and not isinstance(instance, bool))
+    checker = checker.redefine("number", lambda _, instance: (
+        isinstance(instance, numbers.Number) and not isinstance(instance, bool)
+        and not (isinstance(instance, float) and not math.isfinite(instance))))
     return jsonschema.validators.extend(validator_class, type_checker=checker)
+
+
+def non_finite_number(instance, path: tuple = ()) -> tuple[tuple, float] | None:
+    """(key path, value) of the first NaN or infinity in a nested mapping/list (depth first, in
+    order), None if every number is finite.
+
+    YAML reads ``.nan``, ``.inf`` and ``-.inf`` as floats, and Python's ``json`` reads
+    ``NaN``, ``Infinity`` and ``-Infinity``. No setting of this project means anything with
+    them, and a schema bound cannot catch them: NaN compares false with everything, so
+    ``lr: .nan`` passes ``exclusiveMinimum: 0`` and a NaN ``grad_clip_norm`` stops the
+    trainer only at its first step. Infinity is refused too: no number here has a use for
+    it (``grad_clip_norm`` turns clipping off with null or 0).
+    """
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return path, instance
+    children = instance.items() if isinstance(instance, dict) else (
+        enumerate(instance) if isinstance(instance, (list, tuple)) else ())
+    for key, child in children:
+        found = non_finite_number(child, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def non_finite_message(value: float) -> str:
+    return f"{value} is not a finite number (NaN and infinities are refused: no setting means anything with them)"
+
+
+def check_finite(instance, prefix: str = "") -> None:
+    """ConfigError naming the first key, under ``prefix``, whose number is NaN or infinite."""
+    found = non_finite_number(instance)
+    if found is not None:
+        path, value = found
+        where = ".".join(str(part) for part in [*filter(None, [prefix]), *path]) or "<top level>"
+        raise ConfigError(f"config key '{where}': {non_finite_message(value)}")
 
 
 def _with_defaults(validator_class):
@@ -68,10 +111,38 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+# YAML 1.2's (and JSON's, and Python's) exponent floats that PyYAML, a YAML 1.1 reader, leaves as
+# strings: `2e-3`, `1E5`, `1.e-3`. (`2.0e-3` it already reads as a float.)
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
+def _read_exponent_floats(errors: list[jsonschema.ValidationError], instance) -> bool:
+    """Where the schema wants a number and the config has a string such as ``2e-3``, put the float
+    it means, in place: ``lr: 2e-3`` is ``lr: 2.0e-3`` is ``lr: 0.002``. Whether anything changed."""
+    changed = False
+    for error in errors:
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if (error.validator == "type" and "number" in wanted and isinstance(error.instance, str)
+                and _EXPONENT_FLOAT.fullmatch(error.instance.strip()) and error.absolute_path):
+            *parents, key = error.absolute_path
+            container = instance
+            for part in parents:
+                container = container[part]
+            container[key] = float(error.instance)
+            changed = True
+    return changed
+
+
 def _validate_against(schema: dict, instance, prefix: str = "") -> None:
     """Validate ``instance`` in place, filling defaults; ConfigError naming the first bad key."""
+    # before the schema, which would call a NaN only "not of type 'number'" (strict_validator)
+    check_finite(instance, prefix)
     validator = _with_defaults(strict_validator())(schema)
-    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = list(validator.iter_errors(instance))
+    if _read_exponent_floats(errors, instance):
+        check_finite(instance, prefix)  # `1e999` is a float too
+        errors = list(validator.iter_errors(instance))
+    errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # the deepest error names the actual key; oneOf wrappers hide it otherwise
         best = jsonschema.exceptions.best_match(errors)
@@ -443,6 +514,27 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
             # the DAG's own teachers (toy), or None: the JSON's pretrained tags resolve through open_clip
             run["teachers_dir"] = str(results / "teachers") if variant["generate"] else None
     return run
+
+
+def load_run_spec(text: str) -> dict:
+    """A resolved run spec given as JSON (``train --spec``, what the DAG's rules pass).
+
+    A spec from ``resolve_run`` comes from a validated config; one written by hand does not,
+    and Python's json reads ``NaN`` and ``Infinity``: a NaN ``grad_clip_norm`` or ``lr``
+    would stop the trainer only at its first step. ConfigError names the key and the run.
+    """
+    try:
+        spec = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"--spec is not JSON: {error}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"--spec must be a JSON object (a resolved run spec), got a {type(spec).__name__}")
+    found = non_finite_number(spec)
+    if found is not None:
+        path, value = found
+        raise ConfigError(f"config key '{'.'.join(map(str, path))}' of run {spec.get('name', '<unnamed>')!r} "
+                          f"(--spec): {non_finite_message(value)}")
+    return spec
 
 
 def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = None) -> Path:

@@ -87,14 +87,15 @@ def job_of_benchmark(path: Path, benchmarks_dir: Path) -> dict:
     return {"stage": STAGES.get(rule, rule), "rule": rule, "run": run, "seed": seed}
 
 
-def cost_table(benchmarks_dir: str | os.PathLike, ledger: dict[tuple, dict]):
-    """One row per job (a DataFrame): its benchmark TSV joined with ``ledger`` {(rule, run, seed):
-    {flops, samples}}."""
+def cost_table(benchmark_tsvs: list[str | os.PathLike], benchmarks_dir: str | os.PathLike,
+               ledger: dict[tuple, dict]):
+    """One row per job (a DataFrame): each benchmark TSV the DAG handed the report (under
+    ``benchmarks_dir``, which names its job) joined with ``ledger`` {(rule, run, seed): {flops, samples}}."""
     import pandas as pd  # the report's; train and reinforce jobs import this module without it
 
     benchmarks_dir = Path(benchmarks_dir)
     rows = []
-    for path in sorted(benchmarks_dir.rglob("*.tsv")) if benchmarks_dir.is_dir() else []:
+    for path in sorted(Path(path) for path in benchmark_tsvs):
         job = job_of_benchmark(path, benchmarks_dir)
         counted = ledger.get((job["rule"], job["run"], job["seed"]), {})
         flops, samples = counted.get("flops"), counted.get("samples")
@@ -106,17 +107,21 @@ def cost_table(benchmarks_dir: str | os.PathLike, ledger: dict[tuple, dict]):
     return table
 
 
-def train_ledger(results_dir: str | os.PathLike) -> dict[tuple, dict]:
-    """The FLOPs and seen samples of every finished train job (students and teachers), from their manifests."""
-    results_dir = Path(results_dir)
+def _read_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def train_ledger(run_manifests: list[str | os.PathLike],
+                 teacher_manifests: list[str | os.PathLike] = ()) -> dict[tuple, dict]:
+    """The FLOPs and seen samples of the given train jobs' manifests (students, then teachers)."""
     ledger = {}
-    for manifest_path in sorted(results_dir.glob("runs/*/seed_*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for manifest_path in sorted(Path(path) for path in run_manifests):
+        manifest = _read_json(manifest_path)
         flops = manifest.get("flops") or {}
         ledger[("train", manifest["run"], manifest["seed"])] = {"flops": flops.get("total"),
                                                               "samples": flops.get("seen_samples")}
-    for manifest_path in sorted(results_dir.glob("teachers/*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for manifest_path in sorted(Path(path) for path in teacher_manifests):
+        manifest = _read_json(manifest_path)
         flops = manifest.get("flops") or {}
         ledger[("train_teacher", manifest_path.parent.name + ".pt", None)] = {
             "flops": flops.get("total"), "samples": flops.get("seen_samples")}
@@ -136,11 +141,12 @@ def eval_ledger(records: list[dict]) -> dict[tuple, dict]:
     return ledger
 
 
-def reinforce_ledger(results_dir: str | os.PathLike) -> dict[tuple, dict]:
-    """FLOPs (teachers and captioners) and images written by each reinforce job, from its group manifest."""
+def reinforce_ledger(reinforce_manifests: list[str | os.PathLike]) -> dict[tuple, dict]:
+    """FLOPs (teachers and captioners) and images written by each reinforce job, from its group manifest
+    (``data/reinforce/<reinforcement>/group_<g>.json``, the job's declared output)."""
     ledger = {}
-    for manifest_path in sorted(Path(results_dir).glob("data/reinforce/*/group_*.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for manifest_path in sorted(Path(path) for path in reinforce_manifests):
+        manifest = _read_json(manifest_path)
         totals = manifest.get("totals") or {}
         flops = totals.get("flops") or {}
         reinforced = totals.get("shards_reinforced", 0)
@@ -150,16 +156,18 @@ def reinforce_ledger(results_dir: str | os.PathLike) -> dict[tuple, dict]:
     return ledger
 
 
-def full_ledger(results_dir: str | os.PathLike, records: list[dict]) -> dict[tuple, dict]:
-    return {**train_ledger(results_dir), **eval_ledger(records), **reinforce_ledger(results_dir)}
+def full_ledger(inputs, records: list[dict]) -> dict[tuple, dict]:
+    """Every job's counted FLOPs and samples from the report's declared inputs (``report.ReportInputs``)."""
+    return {**train_ledger(inputs.run_manifests, inputs.teacher_manifests), **eval_ledger(records),
+            **reinforce_ledger(inputs.reinforce_manifests)}
 
 
-def run_costs(results_dir: str | os.PathLike, table) -> dict[str, dict]:
-    """Per training run: its arm (plain, DR), the reinforcement it reads, and per seen sample
-    its FLOPs (counted) and wall and CPU seconds (Snakemake's benchmark, mean over seeds)."""
+def run_costs(run_manifests: list[str | os.PathLike], table) -> dict[str, dict]:
+    """Per training run of the given manifests: its arm (plain, DR), the reinforcement it reads, and per
+    seen sample its FLOPs (counted) and wall and CPU seconds (Snakemake's benchmark, mean over seeds)."""
     runs: dict[str, dict] = {}
-    for manifest_path in sorted(Path(results_dir).glob("runs/*/seed_*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
+    for manifest_path in sorted(Path(path) for path in run_manifests):
+        manifest = _read_json(manifest_path)
         flops = manifest.get("flops") or {}
         entry = runs.setdefault(manifest["run"], {"run": manifest["run"], "seeds": 0, "arm": None,
                                                   "reinforcement": None, "flops_per_sample": None,

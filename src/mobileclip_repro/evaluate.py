@@ -15,7 +15,10 @@ Traps handled here rather than left to the user:
 - a webdataset set read by more loader workers than it has shards fails; workers are
   clamped to the shard count.
 - a classification set whose ``classnames.txt`` is shorter than its labels still gives a
-  number (an empty one a traceback); both are an error before the first record.
+  number (an empty one a traceback), and a blank line in it is a class named "" (shifting
+  the names after it); all are an error before the first record. Names no label of the
+  split uses are the set's label space, not an error (a split may lack classes): a warning
+  gives both counts.
 - recall@K needs K <= number of images; K is clamped to the number of images.
 - a custom webdataset retrieval set is only treated as retrieval when the task says so;
   the task must agree with the set's ``dataset_type.txt``.

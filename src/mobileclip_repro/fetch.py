@@ -30,7 +30,10 @@ Per shard id of the group: the DataCompDR tar is downloaded with ``hf_hub_downlo
 (``HF_ENDPOINT``, ``HF_TOKEN`` and the other ``HF_*`` variables apply as in
 huggingface_hub), checked (``shards.is_readable_tar`` and every member's data inside the
 file), re-downloaded once if broken and otherwise the shard is counted as failed; it is
-installed atomically at ``<dr-dir>/<id>.tar``. Captions (and, without DataCompDR, URLs and
+installed atomically at ``<dr-dir>/<id>.tar``. Every hub download and listing retries a
+transient error (HTTP 408/429/5xx, a connection error, a timeout) ``--hub-retries`` times
+with exponential backoff from ``--hub-backoff`` seconds (``hub.HubRetries``); a 404, 401/403
+or missing repo fails at once. Captions (and, without DataCompDR, URLs and
 sha256) come from the DataComp source above. Images are downloaded from their URLs, their
 bytes are checked against the recorded sha256 (DataCompDR's ``json``, else DataComp's) and
 stored *unmodified* under ``jpg`` (whatever their format: re-encoding would break the
@@ -41,15 +44,24 @@ keys are kept.
 
 Why not img2dataset: img2dataset 1.47.0 requires ``webdataset<0.3`` (this project pins
 webdataset 1.0.2) and pulls wandb, albumentations and opencv; and by default it re-encodes
-images, which breaks the sha256 check. The downloader here is ~100 lines over requests: a
+images, which breaks the sha256 check. The downloader here is ~200 lines over requests: a
 thread pool per process (``--processes`` shards at a time x ``--threads`` URLs per shard;
-DataComp's own download uses 16 x 128), a per-URL deadline (``--timeout``: a connect or a
-silent read fails after ``timeout`` s, a trickling body is cut once ``timeout`` s have
-passed since its first byte, so one URL costs at most about twice the timeout per try),
-(DNS lookups are bounded by the system resolver, not by ``--timeout``), retries
-(``--retries``) only for connection errors and HTTP 429/5xx, a size cap, and
-img2dataset's default opt-out rule (``X-Robots-Tag: noai|noimageai|noindex|noimageindex``
-drops the image).
+DataComp's own download uses 16 x 128), a per-URL deadline (``--timeout``, below), retries
+(``--retries``) only for connection errors and HTTP 429/5xx (never for a timeout), a size
+cap, and img2dataset's default opt-out rule (``X-Robots-Tag:
+noai|noimageai|noindex|noimageindex`` drops the image).
+
+The deadline: each try of a URL must have its answer (DNS lookup, connect, redirects, status
+and headers) within ``timeout`` seconds, and then its whole body within ``timeout`` more, so
+one URL costs at most about twice the timeout per try, whether the server trickles, stalls
+or never answers. requests and urllib3 bound each socket operation, not their sum, and not
+the DNS lookup at all; so here the lookup runs in a helper thread given up on at the
+deadline (``resolve_within``), the lookup and the connects share the connect timeout
+(``_LookupWithinConnectTimeout``), urllib3's ``Timeout(total=...)`` ends the wait for the
+headers at the deadline, redirects are followed hop by hop with what is left, and the body
+is read as it arrives, the socket's timeout set to the time left before each read. Only a
+server that trickles its TLS handshake or its headers byte by byte is bounded per read, not
+in total; and through a proxy, the proxy does the DNS lookups.
 
 Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
 (``--manifest``, with the per-shard entries and totals): ``samples_listed`` =
@@ -59,9 +71,12 @@ Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
 
 Resumable: every file gets its final name only once complete (``shards.atomic_output``);
 a rerun skips a shard whose DataComp tar, manifest (and DataCompDR tar) exist and read
-back, and redoes any other (a dead writer's ``.partial`` leftover is removed). A shard that fails
-(its DataCompDR tar is broken twice, or missing on the hub) is recorded in the group
-manifest and retried by the next run; a failed URL never stops its shard.
+back, and redoes any other (a dead writer's ``.partial`` leftover is removed). A shard that
+fails (a hub file broken twice, missing, or still failing after the hub retries) fails its
+group: the command logs every failed shard and why, keeps the shards it finished (each with
+its manifest), writes no group manifest and exits 1, so the workflow does not take the
+group for done and its next run fetches exactly the missing shards. A failed image URL is a
+lost sample, counted, and never stops its shard.
 """
 from __future__ import annotations
 
@@ -73,6 +88,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import tarfile
 import threading
 import time
@@ -81,10 +97,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family, create_connection
 
 from mobileclip_repro import shards
-from mobileclip_repro.hub import hub_download, hub_list_files, select_group
+from mobileclip_repro.hub import HubRetries, describe_hub_error, hub_download, hub_list_files, select_group
 
 log = logging.getLogger("mobileclip_repro.fetch")
 
@@ -108,7 +129,8 @@ TAR_MTIME = 0  # fixed member mtime: the same bytes give the same shard
 
 
 class ShardFailed(Exception):
-    """The shard cannot be built in this run (hub file missing or broken); it is retried next run."""
+    """The shard cannot be built in this run (hub file missing, broken, or still failing after
+    the hub retries); the group fails and the next run retries the shard."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +146,13 @@ class FetchOptions:
     processes: int = 1                # shards in parallel (processes)
     threads: int = 64                 # URLs in flight per shard
     timeout: float = 10.0
-    retries: int = 1
+    retries: int = 1                  # per image URL
     max_image_bytes: int = 64 << 20
+    hub_retries: int = 4              # per hub download or listing, after a transient error
+    hub_backoff_s: float = 2.0        # wait before the first hub retry; doubles each retry
+
+    def hub_retry(self) -> HubRetries:
+        return HubRetries(retries=self.hub_retries, backoff_s=self.hub_backoff_s)
 
     def staging(self) -> Path:
         """Hub downloads land here first; a sibling of the shard folders, so moves are renames."""
@@ -182,14 +209,16 @@ def _install(source: Path, destination: Path) -> None:
         source.unlink()
 
 
-def download_checked_tar(repo_id: str, filename: str, local_dir: Path, revision: str | None) -> Path:
-    """Download a tar from the hub; one re-download if it is broken, then ShardFailed."""
+def download_checked_tar(repo_id: str, filename: str, local_dir: Path, revision: str | None,
+                         retry: HubRetries = HubRetries()) -> Path:
+    """Download a tar from the hub (transient errors retried per ``retry``); one re-download if it
+    is broken, then ShardFailed."""
     problem = None
     for attempt in range(2):
         try:
-            path = hub_download(repo_id, filename, local_dir, revision=revision, force=attempt > 0)
-        except Exception as error:  # noqa: BLE001 - huggingface_hub / network errors: the shard fails, not the group
-            raise ShardFailed(f"{repo_id}/{filename}: download failed: {type(error).__name__}: {error}") from None
+            path = hub_download(repo_id, filename, local_dir, revision=revision, force=attempt > 0, retry=retry)
+        except Exception as error:  # noqa: BLE001 - hub / network errors: this shard fails, the others go on
+            raise ShardFailed(f"{repo_id}/{filename}: download failed: {describe_hub_error(error)}") from None
         problem = shards.tar_problem(path)
         if problem is None:
             return path
@@ -313,6 +342,95 @@ def parquet_captions(paths: list[Path], uids: set[str]) -> dict[str, str]:
 # Image downloads
 
 
+BODY_READ_BYTES = 1 << 16  # per read at most; a read returns what has arrived, it does not wait for more
+MAX_REDIRECTS = 10          # as urllib, which img2dataset uses
+
+
+def resolve_within(host: str, port: int, seconds: float) -> list[tuple]:
+    """``socket.getaddrinfo`` for a TCP connection to ``host``, given up on after ``seconds`` (TimeoutError).
+
+    The system resolver takes no deadline from its caller (its timeouts and attempts are set in
+    resolv.conf), so the lookup runs in a daemon thread; one that overruns is left to finish
+    on its own, and its answer is dropped.
+    """
+    answer: dict = {}
+
+    def look_up() -> None:
+        try:
+            answer["addresses"] = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+        except Exception as error:  # noqa: BLE001 - raised again in the caller's thread
+            answer["error"] = error
+
+    lookup = threading.Thread(target=look_up, name=f"resolve {host}", daemon=True)
+    lookup.start()
+    lookup.join(max(seconds, 0.0))
+    if lookup.is_alive():
+        raise TimeoutError(f"DNS lookup of {host} took over {seconds:.3g} s")
+    if "error" in answer:
+        raise answer["error"]
+    return answer["addresses"]
+
+
+class _LookupWithinConnectTimeout:
+    """A urllib3 connection whose DNS lookup and TCP connects share one budget: its connect timeout.
+
+    urllib3's own ``_new_conn`` bounds each connect attempt by that timeout, but not the lookup
+    before it, and gives every address the lookup returns a fresh timeout.
+    """
+
+    def _new_conn(self) -> socket.socket:
+        if self.timeout is None:
+            return super()._new_conn()
+        deadline = time.monotonic() + self.timeout
+        timed_out = ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})")
+        try:
+            addresses = resolve_within(self.host.strip("[]"), self.port, self.timeout)
+        except socket.gaierror as error:
+            raise NameResolutionError(self.host, self, error) from error
+        except TimeoutError as error:
+            raise timed_out from error
+        except (OSError, UnicodeError) as error:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+        failure: Exception = timed_out
+        for *_, address in addresses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise timed_out
+            try:  # a numeric address: create_connection looks nothing up
+                return create_connection(address[:2], remaining, source_address=self.source_address,
+                                         socket_options=self.socket_options)
+            except TimeoutError:
+                failure = timed_out
+            except OSError as error:
+                failure = NewConnectionError(self, f"Failed to establish a new connection: {error}")
+        raise failure
+
+
+class _HTTPConnection(_LookupWithinConnectTimeout, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_LookupWithinConnectTimeout, HTTPSConnection):
+    pass
+
+
+class _HTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _LookupWithinConnectTimeoutAdapter(HTTPAdapter):
+    """requests' adapter, its pools making connections that bound their DNS lookup (through a
+    proxy, the proxy looks the image hosts up)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+
 _local = threading.local()
 
 
@@ -321,6 +439,9 @@ def _session() -> requests.Session:
     if session is None:
         session = _local.session = requests.Session()
         session.headers["User-Agent"] = USER_AGENT
+        adapter = _LookupWithinConnectTimeoutAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
     return session
 
 
@@ -339,14 +460,67 @@ def _opted_out(headers) -> bool:
 
 
 def _is_timeout(error: BaseException) -> bool:
-    """requests reports a read timeout inside a streamed body as a ConnectionError wrapping urllib3's."""
-    from urllib3.exceptions import ReadTimeoutError
+    """requests raises Timeout, urllib3 (reading a body) its own TimeoutError, and requests reports
+    a read timeout inside a redirect's body as a ConnectionError wrapping urllib3's."""
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-    return isinstance(error, requests.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in error.args)
+    return isinstance(error, (requests.Timeout, Urllib3Timeout, TimeoutError)) \
+        or any(isinstance(arg, Urllib3Timeout) for arg in error.args)
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise requests.Timeout("no answer within the timeout")
+    return remaining
+
+
+def _answer(url: str, deadline: float) -> requests.Response:
+    """GET ``url`` (body not read), redirects followed, every hop's DNS lookup, connect and headers by ``deadline``.
+
+    urllib3's ``Timeout(total=...)`` bounds one hop's connect plus its wait for the headers;
+    requests would give each redirect hop a full timeout of its own, so hops are followed here.
+    """
+    session = _session()
+    response = session.get(url, stream=True, allow_redirects=False,
+                           timeout=urllib3.Timeout(total=_remaining(deadline)))
+    for _ in range(MAX_REDIRECTS):
+        if not (response.is_redirect and response.next is not None):
+            break
+        next_url = response.next.url  # requests' reading of Location (relative, re-quoted)
+        response.close()
+        # session.get, not session.send: it applies the environment's proxies and CA bundle to each hop
+        response = session.get(next_url, stream=True, allow_redirects=False,
+                               timeout=urllib3.Timeout(total=_remaining(deadline)))
+    return response
+
+
+def _read_body(response: requests.Response, deadline: float, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """The body by ``deadline``, read as it arrives: a body that trickles is cut at the deadline, as is
+    one that stops (the socket's timeout is what is left before each read)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    body = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None, "timeout"
+        if sock is not None:
+            sock.settimeout(remaining)
+        chunk = response.raw.read1(BODY_READ_BYTES, decode_content=True)
+        if not chunk:
+            return bytes(body), None
+        body += chunk
+        if len(body) > max_bytes:
+            return None, "too_large"
 
 
 def fetch_url(url: str, timeout: float, retries: int, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """``(body, None)`` or ``(None, reason)`` with reason in FAILURE_REASONS. Never raises."""
+    """``(body, None)`` or ``(None, reason)`` with reason in FAILURE_REASONS. Never raises.
+
+    Each try has two deadlines: the answer (DNS lookups, connects, redirects, headers) within
+    ``timeout`` seconds, then the body within ``timeout`` more; so a try costs at most about
+    2 x timeout, and a timeout is not retried.
+    """
     if not url.lower().startswith(("http://", "https://")):
         return None, "invalid_url"
     reason = "connection"
@@ -354,7 +528,7 @@ def fetch_url(url: str, timeout: float, retries: int, max_bytes: int) -> tuple[b
         if attempt:
             time.sleep(min(0.5 * attempt, 2.0))
         try:
-            with _session().get(url, timeout=(timeout, timeout), stream=True) as response:
+            with _answer(url, time.monotonic() + timeout) as response:
                 if response.status_code in (404, 410):
                     return None, "http_404"
                 if response.status_code != 200:
@@ -367,19 +541,11 @@ def fetch_url(url: str, timeout: float, retries: int, max_bytes: int) -> tuple[b
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     return None, "too_large"
-                deadline = time.monotonic() + timeout
-                body = bytearray()
-                for chunk in response.iter_content(chunk_size=1 << 16):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        return None, "too_large"
-                    if time.monotonic() > deadline:
-                        return None, "timeout"
-                return bytes(body), None
+                return _read_body(response, time.monotonic() + timeout, max_bytes)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, ValueError):
             return None, "invalid_url"
-        except (requests.RequestException, OSError) as error:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             if _is_timeout(error):
                 return None, "timeout"  # not retried: a retry would double the stall
             reason = "connection"
@@ -414,6 +580,9 @@ def load_done_shard(shard_id: str, opts: FetchOptions) -> dict | None:
         return None
     if dr_tar is not None and not (dr_tar.is_file() and shards.is_readable_tar(dr_tar)):
         return None
+    if any(Path(described["path"]).stat().st_size != described["bytes"]
+           for described in manifest.get(shards.SHARD_FILES_KEY, []) if Path(described["path"]).is_file()):
+        return None  # a tar replaced since: fetched again
     return manifest
 
 
@@ -422,7 +591,8 @@ def ensure_dr_shard(shard_id: str, opts: FetchOptions) -> Path:
     _, _, dr_tar = _paths(shard_id, opts)
     if dr_tar.is_file() and shards.is_readable_tar(dr_tar):
         return dr_tar
-    staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_revision)
+    staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_revision,
+                                  opts.hub_retry())
     _install(staged, dr_tar)
     return dr_tar
 
@@ -430,7 +600,7 @@ def ensure_dr_shard(shard_id: str, opts: FetchOptions) -> Path:
 def datacomp_shard_index(shard_id: str, opts: FetchOptions) -> list[SourceSample]:
     """Layout ``shards``: the DataComp caption shard of the same id, read, then its download removed."""
     staged = download_checked_tar(opts.datacomp_repo, f"{shard_id}.tar", opts.staging() / "datacomp",
-                                  opts.datacomp_revision)
+                                  opts.datacomp_revision, opts.hub_retry())
     try:
         return read_datacomp_index(staged)
     finally:
@@ -491,6 +661,11 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
     return counts
 
 
+def _shard_files(entry: dict) -> list[dict]:
+    """The tars of an ok shard as ``shards.SHARD_FILES_KEY`` entries (hashed while still in the page cache)."""
+    return [shards.describe_shard(entry[key]) for key in ("datacomp_tar", "dr_tar") if entry.get(key)]
+
+
 def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | None = None) -> dict:
     """Build one shard; returns its manifest entry (status ``ok`` or ``failed``). Never raises ShardFailed."""
     start = time.monotonic()
@@ -516,6 +691,7 @@ def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | No
     entry.update(status="ok", datacomp_tar=str(datacomp_tar), dr_tar=str(dr_tar) if dr_tar else None,
                  **{name: getattr(counts, name) for name in COUNTERS}, failed=counts.failed,
                  elapsed_s=round(elapsed, 3), images_per_s=round(counts.images_fetched / max(elapsed, 1e-9), 2))
+    entry[shards.SHARD_FILES_KEY] = _shard_files(entry)
     shards.write_json_atomic(manifest_path, entry)
     return entry
 
@@ -574,16 +750,18 @@ def _parallel(function, jobs: list[tuple], processes: int, description: str):
 
 
 def _parquet_files(opts: FetchOptions) -> list[Path]:
-    names = sorted(name for name in hub_list_files(opts.datacomp_repo, opts.datacomp_revision)
+    names = sorted(name for name in hub_list_files(opts.datacomp_repo, opts.datacomp_revision, retry=opts.hub_retry())
                    if name.endswith(".parquet"))
     if not names:
         raise ValueError(f"{opts.datacomp_repo} holds no *.parquet files")
     local_dir = opts.staging() / "parquet" / opts.datacomp_repo.replace("/", "--")
-    return [hub_download(opts.datacomp_repo, name, local_dir, revision=opts.datacomp_revision) for name in names]
+    return [hub_download(opts.datacomp_repo, name, local_dir, revision=opts.datacomp_revision, retry=opts.hub_retry())
+            for name in names]
 
 
 def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
-    """Fetch every shard of a group that is not already complete; returns the group manifest."""
+    """Fetch every shard of a group that is not already complete; returns the group manifest, failed
+    shards included (``command`` writes it only when none failed)."""
     start = time.monotonic()
     level = log.getEffectiveLevel()
     entries: dict[str, dict] = {}
@@ -598,7 +776,7 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
 
     layout = opts.layout
     if pending and layout == "auto":
-        layout = detect_layout(hub_list_files(opts.datacomp_repo, opts.datacomp_revision))
+        layout = detect_layout(hub_list_files(opts.datacomp_repo, opts.datacomp_revision, retry=opts.hub_retry()))
         log.info("%s: layout %r", opts.datacomp_repo, layout)
     opts = replace(opts, layout=layout)
     if layout == "parquet" and not opts.dr_repo:
@@ -637,6 +815,9 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
     return {"schema": MANIFEST_SCHEMA, "datacomp_repo": opts.datacomp_repo, "dr_repo": opts.dr_repo,
             "layout": layout, "datacomp_dir": str(opts.datacomp_dir),
             "dr_dir": str(opts.dr_dir) if opts.dr_repo else None, "totals": _totals(ordered), "shards": ordered,
+            # what training reads: the ok shards' tars, by content (train.training_shards)
+            shards.SHARD_FILES_KEY: [described for entry in ordered if entry.get("status") == "ok"
+                                     for described in entry.get(shards.SHARD_FILES_KEY) or _shard_files(entry)],
             "elapsed_s": round(elapsed, 3), "images_per_s": round(fetched_now / max(elapsed, 1e-9), 2)}
 
 
@@ -657,8 +838,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="the group manifest to write")
     parser.add_argument("--processes", type=int, default=1, help="shards fetched in parallel (processes)")
     parser.add_argument("--threads", type=int, default=64, help="image downloads in flight per process")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per URL (connect, read, whole body)")
-    parser.add_argument("--retries", type=int, default=1, help="extra tries after a connection error or HTTP 429/5xx")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds for a URL's answer (DNS lookup, connect, redirects, headers), and as many "
+                             "more for its body")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="extra tries of an image URL after a connection error or HTTP 429/5xx")
+    parser.add_argument("--hub-retries", type=int, default=4,
+                        help="extra tries of a hub download or listing after HTTP 408/429/5xx, a connection error "
+                             "or a timeout")
+    parser.add_argument("--hub-backoff", type=float, default=2.0,
+                        help="seconds before the first hub retry; each next wait doubles (jittered, at most 60 s)")
     parser.add_argument("--max-image-bytes", type=int, default=64 << 20)
     parser.add_argument("--datacomp-layout", choices=("auto", "shards", "parquet"), default="auto",
                         help="DataComp repo layout: per-shard tars or parquet metadata (auto: from its file list)")
@@ -672,8 +861,10 @@ def command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.dr_repo and args.dr_dir is None:
         raise ValueError("--dr-repo needs --dr-dir")
-    if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0:
-        raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries >= 0")
+    if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0 or args.hub_retries < 0 \
+            or args.hub_backoff < 0:
+        raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries, --hub-retries and "
+                         "--hub-backoff >= 0")
     index, group_shards = select_group(args.shard_spec, args.group, args.group_size)
     try:
         from huggingface_hub.utils import disable_progress_bars
@@ -685,7 +876,8 @@ def command(args: argparse.Namespace) -> int:
                         dr_dir=args.dr_dir, layout=args.datacomp_layout, datacomp_revision=args.datacomp_revision,
                         dr_revision=args.dr_revision, staging_dir=args.staging_dir, processes=args.processes,
                         threads=args.threads, timeout=args.timeout, retries=args.retries,
-                        max_image_bytes=args.max_image_bytes)
+                        max_image_bytes=args.max_image_bytes, hub_retries=args.hub_retries,
+                        hub_backoff_s=args.hub_backoff)
     manifest = fetch_group(group_shards, opts)
     manifest.update(group=args.group, group_index=index, group_size=args.group_size,
                     options={key: str(value) if isinstance(value, Path) else value
@@ -697,10 +889,20 @@ def command(args: argparse.Namespace) -> int:
              args.group, totals["shards_ok"], totals["shards"], totals["shards_resumed"], totals["samples_kept"],
              totals["samples_listed"], totals["urls_tried"], totals["images_fetched"], manifest["images_per_s"],
              failures, totals["sha256_mismatch"], totals["no_caption"])
-    if totals["shards"] and not totals["shards_ok"]:
-        log.error("group %s: no shard could be fetched (check the repo names, HF_ENDPOINT and HF_TOKEN); "
-                  "no manifest written", args.group)
+    failed = [entry for entry in manifest["shards"] if entry.get("status") != "ok"]
+    if failed:
+        # The group manifest is the workflow's mark of a complete group: written, it would stop every
+        # later run from retrying the missing shards. The finished ones have their own manifests, so the
+        # next run of this command skips them and fetches only these.
+        for entry in failed:
+            log.error("shard %s failed: %s", entry["shard"], entry.get("error", "unknown error"))
+        hint = " (check the repo names, HF_ENDPOINT and HF_TOKEN)" if not totals["shards_ok"] else ""
+        log.error("group %s: %d of %d shards failed%s; the %d complete ones are kept and a rerun fetches only the "
+                  "failed ones; no group manifest written", args.group, len(failed), totals["shards"], hint,
+                  totals["shards_ok"])
+        args.manifest.unlink(missing_ok=True)  # one left by an earlier run would claim the group complete
         return 1
+    manifest[shards.SHARD_FILES_KEY] = shards.relative_to_manifest(manifest[shards.SHARD_FILES_KEY], args.manifest)
     shards.write_json_atomic(args.manifest, manifest)
     print(args.manifest)
     return 0

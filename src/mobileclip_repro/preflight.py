@@ -5,7 +5,7 @@ The schema sees one YAML file; these look at what it points to:
 * model names (``runs.*.model``, ``teachers.*.model``, the CoCa captioner, the teachers of the
   reinforcement JSON) against open_clip's registry and the project's ``model_configs/``;
 * the reinforcement JSON (Apple's format), against the package's ``schemas/reinforce.schema.yaml``
-  and one entry of ``pretrained`` per ``model_name``;
+  (its numbers finite: no NaN or Infinity) and one entry of ``pretrained`` per ``model_name``;
 * ``distill.teacher_dimension`` of each DR run against the teachers' ``embed_dim``;
 * ``syn_caption_regex`` of each DR run against the synthetic-caption sets the reinforcement
   writes (``reinforcement.captioner``) or, for shards on disk, their ``syn.json`` keys;
@@ -18,7 +18,7 @@ The schema sees one YAML file; these look at what it points to:
 * ``workers`` of each run without ``dataset_resampled``: every process x worker needs shards
   of its own, counted from the toy settings, the hub's shard spec or the local folder;
 * benchmark sets: a root the DAG neither makes (the toy sets) nor fetches (``hub_repo``)
-  exists, and a classification set already on disk names every label it has
+  exists, and a classification set already on disk names every label it has (and no blank class)
   (``benchmark_sets.check_class_names``; ``evaluate`` runs it again on every set). A hub
   experiment is planned before its data exist, wherever it is planned (the paper configs plan
   on a laptop), so its roots are checked when the DAG starts running jobs instead
@@ -42,8 +42,8 @@ import yaml
 
 from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, wds_shard_paths
 from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets,
-                                     generated_benchmark, reinforcement_dr_dir, reinforcement_names,
-                                     reinforcement_variant, strict_validator)
+                                     generated_benchmark, non_finite_message, non_finite_number, reinforcement_dr_dir,
+                                     reinforcement_names, reinforcement_variant, strict_validator)
 from mobileclip_repro.hub import expand_shard_spec
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
@@ -117,6 +117,11 @@ def load_reinforce_json(path: str | Path, key: str = "reinforcement.config") -> 
         raw = json.loads(found.read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"config key '{key}': {path} is not readable JSON: {error}") from None
+    # json reads NaN and Infinity; the schema would call them only "not of type 'number'"
+    non_finite = non_finite_number(raw)
+    if non_finite is not None:
+        inner, value = non_finite
+        raise ConfigError(f"config key '{key}': {path}: '{'.'.join(map(str, inner))}': {non_finite_message(value)}")
     schema = yaml.safe_load(REINFORCE_SCHEMA_PATH.read_text())
     errors = list(strict_validator()(schema).iter_errors(raw))
     if errors:

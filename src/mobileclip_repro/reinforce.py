@@ -10,7 +10,9 @@ embeddings in ``syn_text_<suffix>_emb`` (the v2 layout, docs/reference.md §9).
 
 One output shard per input shard, same relative path (``17/00000042.tar`` stays nested),
 same keys, written atomically: a rerun skips every shard whose tar and per-shard manifest
-are complete, and a half-written one is never mistaken for done. Augmentations are drawn
+are complete, and a half-written one is never mistaken for done. An input tar that is cut
+(or unreadable past some point) gives a ``partial`` shard: the samples before the damage,
+a manifest saying why, a failed command, and a redo on the next run. Augmentations are drawn
 from a generator seeded by (seed, sample key), so a rerun, on any number of workers, draws
 the same crops.
 
@@ -53,7 +55,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mobileclip_repro import devices, hub, locks, replay, shards
-from mobileclip_repro.config import captioner_sets
+from mobileclip_repro.config import captioner_sets, non_finite_message, non_finite_number
 from mobileclip_repro.cost import PerItemFlops
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
@@ -64,6 +66,10 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 GROUP_MANIFEST_SCHEMA = "mobileclip_repro/reinforce-manifest/1"
 # What decides a DR shard's content: a finished shard made with other values is not silently reused.
 CONTENT_SETTINGS = ("teachers", "pretrained_entries", "num_samples", "captioner", "num_syn_captions", "seed", "dtype")
+# Skip reasons that say the input tar itself was cut or broken (not one bad sample): the DR shard
+# then holds only the samples before the damage, so it is "partial", not "ok", and is redone.
+INPUT_DAMAGE_REASONS = {"truncated_shard": "truncated (cut before its end-of-archive blocks)",
+                        "unreadable_shard": "unreadable past some point (cut inside a member, or corrupt)"}
 _TIMINGS = ("seconds", "teacher_seconds", "image_teacher_seconds", "text_teacher_seconds", "captioner_seconds",
             "data_seconds", "upload_seconds", "write_seconds", "other_seconds", "writer_busy_seconds")
 
@@ -126,12 +132,26 @@ class ShardReport:
     def teacher_seconds(self) -> float:
         return self.image_teacher_seconds + self.text_teacher_seconds
 
+    @property
+    def input_damage(self) -> str | None:
+        """Why the input tar could not be read to its end, None when it was."""
+        damaged = [what for reason, what in INPUT_DAMAGE_REASONS.items() if self.skipped.get(reason)]
+        return "; ".join(damaged) or None
+
     def as_dict(self) -> dict:
         accounted = (self.teacher_seconds + self.captioner_seconds + self.data_seconds + self.upload_seconds
                      + self.write_seconds)
+        damage = self.input_damage
+        # "partial": the DR shard is a faithful reinforcement of the samples before the damage (kept,
+        # so that training still has them), but not of the shard; a rerun redoes it
+        reason = {} if damage is None else {
+            "reason": f"the input shard is {damage}: this DR shard holds only the {self.written} samples "
+                      f"written from the part before it; fix the DataComp shard (fetch or copy it again) and "
+                      f"rerun to redo it"}
         return {
             "shard": self.shard,
-            "status": "ok",
+            "status": "ok" if damage is None else "partial",
+            **reason,
             "samples_in": self.samples_in,
             "written": self.written,
             "skipped": dict(sorted(self.skipped.items())),
@@ -573,9 +593,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _captioner_spec(args: argparse.Namespace):
     if args.captioner_json is not None:
         try:
-            return json.loads(args.captioner_json)
+            spec = json.loads(args.captioner_json)
         except json.JSONDecodeError as error:
             raise ValueError(f"--captioner-json is not valid JSON: {error}") from error
+        found = non_finite_number(spec)  # named here, before any model loads (json reads NaN and Infinity)
+        if found is not None:
+            inner, value = found
+            raise ValueError(f"--captioner-json: '{'.'.join(map(str, inner))}': {non_finite_message(value)}")
+        return spec
     return args.captioner or "world"
 
 
@@ -634,6 +659,11 @@ def _finished_shard(source: Path, target: Path, settings: dict, replace_other_se
         return None
     if not isinstance(manifest, dict) or not shards.is_readable_tar(target):
         return None
+    # made from a cut input (status partial; a manifest written before that status existed says
+    # ok but counts the damage): redone, so that a fixed input is reinforced in full
+    if manifest.get("status", "ok") != "ok" or any((manifest.get("skipped") or {}).get(reason)
+                                                   for reason in INPUT_DAMAGE_REASONS):
+        return None
     if manifest.get("source_bytes", source.stat().st_size) != source.stat().st_size:
         return None  # the DataComp shard was rewritten since
     for key in CONTENT_SETTINGS:
@@ -655,16 +685,21 @@ def resolve_workers(workers: str | int, device: torch.device) -> int:
 
 
 def totals(entries: list[dict]) -> dict:
-    """Sums over a group's shards: counts, skips by reason, seconds by stage, and the teachers' share."""
-    done = [entry for entry in entries if entry.get("status") == "ok"]
+    """Sums over a group's shards: counts, skips by reason, seconds by stage, and the teachers' share.
+
+    A partial shard's samples and seconds count (they were reinforced, and are on disk); it is
+    counted in ``shards_partial``, not among the shards reinforced.
+    """
+    done = [entry for entry in entries if entry.get("status") in ("ok", "partial")]
     skipped = Counter()
     for entry in done:
         skipped.update(entry.get("skipped", {}))
     summed = {name: round(sum(float(entry.get(name) or 0.0) for entry in done), 3) for name in _TIMINGS}
     return {
         "shards": len(entries),
-        "shards_reinforced": sum(not entry.get("resumed") for entry in done),
+        "shards_reinforced": sum(entry["status"] == "ok" and not entry.get("resumed") for entry in done),
         "shards_resumed": sum(bool(entry.get("resumed")) for entry in done),
+        "shards_partial": sum(entry["status"] == "partial" for entry in done),
         "shards_missing": sum(entry.get("status") == "missing" for entry in entries),
         "samples_in": sum(int(entry.get("samples_in", 0)) for entry in done),
         "written": sum(int(entry.get("written", 0)) for entry in done),
@@ -674,6 +709,20 @@ def totals(entries: list[dict]) -> dict:
     }
 
 
+def load_reinforce_config(path: Path) -> ReinforceConfig:
+    """The reinforcement JSON, its numbers finite: json reads NaN and Infinity, and a NaN in
+    ``normalize`` or the crop's ``scale`` would be written into every shard's embeddings."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raw = None  # ReinforceConfig.load says what is wrong with the file
+    found = non_finite_number(raw)
+    if found is not None:
+        inner, value = found
+        raise ValueError(f"--reinforce-config {path}: '{'.'.join(map(str, inner))}': {non_finite_message(value)}")
+    return ReinforceConfig.load(path)
+
+
 def command(args: argparse.Namespace) -> int:
     if args.num_syn_captions < 1 or args.batch_size < 1:
         raise ValueError("--num-syn-captions and --batch-size must be positive")
@@ -681,7 +730,7 @@ def command(args: argparse.Namespace) -> int:
         raise ValueError(f"--group-size must be positive, got {args.group_size}")
     start = time.perf_counter()
     selected, missing, group_index = _select_shards(args)
-    config = ReinforceConfig.load(args.reinforce_config)
+    config = load_reinforce_config(args.reinforce_config)
     spec = _captioner_spec(args)
     sets, v1_layout = captioner_sets(spec)  # a bad spec fails here, before any shard is looked at
     settings = {"reinforce_config": str(args.reinforce_config), "teachers": list(config.model_names),
@@ -749,6 +798,8 @@ def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_l
                 tqdm.write(f"{shard}.tar: {report.written}/{report.samples_in} written, skipped "
                            f"{dict(report.skipped) or 'none'}, {summary['samples_per_second']} samples/s, "
                            f"teachers {100 * (summary['teacher_share'] or 0):.0f}% of the time")
+                if summary["status"] != "ok":
+                    tqdm.write(f"{shard}.tar: {summary['status']}: {summary['reason']}")
 
     ordered = [entries[shard] for shard in selected]
     summary = totals(ordered)
@@ -759,10 +810,24 @@ def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_l
             "schema": GROUP_MANIFEST_SCHEMA, "group": args.group, "group_index": group_index,
             "group_size": args.group_size, "datacomp_dir": str(args.datacomp_dir), "dr_dir": str(args.out_dir),
             "run": run_info, "totals": summary, "shards": ordered,
+            # the DR shards a training job reads, by content (train.training_shards)
+            shards.SHARD_FILES_KEY: shards.relative_to_manifest(
+                [shards.describe_shard(args.out_dir / f"{entry['id']}.tar") for entry in ordered
+                 if entry["status"] == "ok"], args.manifest),
             "elapsed_s": round(time.perf_counter() - start, 3)})
     share = summary["teacher_share"]
     tqdm.write(f"reinforced {summary['shards_reinforced']} shards ({summary['shards_resumed']} already done, "
-               f"{summary['shards_missing']} missing): {summary['written']}/{summary['samples_in']} samples written, "
-               f"skipped {summary['skipped'] or 'none'}"
+               f"{summary['shards_partial']} partial, {summary['shards_missing']} missing): "
+               f"{summary['written']}/{summary['samples_in']} samples written, skipped {summary['skipped'] or 'none'}"
                + (f", teachers {100 * share:.0f}% of the time" if share is not None else ""))
+    partial = [entry for entry in ordered if entry["status"] == "partial"]
+    if partial:
+        # Not a success: the job fails (the DAG keeps the finished shards, not the group manifest)
+        # and its rerun redoes these shards. A missing shard is the fetch's loss, recorded there;
+        # a cut one is damage on this side of the fetch, which a researcher has to see and fix.
+        for entry in partial:
+            tqdm.write(f"error: {entry['shard']}: {entry['reason']}")
+        tqdm.write(f"error: {len(partial)} of {len(ordered)} shards reinforced only in part: their input shards "
+                   f"in {args.datacomp_dir} are cut")
+        return 1
     return 0

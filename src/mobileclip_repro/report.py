@@ -1,7 +1,10 @@
 """The report: tables, the learning-efficiency figure and one self-contained HTML page.
 
 Everything is derived from evaluation records (``evaluate``'s JSON files), so a report can
-be rebuilt at any time from whatever checkpoints have been evaluated so far. The paper's
+be rebuilt at any time from whatever checkpoints have been evaluated so far. In the DAG the
+report reads exactly the files its rule hands it (``ReportInputs``): the records its
+``records.json`` indexes list, the job manifests and benchmark TSVs of the experiment's jobs;
+never a glob of the results tree, which still holds runs removed from the config. The paper's
 anchor points (``paper_reference.json``, docs/reference.md §6) are overlaid only when asked:
 they only make sense next to the paper-scale runs, not the toy world.
 """
@@ -12,6 +15,7 @@ import base64
 import html
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,11 +24,11 @@ from mobileclip_repro import cost, efficiency, telemetry
 from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
 from mobileclip_repro.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
                                    plot_training_curves, validate_reference_points)
-from mobileclip_repro.tables import (display_fetch_table, display_table, display_teachers, failures_markdown,
-                                     fetch_markdown, fetch_table, format_seen_samples, load_failures,
-                                     load_fetch_manifests, load_records, long_table,
-                                     student_records, suite_averages, suite_markdown, summary_table, teacher_markdown,
-                                     teacher_table, wide_table, write_csv, write_markdown)
+from mobileclip_repro.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
+                                     display_table, display_teachers, failures_markdown, fetch_markdown, fetch_table,
+                                     format_seen_samples, long_table, read_failures, read_fetch_manifests, read_records,
+                                     student_records, suite_averages, suite_markdown, summary_table, tagged_json,
+                                     teacher_markdown, teacher_table, wide_table, write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
 # Named anchor sets (config `report.paper_reference`): the MobileCLIP paper's learning-efficiency
@@ -227,22 +231,82 @@ def data_efficiency_markdown(multipliers: list[dict], figure: str) -> str:
             + f"\n\n{efficiency.DATA_DEFINITION}\n\n![final accuracy against dataset size]({figure})\n")
 
 
-def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
+@dataclass
+class ReportInputs:
+    """Every file a report reads. The DAG hands them over (``from_indexes``: its rule's declared
+    inputs); ``from_folders`` collects them from folders, for records made outside a DAG."""
+
+    records: list[Path]
+    failures: list[Path] = field(default_factory=list)
+    fetch_manifests: list[Path] = field(default_factory=list)
+    run_manifests: list[Path] = field(default_factory=list)  # student train jobs; metrics.jsonl beside each
+    teacher_manifests: list[Path] = field(default_factory=list)
+    reinforce_manifests: list[Path] = field(default_factory=list)
+    job_benchmarks: list[Path] = field(default_factory=list)  # Snakemake benchmark TSVs
+    benchmarks_dir: Path | None = None  # their root: <rule>/<name>.tsv names each job
+    source: str = "the given files"  # for messages
+
+    @property
+    def has_ledger(self) -> bool:
+        return self.benchmarks_dir is not None
+
+    @classmethod
+    def from_indexes(cls, indexes: list[str | os.PathLike], **files) -> "ReportInputs":
+        """Records from evaluate's index files (``{"records": [...], "failed": [...]}``); the
+        other lists as given."""
+        records, failures = [], []
+        for index in map(Path, indexes):
+            payload = json.loads(index.read_text())
+            if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+                raise ValueError(f"{index}: not an evaluation index (no 'records' list)")
+            records += [Path(path) for path in payload["records"]]
+            failures += [Path(path) for path in payload.get("failed", [])]
+        listed = {name: sorted(Path(path) for path in paths) for name, paths in files.items()
+                  if name != "benchmarks_dir"}
+        benchmarks_dir = files.get("benchmarks_dir")
+        return cls(records=sorted(records), failures=sorted(failures),
+                   benchmarks_dir=Path(benchmarks_dir) if benchmarks_dir else None,
+                   source=", ".join(map(str, indexes)) or "no index", **listed)
+
+    @classmethod
+    def from_folders(cls, records_dir: str | os.PathLike, results_dir: str | os.PathLike | None = None,
+                     fetch_manifests_dir: str | os.PathLike | None = None) -> "ReportInputs":
+        """Every record and failure under ``records_dir``; with ``results_dir``, every job manifest and
+        benchmark TSV under it (the compute ledger and training curves)."""
+        records_dir = Path(records_dir)
+        if not records_dir.is_dir():
+            raise FileNotFoundError(f"records directory {records_dir} does not exist")
+        inputs = cls(records=[path for path, _ in tagged_json(records_dir, RECORD_SCHEMA)],
+                     failures=[path for path, _ in tagged_json(records_dir, FAILURE_SCHEMA, "**/*.failed.json")],
+                     source=f"under {records_dir}")
+        if fetch_manifests_dir is not None and Path(fetch_manifests_dir).is_dir():
+            inputs.fetch_manifests = [path for path, _ in tagged_json(fetch_manifests_dir, FETCH_MANIFEST_SCHEMA)]
+        if results_dir is not None:
+            results_dir = Path(results_dir)
+            inputs.run_manifests = sorted(results_dir.glob("runs/*/seed_*/manifest.json"))
+            inputs.teacher_manifests = sorted(results_dir.glob("teachers/*/manifest.json"))
+            inputs.reinforce_manifests = sorted(results_dir.glob("data/reinforce/*/group_*.json"))
+            inputs.benchmarks_dir = results_dir / "benchmarks"
+            inputs.job_benchmarks = sorted(inputs.benchmarks_dir.rglob("*.tsv"))
+        return inputs
+
+
+def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
-                 fetch_manifests_dir: str | os.PathLike | None = None,
                  efficiency_pairs: list[tuple[str, str]] | None = None,
-                 ablation_settings: dict | None = None, results_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Write the report; with ``fetch_manifests_dir`` holding fetch group manifests, also a data section.
+                 ablation_settings: dict | None = None) -> list[Path]:
+    """Write the report from ``inputs`` (and nothing else); with fetch group manifests among them,
+    also a data section.
 
     ``efficiency_pairs`` (DR run, non-DR run) get an efficiency multiplier each; default: every
     DR run with every non-DR run of the same model. ``ablation_settings`` (config
-    ``report.ablation``) adds the ablation ladder's table and chart. ``results_dir`` (the
-    experiment's results folder) adds the compute ledger: ``cost.csv``, a Cost section, the
+    ``report.ablation``) adds the ablation ladder's table and chart. Job manifests and benchmark
+    TSVs (``inputs.has_ledger``) add the compute ledger: ``cost.csv``, a Cost section, the
     compute multipliers in ``efficiency.json`` and accuracy against training FLOPs.
     """
-    records = load_records(records_dir)
+    records = read_records(inputs.records)
     if not student_records(records):
-        raise ValueError(f"no evaluation records of training runs under {records_dir}")
+        raise ValueError(f"no evaluation records of training runs in {inputs.source}")
     unknown = sorted(set(chance or {}) - {record["benchmark"] for record in records})
     if unknown:
         raise ValueError(f"chance levels given for benchmarks without records: {unknown}")
@@ -260,9 +324,9 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     pairs = efficiency.default_pairs(records) if efficiency_pairs is None else efficiency_pairs
     multipliers = efficiency.efficiency_records(records, pairs)
     ledger = None
-    if results_dir is not None:
-        table = cost.cost_table(Path(results_dir) / "benchmarks", cost.full_ledger(results_dir, records))
-        runs = cost.run_costs(results_dir, table)
+    if inputs.has_ledger:
+        table = cost.cost_table(inputs.job_benchmarks, inputs.benchmarks_dir, cost.full_ledger(inputs, records))
+        runs = cost.run_costs(inputs.run_manifests, table)
         reinforcements = cost.reinforcement_flops(table)
         cost.add_compute_multipliers(multipliers, runs, reinforcements)
         paths.append(write_csv(table, out_dir / "cost.csv"))
@@ -288,11 +352,11 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
     if not averages.empty:
         paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
         markdown.write_text(markdown.read_text() + "\n" + suite_markdown(averages))
-    failures = load_failures(records_dir)
+    failures = read_failures(inputs.failures)
     if failures:
         markdown.write_text(markdown.read_text() + "\n" + failures_markdown(failures))
     data = None
-    manifests = load_fetch_manifests(fetch_manifests_dir)
+    manifests = read_fetch_manifests(inputs.fetch_manifests)
     if manifests:
         data = fetch_table(manifests)
         paths.append(write_csv(data, out_dir / "data.csv"))
@@ -320,7 +384,7 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
         cost_section = {"sentences": [line for line in section.splitlines()[2:] if line and not line.startswith("|")],
                         "table": cost.runs_table(ledger["runs"]), "png": compute_png}
     training = None
-    curves = telemetry.training_curves(results_dir) if results_dir is not None else {}
+    curves = telemetry.training_curves(inputs.run_manifests)
     if curves:
         found = telemetry.curve_findings(curves)
         problems = [problem for run_problems in found.values() for problem in run_problems]
@@ -337,7 +401,12 @@ def write_report(records_dir: str | os.PathLike, out_dir: str | os.PathLike, tit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--records-dir", required=True, help="directory searched recursively for evaluation records")
+    sources = parser.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--records", nargs="+", type=Path, default=None,
+                         help="evaluate's index files (records.json): the report reads the records and failures "
+                              "they list, and no others (how the DAG calls it)")
+    sources.add_argument("--records-dir", default=None,
+                         help="records made outside a DAG: every record under this folder (recursively)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--title", default=DEFAULT_TITLE)
     reference = parser.add_mutually_exclusive_group()
@@ -354,13 +423,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-json", default=None,
                         help='the ablation ladder (config report.ablation): {"benchmarks": {"<paper column>": '
                              '"<benchmark>"}, "rows": [{"run": ..., "label": ..., "paper_row": ...}, ...]}')
-    parser.add_argument("--results-dir", default=None,
-                        help="the experiment's results folder: adds the compute ledger (cost.csv, a Cost section, "
-                             "compute multipliers, accuracy against training FLOPs) from its benchmarks/, run "
-                             "manifests and reinforce manifests")
-    parser.add_argument("--fetch-manifests-dir", default=None,
-                        help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
-                             "a missing or empty directory adds nothing")
+    declared = parser.add_argument_group("with --records: the experiment's other files (each list may be empty)")
+    declared.add_argument("--fetch-manifests", nargs="*", type=Path, default=[],
+                          help="fetch group manifests: data.csv and a Data section")
+    declared.add_argument("--run-manifests", nargs="*", type=Path, default=[],
+                          help="student train job manifests: the ledger's training FLOPs, the training curves")
+    declared.add_argument("--teacher-manifests", nargs="*", type=Path, default=[],
+                          help="teacher train job manifests (the ledger)")
+    declared.add_argument("--reinforce-manifests", nargs="*", type=Path, default=[],
+                          help="reinforce group manifests (the ledger's one-time reinforcement cost)")
+    declared.add_argument("--job-benchmarks", nargs="*", type=Path, default=[],
+                          help="Snakemake benchmark TSVs of the experiment's jobs (the ledger's wall and CPU time)")
+    declared.add_argument("--benchmarks-dir", type=Path, default=None,
+                          help="the TSVs' root (<rule>/<name>.tsv names each job); given: the compute ledger")
+    folders = parser.add_argument_group("with --records-dir")
+    folders.add_argument("--results-dir", default=None,
+                         help="an experiment's results folder: the compute ledger and training curves from every "
+                              "job manifest and benchmark TSV under it")
+    folders.add_argument("--fetch-manifests-dir", default=None,
+                         help="fetch group manifests (<results_dir>/data/fetch): adds data.csv and a Data section; "
+                              "a missing or empty directory adds nothing")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -373,9 +455,14 @@ def command(args: argparse.Namespace) -> int:
     pairs = None
     if args.efficiency_pairs_json:
         pairs = [tuple(pair) for pair in json.loads(args.efficiency_pairs_json)]
-    for path in write_report(args.records_dir, args.out_dir, args.title, paper_reference, chance,
-                             fetch_manifests_dir=args.fetch_manifests_dir, efficiency_pairs=pairs,
-                             ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None,
-                             results_dir=args.results_dir):
+    if args.records is not None:
+        inputs = ReportInputs.from_indexes(args.records, fetch_manifests=args.fetch_manifests,
+                                           run_manifests=args.run_manifests, teacher_manifests=args.teacher_manifests,
+                                           reinforce_manifests=args.reinforce_manifests,
+                                           job_benchmarks=args.job_benchmarks, benchmarks_dir=args.benchmarks_dir)
+    else:
+        inputs = ReportInputs.from_folders(args.records_dir, args.results_dir, args.fetch_manifests_dir)
+    for path in write_report(inputs, args.out_dir, args.title, paper_reference, chance, efficiency_pairs=pairs,
+                             ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None):
         print(path)
     return 0

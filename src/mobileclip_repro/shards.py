@@ -642,6 +642,60 @@ def list_shards(directory: str | os.PathLike) -> list[Path]:
     return sorted(Path(directory).rglob("*.tar"))
 
 
+# Every data manifest (toy world, fetch group, local data, reinforce group) lists the shards it
+# stands for under this key: [{"path", "bytes", "sha256"}], each path relative to the manifest's
+# folder (a results folder moved or copied whole keeps its data). A train job reads exactly those
+# shards, and their names, sizes and digests are its training data's identity (never modification
+# times: the same bytes written again are the same data).
+SHARD_FILES_KEY = "shard_files"
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute and normalized (``..`` folded), symlinks kept as they are."""
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def describe_shard(path: str | os.PathLike) -> dict:
+    """One ``SHARD_FILES_KEY`` entry: the shard's path (absolute until ``relative_to_manifest``), size and sha256."""
+    path = absolute_path(path)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def relative_to_manifest(entries: list[dict], manifest_path: str | os.PathLike) -> list[dict]:
+    """``entries`` with each path relative to the folder of the manifest they are written into."""
+    folder = absolute_path(manifest_path).parent
+    return [{**entry, "path": os.path.relpath(absolute_path(entry["path"]), folder)} for entry in entries]
+
+
+def listed_shard_files(manifest_paths: list[str | os.PathLike]) -> dict[Path, dict]:
+    """Every shard the given data manifests list: its absolute path -> its entry."""
+    listed = {}
+    for manifest_path in manifest_paths:
+        payload = json.loads(Path(manifest_path).read_text())
+        if SHARD_FILES_KEY not in payload:
+            raise ValueError(f"{manifest_path}: a data manifest without {SHARD_FILES_KEY!r} (written by an older "
+                             "version: rerun the job that made it)")
+        folder = absolute_path(manifest_path).parent
+        for entry in payload[SHARD_FILES_KEY]:
+            path = absolute_path(folder / entry["path"])
+            listed[path] = {**entry, "path": str(path)}
+    return listed
+
+
+def shards_in(folder: str | os.PathLike, listed: dict[Path, dict]) -> list[Path]:
+    """The listed shards under ``folder``, in path order."""
+    folder = absolute_path(folder)
+    return sorted(path for path in listed if folder in path.parents)
+
+
 def tar_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a complete tar, None when it is.
 

@@ -47,12 +47,17 @@ def check_sizes(sizes: list[int], available: int, where: str = "data.subsets") -
                          f"{available:,} samples with a uid")
 
 
-def dataset_uids(datacomp_dir: str | Path) -> tuple[list[str], list[str]]:
-    """(uid of every sample, in shard order; where a sample had no readable uid).
+def dataset_uids(datacomp_dir: str | Path, data_manifests: list[Path] | None = None) -> tuple[list[str], list[str]]:
+    """(uid of every sample, in shard order; where a sample had no readable uid), of the shards the
+    data manifests list under ``datacomp_dir`` (the ones training reads), or of every shard there.
 
     Reads the tars' json members only (tarfile seeks past the images)."""
     uids, unranked = [], []
-    for shard in shards.list_shards(datacomp_dir):
+    if data_manifests:
+        listed = shards.shards_in(datacomp_dir, shards.listed_shard_files(data_manifests))
+    else:
+        listed = shards.list_shards(datacomp_dir)
+    for shard in listed:
         for key, json_bytes in _json_members(shard):
             try:
                 uids.append(shards.datacomp_uid(json_bytes))
@@ -78,8 +83,8 @@ def _json_members(shard: Path) -> Iterator[tuple[str, bytes | None]]:
         yield key, None
 
 
-def select(datacomp_dir: str | Path, sizes: list[int], seed: int) -> dict:
-    uids, unranked = dataset_uids(datacomp_dir)
+def select(datacomp_dir: str | Path, sizes: list[int], seed: int, data_manifests: list[Path] | None = None) -> dict:
+    uids, unranked = dataset_uids(datacomp_dir, data_manifests)
     order = ranked(uids, seed)
     check_sizes(sizes, len(order))
     if unranked:
@@ -104,11 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", required=True, type=int, nargs="+", help="subset sizes (data.subsets)")
     parser.add_argument("--seed", type=int, default=0, help="the hash's seed (data.subset_seed)")
     parser.add_argument("--out", required=True, type=Path, help="subsets.json to write")
+    parser.add_argument("--data-manifests", nargs="*", type=Path, default=None,
+                        help="the data stage's manifests: rank the shards they list (default: every shard)")
 
 
 def command(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    selection = select(args.datacomp_dir, args.sizes, args.seed)
+    selection = select(args.datacomp_dir, args.sizes, args.seed, args.data_manifests)
     shards.write_json_atomic(args.out, selection)
     log.info("ranked %d distinct uids of %d samples (seed %d); subsets %s -> %s", selection["distinct_uids"],
              selection["samples"], args.seed, selection["sizes"], args.out)

@@ -57,6 +57,25 @@ def load_records(directory: str | os.PathLike) -> list[dict]:
     return [validate_record(payload, str(path)) for path, payload in tagged_json(directory, RECORD_SCHEMA)]
 
 
+def _read_tagged(path: Path, schema: str, what: str) -> dict:
+    try:
+        payload = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} listed but missing") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(payload, dict) or payload.get("schema") != schema:
+        raise ValueError(f"{path}: not {what} (schema tag {schema!r} expected)")
+    return payload
+
+
+def read_records(paths: list[str | os.PathLike]) -> list[dict]:
+    """The evaluation records at ``paths`` (as an evaluate index lists them), in path order; a
+    listed file that is missing or not a record is an error, never passed over."""
+    return [validate_record(_read_tagged(path, RECORD_SCHEMA, "an evaluation record"), str(path))
+            for path in sorted(map(Path, paths))]
+
+
 def tagged_json(directory: str | os.PathLike, schema: str, pattern: str = "**/*.json") -> list[tuple[Path, dict]]:
     """(path, payload) of every JSON file under ``directory`` matching ``pattern`` whose
     ``schema`` tag is ``schema``, in path order; other JSON files are passed over, a file that
@@ -77,6 +96,11 @@ def tagged_json(directory: str | os.PathLike, schema: str, pattern: str = "**/*.
 def load_failures(directory: str | os.PathLike) -> list[dict]:
     """Every benchmark that failed to evaluate under ``directory`` (``<benchmark>.failed.json``)."""
     return [payload for _, payload in tagged_json(directory, FAILURE_SCHEMA, "**/*.failed.json")]
+
+
+def read_failures(paths: list[str | os.PathLike]) -> list[dict]:
+    """The failure files at ``paths`` (an evaluate index's ``failed``), in path order."""
+    return [_read_tagged(path, FAILURE_SCHEMA, "a benchmark failure file") for path in sorted(map(Path, paths))]
 
 
 def failures_markdown(failures: list[dict]) -> str:
@@ -269,8 +293,14 @@ def load_fetch_manifests(directory: str | os.PathLike | None) -> list[dict]:
     """
     if directory is None or not Path(directory).is_dir():
         return []
+    return read_fetch_manifests([path for path, _ in tagged_json(directory, FETCH_MANIFEST_SCHEMA)])
+
+
+def read_fetch_manifests(paths: list[str | os.PathLike]) -> list[dict]:
+    """The fetch group manifests at ``paths``, in path order (none: no data section)."""
     manifests = []
-    for path, payload in tagged_json(directory, FETCH_MANIFEST_SCHEMA):
+    for path in sorted(map(Path, paths)):
+        payload = _read_tagged(path, FETCH_MANIFEST_SCHEMA, "a fetch group manifest")
         if not isinstance(payload.get("totals"), dict):
             raise ValueError(f"{path}: fetch manifest has no 'totals'")
         manifests.append({**payload, "group": str(payload.get("group", path.stem))})

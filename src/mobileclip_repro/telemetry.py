@@ -191,13 +191,16 @@ def findings(run: str, seed: int, records: list[dict]) -> list[str]:
     return problems
 
 
-def training_curves(results_dir: str | os.PathLike) -> dict[str, dict[int, list[dict]]]:
-    """Every student job's metrics.jsonl under an experiment's results folder: run -> seed -> records."""
+def training_curves(run_manifests: list[str | os.PathLike]) -> dict[str, dict[int, list[dict]]]:
+    """The metrics.jsonl beside each given student job manifest: run -> seed -> records (run and
+    seed as the manifest records them, not parsed from folder names)."""
     curves: dict[str, dict[int, list[dict]]] = {}
-    for path in sorted(Path(results_dir).glob(f"runs/*/seed_*/{METRICS_FILE}")):
-        records = read_metrics(path)
+    for manifest_path in sorted(Path(path) for path in run_manifests):
+        manifest = json.loads(manifest_path.read_text())
+        metrics = manifest_path.parent / METRICS_FILE
+        records = read_metrics(metrics) if metrics.is_file() else []
         if records:
-            curves.setdefault(path.parent.parent.name, {})[int(path.parent.name.removeprefix("seed_"))] = records
+            curves.setdefault(manifest["run"], {})[int(manifest["seed"])] = records
     return curves
 
 

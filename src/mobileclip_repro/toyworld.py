@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
-from mobileclip_repro.shards import atomic_tar_writer, datacomp_record, sample_key, shard_name
+from mobileclip_repro.shards import (SHARD_FILES_KEY, atomic_tar_writer, datacomp_record, describe_shard,
+                                     relative_to_manifest, sample_key, shard_name)
 
 # Four textures that stay distinct at 32 px; with checked and hatched as well, teachers
 # confused those with stripes for some seeds and missed 80 % zero-shot.
@@ -519,6 +520,9 @@ def generate(out_dir: str | Path, *, seed: int = 0, train_samples: int = 8000, t
                   "image_side_px": [MIN_SIDE, MAX_SIDE], "jpeg_quality": JPEG_QUALITY,
                   "jpeg_subsampling": "4:4:4"},
         "outputs": outputs,
+        # every shard written (the training data, teacher data and benchmark sets): what the jobs
+        # reading this world train on, and their data's identity (shards.SHARD_FILES_KEY)
+        SHARD_FILES_KEY: relative_to_manifest([describe_shard(job.path) for job in jobs], out_dir / "manifest.json"),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

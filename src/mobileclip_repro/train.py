@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import logging
 import math
@@ -111,20 +112,56 @@ def set_aside(out_dir: Path, why: dict) -> Path:
     return target
 
 
-def data_stamp(spec: dict) -> dict:
-    """What identifies the shards a run reads without reading them: per folder, the number of
-    shards, their bytes and the newest modification time. The data stages never rewrite a
-    finished shard they would write the same (fetch and reinforce keep them, toy data is made
-    again only when its settings change), so a changed stamp means changed data: a DataComp-12M
-    reinforced again with another seed, a toy world of another seed, under the same run spec."""
+def training_shards(spec: dict, data_manifests: list[Path] | None) -> dict[str, list[dict]]:
+    """Per data folder of the run (``datacomp_dir``, and ``dr_dir`` unless joined): the shards it
+    reads, as ``shards.SHARD_FILES_KEY`` entries. With the data manifests the rule hands the job,
+    exactly the shards they list there (a shard lost by a fetch, or left over from other data, is
+    not read); without (a run started by hand), every shard in the folder (``data_stamp`` hashes them)."""
+    listed = shards.listed_shard_files(data_manifests) if data_manifests else None
+    found = {}
+    for role in ("datacomp_dir", "dr_dir"):
+        if not spec.get(role) or spec[role] in found:
+            continue  # the joined layout: one folder holds both sides
+        if listed is None:
+            found[spec[role]] = [{"path": str(shards.absolute_path(path)), "bytes": path.stat().st_size, "sha256": None}
+                                 for path in shards.list_shards(spec[role])]
+            continue
+        entries = [listed[path] for path in shards.shards_in(spec[role], listed)]
+        if not entries and role == "dr_dir" and spec.get("dr"):
+            raise FileNotFoundError(f"none of the data manifests handed to this job ({', '.join(map(str, data_manifests))}) "
+                                    f"lists a shard under dr_dir {spec[role]}")
+        found[spec[role]] = entries
+    return found
+
+
+def data_stamp(spec: dict, files: dict[str, list[dict]]) -> dict:
+    """What identifies the shards a run reads (``training_shards``), by content: per folder, the
+    number of shards, their bytes and one digest over their names (relative to the folder), sizes
+    and sha256. Modification times are no part of it, so the same bytes written again (a toy world
+    made again, a rerun fetch) are the same data and the run resumes; other bytes under the same run
+    spec (a DataComp-12M reinforced again with another seed, a toy world of another seed) are not."""
     stamp = {}
     for role in ("datacomp_dir", "dr_dir"):
-        if not spec.get(role) or spec[role] in [entry["path"] for entry in stamp.values()]:
-            continue  # the joined layout: one folder holds both sides
-        stats = [path.stat() for path in shards.list_shards(spec[role])]
-        stamp[role] = {"path": spec[role], "shards": len(stats), "bytes": sum(st.st_size for st in stats),
-                       "newest_mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+        folder = spec.get(role)
+        if not folder or folder not in files or folder in [entry["path"] for entry in stamp.values()]:
+            continue
+        root = shards.absolute_path(folder)
+        listing = sorted((shards.absolute_path(entry["path"]).relative_to(root).as_posix(), entry["bytes"],
+                          entry["sha256"] or shards.file_sha256(entry["path"])) for entry in files[folder])
+        stamp[role] = {"path": folder, "shards": len(listing), "bytes": sum(size for _, size, _ in listing),
+                       "content_sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
     return stamp
+
+
+def same_training_data(recorded: dict, stamp: dict) -> bool:
+    """Whether a checkpoint's ``data_stamp`` is this job's. A stamp of an earlier version (by
+    modification time: ``newest_mtime_ns``) is compared on what both record, shard count and bytes,
+    so upgrading does not restart finished work."""
+    recorded, stamp = _as_json(recorded), _as_json(stamp)
+    if any("newest_mtime_ns" in entry for entry in recorded.values()):
+        return ({role: (entry["shards"], entry["bytes"]) for role, entry in recorded.items()}
+                == {role: (entry["shards"], entry["bytes"]) for role, entry in stamp.items()})
+    return recorded == stamp
 
 
 def prepare_run_folder(spec: dict, out_dir: Path, stamp: dict) -> dict | None:
@@ -146,7 +183,7 @@ def prepare_run_folder(spec: dict, out_dir: Path, stamp: dict) -> dict | None:
             unreadable[path.name] = f"{type(error).__name__}: {error}"
             continue
         differences = spec_differences(header.get("run"), spec)
-        if "data_stamp" in header and _as_json(header["data_stamp"]) != _as_json(stamp):
+        if "data_stamp" in header and not same_training_data(header["data_stamp"], stamp):
             differences["training data"] = (header["data_stamp"], stamp)
         differing.update({key: value for key, value in differences.items() if key not in differing})
     if spec["resume"] != "latest":
@@ -338,8 +375,13 @@ def teacher_columns(distill: dict) -> list[int] | None:
             for column in range(starts[k], starts[k] + distill["teacher_dimension"][k])]
 
 
-def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter, stream_seed: int):
-    shard_paths = shards.list_shards(spec["datacomp_dir"])
+def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter, stream_seed: int,
+                  files: dict[str, list[dict]] | None = None):
+    """The run's training samples from ``files`` (``training_shards``; None: every shard in datacomp_dir)."""
+    if files is None:
+        shard_paths = shards.list_shards(spec["datacomp_dir"])
+    else:
+        shard_paths = sorted(Path(entry["path"]) for entry in files[spec["datacomp_dir"]])
     if not shard_paths:
         raise FileNotFoundError(f"no .tar shards in {spec['datacomp_dir']}")
     keep = None
@@ -445,21 +487,25 @@ def die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path: Path | None = None) -> dict:
+def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path: Path | None = None,
+          data_manifests: list[Path] | None = None) -> dict:
+    """Train one run into ``out_dir``; ``data_manifests``: the data stage's manifests (what the rule
+    hands the job), whose listed shards are the ones trained on (``training_shards``)."""
     out_dir = Path(out_dir)
+    files = training_shards(spec, data_manifests)
     # Locked before the process group forms: a busy folder fails this worker at once, and
     # torchrun then stops the others rather than leaving them waiting for rank 0.
     is_rank0 = os.environ.get("RANK", "0") == "0"
     with run_folder_lock(out_dir) if is_rank0 else nullcontext():
         # Before the process group forms, so no other rank has looked at the checkpoints yet.
-        stamp = data_stamp(spec) if is_rank0 else None  # what its checkpoints are compared with, and carry
+        stamp = data_stamp(spec, files) if is_rank0 else None  # what its checkpoints are compared with, and carry
         set_aside_why = prepare_run_folder(spec, out_dir, stamp) if is_rank0 else None
         dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return _train(spec, out_dir, dist, export_path, set_aside_why, stamp)
+        return _train(spec, out_dir, dist, export_path, set_aside_why, stamp, files)
 
 
 def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_aside_why: dict | None = None,
-           stamp: dict | None = None) -> dict:
+           stamp: dict | None = None, files: dict[str, list[dict]] | None = None) -> dict:
     device, rank, world_size = torch.device(dist["device"]), dist["global_rank"], dist["world_size"]
     is_master = rank == 0
     if world_size != spec["world_size"] and spec["world_size"] > 1:
@@ -500,7 +546,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     # --- resume: the newest checkpoint that loads (a truncated one falls back to the one before)
     tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
     counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
-    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"])
+    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"], files=files)
     teachers = OnlineTeachers(spec, device, per_process_batch) if online_distillation(spec) else None
     step, history = 0, {"epochs": [], "attempts": 0}
     carried_skips = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)  # this epoch's, from before a mid-epoch resume
@@ -804,6 +850,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--section", choices=["runs", "teachers"], default="runs")
     parser.add_argument("--out-dir", required=True, help="run directory: checkpoints/, manifest.json")
     parser.add_argument("--export", type=Path, help="also write the final weights here (teachers)")
+    parser.add_argument("--data-manifests", nargs="*", type=Path, default=None,
+                        help="the data stage's manifests (toy world, fetch groups, local data, reinforce groups): "
+                             "train on exactly the shards they list (default: every shard in the run's folders)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
 
 
@@ -811,13 +860,13 @@ def command(args) -> int:
     die_with_launcher()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.spec:
-        spec = json.loads(args.spec)
+        spec = config_lib.load_run_spec(args.spec)  # NaN/Infinity refused, naming the key
     else:
         if not args.run:
             raise SystemExit("--config needs --run-name NAME")
         spec = config_lib.resolve_run(config_lib.load_config(args.config), args.run, args.section)
     try:
-        train(spec, Path(args.out_dir), args.device, args.export)
+        train(spec, Path(args.out_dir), args.device, args.export, args.data_manifests)
     except RunFolderBusy as error:
         log.error("%s", error)
         return 3

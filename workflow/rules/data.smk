@@ -10,8 +10,8 @@ rule toy_data:
         benchmarks=[directory(root) for root in toy_benchmark_roots()],
         manifest=DATA_ROOT / "manifest.json",
     params:
-        toy=DATA["toy"],
-        mix=DATA["toy"]["alt_text_mix"],
+        toy=canonical(DATA["toy"]),
+        mix=canonical(DATA["toy"]["alt_text_mix"]),
         out_dir=DATA_ROOT,
     threads: 2  # shards are written in parallel, byte-identical to one process
     priority: 10
@@ -36,8 +36,8 @@ rule fetch:
     output:
         manifest=fetch_manifest("{group}"),
     params:
-        hub=HUB,
-        shard_spec=lambda wc: json.dumps(HUB["shards"]),  # a function: its braces are not wildcards
+        hub=canonical(HUB),
+        shard_spec=lambda wc: canonical_json(HUB["shards"]),  # a function: its braces are not wildcards
         dr_repo="" if REINFORCE["generate"] else f"--dr-repo {shlex.quote(HUB['dr_repo'])}",
         datacomp_dir=DATA["datacomp_dir"],
         dr_dir=DATA["dr_dir"],
@@ -54,6 +54,24 @@ rule fetch:
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
         " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
+
+
+# data.source: local. No job makes the data, so this one lists it (every shard, size, sha256):
+# what training reads and its identity. The listing param (stat only, read when the DAG starts)
+# reruns it when a shard is added, removed or rewritten, and every job downstream with it.
+rule local_data:
+    output:
+        manifest=local_manifest(),
+    params:
+        folders=local_data_folders() if not (IS_TOY or IS_HUB) else [],
+        listing=folder_listing(local_data_folders()) if not (IS_TOY or IS_HUB) else "",
+    benchmark:
+        job_benchmark("local_data", "all"),
+    log:
+        RESULTS / "logs" / "local_data.log",
+    shell:
+        "mobileclip-repro local-data --folder {params.folders:q} --listing {params.listing:q}"
+        " --out {output.manifest:q} > {log:q} 2>&1"
 
 
 # data.subsets: every sample ranked once by a seeded hash of its uid; each subset run keeps the
@@ -73,4 +91,4 @@ rule select_subsets:
         RESULTS / "logs" / "select_subsets.log",
     shell:
         "mobileclip-repro select-subsets --datacomp-dir {params.datacomp_dir:q} --sizes {params.sizes}"
-        " --seed {params.seed:q} --out {output.subsets:q} > {log:q} 2>&1"
+        " --seed {params.seed:q} --data-manifests {input.data:q} --out {output.subsets:q} > {log:q} 2>&1"

@@ -8,7 +8,7 @@ rule fetch_benchmark:
     output:
         manifest=fetched_benchmark("{benchmark}"),
     params:
-        spec=lambda wc: HUB_BENCHMARKS[wc.benchmark],
+        spec=lambda wc: canonical(HUB_BENCHMARKS[wc.benchmark]),
     wildcard_constraints:
         benchmark="|".join(map(re.escape, HUB_BENCHMARKS)) if HUB_BENCHMARKS else "NONE",
     benchmark:
@@ -30,8 +30,8 @@ rule evaluate:
         checkpoints=lambda wc: [checkpoint for checkpoint, _ in run_checkpoints(wc.run)],
         out_dirs=lambda wc: [out_dir for _, out_dir in run_checkpoints(wc.run)],
         model=lambda wc: SPECS[(wc.run, seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
-        benchmarks=json.dumps(BENCHMARKS),
-        settings=EVALUATION,
+        benchmarks=canonical_json(BENCHMARKS),
+        settings=canonical(EVALUATION),
         skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
     wildcard_constraints:
         run="|".join(map(re.escape, RUNS)),
@@ -58,11 +58,12 @@ rule evaluate_teachers:
         teachers=[RESULTS / "teachers" / name for name in TEACHERS],
     output:
         records=teacher_records(),
+        index=teachers_index(),
     params:
         teachers_dir=RESULTS / "teachers",
         out_dir=RESULTS / "eval" / "teachers",
-        benchmarks=json.dumps(BENCHMARKS),
-        settings=EVALUATION,
+        benchmarks=canonical_json(BENCHMARKS),
+        settings=canonical(EVALUATION),
         skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
     threads: 1
     resources:
@@ -76,4 +77,4 @@ rule evaluate_teachers:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
         " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} {params.skip_failed} > {log:q} 2>&1"
+        " --device {params.settings[device]:q} {params.skip_failed} --index {output.index:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule train_teacher:
         RESULTS / "logs" / "teachers" / "{teacher}.log",
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
-        " --out-dir {params.out_dir:q} --export {output.weights:q} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --export {output.weights:q} --data-manifests {input.data:q} > {log:q} 2>&1"
 
 
 # One job per named reinforcement and shard group (the toy world is one group), teachers from
@@ -36,8 +36,8 @@ rule reinforce:
         manifest=reinforce_manifest("{reinforcement}", "{group}"),
     params:
         selection=reinforce_selection,
-        settings=lambda wc: REINFORCEMENTS[wc.reinforcement],
-        captioner=lambda wc: json.dumps(REINFORCEMENTS[wc.reinforcement]["captioner"]),
+        settings=lambda wc: canonical(REINFORCEMENTS[wc.reinforcement]),
+        captioner=lambda wc: canonical_json(REINFORCEMENTS[wc.reinforcement]["captioner"]),
         teachers_dir=RESULTS / "teachers",
         datacomp_dir=DATA["datacomp_dir"],
         dr_dir=lambda wc: reinforcement_dr_dir(EXP, wc.reinforcement),

@@ -4,8 +4,15 @@
 
 rule report:
     input:
+        # Exactly the experiment's files, each a job's declared output: a run removed from the
+        # config leaves its folders on disk, and the report never sees them.
         records=all_eval_records(),
         fetched=[fetch_manifest(group) for group in GROUP_IDS] if IS_HUB else [],
+        runs=[train_manifest(run, seed) for run, seed in SPECS],
+        # a teacher's manifest is written with its weights, in its run folder (teacher_manifest)
+        teachers=[RESULTS / "teachers" / teacher for teacher in trained_teachers()],
+        reinforced=[reinforce_manifest(name, group) for name in generated_reinforcements() for group in GROUP_IDS],
+        benchmarks=upstream_job_benchmarks(),
     output:
         table=report(REPORT_DIR / "results.csv", caption="../report/results.rst", category="Tables"),
         markdown=REPORT_DIR / "results.md",
@@ -19,22 +26,22 @@ rule report:
         data_efficiency=[report(path, caption="../report/data_efficiency.rst", category="Figures")
                          for path in data_efficiency_outputs()],
     params:
-        records_dir=RESULTS / "eval",
         out_dir=REPORT_DIR,
         title=REPORT["title"],
         paper_reference=paper_reference_option(REPORT["paper_reference"]),
-        pairs=f"--efficiency-pairs-json {shlex.quote(json.dumps(REPORT['efficiency_pairs']))}"
+        pairs=f"--efficiency-pairs-json {shlex.quote(canonical_json(REPORT['efficiency_pairs']))}"
         if REPORT.get("efficiency_pairs") is not None else "",
-        ablation=f"--ablation-json {shlex.quote(json.dumps(REPORT['ablation']))}" if REPORT.get("ablation") else "",
-        fetch_manifests=DATA_ROOT / "fetch",
-        # the compute ledger: benchmarks/ TSVs, run and reinforce manifests, all upstream of the records
-        results=RESULTS,
+        ablation=f"--ablation-json {shlex.quote(canonical_json(REPORT['ablation']))}" if REPORT.get("ablation") else "",
+        benchmarks_dir=RESULTS / "benchmarks",
+        teacher_manifests=[teacher_manifest(teacher) for teacher in trained_teachers()],
     priority: 4
     benchmark:
         job_benchmark("report", "all"),
     log:
         RESULTS / "logs" / "report.log",
     shell:
-        "mobileclip-repro report --records-dir {params.records_dir:q} --out-dir {params.out_dir:q}"
+        "mobileclip-repro report --records {input.records:q} --out-dir {params.out_dir:q}"
         " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"
-        " --fetch-manifests-dir {params.fetch_manifests:q} --results-dir {params.results:q} > {log:q} 2>&1"
+        " --fetch-manifests {input.fetched:q} --run-manifests {input.runs:q} --teacher-manifests {params.teacher_manifests:q}"
+        " --reinforce-manifests {input.reinforced:q} --job-benchmarks {input.benchmarks:q}"
+        " --benchmarks-dir {params.benchmarks_dir:q} > {log:q} 2>&1"

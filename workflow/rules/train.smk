@@ -36,4 +36,4 @@ rule train:
         RESULTS / "logs" / "train" / "{run}_seed_{seed}.log",
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --data-manifests {input.data:q} {input.reinforced:q} > {log:q} 2>&1"
