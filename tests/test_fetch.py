@@ -488,6 +488,30 @@ def test_a_shard_that_keeps_failing_fails_its_group_and_the_rerun_fetches_only_i
     assert set(image_requests(rerun)) == {f"/img/{s.uid}.jpg" for s in world.samples[broken]}
 
 
+def test_a_loss_the_config_accepts_finishes_the_group_and_the_report_names_the_lost_shard(hub, toy_samples, tmp_path):
+    world = publish_clean_world(hub, toy_samples)
+    gone = world.ids[2]
+    hub.fail_downloads(DR_REPO, f"{gone}.tar", 404)  # gone from the hub for good: no retry helps
+    datacomp_dir, manifest_path = tmp_path / "data" / "datacomp", tmp_path / "fetch" / "group_00000.json"
+    argv = ["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO, "--shard-spec", '"{00000000..00000002}"',
+            "--group", "00000", "--group-size", "3", "--datacomp-dir", str(datacomp_dir),
+            "--dr-dir", str(tmp_path / "data" / "datacompdr"), "--manifest", str(manifest_path),
+            "--timeout", str(TIMEOUT), "--threads", "8", "--hub-retries", "0", "--max-failed-shards", "1"]
+
+    assert main(argv) == 0
+    manifest = json.loads(manifest_path.read_text())
+    assert list(manifest["lost_shards"]) == [gone] and manifest["totals"]["shards_failed"] == 1
+    # training reads the shards the manifest lists: the two fetched ones, DataComp and DataCompDR tars
+    listed = shards.listed_shard_files([manifest_path])
+    assert sorted(path.name for path in listed) == sorted(f"{shard}.tar" for shard in world.ids[:2] for _ in "ab")
+    assert all(entry["sha256"] == shards.file_sha256(path) for path, entry in listed.items())
+    from mobileclip_repro.tables import fetch_markdown, fetch_table, lost_shards, read_fetch_manifests
+
+    manifests = read_fetch_manifests([manifest_path])
+    section = fetch_markdown(fetch_table(manifests), lost_shards(manifests))
+    assert "**1 shard(s) lost**" in section and f"- group 00000, shard {gone}: " in section
+
+
 # ---------------------------------------------------------------------------------------------
 # The per-URL deadline: an answer within the timeout, its body within the timeout more
 

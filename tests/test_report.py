@@ -5,6 +5,7 @@ import csv
 import html
 import json
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -64,6 +65,25 @@ def report_dir(records_dir, tmp_path):
     assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out), "--title", "Toy world",
                  "--chance-json", str(chance)]) == 0
     return out
+
+
+def test_the_report_reads_the_records_its_indexes_list_and_no_others(records_dir, tmp_path):
+    """How the DAG calls it: a run's folders left on disk after it left the config are not reported."""
+    listed = sorted(str(path) for path in (records_dir / "toy_dr").rglob("*.json"))
+    index = tmp_path / "toy_dr.records.json"
+    index.write_text(json.dumps({"records": listed, "failed": []}))
+    out = tmp_path / "report"
+    assert main(["report", "--records", str(index), "--out-dir", str(out), "--run-manifests", "--job-benchmarks"]) == 0
+    assert set(pd.read_csv(out / "results.csv")["run"]) == {"toy_dr"}
+    assert "toy_plain" not in (out / "results.md").read_text() + (out / "report.html").read_text()
+    assert json.loads((out / "efficiency.json").read_text()) == []
+
+
+def test_a_record_an_index_lists_but_that_is_gone_is_an_error_not_passed_over(records_dir, tmp_path):
+    index = tmp_path / "records.json"
+    index.write_text(json.dumps({"records": [str(records_dir / "toy_dr" / "epoch_9" / "toy_zeroshot.json")]}))
+    with pytest.raises(FileNotFoundError, match="epoch_9/toy_zeroshot.json: an evaluation record listed but missing"):
+        main(["report", "--records", str(index), "--out-dir", str(tmp_path / "report")])
 
 
 def test_load_records_finds_nested_records_and_ignores_other_json(records_dir):

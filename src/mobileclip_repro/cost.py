@@ -23,7 +23,8 @@ from pathlib import Path
 COST_COLUMNS = ["stage", "rule", "run", "seed", "wall_s", "cpu_s", "max_rss_mb", "flops", "samples",
                 "flops_per_sample", "benchmark_tsv"]
 # Which DAG stage each rule belongs to (the README's five stages).
-STAGES = {"toy_data": "data", "fetch": "data", "fetch_benchmark": "data", "train_teacher": "reinforce",
+STAGES = {"toy_data": "data", "fetch": "data", "local_data": "data", "select_subsets": "data",
+          "fetch_benchmark": "data", "train_teacher": "reinforce",
           "reinforce": "reinforce", "train": "train", "evaluate": "evaluate", "evaluate_teachers": "evaluate",
           "report": "report"}
 

@@ -75,7 +75,9 @@ back, and redoes any other (a dead writer's ``.partial`` leftover is removed). A
 fails (a hub file broken twice, missing, or still failing after the hub retries) fails its
 group: the command logs every failed shard and why, keeps the shards it finished (each with
 its manifest), writes no group manifest and exits 1, so the workflow does not take the
-group for done and its next run fetches exactly the missing shards. A failed image URL is a
+group for done and its next run fetches exactly the missing shards. Only a loss the config
+accepts (``data.hub.max_failed_shards``, ``--max-failed-shards``; default 0) lets the group
+finish without them: its manifest then lists them (``lost_shards``) and the report names them. A failed image URL is a
 lost sample, counted, and never stops its shard.
 """
 from __future__ import annotations
@@ -843,6 +845,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "more for its body")
     parser.add_argument("--retries", type=int, default=1,
                         help="extra tries of an image URL after a connection error or HTTP 429/5xx")
+    parser.add_argument("--max-failed-shards", type=int, default=0,
+                        help="shards that may stay failed with the group still done (data.hub.max_failed_shards; "
+                             "default 0: any failed shard fails the group, and the next run retries it)")
     parser.add_argument("--hub-retries", type=int, default=4,
                         help="extra tries of a hub download or listing after HTTP 408/429/5xx, a connection error "
                              "or a timeout")
@@ -862,9 +867,9 @@ def command(args: argparse.Namespace) -> int:
     if args.dr_repo and args.dr_dir is None:
         raise ValueError("--dr-repo needs --dr-dir")
     if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0 or args.hub_retries < 0 \
-            or args.hub_backoff < 0:
-        raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries, --hub-retries and "
-                         "--hub-backoff >= 0")
+            or args.hub_backoff < 0 or args.max_failed_shards < 0:
+        raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries, --hub-retries, "
+                         "--hub-backoff and --max-failed-shards >= 0")
     index, group_shards = select_group(args.shard_spec, args.group, args.group_size)
     try:
         from huggingface_hub.utils import disable_progress_bars
@@ -890,7 +895,16 @@ def command(args: argparse.Namespace) -> int:
              totals["samples_listed"], totals["urls_tried"], totals["images_fetched"], manifest["images_per_s"],
              failures, totals["sha256_mismatch"], totals["no_caption"])
     failed = [entry for entry in manifest["shards"] if entry.get("status") != "ok"]
-    if failed:
+    if failed and totals["shards_ok"] and len(failed) <= args.max_failed_shards:
+        # data.hub.max_failed_shards: a loss the researcher accepted (a shard gone from the hub for
+        # good), so the group is done; the manifest lists the lost shards and the report names them
+        for entry in failed:
+            log.warning("shard %s lost: %s", entry["shard"], entry.get("error", "unknown error"))
+        log.warning("group %s: %d of %d shards lost, within --max-failed-shards %d: the group manifest is written "
+                    "and the report names them", args.group, len(failed), totals["shards"], args.max_failed_shards)
+        manifest["lost_shards"] = {entry["shard"]: entry.get("error", "unknown error") for entry in failed}
+        manifest["max_failed_shards"] = args.max_failed_shards
+    elif failed:
         # The group manifest is the workflow's mark of a complete group: written, it would stop every
         # later run from retrying the missing shards. The finished ones have their own manifests, so the
         # next run of this command skips them and fetches only these.

@@ -26,9 +26,10 @@ from mobileclip_repro.plots import (FlopsFormatter, plot_data_efficiency, plot_l
                                    plot_training_curves, validate_reference_points)
 from mobileclip_repro.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
                                      display_table, display_teachers, failures_markdown, fetch_markdown, fetch_table,
-                                     format_seen_samples, long_table, read_failures, read_fetch_manifests, read_records,
-                                     student_records, suite_averages, suite_markdown, summary_table, tagged_json,
-                                     teacher_markdown, teacher_table, wide_table, write_csv, write_markdown)
+                                     format_seen_samples, long_table, lost_shards, read_failures,
+                                     read_fetch_manifests, read_records, student_records, suite_averages,
+                                     suite_markdown, summary_table, tagged_json, teacher_markdown, teacher_table,
+                                     wide_table, write_csv, write_markdown)
 
 PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
 # Named anchor sets (config `report.paper_reference`): the MobileCLIP paper's learning-efficiency
@@ -101,7 +102,8 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
                 cost_section: dict | None = None, training: dict | None = None,
-                failures: list[dict] | None = None, data_efficiency: dict | None = None) -> str:
+                failures: list[dict] | None = None, data_efficiency: dict | None = None,
+                lost: list[dict] | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -178,6 +180,11 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                         "fetched, failed URLs by reason, images dropped for a sha256 mismatch, samples kept "
                         "(kept % = kept / listed).</p>\n"
                         + display_fetch_table(data).to_html(index=False, classes="table", border=0))
+        if lost:
+            data_section += (f"<p><strong>{len(lost)} shard(s) lost</strong>, accepted by "
+                             "<code>data.hub.max_failed_shards</code>: training ran without them.</p>\n<ul>"
+                             + "".join(f"<li>group {html.escape(item['group'])}, shard {html.escape(item['shard'])}: "
+                                       f"{html.escape(item['error'])}</li>" for item in lost) + "</ul>\n")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -357,11 +364,12 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         markdown.write_text(markdown.read_text() + "\n" + failures_markdown(failures))
     data = None
     manifests = read_fetch_manifests(inputs.fetch_manifests)
+    lost = lost_shards(manifests)
     if manifests:
         data = fetch_table(manifests)
         paths.append(write_csv(data, out_dir / "data.csv"))
         markdown = out_dir / "results.md"
-        markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data))
+        markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data, lost))
     ablation = None
     if ablation_settings:
         ablation_paths, ablation_rows = write_ablation(records, ablation_settings, out_dir, title=title)
@@ -396,7 +404,7 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
                                      data, averages, teachers, multipliers, ablation, cost_section, training,
-                                     failures, data_efficiency))
+                                     failures, data_efficiency, lost))
     return paths + [html_path]
 
 

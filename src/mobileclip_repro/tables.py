@@ -340,11 +340,23 @@ def display_fetch_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown.rename(columns={"kept_fraction": "kept %", "fetched_fraction": "fetched %"})
 
 
-def fetch_markdown(table: pd.DataFrame) -> str:
+def lost_shards(manifests: list[dict]) -> list[dict]:
+    """The shards the fetch groups gave up on within ``data.hub.max_failed_shards``: group, shard, why."""
+    return [{"group": manifest["group"], "shard": shard, "error": error}
+            for manifest in sorted(manifests, key=lambda m: m["group"])
+            for shard, error in sorted((manifest.get("lost_shards") or {}).items())]
+
+
+def fetch_markdown(table: pd.DataFrame, lost: list[dict] | None = None) -> str:
     text = ("## Data\n\nWhat the fetch stage got, per group of hub shards: samples listed in the shards, "
             "URLs tried and images fetched, failed URLs by reason, images dropped because their sha256 "
             "differs from the recorded one, and samples kept (kept % = kept / listed).\n\n")
-    return text + to_markdown(display_fetch_table(table))
+    text += to_markdown(display_fetch_table(table))
+    if lost:
+        text += (f"\n\n**{len(lost)} shard(s) lost**, accepted by `data.hub.max_failed_shards`: training ran "
+                 "without them.\n\n" + "\n".join(f"- group {item['group']}, shard {item['shard']}: {item['error']}"
+                                                   for item in lost))
+    return text
 
 
 # DataComp's summary columns (its aggregate_scores.py): every task, ImageNet-1k, its

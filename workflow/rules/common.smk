@@ -234,7 +234,10 @@ def trained_teachers():
 
 def upstream_job_benchmarks():
     """The benchmark TSV of every job the report depends on: the compute ledger's rows."""
-    jobs = [("toy_data", "all")] if IS_TOY else [("fetch", f"group_{group}") for group in GROUP_IDS] if IS_HUB else []
+    if IS_TOY:
+        jobs = [("toy_data", "all")]
+    else:
+        jobs = [("fetch", f"group_{group}") for group in GROUP_IDS] if IS_HUB else [("local_data", "all")]
     if any(spec.get("subset_size") for spec in SPECS.values()):
         jobs.append(("select_subsets", "all"))
     jobs += [("fetch_benchmark", name) for name in HUB_BENCHMARKS]

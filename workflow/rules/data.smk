@@ -53,6 +53,7 @@ rule fetch:
         "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]:q} {params.dr_repo}"
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
         " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
+        " --max-failed-shards {params.hub[max_failed_shards]:q}"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
