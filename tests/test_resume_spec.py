@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobileclip_repro import config, toyworld
+from mobileclip_repro import config, shards, toyworld
 from mobileclip_repro import train as trainer
 
 BATCH = 8
@@ -170,6 +170,24 @@ def test_a_run_started_by_hand_identifies_its_data_by_content_too(results, tmp_p
     assert by_hand["datacomp_dir"] == listed["datacomp_dir"]
     remake_world(data, seed=1)
     assert trainer.data_stamp(spec, trainer.training_shards(spec, None))["datacomp_dir"] != by_hand["datacomp_dir"]
+
+
+def test_a_dr_run_with_relative_data_folders_reads_its_listed_shards(results, tmp_path, monkeypatch):
+    """The default results_dir is relative (results/<name>); the manifests' paths are absolute once read."""
+    from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
+    from mobileclip_repro.samples import SkipCounter
+
+    shutil.copytree(results / "data", tmp_path / "experiment" / "data")
+    monkeypatch.chdir(tmp_path)
+    spec = run_spec(Path("experiment"), data="dr")
+    assert not Path(spec["datacomp_dir"]).is_absolute()
+    model, _, _ = create_model_and_transforms(spec["model"])
+    listed = shards.listed_shard_files([Path("experiment/data/manifest.json")])  # the toy world's, by relative path
+    by_manifest = {spec["datacomp_dir"]: [listed[path] for path in shards.shards_in(spec["datacomp_dir"], listed)]}
+    for files in (trainer.training_shards(spec, None), by_manifest):
+        dataset = trainer.build_dataset(spec, model, None, get_tokenizer(spec["model"]), SkipCounter(), 0, files=files)
+        dataset.passes = 1
+        assert len(list(dataset.examples())) == 32
 
 
 def test_resume_none_sets_the_checkpoints_aside_rather_than_overwriting_them(results, finished, tmp_path):

@@ -378,10 +378,12 @@ def teacher_columns(distill: dict) -> list[int] | None:
 def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCounter, stream_seed: int,
                   files: dict[str, list[dict]] | None = None):
     """The run's training samples from ``files`` (``training_shards``; None: every shard in datacomp_dir)."""
+    # absolute, as the manifests' paths are: a DR shard is found at the DataComp shard's relative path
+    datacomp_dir = shards.absolute_path(spec["datacomp_dir"])
     if files is None:
-        shard_paths = shards.list_shards(spec["datacomp_dir"])
+        shard_paths = shards.list_shards(datacomp_dir)
     else:
-        shard_paths = sorted(Path(entry["path"]) for entry in files[spec["datacomp_dir"]])
+        shard_paths = sorted(shards.absolute_path(entry["path"]) for entry in files[spec["datacomp_dir"]])
     if not shard_paths:
         raise FileNotFoundError(f"no .tar shards in {spec['datacomp_dir']}")
     keep = None
@@ -396,7 +398,7 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         from mobileclip_repro.teachers import ReinforceConfig
 
         joined = spec.get("data_layout") == "joined"
-        pairs = paired_shards(shard_paths, spec["datacomp_dir"], None if joined else spec["dr_dir"])
+        pairs = paired_shards(shard_paths, datacomp_dir, None if joined else shards.absolute_path(spec["dr_dir"]))
         return OnlineDRSamples(pairs, ReplayTransform.from_open_clip(model), tokenizer, stream_seed,
                                spec["dataset_resampled"], counter, ReinforceConfig.load(spec["reinforcement_config"]),
                                syn_caption_regex=spec.get("syn_caption_regex", shards.DEFAULT_SYN_CAPTION_REGEX),
@@ -410,7 +412,7 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         # The student replays the stored augmentation at its own size, interpolation and normalization.
         replay = ReplayTransform.from_open_clip(model)
         joined = spec.get("data_layout") == "joined"
-        pairs = paired_shards(shard_paths, spec["datacomp_dir"], None if joined else spec["dr_dir"])
+        pairs = paired_shards(shard_paths, datacomp_dir, None if joined else shards.absolute_path(spec["dr_dir"]))
         return DRSamples(pairs, replay, tokenizer, stream_seed, spec["dataset_resampled"], counter,
                          embedding_dim=sum(spec["distill"]["teacher_dimension"]),
                          # a spec resolved before the key existed reads every set, as Apple's default
