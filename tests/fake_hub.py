@@ -1,8 +1,12 @@
 """A fake Hugging Face hub and image server on 127.0.0.1 for offline tests.
 
 It answers what huggingface_hub's real download path asks (HEAD/GET
-``/datasets/<repo>/resolve/<rev>/<file>``, the tree API for listings) from files the test
-puts in ``FakeHub.files``, fails the downloads of the files a test names (``fail_downloads``),
+``/datasets/<repo>/resolve/<rev>/<file>`` with the ``X-Repo-Commit`` header, the tree API
+``/api/datasets/<repo>/tree/<rev>`` for listings, the repo-info API
+``/api/datasets/<repo>/revision/<rev>`` whose ``sha`` names the commit) from files the test
+puts in ``FakeHub.files`` (the repo's main branch; ``move_main`` freezes them as an older
+commit, still served by its SHA, as a push to the real hub does), fails the downloads of
+the files a test names (``fail_downloads``),
 serves images by name (some slow, trickling, redirected, chunked, failing or opted out) and
 logs every request so a test can count them.
 """
@@ -35,6 +39,33 @@ class FakeHub:
         self.failing: dict[tuple[str, str], list] = {}  # (repo, file) -> [HTTP status, GETs left or None: all]
         self.lock = threading.Lock()
         self.base_url = ""
+        self.heads: dict[str, str] = {}  # repo -> the commit main points at (default: the sha1 of its name)
+        self.snapshots: dict[tuple[str, str], dict[str, bytes]] = {}  # (repo, older commit) -> its files
+
+    def head(self, repo: str) -> str:
+        return self.heads.get(repo) or hashlib.sha1(repo.encode()).hexdigest()
+
+    def move_main(self, repo: str) -> str:
+        """A push: the repo's files as they are stay readable at the current commit, main moves to a new
+        one (the test then changes ``files``). Returns the new commit."""
+        with self.lock:
+            old = self.head(repo)
+            self.snapshots[(repo, old)] = {name: content for (owner, name), content in self.files.items()
+                                           if owner == repo}
+            self.heads[repo] = hashlib.sha1(f"{repo}@{len(self.snapshots)}".encode()).hexdigest()
+            return self.heads[repo]
+
+    def commit_of(self, repo: str, revision: str) -> str | None:
+        """The commit a branch ("main") or a commit SHA names in the repo, None when it names none."""
+        head = self.head(repo)
+        if revision in ("main", head):
+            return head
+        return revision if (repo, revision) in self.snapshots else None
+
+    def files_at(self, repo: str, commit: str) -> dict[str, bytes]:
+        if commit == self.head(repo):
+            return {name: content for (owner, name), content in self.files.items() if owner == repo}
+        return self.snapshots[(repo, commit)]
 
     def fail_downloads(self, repo: str, filename: str, status: int, times: int | None = None) -> None:
         """Answer the next ``times`` GETs of the file (every one: None) with ``status``, as a hub or
@@ -93,18 +124,24 @@ def _handler(hub: FakeHub):
             parts = path.strip("/").split("/")
             try:
                 if parts[:1] == ["datasets"] and len(parts) >= 6 and parts[3] == "resolve":
-                    return self._resolve(f"{parts[1]}/{parts[2]}", "/".join(parts[5:]), head)
+                    return self._resolve(f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]), head)
                 if parts[:2] == ["api", "datasets"] and len(parts) >= 6 and parts[4] == "tree":
-                    return self._tree(f"{parts[2]}/{parts[3]}")
+                    return self._tree(f"{parts[2]}/{parts[3]}", parts[5])
+                if parts[:2] == ["api", "datasets"] and len(parts) == 6 and parts[4] == "revision":
+                    return self._revision(f"{parts[2]}/{parts[3]}", parts[5])
+                if parts[:2] == ["api", "datasets"] and len(parts) == 4:  # no revision: the main branch
+                    return self._revision(f"{parts[2]}/{parts[3]}", "main")
                 if parts[:1] == ["img"] and len(parts) == 2:
                     return self._image(parts[1], head, int(parse_qs(url.query).get("hop", ["0"])[0]))
                 self._send(404, b"not found")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a timed-out URL)
 
-        def _resolve(self, repo: str, filename: str, head: bool) -> None:
-            content = hub.files.get((repo, filename))
-            commit = hashlib.sha1(repo.encode()).hexdigest()
+        def _resolve(self, repo: str, revision: str, filename: str, head: bool) -> None:
+            commit = hub.commit_of(repo, revision)
+            if commit is None:
+                return self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}, head)
+            content = hub.files_at(repo, commit).get(filename)
             if content is None:
                 return self._send(404, b'{"error": "Entry not found"}',
                                   {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, head)
@@ -115,13 +152,25 @@ def _handler(hub: FakeHub):
             self._send(200, content, {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
                                       "Content-Type": "application/octet-stream"}, head)
 
-        def _tree(self, repo: str) -> None:
-            listing = [{"type": "file", "path": name, "size": len(content),
-                        "oid": hashlib.sha1(content).hexdigest()}
-                       for (owner, name), content in sorted(hub.files.items()) if owner == repo]
+        def _tree(self, repo: str, revision: str) -> None:
+            commit = hub.commit_of(repo, revision)
+            files = hub.files_at(repo, commit) if commit else {}
+            listing = [{"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                       for name, content in sorted(files.items())]
             if not listing:
                 return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
             self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
+
+        def _revision(self, repo: str, revision: str) -> None:
+            """The repo-info API: ``sha`` is the commit the revision names (huggingface_hub's DatasetInfo.sha)."""
+            if not any(owner == repo for owner, _ in hub.files) and repo not in hub.heads:
+                return self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
+            commit = hub.commit_of(repo, revision)
+            if commit is None:
+                return self._send(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
+            body = {"id": repo, "sha": commit, "private": False,
+                    "siblings": [{"rfilename": name} for name in sorted(hub.files_at(repo, commit))]}
+            self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
         def _image(self, name: str, head: bool, hop: int) -> None:
             special = hub.special.get(name)
@@ -193,3 +242,86 @@ def serving(monkeypatch, hf_home):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- DataComp's benchmark repos, as the hub lays them out
+
+def publish_wds_set(hub: FakeHub, repo: str, set_root) -> list[str]:
+    """A webdataset set on disk as a dataset repo in DataComp's ``djghosh/wds_<task>_test`` layout:
+    ``classnames.txt``, ``zeroshot_classification_templates.txt``, ``test/nshards.txt``,
+    ``test/<i>.tar`` (whatever ``set_root`` holds), beside the ``.gitattributes`` and ``README.md``
+    the real repos have. Returns the set's own files."""
+    from pathlib import Path
+
+    names = []
+    for path in sorted(p for p in Path(set_root).rglob("*") if p.is_file()):
+        name = path.relative_to(set_root).as_posix()
+        hub.files[(repo, name)] = path.read_bytes()
+        names.append(name)
+    hub.files[(repo, ".gitattributes")] = b"*.tar filter=lfs diff=lfs merge=lfs -text\n"
+    hub.files[(repo, "README.md")] = f"# {repo}\n".encode()
+    return names
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def publish_nlphuji_retrieval(hub: FakeHub, repo: str, csv_name: str, zip_name: str, images) -> None:
+    """An nlphuji retrieval repo (``flickr_1k_test_image_text_retrieval``,
+    ``mscoco_2014_5k_test_image_text_retrieval``) as its hub listing shows it: the loading script
+    ``<name>.py`` (never run), ``README.md``, the CSV (one row per image: ``filename``, ``raw`` =
+    its captions as a JSON list, and the Karpathy-split columns beside them) and the zip of the
+    images under a folder named as the zip. ``images``: (file name, image bytes, captions)."""
+    import csv
+    import io
+    import json
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["sentids", "imgid", "tokens", "raw", "sentid", "split", "filename"])
+    writer.writeheader()
+    for index, (filename, _, captions) in enumerate(images):
+        writer.writerow({"sentids": json.dumps([5 * index + k for k in range(len(captions))]), "imgid": index,
+                         "tokens": json.dumps([caption.lower().split() for caption in captions]),
+                         "raw": json.dumps(captions), "sentid": 5 * index, "split": "test", "filename": filename})
+    folder = zip_name.removesuffix(".zip")
+    name = repo.split("/")[1]
+    hub.files[(repo, csv_name)] = text.getvalue().encode()
+    hub.files[(repo, zip_name)] = _zip({f"{folder}/{filename}": data for filename, data, _ in images})
+    hub.files[(repo, f"{name}.py")] = b"# a datasets loading script: datasets >= 4 refuses to run it\n"
+    hub.files[(repo, "README.md")] = f"# {repo}\n".encode()
+    hub.files[(repo, ".gitattributes")] = b"*.zip filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def publish_nlphuji_winogavil(hub: FakeHub, instances, images: dict[str, bytes]) -> None:
+    """``nlphuji/winogavil`` as its hub listing shows it: ``winogavil.py`` (the loading script,
+    never run), ``README.md``, ``winogavil_dataset.csv`` (one instance a row: ``candidates`` and
+    ``associations`` as Python list literals, ``cue``, the counts and the ``ID``) and
+    ``winogavil_images.zip`` (``winogavil_images/<candidate>.jpg``). ``instances``: dicts with
+    ``cue``, ``candidates``, ``associations``; ``images``: candidate -> JPEG bytes."""
+    import csv
+    import io
+
+    repo = "nlphuji/winogavil"
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["candidates", "cue", "associations", "num_associations",
+                                              "num_candidates", "solvers_jaccard_mean", "ID"])
+    writer.writeheader()
+    for index, instance in enumerate(instances):
+        writer.writerow({"candidates": repr(list(instance["candidates"])), "cue": instance["cue"],
+                         "associations": repr(list(instance["associations"])),
+                         "num_associations": len(instance["associations"]),
+                         "num_candidates": len(instance["candidates"]), "solvers_jaccard_mean": 1.0, "ID": index})
+    hub.files[(repo, "winogavil_dataset.csv")] = text.getvalue().encode()
+    hub.files[(repo, "winogavil_images.zip")] = _zip({f"winogavil_images/{name}.jpg": data
+                                                      for name, data in images.items()})
+    hub.files[(repo, "winogavil.py")] = b"# a datasets loading script: datasets >= 4 refuses to run it\n"
+    hub.files[(repo, "README.md")] = b"# WinoGAViL\n"
+    hub.files[(repo, ".gitattributes")] = b"*.zip filter=lfs diff=lfs merge=lfs -text\n"

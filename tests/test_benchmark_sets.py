@@ -67,7 +67,8 @@ def test_a_rerun_downloads_nothing_again(hub, toy_sets, tmp_path):
     fetch_benchmark_set(REPO, tmp_path / "set")
     hub.taken()
     fetch_benchmark_set(REPO, tmp_path / "set")
-    assert not [path for method, path in hub.taken() if method == "GET"]
+    # only the commit main names is asked again (the repo-info API); no file is downloaded
+    assert not [path for method, path in hub.taken() if method == "GET" and "/resolve/" in path]
 
 
 def test_a_classification_mirror_without_class_names_is_refused(hub, toy_sets, tmp_path):
@@ -146,3 +147,99 @@ def test_the_toy_worlds_sets_pass_with_every_class_named(toy_sets):
 
     counts = check_class_names(toy_sets / "toy_zeroshot")
     assert counts["class_names"] == len(class_names()) and 1 <= counts["labels_used"] <= len(class_names())
+
+
+# -- the revision a set is fetched at ------------------------------------------------------------
+
+DJGHOSH_REPO = "djghosh/wds_toy_zeroshot_test"  # DataComp's mirror layout (fake_hub.publish_wds_set)
+
+
+def test_a_set_is_fetched_at_the_commit_its_revision_names_and_the_manifest_and_set_record_it(hub, toy_sets,
+                                                                                            tmp_path):
+    from mobileclip_repro.benchmark_sets import read_set_source
+
+    fake_hub.publish_wds_set(hub, DJGHOSH_REPO, toy_sets / "toy_zeroshot")
+    main_commit = hub.head(DJGHOSH_REPO)
+    fetched = fetch_benchmark_set(DJGHOSH_REPO, tmp_path / "main")
+    assert (fetched["revision"], fetched["commit"]) == (None, main_commit)
+    assert read_set_source(tmp_path / "main") == {"repo": DJGHOSH_REPO, "revision": None, "commit": main_commit}
+
+    # a push moves main; a set pinned to the older commit is still fetched as it was
+    hub.move_main(DJGHOSH_REPO)
+    hub.files[(DJGHOSH_REPO, "classnames.txt")] = b"renamed\n"
+    pinned = fetch_benchmark_set(DJGHOSH_REPO, tmp_path / "pinned", revision=main_commit)
+    assert (pinned["revision"], pinned["commit"]) == (main_commit, main_commit)
+    assert (tmp_path / "pinned" / "classnames.txt").read_bytes() == (toy_sets / "toy_zeroshot" / "classnames.txt").read_bytes()
+
+
+def test_the_cli_passes_the_revision_and_the_manifest_names_the_commit(hub, toy_sets, tmp_path):
+    fake_hub.publish_wds_set(hub, DJGHOSH_REPO, toy_sets / "toy_zeroshot")
+    commit = hub.head(DJGHOSH_REPO)
+    assert main(["fetch-benchmark", "--repo", DJGHOSH_REPO, "--root", str(tmp_path / "set"), "--revision", commit,
+                 "--manifest", str(tmp_path / "fetched.json")]) == 0
+    manifest = json.loads((tmp_path / "fetched.json").read_text())
+    assert (manifest["repo"], manifest["revision"], manifest["commit"]) == (DJGHOSH_REPO, commit, commit)
+
+
+# -- DataComp's nlphuji sets, converted without their loading script ------------------------------
+
+def _jpeg(seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("repo, csv_name, zip_name", [
+    ("nlphuji/flickr_1k_test_image_text_retrieval", "test_1k_flickr.csv", "images_flickr_1k_test.zip"),
+    ("nlphuji/mscoco_2014_5k_test_image_text_retrieval", "test_5k_mscoco_2014.csv", "images_mscoco_2014_5k_test.zip"),
+])
+def test_an_nlphuji_retrieval_repo_becomes_a_set_clip_benchmarks_retrieval_reads(hub, tmp_path, repo, csv_name,
+                                                                                 zip_name):
+    from clip_benchmark.datasets.builder import build_dataset
+
+    images = [(f"{1000 + i}.jpg", _jpeg(i), [f"caption {k} of image {i}" for k in range(5)]) for i in range(3)]
+    images[1][2][0] = "a caption\nwith a line break"  # one caption still, not two
+    fake_hub.publish_nlphuji_retrieval(hub, repo, csv_name, zip_name, images)
+    root = tmp_path / "set"
+    fetched = fetch_benchmark_set(repo, root)
+    assert (fetched["dataset_type"], fetched["samples"], fetched["commit"]) == ("retrieval", 3, hub.head(repo))
+
+    (spec,) = parse_benchmark_specs([{"name": "r", "dataset": "wds/r", "task": "zeroshot_retrieval", "root": str(root)}])
+    check_dataset_present(spec)
+    read = list(build_dataset(dataset_name="wds/r", root=str(root), transform=lambda image: image, split="test",
+                              download=False, task="zeroshot_retrieval"))
+    assert [captions for _, captions in read] == [
+        [" ".join(caption.splitlines()) for caption in captions] for _, _, captions in images]
+    with tarfile.open(root / "test" / "0.tar") as archive:  # the image bytes the zip held, not re-encoded
+        stored = [archive.extractfile(m).read() for m in archive.getmembers() if m.name.endswith(".jpg")]
+    assert stored == [data for _, data, _ in images]
+    hub.taken()
+    fetch_benchmark_set(repo, root)  # a rerun converts again from the files it has, downloading nothing
+    assert not [path for method, path in hub.taken() if method == "GET" and "/resolve/" in path]
+
+
+def test_winogavil_becomes_the_association_set_evaluation_reads_without_the_datasets_library(hub, tmp_path):
+    import webdataset as wds
+
+    from mobileclip_repro.datacomp_tasks import read_winogavil_sample
+
+    names = [f"word {k}" for k in range(12)]
+    pictures = {name: _jpeg(50 + k) for k, name in enumerate(names)}
+    instances = [{"cue": "Moon", "candidates": names[:5], "associations": names[1:3]},
+                 {"cue": "ice", "candidates": names, "associations": [names[0], names[7], names[11]]}]
+    fake_hub.publish_nlphuji_winogavil(hub, instances, pictures)
+    root = tmp_path / "winogavil"
+    fetched = fetch_benchmark_set("nlphuji/winogavil", root, revision=hub.head("nlphuji/winogavil"))
+    assert (fetched["dataset_type"], fetched["samples"]) == ("association", 2)
+
+    samples = list(wds.WebDataset(str(root / "test" / "0.tar"), shardshuffle=False))
+    for sample, instance in zip(samples, instances, strict=True):
+        cue, candidate_images, is_association = read_winogavil_sample(sample)
+        assert cue == instance["cue"] and len(candidate_images) == len(instance["candidates"])
+        assert is_association.tolist() == [name in instance["associations"] for name in instance["candidates"]]
+        assert [sample[f"{k}.jpg"] for k in range(len(instance["candidates"]))] == [
+            pictures[name] for name in instance["candidates"]]

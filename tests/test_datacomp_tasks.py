@@ -316,6 +316,65 @@ def test_the_suite_lists_all_38_datacomp_tasks_with_their_main_metrics(repo_root
     assert suite["evaluation"]["skip_failed_benchmarks"] is True
 
 
+# DataComp's 38 averaged tasks -> (the hub repo its evaluation reads, main metric), from
+# mlfoundations/datacomp: the keys and main metrics (default acc1) of tasklist.yml; the repos of
+# download_evalsets.py and eval_utils/wds_eval.py (djghosh/wds_<key, "/" -> "-", "fairness/"
+# dropped>_test) and of eval_utils/retr_eval.py, wino_eval.py (nlphuji/<key without its prefix>);
+# every task's split is "test". FairFace and UTKFace have no main metric and are not averaged.
+DATACOMP_TASKS = {
+    "vtab/caltech101": ("djghosh/wds_vtab-caltech101_test", "mean_per_class_recall"),
+    "cifar10": ("djghosh/wds_cifar10_test", "acc1"),
+    "vtab/cifar100": ("djghosh/wds_vtab-cifar100_test", "acc1"),
+    "vtab/clevr_count_all": ("djghosh/wds_vtab-clevr_count_all_test", "acc1"),
+    "vtab/clevr_closest_object_distance": ("djghosh/wds_vtab-clevr_closest_object_distance_test", "acc1"),
+    "country211": ("djghosh/wds_country211_test", "acc1"),
+    "vtab/dtd": ("djghosh/wds_vtab-dtd_test", "acc1"),
+    "vtab/eurosat": ("djghosh/wds_vtab-eurosat_test", "acc1"),
+    "fgvc_aircraft": ("djghosh/wds_fgvc_aircraft_test", "mean_per_class_recall"),
+    "food101": ("djghosh/wds_food101_test", "acc1"),
+    "gtsrb": ("djghosh/wds_gtsrb_test", "acc1"),
+    "imagenet1k": ("djghosh/wds_imagenet1k_test", "acc1"),
+    "imagenet_sketch": ("djghosh/wds_imagenet_sketch_test", "acc1"),
+    "imagenetv2": ("djghosh/wds_imagenetv2_test", "acc1"),
+    "imagenet-a": ("djghosh/wds_imagenet-a_test", "acc1"),
+    "imagenet-o": ("djghosh/wds_imagenet-o_test", "acc1"),
+    "imagenet-r": ("djghosh/wds_imagenet-r_test", "acc1"),
+    "vtab/kitti_closest_vehicle_distance": ("djghosh/wds_vtab-kitti_closest_vehicle_distance_test", "acc1"),
+    "mnist": ("djghosh/wds_mnist_test", "acc1"),
+    "objectnet": ("djghosh/wds_objectnet_test", "acc1"),
+    "vtab/flowers": ("djghosh/wds_vtab-flowers_test", "mean_per_class_recall"),
+    "vtab/pets": ("djghosh/wds_vtab-pets_test", "mean_per_class_recall"),
+    "voc2007": ("djghosh/wds_voc2007_test", "acc1"),
+    "vtab/pcam": ("djghosh/wds_vtab-pcam_test", "acc1"),
+    "renderedsst2": ("djghosh/wds_renderedsst2_test", "acc1"),
+    "vtab/resisc45": ("djghosh/wds_vtab-resisc45_test", "acc1"),
+    "cars": ("djghosh/wds_cars_test", "acc1"),
+    "stl10": ("djghosh/wds_stl10_test", "acc1"),
+    "sun397": ("djghosh/wds_sun397_test", "acc1"),
+    "vtab/svhn": ("djghosh/wds_vtab-svhn_test", "acc1"),
+    "retrieval/flickr_1k_test_image_text_retrieval": ("nlphuji/flickr_1k_test_image_text_retrieval", "mean_recall@1"),
+    "retrieval/mscoco_2014_5k_test_image_text_retrieval": ("nlphuji/mscoco_2014_5k_test_image_text_retrieval",
+                                                           "mean_recall@1"),
+    "misc/winogavil": ("nlphuji/winogavil", "jaccard_score_10-12"),
+    "wilds/iwildcam": ("djghosh/wds_wilds-iwildcam_test", "F1-macro_all"),
+    "wilds/camelyon17": ("djghosh/wds_wilds-camelyon17_test", "acc1"),
+    "wilds/fmow": ("djghosh/wds_wilds-fmow_test", "acc_worst_region"),
+    "fairness/dollar_street": ("djghosh/wds_dollar_street_test", "acc_top5_wg"),
+    "fairness/geode": ("djghosh/wds_geode_test", "acc_wg"),
+}
+
+
+def test_the_suite_reads_exactly_the_sets_datacomp_reads(repo_root):
+    suite = yaml.safe_load((repo_root / "configs" / "eval" / "datacomp_suite.yaml").read_text())
+    specs = parse_benchmark_specs(suite["evaluation"]["benchmarks"])
+    assert sorted((spec.hub_repo, spec.main_metric) for spec in specs) == sorted(DATACOMP_TASKS.values())
+    assert {spec.split for spec in specs} == {"test"}
+    # each pinned, so a push to a mirror cannot change the suite's numbers unnoticed (datacomp#18: a
+    # different Flickr test set alone moved DataComp's published averages)
+    assert all(spec.revision and len(spec.revision) == 40 for spec in specs)
+    assert suite["evaluation"]["precision"] == "fp32"
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"name": "g", "dataset": "wds/geode", "task": "zeroshot_classification", "main_metric": "acc_wg",
       "root": "/x"}, "metadata_fields"),

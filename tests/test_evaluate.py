@@ -283,6 +283,52 @@ def test_records_say_how_they_were_computed(records):
         assert record["precision"] == ("amp" if record["device"] == "cuda" else "fp32")
 
 
+@pytest.mark.parametrize("precision, device, autocast", [
+    ("amp", "cuda", True), ("fp32", "cuda", False),  # fp32: no autocast even on a GPU, as DataComp classifies
+    ("amp", "cpu", False), ("fp32", "cpu", False),   # never on CPU, where it would change the toy's numbers
+])
+def test_autocast_runs_only_for_amp_on_cuda(precision, device, autocast):
+    from mobileclip_repro.evaluate import uses_autocast
+
+    assert uses_autocast(precision, device) is autocast
+
+
+def test_records_name_the_precision_setting_and_the_hub_commit_of_a_fetched_set(world, tmp_path):
+    """evaluation.precision reaches the record beside what ran; a set fetched from the hub (its
+    root holds the fetch's hub_source.json) is named by repo, requested revision and resolved commit."""
+    import shutil
+
+    from mobileclip_repro.benchmark_sets import SOURCE_FILE
+
+    fetched = tmp_path / "fetched_retrieval"
+    shutil.copytree(world["root"] / "toy_retrieval", fetched)
+    source = {"repo": "nlphuji/flickr_1k_test_image_text_retrieval", "revision": None, "commit": "c" * 40}
+    (fetched / SOURCE_FILE).write_text(json.dumps(source))
+    specs = [{"name": "fetched", "dataset": "wds/toy_retrieval", "task": "zeroshot_retrieval", "root": str(fetched)},
+             {"name": "local", "dataset": "wds/toy_zeroshot", "task": "zeroshot_classification",
+              "root": str(world["classification"])}]
+    (tmp_path / "b.json").write_text(json.dumps(specs))
+    assert main(["evaluate", "--checkpoint", str(world["checkpoint"]), "--benchmarks-json", str(tmp_path / "b.json"),
+                 "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--precision", "fp32", "--batch-size", "4"]) == 0
+    fetched_record, local_record = (json.loads((tmp_path / "out" / f"{name}.json").read_text())
+                                    for name in ("fetched", "local"))
+    assert fetched_record["hub_source"] == source and local_record["hub_source"] is None
+    for record in (fetched_record, local_record):
+        assert (record["precision_setting"], record["precision"]) == ("fp32", "fp32")
+
+
+def test_the_precision_default_is_amp_and_the_datacomp_suite_sets_fp32(repo_root):
+    """amp (autocast on CUDA, fp32 on CPU) is what evaluation always did, so the toy's records keep
+    their numbers; the DataComp suite classifies in fp32 as DataComp does."""
+    import yaml
+
+    from mobileclip_repro.config import load_schema
+
+    assert load_schema()["properties"]["evaluation"]["properties"]["precision"]["default"] == "amp"
+    suite = yaml.safe_load((repo_root / "configs" / "eval" / "datacomp_suite.yaml").read_text())
+    assert suite["evaluation"]["precision"] == "fp32"
+
+
 @pytest.fixture(scope="module")
 def exported(world):
     out_dir = world["root"] / "open_clip_export"

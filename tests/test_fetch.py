@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,12 +158,18 @@ def options(tmp_path: Path, **overrides) -> fetch.FetchOptions:
     return fetch.FetchOptions(**values)
 
 
+def revision_lookups(*repos: str) -> set[str]:
+    """The repo-info requests a fetch job makes once per repo, to resolve its revision to a commit."""
+    return {f"/api/datasets/{repo}" for repo in (repos or (DC_REPO, DR_REPO))}
+
+
 def image_requests(requests: list[tuple[str, str]]) -> list[str]:
     return [path for method, path in requests if path.startswith("/img/")]
 
 
+# under sha256 policy strict: the changed image (same size) is dropped
 EXPECTED_SHARD0 = {"samples_listed": 8, "no_caption": 1, "no_url": 0, "urls_tried": 7, "images_fetched": 2,
-                   "sha256_mismatch": 1, "samples_kept": 1}
+                   "sha256_mismatch_dropped": 1, "sha256_mismatch_kept": 0, "samples_kept": 1}
 EXPECTED_SHARD0_FAILED = {"http_404": 1, "http_error": 1, "timeout": 1, "connection": 1, "invalid_url": 0,
                           "too_large": 0, "opted_out": 1}
 
@@ -172,7 +178,7 @@ def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
     from mobileclip_repro.samples import SkipCounter, assemble_dr_example, joined_samples
 
     world = publish_shards_world(hub, toy_samples)
-    opts = options(tmp_path)
+    opts = options(tmp_path, sha256_policy="strict")
     started = time.monotonic()
     manifest = fetch.fetch_group(world.ids, opts)
     # the slow URL costs about one timeout, not its full SLOW_SECONDS, and nothing waits on it twice
@@ -190,10 +196,10 @@ def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
     totals = manifest["totals"]
     assert totals["shards"] == 3 and totals["shards_ok"] == 2 and totals["shards_failed"] == 1
     assert totals["samples_listed"] == 16 and totals["urls_tried"] == 15 and totals["images_fetched"] == 10
-    assert totals["samples_kept"] == 9 and totals["sha256_mismatch"] == 1 and totals["no_caption"] == 1
+    assert totals["samples_kept"] == 9 and totals["sha256_mismatch_dropped"] == 1 and totals["no_caption"] == 1
     assert totals["failed"] == EXPECTED_SHARD0_FAILED
     # the truncated DR tar was downloaded twice, then given up; its shard's images were never asked for
-    dr1 = f"/datasets/{DR_REPO}/resolve/main/{world.ids[1]}.tar"
+    dr1 = f"/datasets/{DR_REPO}/resolve/{hub.head(DR_REPO)}/{world.ids[1]}.tar"
     assert [m for m, p in first_run if p == dr1] == ["HEAD", "GET", "HEAD", "GET"]
     assert not any(s.uid in path for s in world.samples[world.ids[1]] for path in image_requests(first_run))
     # HTTP 500 was retried once; the 404 was not
@@ -220,7 +226,8 @@ def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
     # Rerun: complete shards are not touched; the failed one is tried again (still broken).
     manifest = fetch.fetch_group(world.ids, opts)
     rerun = hub.taken()
-    assert {path for _, path in rerun} == {dr1, f"/api/datasets/{DC_REPO}/tree/main"}
+    listing = f"/api/datasets/{DC_REPO}/tree/{hub.head(DC_REPO)}"
+    assert {path for _, path in rerun} == {dr1, listing} | revision_lookups()
     assert [e.get("resumed", False) for e in manifest["shards"]] == [True, False, True]
     assert manifest["totals"]["samples_kept"] == 9
 
@@ -230,7 +237,7 @@ def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
     assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 9 + PER_SHARD
     assert len(image_requests(hub.taken())) == PER_SHARD
     manifest = fetch.fetch_group(world.ids, opts)
-    assert hub.taken() == []
+    assert {path for _, path in hub.taken()} == revision_lookups()
     assert all(entry["resumed"] for entry in manifest["shards"])
 
     # A deleted DataComp shard is fetched again (its installed DR shard is reused).
@@ -261,11 +268,12 @@ def test_plain_datacomp_without_dr(hub, toy_samples, tmp_path):
     hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(samples, hub.base_url)
     for s in samples:
         hub.images[f"{s.uid}.jpg"] = s.jpg
-    hub.images[f"{samples[0].uid}.jpg"] = b"not the recorded image"
+    hub.images[f"{samples[0].uid}.jpg"] = b"not the recorded image"  # no size to compare: dropped by same_size too
     opts = options(tmp_path, dr_repo=None, dr_dir=None, layout="shards")
     manifest = fetch.fetch_group(["00000000"], opts)
     totals = manifest["totals"]
-    assert (totals["urls_tried"], totals["images_fetched"], totals["sha256_mismatch"], totals["samples_kept"]) == \
+    assert (totals["urls_tried"], totals["images_fetched"], totals["sha256_mismatch_dropped"],
+            totals["samples_kept"]) == \
         (PER_SHARD, PER_SHARD, 1, PER_SHARD - 1)
     written = list(shards.iter_raw_samples(opts.datacomp_dir / "00000000.tar"))
     assert [raw["__key__"] for raw in written] == [s.key for s in samples[1:]]
@@ -297,6 +305,12 @@ def test_parquet_layout_nested_shards(hub, toy_samples, tmp_path):
     opts = options(tmp_path)
     manifest = fetch.fetch_group(ids, opts)
     assert manifest["layout"] == "parquet"
+    # listing, parquet files and DR tars all at the commit resolved once; each DR tar fetched once
+    hub_paths = _hub_paths(hub.taken())
+    assert not any("/main" in path for path in hub_paths) and revision_lookups() <= set(hub_paths)
+    assert f"/api/datasets/{DC_REPO}/tree/{hub.head(DC_REPO)}" in hub_paths
+    assert [path for path in hub_paths if path.endswith("00/00000000.tar")] == \
+        [f"/datasets/{DR_REPO}/resolve/{hub.head(DR_REPO)}/00/00000000.tar"] * 2  # its HEAD and its GET
     assert [e["samples_kept"] for e in manifest["shards"]] == [PER_SHARD - 1, PER_SHARD]
     assert manifest["shards"][0]["no_caption"] == 1
     written = list(shards.iter_raw_samples(opts.datacomp_dir / "00" / "00000000.tar"))
@@ -305,7 +319,8 @@ def test_parquet_layout_nested_shards(hub, toy_samples, tmp_path):
         [(s.key, s.caption, s.jpg) for s in expected]
     assert (opts.dr_dir / "00" / "00000001.tar").is_file()
     hub.taken()
-    assert fetch.fetch_group(ids, opts)["totals"]["shards_resumed"] == 2 and hub.taken() == []
+    assert fetch.fetch_group(ids, opts)["totals"]["shards_resumed"] == 2
+    assert {path for _, path in hub.taken()} == revision_lookups()
 
 
 def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
@@ -317,7 +332,8 @@ def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
     command = [sys.executable, "-m", "mobileclip_repro", "fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO,
                "--shard-spec", json.dumps(["{00000000..00000002}"]), "--group", "00000", "--group-size", "3",
                "--datacomp-dir", str(results / "datacomp"), "--dr-dir", str(results / "datacompdr"),
-               "--processes", "2", "--threads", "4", "--timeout", str(TIMEOUT), "--manifest", str(group_manifest)]
+               "--processes", "2", "--threads", "4", "--timeout", str(TIMEOUT), "--manifest", str(group_manifest),
+               "--sha256", "strict"]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert done.returncode == 1, done.stderr[-3000:]
     assert not group_manifest.exists()
@@ -343,14 +359,28 @@ def test_cli_end_to_end_with_processes(hub, toy_samples, tmp_path):
 
 
 def test_group_with_no_usable_shard_fails_without_manifest(hub, toy_samples, tmp_path):
+    publish_clean_world(hub, toy_samples)
+    hub.files = {(repo, name): content for (repo, name), content in hub.files.items() if repo != DR_REPO}
+    hub.files[(DR_REPO, "other.tar")] = b"not a shard of the spec"
     manifest_path = tmp_path / "group_00001.json"
-    code = main(["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", "apple/missing", "--shard-spec",
+    code = main(["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO, "--shard-spec",
                  '"{00000000..00000003}"', "--group", "00001", "--group-size", "2", "--datacomp-layout", "shards",
                  "--datacomp-dir", str(tmp_path / "dc"), "--dr-dir", str(tmp_path / "dr"),
                  "--manifest", str(manifest_path), "--timeout", str(TIMEOUT)])
     assert code == 1 and not manifest_path.exists()
     # the group index picks shards 2 and 3 of the spec
-    assert {p for _, p in hub.taken()} == {f"/datasets/apple/missing/resolve/main/0000000{i}.tar" for i in (2, 3)}
+    head = hub.head(DR_REPO)
+    assert {p for _, p in hub.taken()} == {f"/datasets/{DR_REPO}/resolve/{head}/0000000{i}.tar" for i in (2, 3)} \
+        | revision_lookups()
+
+
+def test_a_missing_repo_fails_the_job_before_any_download(hub, toy_samples, tmp_path):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    publish_clean_world(hub, toy_samples)
+    with pytest.raises(RepositoryNotFoundError, match="apple/missing"):
+        fetch.fetch_group(["00000000"], options(tmp_path, dr_repo="apple/missing"))
+    assert {p for _, p in hub.taken()} == revision_lookups(DC_REPO, "apple/missing")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +480,7 @@ def test_a_transient_error_on_a_dr_tar_is_retried_and_the_group_completes(hub, t
     hub.fail_downloads(DR_REPO, f"{world.ids[1]}.tar", status, times=1)
     manifest = fetch.fetch_group(world.ids, options(tmp_path))
     assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 3 * PER_SHARD
-    dr1 = f"/datasets/{DR_REPO}/resolve/main/{world.ids[1]}.tar"
+    dr1 = f"/datasets/{DR_REPO}/resolve/{hub.head(DR_REPO)}/{world.ids[1]}.tar"
     assert [method for method, path in hub.taken() if path == dr1] == ["HEAD", "GET", "HEAD", "GET"]
 
 
@@ -470,7 +500,7 @@ def test_a_shard_that_keeps_failing_fails_its_group_and_the_rerun_fetches_only_i
     assert not manifest_path.exists()
     shard_manifests = [datacomp_dir / f"{shard_id}.tar.manifest.json" for shard_id in world.ids]
     assert [path.is_file() for path in shard_manifests] == [True, False, True]
-    dr_broken = f"/datasets/{DR_REPO}/resolve/main/{broken}.tar"
+    dr_broken = f"/datasets/{DR_REPO}/resolve/{hub.head(DR_REPO)}/{broken}.tar"
     assert [method for method, path in hub.taken() if path == dr_broken].count("GET") == 3  # 1 try + 2 retries
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert any(message.startswith(f"shard {broken} failed") and "503" in message for message in errors), errors
@@ -636,3 +666,185 @@ def test_parquet_captions_reads_both_metadata_schemas(tmp_path):
     assert found == {"a1": "cat", "e5": "fish"}  # b2 has no caption, zz is nowhere
     with pytest.raises(ValueError, match="bad.parquet: DataComp parquet has no uid column"):
         fetch.parquet_captions([tmp_path / "bad.parquet"], {"a1"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub revisions: each repo resolved to one commit per job, downloaded at it, recorded
+
+
+def _hub_paths(requests: list[tuple[str, str]]) -> list[str]:
+    return [path for _, path in requests if not path.startswith("/img/")]
+
+
+def test_a_pinned_commit_is_what_every_request_asks_for_and_the_manifests_record(hub, toy_samples, tmp_path):
+    world = publish_clean_world(hub, toy_samples)
+    pinned = {DC_REPO: hub.head(DC_REPO), DR_REPO: hub.head(DR_REPO)}
+    for repo in pinned:  # main moves on after the pinned commit: a new DR tar, a caption shard gone
+        hub.move_main(repo)
+    hub.files[(DR_REPO, f"{world.ids[0]}.tar")] = dr_tar(world.samples[world.ids[1]], hub.base_url, seed=7)
+    del hub.files[(DC_REPO, f"{world.ids[0]}.tar")]
+    manifest_path = tmp_path / "fetch" / "group_00000.json"
+    assert main(["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO, "--shard-spec", '"{00000000..00000000}"',
+                 "--group", "00000", "--group-size", "1", "--datacomp-dir", str(tmp_path / "data" / "datacomp"),
+                 "--dr-dir", str(tmp_path / "data" / "datacompdr"), "--manifest", str(manifest_path),
+                 "--timeout", str(TIMEOUT), "--datacomp-revision", pinned[DC_REPO],
+                 "--dr-revision", pinned[DR_REPO]]) == 0
+
+    hub_paths = _hub_paths(hub.taken())
+    assert hub_paths and all(pinned[DC_REPO] in path or pinned[DR_REPO] in path for path in hub_paths), hub_paths
+    assert f"/api/datasets/{DC_REPO}/tree/{pinned[DC_REPO]}" in hub_paths  # the layout's listing too
+    assert (tmp_path / "data" / "datacompdr" / f"{world.ids[0]}.tar").read_bytes() == world.good_dr[world.ids[0]]
+    group = json.loads(manifest_path.read_text())
+    shard = json.loads((tmp_path / "data" / "datacomp" / f"{world.ids[0]}.tar.manifest.json").read_text())
+    for recorded in (group, shard):
+        assert (recorded["datacomp_commit"], recorded["dr_commit"]) == (pinned[DC_REPO], pinned[DR_REPO])
+        assert (recorded["datacomp_revision"], recorded["dr_revision"]) == (pinned[DC_REPO], pinned[DR_REPO])
+    assert shard["samples_kept"] == PER_SHARD
+
+
+def test_a_branch_that_moved_between_two_runs_fails_the_group_naming_both_commits(hub, toy_samples, tmp_path):
+    """One dataset, one commit: finished shards from the old commit are neither mixed with nor silently
+    replaced by the new one; pinning the old commit finishes the group at it."""
+    world = publish_clean_world(hub, toy_samples)
+    hub.fail_downloads(DR_REPO, f"{world.ids[1]}.tar", 503)
+    opts = options(tmp_path, hub_retries=0)
+    first = fetch.fetch_group(world.ids, opts)
+    old = hub.head(DR_REPO)
+    assert [entry["status"] for entry in first["shards"]] == ["ok", "failed", "ok"]
+    assert first["dr_commit"] == old and first["shards"][0]["dr_commit"] == old
+    hub.recover(DR_REPO, f"{world.ids[1]}.tar")
+    new = hub.move_main(DR_REPO)
+    hub.taken()
+
+    with pytest.raises(fetch.CommitMoved) as raised:
+        fetch.fetch_group(world.ids, opts)
+    message = str(raised.value)
+    assert old in message and new in message and DR_REPO in message
+    assert f"data.hub.dr_revision: {old}" in message and world.ids[0] in message and world.ids[2] in message
+    assert {path for _, path in hub.taken()} == revision_lookups()  # failed before any download
+
+    manifest = fetch.fetch_group(world.ids, replace(opts, dr_revision=old))
+    assert manifest["totals"]["shards_ok"] == 3 and manifest["dr_commit"] == old
+    assert {entry["dr_commit"] for entry in manifest["shards"]} == {old}
+    dr_downloads = [path for path in _hub_paths(hub.taken()) if path.startswith(f"/datasets/{DR_REPO}/")]
+    assert dr_downloads and all(f"/resolve/{old}/" in path for path in dr_downloads)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sha256 policy: what a fetched image that does not hash to the recorded sha256 becomes
+
+
+def _reencoded(jpg: bytes, scale: float = 1.0) -> bytes:
+    """The same picture, other bytes: re-encoded (as a CDN does), and resized when ``scale`` != 1."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpg))
+    if scale != 1.0:
+        image = image.resize((int(image.width * scale), int(image.height * scale)))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=50)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("policy, dropped, kept", [("strict", 2, 0), ("same_size", 1, 1), ("off", 0, 2)])
+def test_sha256_policy_counts_a_same_size_and_a_different_size_mismatch(hub, toy_samples, tmp_path, policy, dropped,
+                                                                        kept):
+    from PIL import Image
+
+    samples = toy_samples[0]
+    hub.files[(DR_REPO, "00000000.tar")] = dr_tar(samples, hub.base_url)
+    # the caption shard records each image's real original size, as DataComp-12M's json does
+    hub.files[(DC_REPO, "00000000.tar")] = _tar_bytes([
+        {"__key__": s.key, "url.txt": f"{hub.base_url}/img/{s.uid}.jpg", "txt": s.caption,
+         "json": json.dumps({"uid": s.uid, "sha256": s.sha256, "original_width": Image.open(io.BytesIO(s.jpg)).width,
+                             "original_height": Image.open(io.BytesIO(s.jpg)).height})} for s in samples])
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    same_size, other_size = samples[0], samples[1]
+    hub.images[f"{same_size.uid}.jpg"] = _reencoded(same_size.jpg)
+    hub.images[f"{other_size.uid}.jpg"] = _reencoded(other_size.jpg, scale=2.0)
+
+    manifest = fetch.fetch_group(["00000000"], options(tmp_path, sha256_policy=policy))
+    entry = manifest["shards"][0]
+    assert (entry["images_fetched"], entry["sha256_mismatch_dropped"], entry["sha256_mismatch_kept"]) == \
+        (PER_SHARD, dropped, kept)
+    assert entry["samples_kept"] == PER_SHARD - dropped and entry["sha256_policy"] == policy
+    assert manifest["totals"]["sha256_mismatch_kept"] == kept and manifest["sha256_policy"] == policy
+    written = {raw["__key__"]: json.loads(raw["json"])
+               for raw in shards.iter_raw_samples(opts_dir(tmp_path) / "00000000.tar")}
+    marked = {key for key, meta in written.items() if "recorded_sha256" in meta}
+    assert marked == {"strict": set(), "same_size": {same_size.key}, "off": {same_size.key, other_size.key}}[policy]
+    for key in marked:  # a kept mismatch says so, with the sha256 the metadata recorded
+        recorded = {s.key: s.sha256 for s in samples}[key]
+        assert written[key]["recorded_sha256"] == recorded and written[key]["sha256_policy"] == policy
+
+
+def opts_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "datacomp"
+
+
+# ---------------------------------------------------------------------------------------------
+# The join-rate guard: a caption/URL source that lacks most of a shard's uids fails the job
+
+
+@pytest.mark.parametrize("captioned", [3, 7])
+def test_join_rate_guard(hub, toy_samples, tmp_path, captioned):
+    """With data.hub.min_join_rate 0.5, a source holding 3 of 8 uids fails before any image is
+    asked for, naming both repos and the rate; 7 of 8 (a few uids missing) goes through."""
+    samples = toy_samples[0]
+    hub.files[(DR_REPO, "00000000.tar")] = dr_tar(samples, hub.base_url)
+    hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(samples[:captioned], hub.base_url)
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    opts = options(tmp_path, min_join_rate=0.5)
+    if captioned == 3:
+        with pytest.raises(fetch.JoinRateTooLow) as raised:
+            fetch.fetch_group(["00000000"], opts)
+        message = str(raised.value)
+        assert DC_REPO in message and DR_REPO in message and "37.5%" in message and "min_join_rate 0.5" in message
+        assert image_requests(hub.taken()) == [] and not (opts_dir(tmp_path) / "00000000.tar").exists()
+    else:
+        entry = fetch.fetch_group(["00000000"], opts)["shards"][0]
+        assert entry["join_rate"] == 0.875 and entry["samples_kept"] == 7 and entry["no_caption"] == 1
+
+
+def test_a_dr_shard_with_no_uid_to_join_by_fails_the_job_instead_of_writing_an_empty_shard(hub, toy_samples,
+                                                                                              tmp_path):
+    """A repo of another format (its json without uid): before this check every sample was passed
+    over and the shard written empty, with the group reported done."""
+    samples = toy_samples[0]
+    no_uid = [{**shards.dr_record(s.key, s.uid, s.sha256, f"{hub.base_url}/img/{s.uid}.jpg", ["a caption"],
+                                  [[[0, 0, 16, 16], [[0, 0.0]]]], np.zeros((1, 8)), np.zeros((2, 8))),
+               "json": json.dumps({"sha256": s.sha256})} for s in samples]
+    hub.files[(DR_REPO, "00000000.tar")] = _tar_bytes(no_uid)
+    hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(samples, hub.base_url)
+    with pytest.raises(fetch.JoinRateTooLow, match="no sample with a json uid"):
+        fetch.fetch_group(["00000000"], options(tmp_path))
+    assert image_requests(hub.taken()) == [] and not (opts_dir(tmp_path) / "00000000.tar").exists()
+
+
+def test_fetch_options_from_the_workflow_command_line():
+    """The rule passes a null revision as '' (the main branch) and YAML's bare `off` as False."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    fetch.add_arguments(parser)
+    base = ["--datacomp-repo", DC_REPO, "--shard-spec", "{00..01}", "--group", "0", "--group-size", "1",
+            "--datacomp-dir", "d", "--manifest", "m"]
+    args = parser.parse_args(base + ["--datacomp-revision", "", "--dr-revision", "v1.0", "--sha256", "False"])
+    assert (args.datacomp_revision, args.dr_revision, args.sha256) == (None, "v1.0", "off")
+    defaults = parser.parse_args(base)
+    assert (defaults.sha256, defaults.min_join_rate) == ("same_size", 0.5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--sha256", "lenient"])
+
+
+def test_parquet_metadata_carries_the_recorded_original_size(tmp_path):
+    """datacomp_1b-style rows with original_width/original_height: the size same_size compares with."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"uid": ["a1", "b2"], "text": ["cat", "dog"], "original_width": [640, None],
+                             "original_height": [480, 300]}), tmp_path / "sized.parquet")
+    assert fetch.parquet_metadata([tmp_path / "sized.parquet"], {"a1", "b2"}) == \
+        {"a1": ("cat", (640, 480)), "b2": ("dog", None)}

@@ -137,10 +137,31 @@ def test_the_baseline_is_plain_clip_with_no_reinforcement(configs):
 
 @pytest.mark.parametrize("config, shard_ids, count", [("datacompdr1b", SHARD_IDS_1B, 65_536),
                                                       ("datacompdr12m", SHARD_IDS_12M, 1_024),
-                                                      ("datacomp12m", SHARD_IDS_12M, 1_024)])
+                                                      ("datacomp12m", SHARD_IDS_12M, 1_024),
+                                                      ("dfndr12m", SHARD_IDS_12M, 1_024)])
 def test_the_hub_shards_expand_to_the_run_scripts_shard_ids(configs, config, shard_ids, count):
     expanded = expand_shard_spec(configs[config]["data"]["hub"]["shards"])
     assert len(expanded) == count and expanded == shard_ids
+
+
+# docs/reference.md §9, "DFNDR on the hub": Apple's DFNDR repos, and the pool their uids come from.
+# DFN-2B (and DFN-2B12M, which DFNDR-12M reinforces) is a subset of DataComp-12B, the 12.8B
+# CommonPool, whose parquet metadata is mlfoundations/datacomp_xlarge; DataComp-12M and
+# DataComp-1B are other subsets of that pool and would leave nearly every sample without a caption.
+DFNDR_HUB = {"dfndr12m": "apple/DFNDR-12M", "dfndr2b": "apple/DFNDR-2B"}
+DFN_CAPTION_POOL = "mlfoundations/datacomp_xlarge"
+
+
+@pytest.mark.parametrize("config, dr_repo", DFNDR_HUB.items())
+def test_the_dfndr_configs_fetch_apples_repos_joined_with_datacomp_12b(configs, config, dr_repo):
+    hub = configs[config]["data"]["hub"]
+    assert configs[config]["data"]["source"] == "hub" and not configs[config]["reinforcement"]["generate"]
+    assert hub["dr_repo"] == dr_repo
+    assert hub["datacomp_repo"] == DFN_CAPTION_POOL
+    # the join guard is on: a pool that lacks the shards' uids fails the fetch instead of
+    # writing nearly empty shards
+    assert 0 < hub["min_join_rate"] <= 1
+    assert expand_shard_spec(hub["shards"])  # a shard range is set (2B's is unverified, §9)
 
 
 def test_expand_shard_spec_multiplies_groups_leftmost_slowest_and_keeps_the_padding():

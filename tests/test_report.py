@@ -261,8 +261,9 @@ def test_report_data_section_totals_fetch_manifests(records_dir, fetch_dir, tmp_
     total = rows["total"]
     counts = ("shards", "shards_failed", "samples_listed", "urls_tried", "images_fetched", "samples_kept")
     assert [int(total[name]) for name in counts] == [8, 1, 160, 158, 135, 120]
-    assert (int(total["failed_http_404"]), int(total["failed_timeout"]), int(total["sha256_mismatch"]),
-            int(total["no_caption"])) == (13, 6, 15, 2)
+    # these manifests predate the sha256 policy: their sha256_mismatch images were all dropped
+    assert (int(total["failed_http_404"]), int(total["failed_timeout"]), int(total["sha256_mismatch_dropped"]),
+            int(total["sha256_mismatch_kept"]), int(total["no_caption"])) == (13, 6, 15, 0, 2)
     assert float(total["kept_fraction"]) == pytest.approx(120 / 160)
     assert float(rows["00001"]["fetched_fraction"]) == pytest.approx(55 / 60)
     markdown = (out / "results.md").read_text()
@@ -275,6 +276,33 @@ def test_report_data_section_totals_fetch_manifests(records_dir, fetch_dir, tmp_
     assert row["group"] == "total" and row["samples_kept"] == "120" and row["kept %"] == "75.0"
     page = (out / "report.html").read_text()
     assert "<h2>Data</h2>" in page and "<td>total</td>" in page
+
+
+def test_report_data_section_counts_kept_mismatches_and_names_each_repos_commit(records_dir, tmp_path):
+    directory = tmp_path / "fetch"
+    directory.mkdir()
+    commits = {"00000": ("a" * 40, "b" * 40), "00001": ("a" * 40, "b" * 40), "00002": ("a" * 40, "c" * 40)}
+    for group, (datacomp_commit, dr_commit) in commits.items():
+        manifest = make_fetch_manifest(group, kept=90, listed=100, tried=100, fetched=95, failed={}, mismatch=None,
+                                       no_caption=0)
+        manifest["totals"].update(sha256_mismatch_dropped=5, sha256_mismatch_kept=7)
+        manifest.update(datacomp_repo="mlfoundations/DataComp-12M", datacomp_commit=datacomp_commit,
+                        dr_repo="apple/DataCompDR-12M", dr_commit=dr_commit)
+        (directory / f"group_{group}.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(records_dir), "--out-dir", str(out),
+                 "--fetch-manifests-dir", str(directory)]) == 0
+    with open(out / "data.csv") as stream:
+        total = {row["group"]: row for row in csv.DictReader(stream)}["total"]
+    assert (int(total["sha256_mismatch_dropped"]), int(total["sha256_mismatch_kept"])) == (15, 21)
+    markdown = (out / "results.md").read_text().split("## Data")[1]
+    assert f"DataComp `mlfoundations/DataComp-12M` at commit `{'a' * 40}`" in markdown
+    # one repo's groups at two commits: the dataset mixes two versions of it, and the report says so
+    assert "**DataCompDR `apple/DataCompDR-12M` MIXES 2 commits**" in markdown
+    assert f"`{'b' * 40}` (groups 00000, 00001); `{'c' * 40}` (groups 00002)" in markdown
+    page = (out / "report.html").read_text()
+    assert f"at commit <code>{'a' * 40}</code>" in page and "mixes 2 commits</strong>" in page
+    assert "<th>sha256_mismatch_kept</th>" in page
 
 
 def test_report_without_fetch_manifests_has_no_data_section(records_dir, tmp_path):

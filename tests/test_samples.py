@@ -251,6 +251,27 @@ def test_each_bad_sample_is_skipped_and_counted_under_its_reason(datacomp, tmp_p
     assert counter.totals() == dict(expected)
 
 
+def test_an_image_fetch_kept_by_its_sha256_policy_trains_with_its_reinforcement(datacomp):
+    """data.hub.sha256 same_size / off: the re-encoded bytes hash otherwise, and the json says which
+    sha256 the metadata recorded; that is the DataCompDR sample's, so the pair is one image."""
+    import io
+
+    from PIL import Image
+
+    datacomp_sample, dr_sample = copy.deepcopy(datacomp[0]), _dr_sample(datacomp[0], 0)
+    reencoded = io.BytesIO()
+    Image.open(io.BytesIO(datacomp_sample["jpg"])).save(reencoded, format="JPEG", quality=60)  # as a host might
+    datacomp_sample["jpg"] = reencoded.getvalue()
+    recorded = json.loads(dr_sample["json"])["sha256"]
+    assert shards.sha256_hex(datacomp_sample["jpg"]) != recorded
+    meta = json.loads(datacomp_sample["json"])
+    datacomp_sample["json"] = json.dumps({**meta, "recorded_sha256": recorded, "sha256_policy": "same_size"}).encode()
+    assert assemble_dr_example(datacomp_sample, _to_bytes(dr_sample), REPLAY, random.Random(0), EMBEDDING_DIM)
+    datacomp_sample["json"] = json.dumps({**meta, "recorded_sha256": "0" * 64}).encode()  # another image's hash
+    with pytest.raises(SampleSkipped, match="do not hash"):
+        assemble_dr_example(datacomp_sample, _to_bytes(dr_sample), REPLAY, random.Random(0), EMBEDDING_DIM)
+
+
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_the_skip_reason_names_what_is_wrong(datacomp, name):
     mutate, reason = BAD_INPUTS[name]

@@ -1,7 +1,7 @@
 """Benchmark sets from clip_benchmark's webdataset mirrors on the hub, into a local root.
 
-clip_benchmark publishes every set it evaluates (ImageNet-1k, Flickr30k, MSCOCO, the
-DataComp suite) as a dataset repo ``clip-benchmark/wds_<name>`` laid out as
+clip_benchmark (``clip-benchmark/wds_<name>``) and DataComp (``djghosh/wds_<task>_test``, the
+sets DataComp's own evaluation downloads) publish webdataset sets as dataset repos laid out as
 ``classnames.txt``, ``zeroshot_classification_templates.txt``, ``dataset_type.txt`` (for
 retrieval sets) and ``<split>/nshards.txt`` + ``<split>/<i>.tar``. Downloading them ahead
 of evaluation, into the root the config names, keeps evaluation jobs off the network:
@@ -24,7 +24,7 @@ import logging
 import tarfile
 from pathlib import Path
 
-from mobileclip_repro.hub import hub_download
+from mobileclip_repro.hub import hub_commit, hub_download
 
 log = logging.getLogger(__name__)
 
@@ -32,48 +32,64 @@ CLASSIFICATION_FILES = ("classnames.txt", "zeroshot_classification_templates.txt
 OPTIONAL_FILES = ("dataset_type.txt",)
 
 
-def _fetch_winogavil(root, split):
-    from mobileclip_repro.datacomp_tasks import fetch_winogavil
-
-    return {**fetch_winogavil(root, split), "num_shards": len(wds_shard_paths(root, split) or [])}
-
-
-CONVERTED_SETS = {"nlphuji/winogavil": _fetch_winogavil}
+SOURCE_FILE = "hub_source.json"  # in a fetched set's root: where it came from (evaluate records it)
 
 
 def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", revision: str | None = None) -> dict:
-    """Download one clip_benchmark webdataset set; returns what was fetched (the set's manifest).
-    WinoGAViL's hub dataset is not a webdataset mirror: it is converted into one."""
+    """Download one webdataset benchmark set (clip_benchmark's layout, e.g. DataComp's
+    ``djghosh/wds_*_test``) at ``revision`` (None: main); returns what was fetched (the set's
+    manifest, naming the requested revision and the commit it resolved to). DataComp's nlphuji
+    sets (Flickr30k, MSCOCO, WinoGAViL) are not webdatasets: their files are converted into one."""
     from huggingface_hub.errors import EntryNotFoundError
 
-    if repo_id in CONVERTED_SETS:
-        return CONVERTED_SETS[repo_id](root, split)
+    from mobileclip_repro import datacomp_tasks, shards
 
     root = Path(root)
+    converted = repo_id in datacomp_tasks.NLPHUJI_FILES
+    # every file at one commit: a push during the fetch cannot mix two versions, and records can name it
+    commit = hub_commit(repo_id, revision)
+    source = {"repo": repo_id, "revision": revision, "commit": commit}
 
-    def download(filename: str) -> Path:
-        return hub_download(repo_id, filename, root, revision=revision)
+    if converted:
+        def download_source(filename: str) -> Path:
+            return hub_download(repo_id, filename, root / datacomp_tasks.SOURCE_FOLDER, revision=commit)
 
-    present = []
-    for filename in (*OPTIONAL_FILES, *CLASSIFICATION_FILES):
-        try:
-            download(filename)
-            present.append(filename)
-        except EntryNotFoundError:
-            pass  # retrieval sets have no class names; classification sets no dataset_type.txt
-    dataset_type = (root / "dataset_type.txt").read_text().strip() if "dataset_type.txt" in present else "classification"
-    missing = [f for f in CLASSIFICATION_FILES if f not in present]
-    if dataset_type == "classification" and missing:
-        raise FileNotFoundError(f"{repo_id}: a classification set without {missing}")
-    nshards_text = download(f"{split}/nshards.txt").read_text().strip()
-    if not nshards_text.isdigit() or int(nshards_text) < 1:
-        raise ValueError(f"{repo_id}: {split}/nshards.txt holds {nshards_text!r}, not a shard count")
-    num_shards = int(nshards_text)
-    for shard in range(num_shards):
-        download(f"{split}/{shard}.tar")
-        log.info("%s: %s/%d.tar (%d/%d)", repo_id, split, shard, shard + 1, num_shards)
-    return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "num_shards": num_shards,
-            "files": present + [f"{split}/nshards.txt"] + [f"{split}/{i}.tar" for i in range(num_shards)]}
+        fetched = datacomp_tasks.fetch_nlphuji_set(repo_id, root, split, download_source)
+        fetched["num_shards"] = len(wds_shard_paths(root, split) or [])
+    else:
+        def download(filename: str) -> Path:
+            return hub_download(repo_id, filename, root, revision=commit)
+
+        present = []
+        for filename in (*OPTIONAL_FILES, *CLASSIFICATION_FILES):
+            try:
+                download(filename)
+                present.append(filename)
+            except EntryNotFoundError:
+                pass  # retrieval sets have no class names; classification sets no dataset_type.txt
+        dataset_type = (root / "dataset_type.txt").read_text().strip() if "dataset_type.txt" in present else "classification"
+        missing = [f for f in CLASSIFICATION_FILES if f not in present]
+        if dataset_type == "classification" and missing:
+            raise FileNotFoundError(f"{repo_id}: a classification set without {missing}")
+        nshards_text = download(f"{split}/nshards.txt").read_text().strip()
+        if not nshards_text.isdigit() or int(nshards_text) < 1:
+            raise ValueError(f"{repo_id}: {split}/nshards.txt holds {nshards_text!r}, not a shard count")
+        num_shards = int(nshards_text)
+        for shard in range(num_shards):
+            download(f"{split}/{shard}.tar")
+            log.info("%s: %s/%d.tar (%d/%d)", repo_id, split, shard, shard + 1, num_shards)
+        fetched = {"repo": repo_id, "split": split, "dataset_type": dataset_type, "num_shards": num_shards,
+                   "files": present + [f"{split}/nshards.txt"] + [f"{split}/{i}.tar" for i in range(num_shards)]}
+    shards.write_json_atomic(root / SOURCE_FILE, source)
+    return {**fetched, "revision": revision, "commit": commit}
+
+
+def read_set_source(root: str | Path) -> dict | None:
+    """``{"repo", "revision", "commit"}`` of a set fetched from the hub; None for a set made locally."""
+    import json
+
+    path = Path(root) / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class BenchmarkSetError(ValueError):
@@ -178,7 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", required=True, help="hub dataset repo, e.g. clip-benchmark/wds_imagenet1k")
     parser.add_argument("--root", required=True, help="local dataset root the evaluation reads")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--revision", default=None)
+    parser.add_argument("--revision", default=None,
+                        help="a branch, tag or commit of the repo (default: main); the manifest names the commit")
     parser.add_argument("--manifest", help="write what was fetched here (JSON)")
 
 
@@ -189,5 +206,5 @@ def command(args: argparse.Namespace) -> int:
     fetched = fetch_benchmark_set(args.repo, args.root, args.split, args.revision)
     if args.manifest:
         shards.write_json_atomic(args.manifest, fetched)
-    print(f"{args.repo}: {fetched['num_shards']} {args.split} shards in {args.root}")
+    print(f"{args.repo}@{fetched['commit']}: {fetched['num_shards']} {args.split} shards in {args.root}")
     return 0

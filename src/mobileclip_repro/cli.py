@@ -27,6 +27,7 @@ COMMANDS = {
     "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
     "validate-config": ("mobileclip_repro.config", "validate a config file against the schema and print the resolved runs"),
     "cost": ("mobileclip_repro.cost", "project a config's training and reinforcement FLOPs and GPU-hours (plain, DR, online distillation)"),
+    "plan": ("mobileclip_repro.plan", "size a config before it runs: shards, samples, downloads, disk per stage, GPU-hours, jobs vs the cluster's runtime limit"),
 }
 
 

@@ -18,13 +18,25 @@ The four WILDS/fairness sets are clip_benchmark webdataset sets whose samples al
 hour, minute, second, y``; FMoW ``region, year, y``; Dollar Street ``income_ds, income_meta,
 region``; GeoDE ``region, country``). WinoGAViL's set is a webdataset too, one sample per
 instance (``WINOGAVIL_KEYS``), converted once from the hub's dataset by ``write_winogavil_set``.
+
+The three sets DataComp reads through ``datasets.load_dataset("nlphuji/...")`` (Flickr30k's 1k
+test split, MSCOCO 2014's 5k test split, WinoGAViL; ``eval_utils/retr_eval.py``,
+``wino_eval.py``) are hub repos whose loading script ``datasets`` >= 4 no longer runs. The files
+the script reads are plain: a CSV (one row per image or instance) and a zip of JPEGs
+(``NLPHUJI_FILES``). ``fetch_nlphuji_set`` downloads those two files and writes them, once, as a
+webdataset set evaluation reads offline: retrieval as clip_benchmark's retrieval layout (the
+image's own bytes and a ``txt`` of its captions, one per line), WinoGAViL as above.
 """
 from __future__ import annotations
 
+import ast
+import csv
 import io
 import json
 import logging
 import os
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -222,9 +234,10 @@ def read_winogavil_sample(sample: dict) -> tuple[str, list, np.ndarray]:
 
 
 def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_shard: int = 500) -> int:
-    """Instances as the hub's WinoGAViL dataset gives them (``cue``, ``candidates``,
-    ``associations``, ``candidate_images``: PIL images) into a webdataset set under root;
-    returns how many were written."""
+    """Instances (``cue``, ``candidates``, ``associations``, ``candidate_images``) into a webdataset
+    set under root; returns how many were written. A candidate image is a PIL image (stored as
+    lossless PNG) or the ``(extension, bytes)`` of an image file (stored as it is: the pixels the
+    hub's file holds, decoded by the evaluation as by DataComp's loader)."""
     import webdataset as wds
 
     root = Path(root)
@@ -242,9 +255,13 @@ def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_
                       "candidates.json": json.dumps(list(row["candidates"])),
                       "associations.json": json.dumps(list(row["associations"]))}
             for position, image in enumerate(row["candidate_images"]):
-                buffer = io.BytesIO()
-                image.convert("RGB").save(buffer, format="PNG")  # lossless: the pixels the hub's dataset gave
-                sample[f"{position}.png"] = buffer.getvalue()
+                if isinstance(image, tuple):
+                    extension, data = image
+                    sample[f"{position}.{extension}"] = data
+                else:
+                    buffer = io.BytesIO()
+                    image.convert("RGB").save(buffer, format="PNG")
+                    sample[f"{position}.png"] = buffer.getvalue()
             writer.write(sample)
             count += 1
     finally:
@@ -255,15 +272,146 @@ def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_
     return count
 
 
-def fetch_winogavil(root: str | os.PathLike, split: str = "test", repo_id: str = "nlphuji/winogavil") -> dict:
-    """The hub's WinoGAViL (a dataset with a loading script: needs ``pip install datasets``) into
-    a webdataset set under root, once, so that evaluation jobs stay off the network."""
+# ---------------------------------------------------------------- the nlphuji sets, without their loading script
+
+WINOGAVIL_REPO = "nlphuji/winogavil"
+# repo -> (the CSV, the zip of images) its loading script reads, as the hub's file listings show them
+NLPHUJI_FILES = {
+    "nlphuji/flickr_1k_test_image_text_retrieval": ("test_1k_flickr.csv", "images_flickr_1k_test.zip"),
+    "nlphuji/mscoco_2014_5k_test_image_text_retrieval": ("test_5k_mscoco_2014.csv", "images_mscoco_2014_5k_test.zip"),
+    WINOGAVIL_REPO: ("winogavil_dataset.csv", "winogavil_images.zip"),
+}
+NLPHUJI_SPLIT = "test"  # the only split these repos have, and the one DataComp evaluates
+SOURCE_FOLDER = "hub_files"  # under the set's root: the downloaded CSV and zip (a rerun downloads nothing)
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a row's caption lists exceed csv's 128 kB default
+    with open(path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def parse_list_cell(text: str, where: str) -> list:
+    """A CSV cell holding a list: JSON (the retrieval CSVs' ``raw``) or a Python literal
+    (quoted with ' as pandas writes lists)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise MetadataError(f"{where}: {text[:80]!r} is not a list")
+
+
+class ZipImages:
+    """A zip of images looked up by file name (the CSVs name images without the zip's folder)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.archive = zipfile.ZipFile(self.path)
+        self.members = {}
+        for name in self.archive.namelist():
+            base = name.rpartition("/")[2]
+            if base and not name.startswith("__MACOSX/"):
+                self.members.setdefault(base, name)
+
+    def read(self, filename: str) -> tuple[str, bytes]:
+        """(extension, bytes) of the image named ``filename``."""
+        member = self.members.get(filename)
+        if member is None:
+            raise MetadataError(f"{self.path}: no image {filename!r}")
+        extension = filename.rpartition(".")[2].lower()
+        if extension not in IMAGE_EXTENSIONS:
+            raise MetadataError(f"{self.path}: {filename!r} is not one of the image types {IMAGE_EXTENSIONS}")
+        return extension, self.archive.read(member)
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+def write_retrieval_set(samples, root: str | os.PathLike, split: str = "test", per_shard: int = 1000) -> int:
+    """(key, extension, image bytes, captions) into clip_benchmark's webdataset retrieval layout
+    (one sample per image: the image as it is, its captions in ``txt``, one per line); returns
+    the number of images."""
+    import webdataset as wds
+
+    root = Path(root)
+    split_dir = root / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    count, shard, writer = 0, 0, None
     try:
-        import datasets
-    except ImportError as error:
-        raise RuntimeError("fetching WinoGAViL needs the `datasets` package (pip install datasets); "
-                           "it is not a dependency of this project") from error
-    rows = datasets.load_dataset(repo_id, split=split, trust_remote_code=True)
-    count = write_winogavil_set(rows, root, split)
-    log.info("%s: %d instances into %s", repo_id, count, root)
-    return {"repo": repo_id, "split": split, "dataset_type": "association", "instances": count}
+        for key, extension, data, captions in samples:
+            if count % per_shard == 0:
+                if writer is not None:
+                    writer.close()
+                writer = wds.TarWriter(str(split_dir / f"{shard}.tar"))
+                shard += 1
+            # clip_benchmark splits txt into captions with str.splitlines: a break inside a caption would make two
+            lines = [" ".join(str(caption).splitlines()) for caption in captions]
+            writer.write({"__key__": f"{count:06d}_{key}", extension: data, "txt": "\n".join(lines)})
+            count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    (split_dir / "nshards.txt").write_text(f"{shard}\n")
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    return count
+
+
+def convert_retrieval_files(csv_path, zip_path, root, split: str = "test") -> int:
+    """An nlphuji retrieval CSV (``filename``; ``raw``: the image's captions as a JSON list) and
+    its zip of images into a webdataset retrieval set, in the CSV's order."""
+    images = ZipImages(zip_path)
+    try:
+        def samples():
+            for line, row in enumerate(read_csv_rows(csv_path), start=2):
+                where = f"{csv_path} line {line}"
+                if "filename" not in row or "raw" not in row:
+                    raise MetadataError(f"{where}: needs the columns 'filename' and 'raw', has {sorted(row)}")
+                captions = parse_list_cell(row["raw"], where)
+                if not captions:
+                    raise MetadataError(f"{where}: no captions for {row['filename']!r}")
+                extension, data = images.read(row["filename"])
+                yield row["filename"].rpartition(".")[0].replace(".", "_"), extension, data, captions
+
+        return write_retrieval_set(samples(), root, split)
+    finally:
+        images.close()
+
+
+def convert_winogavil_files(csv_path, zip_path, root, split: str = "test") -> int:
+    """WinoGAViL's CSV (``cue``, ``candidates``, ``associations``: one instance a row) and its zip
+    of candidate images (``<candidate>.jpg``) into the webdataset set ``run_association`` reads."""
+    images = ZipImages(zip_path)
+    try:
+        def rows():
+            for line, row in enumerate(read_csv_rows(csv_path), start=2):
+                where = f"{csv_path} line {line}"
+                missing = [column for column in ("cue", "candidates", "associations") if column not in row]
+                if missing:
+                    raise MetadataError(f"{where}: lacks the columns {missing}")
+                candidates = [str(name) for name in parse_list_cell(row["candidates"], where)]
+                yield {"cue": row["cue"], "candidates": candidates,
+                       "associations": [str(name) for name in parse_list_cell(row["associations"], where)],
+                       "candidate_images": [images.read(f"{name}.jpg") for name in candidates]}
+
+        return write_winogavil_set(rows(), root, split)
+    finally:
+        images.close()
+
+
+def fetch_nlphuji_set(repo_id: str, root: str | os.PathLike, split: str, download) -> dict:
+    """One of DataComp's nlphuji sets into a webdataset set under root: its CSV and zip through
+    ``download(filename)`` (hub files of the commit the caller resolved), converted once."""
+    if split != NLPHUJI_SPLIT:
+        raise ValueError(f"{repo_id}: has only the {NLPHUJI_SPLIT!r} split, not {split!r}")
+    csv_name, zip_name = NLPHUJI_FILES[repo_id]
+    csv_path, zip_path = download(csv_name), download(zip_name)
+    if repo_id == WINOGAVIL_REPO:
+        count, dataset_type = convert_winogavil_files(csv_path, zip_path, root, split), "association"
+    else:
+        count, dataset_type = convert_retrieval_files(csv_path, zip_path, root, split), "retrieval"
+    log.info("%s: %d %s into %s", repo_id, count, "instances" if dataset_type == "association" else "images", root)
+    return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "samples": count,
+            "source_files": [csv_name, zip_name]}

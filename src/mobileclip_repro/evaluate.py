@@ -5,9 +5,11 @@ clip_benchmark 1.6.2 computes the metrics (``zeroshot_classification.evaluate``,
 library's known traps (docs/reference.md §7) and writes DataComp-style records: the metrics,
 a ``main_metric`` (``acc1``; ``mean_recall@1`` for retrieval; DataComp's own metric for the
 five tasks clip_benchmark does not score, ``datacomp_tasks.py``) and where the number came
-from (run, epoch, seen samples, DR or not) and how (device; precision ``fp32``, or ``amp``:
-autocast on CUDA). Tables and plots are derived from these
-records only (``tables.py``, ``plots.py``).
+from (run, epoch, seen samples, DR or not; the hub repo, revision and commit of a fetched set)
+and how (device; ``precision``: ``amp`` where clip_benchmark's autocast ran, else ``fp32``, and
+``precision_setting``, the configured ``evaluation.precision``: ``amp`` autocasts on CUDA only,
+``fp32`` never, as DataComp classifies). Tables and plots are derived from these records only
+(``tables.py``, ``plots.py``).
 
 Traps handled here rather than left to the user:
 - clip_benchmark downloads any dataset whose root is missing (wget/kaggle); there is no
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobileclip_repro import datacomp_tasks, shards
-from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names
+from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, read_set_source
 from mobileclip_repro.config import validate_benchmarks
 from mobileclip_repro.tables import FAILURE_SCHEMA, RECORD_SCHEMA
 
@@ -54,6 +56,16 @@ MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall", *datacomp_task
 DATASET_TYPES = {CLASSIFICATION: "classification", RETRIEVAL: "retrieval", ASSOCIATION: "association"}
 WDS_IMAGE_EXTENSIONS = datacomp_tasks.IMAGE_EXTENSIONS  # the extensions clip_benchmark decodes
 CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
+PRECISIONS = ("fp32", "amp")  # evaluation.precision
+DEFAULT_PRECISION = "amp"  # the schema's default: what every evaluation did before the setting existed
+
+
+def uses_autocast(precision: str, device: str) -> bool:
+    """Whether clip_benchmark runs the model under ``torch.autocast``: ``amp`` on CUDA only (on
+    CPU autocast would be bfloat16 and change the numbers; it never ran there), never with ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision == "amp" and device == "cuda"
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ class BenchmarkSpec:
     tags: tuple[str, ...] = ()
     metadata_fields: tuple[str, ...] = ()  # the columns of each image's npy metadata row
     group_by: str | None = None  # the metadata field a worst-group metric groups by
+    revision: str | None = None  # of hub_repo: None is main (the fetch records the commit it resolved to)
 
     @property
     def is_wds(self) -> bool:
@@ -107,7 +120,7 @@ def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
                                     main_metric=spec.get("main_metric", MAIN_METRICS[task][0]),
                                     hub_repo=spec.get("hub_repo"), tags=tuple(spec.get("tags", [])),
                                     metadata_fields=tuple(spec.get("metadata_fields", [])),
-                                    group_by=spec.get("group_by")))
+                                    group_by=spec.get("group_by"), revision=spec.get("revision")))
     return parsed
 
 
@@ -362,15 +375,16 @@ def _check_numpy() -> None:
 
 
 def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str, batch_size: int,
-                  num_workers: int, decoded: DecodedSets | None = None) -> dict:
+                  num_workers: int, decoded: DecodedSets | None = None, precision: str = DEFAULT_PRECISION) -> dict:
     """Metrics for one benchmark: clip_benchmark's dict plus sample counts and the K actually used.
-    ``decoded``: the job's decoded sets, shared by its checkpoints (``DecodedSets``)."""
+    ``decoded``: the job's decoded sets, shared by its checkpoints (``DecodedSets``);
+    ``precision``: ``evaluation.precision`` (``uses_autocast``)."""
     import torch
     from clip_benchmark.datasets.builder import build_dataset, get_dataset_collate_fn
     from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
 
     check_dataset_present(spec)
-    amp = device == "cuda"  # fp16/bf16 autocast only where it is the norm (GPU); on CPU it would change the numbers
+    amp = uses_autocast(precision, device)
     if spec.task == ASSOCIATION:
         return run_association(model, transform, tokenizer, spec, device, amp)
     def make_loader():
@@ -401,8 +415,6 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
         raise ValueError(f"benchmark {spec.name!r}: no images in {spec.root} (split {spec.split})")
     counting = _CountingLoader(loader)
     model = _MeteredModel(model)  # the FLOPs of its image and text forwards, for the compute ledger
-    # As the trainer's `precision` names them: "amp" = clip_benchmark's torch.autocast(device), float16 on CUDA.
-    precision = "amp" if amp else "fp32"
     extra: dict = {}
     if spec.task == CLASSIFICATION and spec.main_metric in datacomp_tasks.PREDICTION_METRICS:
         metrics = _classify_with_metadata(model, counting, tokenizer, dataset, spec, device, amp, batch_size,
@@ -422,7 +434,8 @@ def run_benchmark(model, transform, tokenizer, spec: BenchmarkSpec, device: str,
     if counting.num_images != num_images:
         raise RuntimeError(f"benchmark {spec.name!r}: counted {num_images} images but evaluated {counting.num_images}")
     return {"metrics": {key: _json_safe(float(value)) for key, value in metrics.items()},
-            "num_samples": counting.num_images, "device": device, "precision": precision,
+            # as the trainer's `precision` names them: "amp" = clip_benchmark's torch.autocast(device)
+            "num_samples": counting.num_images, "device": device, "precision": "amp" if amp else "fp32",
             "flops": model.flops(), **extra}
 
 
@@ -505,7 +518,7 @@ class _MeteredModel:
 
 
 def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, result: dict,
-                 eval_seconds: float) -> dict:
+                 eval_seconds: float, precision: str = DEFAULT_PRECISION) -> dict:
     metric_name, metric_value = main_metric(spec.task, result["metrics"], spec.main_metric)
     record = {
         "schema": RECORD_SCHEMA,
@@ -528,6 +541,9 @@ def build_record(info: CheckpointInfo, model_name: str, spec: BenchmarkSpec, res
         "num_samples": result["num_samples"],
         "device": result["device"],
         "precision": result["precision"],
+        "precision_setting": precision,
+        # the hub repo, requested revision and resolved commit of a fetched set; None for a set made here
+        "hub_source": read_set_source(spec.root),
         "clip_benchmark_version": importlib.metadata.version("clip_benchmark"),
         "eval_seconds": round(eval_seconds, 3),
         "run_spec": info.run_spec,
@@ -555,7 +571,8 @@ def record_failure(out_dir: str | os.PathLike, spec: BenchmarkSpec, info: Checkp
 
 def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[BenchmarkSpec], info: CheckpointInfo,
                          model_name: str, device: str, batch_size: int, num_workers: int, skip_failed: bool,
-                         record_path, decoded: DecodedSets | None = None) -> list[Path]:
+                         record_path, decoded: DecodedSets | None = None,
+                         precision: str = DEFAULT_PRECISION) -> list[Path]:
     """One record per benchmark at ``record_path(spec)``; with ``skip_failed`` a benchmark that
     raises leaves a failure file beside it instead, and the others go on."""
     paths = []
@@ -564,13 +581,14 @@ def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[Benchmark
         started = time.perf_counter()
         log.info("%s: %s on %s (%s split)", spec.name, spec.task, spec.dataset, spec.split)
         try:
-            result = run_benchmark(model, transform, tokenizer, spec, device, batch_size, num_workers, decoded)
+            result = run_benchmark(model, transform, tokenizer, spec, device, batch_size, num_workers, decoded,
+                                   precision)
         except Exception as error:
             if not skip_failed:
                 raise
             paths.append(record_failure(path.parent, spec, info, error))
             continue
-        record = build_record(info, model_name, spec, result, time.perf_counter() - started)
+        record = build_record(info, model_name, spec, result, time.perf_counter() - started, precision)
         shards.write_json_atomic(path, record, allow_nan=False)
         failure_path(path.parent, spec.name).unlink(missing_ok=True)  # an earlier attempt's, now superseded
         log.info("%s: %s = %.4f on %d images in %.1f s -> %s", spec.name, record["main_metric_name"],
@@ -582,7 +600,7 @@ def _evaluate_benchmarks(model, transform, tokenizer, benchmarks: list[Benchmark
 def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[BenchmarkSpec], out_dir: str | os.PathLike,
                         model_name: str | None = None, device: str = "cpu", batch_size: int = 256,
                         num_workers: int = 0, force: bool = False, skip_failed: bool = False,
-                        decoded: DecodedSets | None = None) -> list[Path]:
+                        decoded: DecodedSets | None = None, precision: str = DEFAULT_PRECISION) -> list[Path]:
     """Evaluate ``checkpoint`` on each benchmark; returns the record paths (existing ones kept
     unless ``force``), and with ``skip_failed`` the failure files of benchmarks that failed.
     ``decoded``: pass one ``DecodedSets`` to each checkpoint of a job to decode its sets once."""
@@ -612,7 +630,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, benchmarks: list[Benchmar
     log.info("loaded %s (%s, run %s, epoch %d, %d seen samples) in %.1f s", checkpoint, model_name, info.run,
              info.epoch, info.seen_samples, time.perf_counter() - started)
     written = _evaluate_benchmarks(model, eval_transform, tokenizer, todo, info, model_name, device, batch_size,
-                                   num_workers, skip_failed, lambda spec: paths[spec.name], decoded)
+                                   num_workers, skip_failed, lambda spec: paths[spec.name], decoded, precision)
     return [paths[spec.name] for spec in benchmarks if spec not in todo] + written
 
 
@@ -669,7 +687,7 @@ def teacher_eval_transform(ensemble):
 def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[BenchmarkSpec],
                       out_dir: str | os.PathLike, pretrained_root: str | os.PathLike | None = None,
                       device: str = "cpu", batch_size: int = 256, num_workers: int = 0,
-                      skip_failed: bool = False) -> list[Path]:
+                      skip_failed: bool = False, precision: str = DEFAULT_PRECISION) -> list[Path]:
     """Evaluate each teacher of a reinforcement JSON and their ensemble: ``<out_dir>/<member>/<benchmark>.json``
     (member = the pretrained entry's stem, or ``<model>_<tag>``) and ``<out_dir>/ensemble/<benchmark>.json``."""
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble
@@ -698,7 +716,8 @@ def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[Benc
                                         "pretrained": list(ensemble.pretrained)})
         paths += _evaluate_benchmarks(model, transform, _StringBatch, benchmarks, info, model_name, device,
                                       batch_size, num_workers, skip_failed,
-                                      lambda spec, label=label: out_dir / label / f"{spec.name}.json")
+                                      lambda spec, label=label: out_dir / label / f"{spec.name}.json",
+                                      precision=precision)
     return paths
 
 
@@ -719,6 +738,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --teachers one folder with a subfolder per teacher and ensemble/")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: cuda when this job has a GPU")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                        help="amp: clip_benchmark's autocast on CUDA (never on CPU); fp32: none, as DataComp classifies")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
@@ -742,7 +763,7 @@ def command(args: argparse.Namespace) -> int:
             raise SystemExit("--teachers writes into one --out-dir")
         paths = evaluate_teachers(args.teachers, benchmarks, args.out_dir[0], args.pretrained_root, device=device,
                                   batch_size=args.batch_size, num_workers=args.num_workers,
-                                  skip_failed=args.skip_failed_benchmarks)
+                                  skip_failed=args.skip_failed_benchmarks, precision=args.precision)
     else:
         if len(args.out_dir) != len(args.checkpoint):
             raise SystemExit(f"{len(args.checkpoint)} checkpoints need as many --out-dir, got {len(args.out_dir)}")
@@ -751,7 +772,8 @@ def command(args: argparse.Namespace) -> int:
                  for path in evaluate_checkpoint(checkpoint, benchmarks, out_dir, model_name=args.model,
                                                  device=device, batch_size=args.batch_size,
                                                  num_workers=args.num_workers, force=args.force,
-                                                 skip_failed=args.skip_failed_benchmarks, decoded=decoded)]
+                                                 skip_failed=args.skip_failed_benchmarks, decoded=decoded,
+                                                 precision=args.precision)]
     if args.index is not None:
         shards.write_json_atomic(args.index, {"records": [str(path) for path in paths if not _is_failure(path)],
                                               "failed": [str(path) for path in paths if _is_failure(path)]})

@@ -37,7 +37,8 @@ or missing repo fails at once. Captions (and, without DataCompDR, URLs and
 sha256) come from the DataComp source above. Images are downloaded from their URLs, their
 bytes are checked against the recorded sha256 (DataCompDR's ``json``, else DataComp's) and
 stored *unmodified* under ``jpg`` (whatever their format: re-encoding would break the
-sha256 the reinforcement was computed for). The DataComp shard ``<datacomp-dir>/<id>.tar``
+sha256 the reinforcement was computed for); a mismatch is dropped or kept per the sha256
+policy below. The DataComp shard ``<datacomp-dir>/<id>.tar``
 has exactly the DataCompDR keys, in sorted order, minus the samples lost, so training's
 merge-join by key (``samples.joined_samples``) pairs them; without DataCompDR the DataComp
 keys are kept.
@@ -63,11 +64,39 @@ is read as it arrives, the socket's timeout set to the time left before each rea
 server that trickles its TLS handshake or its headers byte by byte is bounded per read, not
 in total; and through a proxy, the proxy does the DNS lookups.
 
+Revisions (``--datacomp-revision``, ``--dr-revision``; ``data.hub.*_revision``, default the
+main branch): the job resolves each repo's revision to its commit SHA once, at its start
+(the repo-info API, ``hub.hub_commit``), and every download and listing of the job, parquet
+metadata and DataCompDR tars included, asks for that SHA; so one job never mixes two
+commits, and every shard and group manifest records the SHAs (``datacomp_commit``,
+``dr_commit``) next to the revisions asked for. A rerun whose revision now resolves to
+another commit than a finished shard of the group records fails before downloading
+anything (CommitMoved), naming both commits: a dataset should be one commit of each repo,
+and refetching would only move this group while the groups already done stay at the old
+commit. Pin the old SHA to finish at it, or delete the shards to fetch them at the new one.
+The report lists each repo's commits, and says loudly when its groups differ.
+
+The sha256 policy (``--sha256``; ``data.hub.sha256``): about 14% of DataComp's recorded
+sha256 do not match what a plain GET returns today (mlfoundations/datacomp#67), mostly the
+same picture re-encoded by its host. ``strict`` drops every mismatch; ``same_size`` (the
+default) keeps one whose decoded width x height equals the original size the metadata
+records (DataComp's ``original_width``/``original_height``), since DataCompDR's stored crop
+boxes are in the original image's pixels and so still cut the same region; ``off`` keeps
+every image. A kept mismatch's ``json`` keeps the recorded sha256 (``recorded_sha256``) and
+the policy; its ``sha256`` is of the bytes stored, as for every sample.
+
+The join guard (``--min-join-rate``; ``data.hub.min_join_rate``, default 0.5): before any
+image of a shard is fetched, the fraction of the DataCompDR shard's uids that the DataComp
+source holds is checked; below it the job fails (JoinRateTooLow), naming both repos and the
+rate. A matching pair joins at about 100%, a source for other samples (DFN DR shards with
+DataComp-12M's captions) at about 0%, which would write nearly empty shards.
+
 Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
 (``--manifest``, with the per-shard entries and totals): ``samples_listed`` =
 ``no_caption`` + ``no_url`` + ``urls_tried``; ``urls_tried`` = ``images_fetched`` + the
-``failed`` counts by reason (FAILURE_REASONS); ``images_fetched`` = ``sha256_mismatch`` +
-``samples_kept``. ``report --fetch-manifests-dir`` totals the group manifests.
+``failed`` counts by reason (FAILURE_REASONS); ``images_fetched`` = ``sha256_mismatch_dropped``
++ ``samples_kept``; ``sha256_mismatch_kept`` counts the kept samples the sha256 policy let
+through. The report totals the group manifests it is handed (``report --fetch-manifests``).
 
 Resumable: every file gets its final name only once complete (``shards.atomic_output``);
 a rerun skips a shard whose DataComp tar, manifest (and DataCompDR tar) exist and read
@@ -85,6 +114,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import io
 import json
 import logging
 import multiprocessing
@@ -107,7 +137,8 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util.connection import allowed_gai_family, create_connection
 
 from mobileclip_repro import shards
-from mobileclip_repro.hub import HubRetries, describe_hub_error, hub_download, hub_list_files, select_group
+from mobileclip_repro.hub import (HubRetries, describe_hub_error, hub_commit, hub_download, hub_list_files,
+                                  select_group)
 
 log = logging.getLogger("mobileclip_repro.fetch")
 
@@ -122,8 +153,14 @@ FAILURE_REASONS = (
     "too_large",     # body over --max-image-bytes
     "opted_out",     # X-Robots-Tag noai / noimageai / noindex / noimageindex
 )
-COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch",
-            "samples_kept")
+COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch_dropped",
+            "sha256_mismatch_kept", "samples_kept")
+SHA256_POLICIES = ("strict", "same_size", "off")  # what a fetched image whose sha256 differs from the recorded one
+#   becomes: strict drops it; same_size keeps it when its decoded width x height equals the recorded original
+#   size (DataCompDR's crop boxes are in the original image's pixels, so they still land where they did);
+#   off keeps it. See the module docstring.
+DEFAULT_SHA256_POLICY = "same_size"
+DEFAULT_MIN_JOIN_RATE = 0.5
 OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 USER_AGENT_TOKEN = "mobileclip-repro-fetch"
 USER_AGENT = f"{USER_AGENT_TOKEN}/0.1 (research reproduction of DataComp/DataCompDR; image-text pairs)"
@@ -133,6 +170,15 @@ TAR_MTIME = 0  # fixed member mtime: the same bytes give the same shard
 class ShardFailed(Exception):
     """The shard cannot be built in this run (hub file missing, broken, or still failing after
     the hub retries); the group fails and the next run retries the shard."""
+
+
+class JoinRateTooLow(ValueError):
+    """The caption/URL source holds too few of a DataCompDR shard's uids (``--min-join-rate``): the
+    two repos do not describe the same samples, and every shard would come out nearly empty."""
+
+
+class CommitMoved(ValueError):
+    """Finished shards of the group were fetched at another commit than the one the revision names now."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +198,18 @@ class FetchOptions:
     max_image_bytes: int = 64 << 20
     hub_retries: int = 4              # per hub download or listing, after a transient error
     hub_backoff_s: float = 2.0        # wait before the first hub retry; doubles each retry
+    sha256_policy: str = DEFAULT_SHA256_POLICY
+    min_join_rate: float = DEFAULT_MIN_JOIN_RATE
+
+    # the commits the revisions resolved to at the start of the job (fetch_group); every download asks for these
+    datacomp_commit: str | None = None
+    dr_commit: str | None = None
+
+    def datacomp_at(self) -> str | None:
+        return self.datacomp_commit or self.datacomp_revision
+
+    def dr_at(self) -> str | None:
+        return self.dr_commit or self.dr_revision
 
     def hub_retry(self) -> HubRetries:
         return HubRetries(retries=self.hub_retries, backoff_s=self.hub_backoff_s)
@@ -171,6 +229,7 @@ class SourceSample:
     url: str | None
     sha256: str | None
     caption: str | None
+    size: tuple[int, int] | None = None  # the recorded original (width, height), when the metadata has it
 
 
 @dataclass
@@ -180,7 +239,8 @@ class ShardCounts:
     no_url: int = 0
     urls_tried: int = 0
     images_fetched: int = 0
-    sha256_mismatch: int = 0
+    sha256_mismatch_dropped: int = 0
+    sha256_mismatch_kept: int = 0     # mismatched, kept by the sha256 policy (also in samples_kept)
     samples_kept: int = 0
     failed: dict = field(default_factory=lambda: {reason: 0 for reason in FAILURE_REASONS})
 
@@ -265,6 +325,17 @@ def _meta(raw: bytes | None) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _recorded_size(meta: dict) -> tuple[int, int] | None:
+    """(width, height) of the original image as DataComp's metadata records it (``original_width``,
+    ``original_height``), or None when it does not."""
+    width, height = meta.get("original_width"), meta.get("original_height")
+    try:
+        size = (int(width), int(height))
+    except (TypeError, ValueError):
+        return None
+    return size if size[0] > 0 and size[1] > 0 else None
+
+
 def read_dr_index(path: Path) -> list[SourceSample]:
     """The DataCompDR samples of a shard (key, uid, URL, sha256), sorted by key; no caption yet."""
     index = []
@@ -274,7 +345,7 @@ def read_dr_index(path: Path) -> list[SourceSample]:
             continue  # not a DataCompDR sample; training would skip it as well
         sha = meta.get("sha256")
         index.append(SourceSample(key, str(meta["uid"]), _text(members.get("url.txt")),
-                                  str(sha).lower() if sha else None, None))
+                                  str(sha).lower() if sha else None, None, _recorded_size(meta)))
     return sorted(index, key=lambda sample: sample.key)
 
 
@@ -290,13 +361,15 @@ def read_datacomp_index(path: Path) -> list[SourceSample]:
             caption = (meta.get("caption") or meta.get("text")).strip() or None
         url = _text(members.get("url.txt")) or (meta.get("url") if isinstance(meta.get("url"), str) else None)
         sha = meta.get("sha256")
-        index.append(SourceSample(key, str(meta["uid"]), url, str(sha).lower() if sha else None, caption))
+        index.append(SourceSample(key, str(meta["uid"]), url, str(sha).lower() if sha else None, caption,
+                                  _recorded_size(meta)))
     return sorted(index, key=lambda sample: sample.key)
 
 
-def _parquet_columns(schema) -> tuple[list[str], object, object]:
-    """Columns to read and how to get uid and caption: datacomp_1b's ``uid``/``text``, or the
-    datasets-converted webdataset layout (``json`` struct holding ``uid``, ``txt``)."""
+def _parquet_columns(schema) -> tuple[list[str], object, object, object]:
+    """Columns to read and how to get uid, caption and the original size (None: not recorded):
+    datacomp_1b's ``uid``/``text``/``original_width``/``original_height``, or the datasets-converted
+    webdataset layout (``json`` struct holding ``uid``, ``txt``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -311,33 +384,50 @@ def _parquet_columns(schema) -> tuple[list[str], object, object]:
     text_column = next((name for name in ("text", "txt", "caption") if name in names), None)
     if text_column is None:
         raise ValueError(f"DataComp parquet has no caption column text/txt/caption (columns: {names})")
-    return [uid_column, text_column], uid_of, lambda batch: batch.column(text_column)
+    columns = [uid_column, text_column]
+    size_of = None
+    if "original_width" in names and "original_height" in names:
+        columns += ["original_width", "original_height"]
+        size_of = lambda batch: zip(batch.column("original_width").to_pylist(),  # noqa: E731
+                                    batch.column("original_height").to_pylist())
+    return columns, uid_of, lambda batch: batch.column(text_column), size_of
 
 
-def parquet_captions(paths: list[Path], uids: set[str]) -> dict[str, str]:
-    """``{uid: caption}`` for the wanted uids, scanning DataComp parquet metadata one batch at a time."""
+def parquet_metadata(paths: list[Path], uids: set[str]) -> dict[str, tuple[str, tuple[int, int] | None]]:
+    """``{uid: (caption, original (width, height) or None)}`` for the wanted uids that have a caption,
+    scanning DataComp parquet metadata one batch at a time."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    found: dict[str, str] = {}
+    found: dict[str, tuple] = {}
     if not uids:
-        return found
+        return {}
     value_set = pa.array(sorted(uids), pa.string())
     for path in paths:
         parquet = pq.ParquetFile(path)
         try:
-            columns, uid_of, text_of = _parquet_columns(parquet.schema_arrow)
+            columns, uid_of, text_of, size_of = _parquet_columns(parquet.schema_arrow)
         except ValueError as error:
             raise ValueError(f"{path.name}: {error}") from None
         for batch in parquet.iter_batches(columns=columns, batch_size=1 << 16):
             batch_uids = pc.cast(uid_of(batch), pa.string())
             mask = pc.fill_null(pc.is_in(batch_uids, value_set=value_set), False)
             if pc.any(mask).as_py():
-                found.update(zip(pc.filter(batch_uids, mask).to_pylist(), pc.filter(text_of(batch), mask).to_pylist()))
+                kept = batch.filter(mask)
+                sizes = size_of(kept) if size_of else [(None, None)] * kept.num_rows
+                for uid, text, (width, height) in zip(pc.cast(uid_of(kept), pa.string()).to_pylist(),
+                                                      text_of(kept).to_pylist(), sizes):
+                    found[uid] = (text, _recorded_size({"original_width": width, "original_height": height}))
         if len(found) == len(uids):
             break
-    return {uid: text.strip() for uid, text in found.items() if isinstance(text, str) and text.strip()}
+    return {uid: (text.strip(), size) for uid, (text, size) in found.items()
+            if isinstance(text, str) and text.strip()}
+
+
+def parquet_captions(paths: list[Path], uids: set[str]) -> dict[str, str]:
+    """``{uid: caption}`` for the wanted uids, scanning DataComp parquet metadata one batch at a time."""
+    return {uid: text for uid, (text, _) in parquet_metadata(paths, uids).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,21 +678,45 @@ def load_done_shard(shard_id: str, opts: FetchOptions) -> dict | None:
     return manifest
 
 
+def _dr_commit_note(shard_id: str, opts: FetchOptions) -> Path:
+    """Where the commit of an installed DataCompDR tar is noted until its shard's manifest records it
+    (in the staging folder: the DR folder holds only what training reads)."""
+    return opts.staging() / "dr-commits" / f"{shard_id}.json"
+
+
+def _installed_dr_commit(shard_id: str, opts: FetchOptions) -> str | None:
+    """The commit the installed DataCompDR tar of the shard came from, as its manifest or note says (None: unknown)."""
+    _, manifest_path, _ = _paths(shard_id, opts)
+    for path in (manifest_path, _dr_commit_note(shard_id, opts)):
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, dict) and recorded.get("dr_repo") == opts.dr_repo and recorded.get("dr_commit"):
+            return recorded["dr_commit"]
+    return None
+
+
 def ensure_dr_shard(shard_id: str, opts: FetchOptions) -> Path:
-    """The installed DataCompDR tar of the shard, downloaded unless a complete one is already there."""
+    """The installed DataCompDR tar of the shard, downloaded unless a complete one from the job's commit is there."""
     _, _, dr_tar = _paths(shard_id, opts)
-    if dr_tar.is_file() and shards.is_readable_tar(dr_tar):
+    if dr_tar.is_file() and shards.is_readable_tar(dr_tar) \
+            and (opts.dr_commit is None or _installed_dr_commit(shard_id, opts) == opts.dr_commit):
         return dr_tar
-    staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_revision,
+    staged = download_checked_tar(opts.dr_repo, f"{shard_id}.tar", opts.staging() / "dr", opts.dr_at(),
                                   opts.hub_retry())
     _install(staged, dr_tar)
+    if opts.dr_commit is not None:
+        note = _dr_commit_note(shard_id, opts)
+        note.parent.mkdir(parents=True, exist_ok=True)
+        shards.write_json_atomic(note, {"dr_repo": opts.dr_repo, "dr_commit": opts.dr_commit})
     return dr_tar
 
 
 def datacomp_shard_index(shard_id: str, opts: FetchOptions) -> list[SourceSample]:
     """Layout ``shards``: the DataComp caption shard of the same id, read, then its download removed."""
     staged = download_checked_tar(opts.datacomp_repo, f"{shard_id}.tar", opts.staging() / "datacomp",
-                                  opts.datacomp_revision, opts.hub_retry())
+                                  opts.datacomp_at(), opts.hub_retry())
     try:
         return read_datacomp_index(staged)
     finally:
@@ -610,14 +724,60 @@ def datacomp_shard_index(shard_id: str, opts: FetchOptions) -> list[SourceSample
 
 
 def join_captions(dr_index: list[SourceSample], by_uid: dict[str, SourceSample]) -> list[SourceSample]:
-    """DataCompDR samples with their DataComp caption (and the DataComp URL when DR has none)."""
+    """DataCompDR samples with their DataComp caption (and the DataComp URL, sha256 and original size
+    when DR has none)."""
     joined = []
     for sample in dr_index:
         source = by_uid.get(sample.uid)
         joined.append(replace(sample, caption=source.caption if source else None,
                               url=sample.url or (source.url if source else None),
-                              sha256=sample.sha256 or (source.sha256 if source else None)))
+                              sha256=sample.sha256 or (source.sha256 if source else None),
+                              size=sample.size or (source.size if source else None)))
     return joined
+
+
+def check_join_rate(shard_id: str, dr_index: list[SourceSample], by_uid: dict, opts: FetchOptions) -> float:
+    """The fraction of the DataCompDR shard's uids that the caption/URL source holds; JoinRateTooLow
+    below ``opts.min_join_rate``, before a single image is asked for.
+
+    A real pair (DataComp-12M with DataCompDR-12M, datacomp_1b with DataCompDR-1B) joins at about
+    100%; a source that describes other samples (DFN-2B's DR shards against DataComp-12M's
+    captions) joins at about 0%, and would leave every shard nearly empty.
+    """
+    if not dr_index:
+        # nothing to join by: a shard of another format (no json uid), which would come out empty
+        raise JoinRateTooLow(
+            f"shard {shard_id}: {opts.dr_repo}'s tar holds no sample with a json uid, so nothing can be joined "
+            f"with {opts.datacomp_repo} by uid: is data.hub.dr_repo a DataCompDR-format repo?")
+    rate = sum(sample.uid in by_uid for sample in dr_index) / len(dr_index)
+    if rate < opts.min_join_rate:
+        raise JoinRateTooLow(
+            f"shard {shard_id}: {opts.datacomp_repo} holds {rate:.1%} of the uids of {opts.dr_repo}'s shard "
+            f"({round(rate * len(dr_index))} of {len(dr_index)}), below data.hub.min_join_rate "
+            f"{opts.min_join_rate:g}: the two repos do not describe the same samples (a DFN DR set joined with "
+            "DataComp captions?); point data.hub.datacomp_repo at the caption/URL source of data.hub.dr_repo")
+    return rate
+
+
+def decoded_size(body: bytes) -> tuple[int, int] | None:
+    """(width, height) of an image from its header (Pillow decodes no pixels for this), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(body)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def keeps_mismatch(body: bytes, sample: SourceSample, policy: str) -> bool:
+    """Whether an image whose bytes do not hash to the recorded sha256 is kept under ``policy``
+    (SHA256_POLICIES). ``same_size`` needs a recorded size: without one it drops."""
+    if policy == "off":
+        return True
+    if policy == "same_size":
+        return sample.size is not None and decoded_size(body) == sample.size
+    return False
 
 
 def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) -> ShardCounts:
@@ -655,12 +815,25 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
                 counts.failed[reason] += 1
                 continue
             counts.images_fetched += 1
+            extra_meta = None
             if sample.sha256 is not None and shards.sha256_hex(body) != sample.sha256:
-                counts.sha256_mismatch += 1
-                continue
-            writer.write(shards.datacomp_record(sample.key, body, sample.caption, sample.uid, sample.url))
+                if not keeps_mismatch(body, sample, opts.sha256_policy):
+                    counts.sha256_mismatch_dropped += 1
+                    continue
+                counts.sha256_mismatch_kept += 1
+                # the json's sha256 is of the stored bytes; the one the metadata recorded stays visible
+                extra_meta = {"recorded_sha256": sample.sha256, "sha256_policy": opts.sha256_policy}
+            writer.write(shards.datacomp_record(sample.key, body, sample.caption, sample.uid, sample.url,
+                                                extra_meta=extra_meta))
             counts.samples_kept += 1
     return counts
+
+
+def _source_fields(opts: FetchOptions) -> dict:
+    """The repos a shard or group came from, the revisions asked for and the commits they resolved to."""
+    return {"datacomp_repo": opts.datacomp_repo, "datacomp_revision": opts.datacomp_revision,
+            "datacomp_commit": opts.datacomp_commit, "dr_repo": opts.dr_repo,
+            "dr_revision": opts.dr_revision if opts.dr_repo else None, "dr_commit": opts.dr_commit}
 
 
 def _shard_files(entry: dict) -> list[dict]:
@@ -672,16 +845,17 @@ def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | No
     """Build one shard; returns its manifest entry (status ``ok`` or ``failed``). Never raises ShardFailed."""
     start = time.monotonic()
     datacomp_tar, manifest_path, dr_tar = _paths(shard_id, opts)
-    entry = {"schema": SHARD_MANIFEST_SCHEMA, "shard": shard_id, "datacomp_repo": opts.datacomp_repo,
-             "dr_repo": opts.dr_repo, "layout": opts.layout}
+    entry = {"schema": SHARD_MANIFEST_SCHEMA, "shard": shard_id, **_source_fields(opts), "layout": opts.layout,
+             "sha256_policy": opts.sha256_policy}
     try:
         if opts.dr_repo:
             dr_path = ensure_dr_shard(shard_id, opts)
             dr_index = read_dr_index(dr_path)
             if captions is not None:
-                by_uid = {uid: SourceSample("", uid, None, None, text) for uid, text in captions.items()}
+                by_uid = {uid: SourceSample("", uid, None, None, text, size) for uid, (text, size) in captions.items()}
             else:
                 by_uid = {sample.uid: sample for sample in datacomp_shard_index(shard_id, opts)}
+            entry["join_rate"] = round(check_join_rate(shard_id, dr_index, by_uid, opts), 4)
             samples = join_captions(dr_index, by_uid)
         else:
             samples = datacomp_shard_index(shard_id, opts)
@@ -717,9 +891,16 @@ def _dr_uids_job(shard_id: str, opts: FetchOptions, log_level: int) -> tuple[str
 # One group
 
 
+def _counter(entry: dict, name: str) -> int:
+    """A shard manifest's count; one written before the sha256 policy has ``sha256_mismatch`` (all dropped)."""
+    if name == "sha256_mismatch_dropped" and name not in entry:
+        return int(entry.get("sha256_mismatch", 0))
+    return int(entry.get(name, 0))
+
+
 def _totals(entries: list[dict]) -> dict:
     ok = [entry for entry in entries if entry.get("status") == "ok"]
-    totals = {name: sum(int(entry.get(name, 0)) for entry in ok) for name in COUNTERS}
+    totals = {name: sum(_counter(entry, name) for entry in ok) for name in COUNTERS}
     reasons = list(FAILURE_REASONS) + sorted({r for e in ok for r in e.get("failed", {})} - set(FAILURE_REASONS))
     totals["failed"] = {reason: sum(int(entry.get("failed", {}).get(reason, 0)) for entry in ok) for reason in reasons}
     totals.update(shards=len(entries), shards_ok=len(ok), shards_failed=len(entries) - len(ok),
@@ -752,13 +933,58 @@ def _parallel(function, jobs: list[tuple], processes: int, description: str):
 
 
 def _parquet_files(opts: FetchOptions) -> list[Path]:
-    names = sorted(name for name in hub_list_files(opts.datacomp_repo, opts.datacomp_revision, retry=opts.hub_retry())
+    names = sorted(name for name in hub_list_files(opts.datacomp_repo, opts.datacomp_at(), retry=opts.hub_retry())
                    if name.endswith(".parquet"))
     if not names:
         raise ValueError(f"{opts.datacomp_repo} holds no *.parquet files")
     local_dir = opts.staging() / "parquet" / opts.datacomp_repo.replace("/", "--")
-    return [hub_download(opts.datacomp_repo, name, local_dir, revision=opts.datacomp_revision, retry=opts.hub_retry())
+    return [hub_download(opts.datacomp_repo, name, local_dir, revision=opts.datacomp_at(), retry=opts.hub_retry())
             for name in names]
+
+
+def resolve_commits(opts: FetchOptions) -> FetchOptions:
+    """``opts`` with each repo's revision (None: main) resolved to its commit, once for the whole job:
+    every download and listing then asks for that commit, so a branch moving mid-job changes nothing."""
+    datacomp_commit = hub_commit(opts.datacomp_repo, opts.datacomp_revision, retry=opts.hub_retry())
+    dr_commit = hub_commit(opts.dr_repo, opts.dr_revision, retry=opts.hub_retry()) if opts.dr_repo else None
+    log.info("%s at %s: commit %s%s", opts.datacomp_repo, opts.datacomp_revision or "main", datacomp_commit,
+             f"; {opts.dr_repo} at {opts.dr_revision or 'main'}: commit {dr_commit}" if opts.dr_repo else "")
+    return replace(opts, datacomp_commit=datacomp_commit, dr_commit=dr_commit)
+
+
+def check_done_commits(done: dict[str, dict], opts: FetchOptions) -> None:
+    """CommitMoved when a finished shard of the group came from another commit than the job's.
+
+    The choice: fail, naming both commits, rather than refetch or mix. A dataset should be one
+    commit of each repo; refetching would only make this group agree with the new commit while
+    the groups already done stay at the old one, and mixing would go unnoticed in training. The
+    researcher picks: pin the old commit (``data.hub.*_revision``) to finish at it, or delete
+    the shards to fetch them at the new one. A manifest from before commits were recorded is
+    kept, with a warning: nothing says which commit it came from.
+    """
+    unrecorded = sorted(shard for shard, entry in done.items() if "datacomp_commit" not in entry)
+    if unrecorded:
+        log.warning("%d finished shard(s) (%s, ...) record no hub commit (fetched before commits were recorded); "
+                    "kept as they are", len(unrecorded), unrecorded[0])
+    problems = []
+    for role, repo, requested, commit in (("datacomp", opts.datacomp_repo, opts.datacomp_revision,
+                                           opts.datacomp_commit),
+                                          ("dr", opts.dr_repo, opts.dr_revision, opts.dr_commit)):
+        if commit is None:
+            continue
+        moved = collections.defaultdict(list)
+        for shard, entry in sorted(done.items()):
+            recorded = entry.get(f"{role}_commit")
+            if recorded and recorded != commit:
+                moved[recorded].append(shard)
+        for recorded, shard_ids in moved.items():
+            problems.append(
+                f"{len(shard_ids)} finished shard(s) ({', '.join(shard_ids[:3])}{', ...' * (len(shard_ids) > 3)})"
+                f" came from {repo} at commit {recorded}, but revision {requested or 'main'} now resolves to {commit}."
+                f" Pin data.hub.{role}_revision: {recorded} to finish at the old commit, or delete those shards "
+                "(<id>.tar and <id>.tar.manifest.json) to fetch them at the new one")
+    if problems:
+        raise CommitMoved("the group would mix two commits of a hub repo: " + "; ".join(problems))
 
 
 def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
@@ -775,10 +1001,12 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
         else:
             pending.append(shard_id)
     log.info("%d shards in the group: %d already complete, %d to fetch", len(shard_ids), len(entries), len(pending))
+    opts = resolve_commits(opts)
+    check_done_commits(entries, opts)
 
     layout = opts.layout
     if pending and layout == "auto":
-        layout = detect_layout(hub_list_files(opts.datacomp_repo, opts.datacomp_revision, retry=opts.hub_retry()))
+        layout = detect_layout(hub_list_files(opts.datacomp_repo, opts.datacomp_at(), retry=opts.hub_retry()))
         log.info("%s: layout %r", opts.datacomp_repo, layout)
     opts = replace(opts, layout=layout)
     if layout == "parquet" and not opts.dr_repo:
@@ -792,13 +1020,12 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
                                                "DataCompDR shards"):
             if error is not None:
                 entries[shard_id] = {"schema": SHARD_MANIFEST_SCHEMA, "shard": shard_id, "status": "failed",
-                                     "error": error, "datacomp_repo": opts.datacomp_repo, "dr_repo": opts.dr_repo,
-                                     "layout": layout}
+                                     "error": error, **_source_fields(opts), "layout": layout}
             else:
                 uids_by_shard[shard_id] = uids
         wanted = {uid for uids in uids_by_shard.values() for uid in uids}
         log.info("looking up %d uids in %s", len(wanted), opts.datacomp_repo)
-        found = parquet_captions(_parquet_files(opts), wanted) if wanted else {}
+        found = parquet_metadata(_parquet_files(opts), wanted) if wanted else {}
         pending = [shard_id for shard_id in pending if shard_id in uids_by_shard]
         captions = {shard_id: {uid: found[uid] for uid in uids_by_shard[shard_id] if uid in found}
                     for shard_id in pending}
@@ -814,8 +1041,8 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
     ordered = [entries[shard_id] for shard_id in shard_ids]
     elapsed = time.monotonic() - start
     fetched_now = sum(e.get("images_fetched", 0) for e in ordered if e.get("status") == "ok" and not e.get("resumed"))
-    return {"schema": MANIFEST_SCHEMA, "datacomp_repo": opts.datacomp_repo, "dr_repo": opts.dr_repo,
-            "layout": layout, "datacomp_dir": str(opts.datacomp_dir),
+    return {"schema": MANIFEST_SCHEMA, **_source_fields(opts), "layout": layout, "sha256_policy": opts.sha256_policy,
+            "min_join_rate": opts.min_join_rate, "datacomp_dir": str(opts.datacomp_dir),
             "dr_dir": str(opts.dr_dir) if opts.dr_repo else None, "totals": _totals(ordered), "shards": ordered,
             # what training reads: the ok shards' tars, by content (train.training_shards)
             shards.SHARD_FILES_KEY: [described for entry in ordered if entry.get("status") == "ok"
@@ -825,6 +1052,16 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # CLI
+
+
+def _revision(text: str) -> str | None:
+    """``--*-revision``: empty means the main branch (the workflow passes a null config value so)."""
+    return text.strip() or None
+
+
+def _sha256_policy(text: str) -> str:
+    """``--sha256``: a policy name; YAML reads a bare ``off`` in a config as false, so "False" means off too."""
+    return "off" if text.strip().lower() in ("false", "off") else text.strip()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -856,8 +1093,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-bytes", type=int, default=64 << 20)
     parser.add_argument("--datacomp-layout", choices=("auto", "shards", "parquet"), default="auto",
                         help="DataComp repo layout: per-shard tars or parquet metadata (auto: from its file list)")
-    parser.add_argument("--datacomp-revision", default=None, help="branch, tag or commit of --datacomp-repo")
-    parser.add_argument("--dr-revision", default=None, help="branch, tag or commit of --dr-repo")
+    parser.add_argument("--datacomp-revision", type=_revision, default=None,
+                        help="branch, tag or commit of --datacomp-repo (default: main); resolved to its commit once "
+                             "per job")
+    parser.add_argument("--dr-revision", type=_revision, default=None,
+                        help="branch, tag or commit of --dr-repo (default: main); resolved to its commit once per job")
+    parser.add_argument("--sha256", type=_sha256_policy, choices=SHA256_POLICIES, default=DEFAULT_SHA256_POLICY,
+                        help="an image whose sha256 differs from the recorded one: strict drops it, same_size keeps "
+                             "it when its decoded size equals the recorded original size, off keeps it")
+    parser.add_argument("--min-join-rate", type=float, default=DEFAULT_MIN_JOIN_RATE,
+                        help="fail when the DataComp source holds less than this fraction of a DataCompDR shard's uids")
     parser.add_argument("--staging-dir", type=Path, default=None,
                         help="hub downloads before they are checked (default: <datacomp-dir>/../.fetch-staging)")
 
@@ -867,9 +1112,9 @@ def command(args: argparse.Namespace) -> int:
     if args.dr_repo and args.dr_dir is None:
         raise ValueError("--dr-repo needs --dr-dir")
     if args.processes < 1 or args.threads < 1 or args.timeout <= 0 or args.retries < 0 or args.hub_retries < 0 \
-            or args.hub_backoff < 0 or args.max_failed_shards < 0:
+            or args.hub_backoff < 0 or args.max_failed_shards < 0 or not 0 <= args.min_join_rate <= 1:
         raise ValueError("--processes and --threads must be >= 1, --timeout > 0, --retries, --hub-retries, "
-                         "--hub-backoff and --max-failed-shards >= 0")
+                         "--hub-backoff and --max-failed-shards >= 0, --min-join-rate between 0 and 1")
     index, group_shards = select_group(args.shard_spec, args.group, args.group_size)
     try:
         from huggingface_hub.utils import disable_progress_bars
@@ -882,7 +1127,8 @@ def command(args: argparse.Namespace) -> int:
                         dr_revision=args.dr_revision, staging_dir=args.staging_dir, processes=args.processes,
                         threads=args.threads, timeout=args.timeout, retries=args.retries,
                         max_image_bytes=args.max_image_bytes, hub_retries=args.hub_retries,
-                        hub_backoff_s=args.hub_backoff)
+                        hub_backoff_s=args.hub_backoff, sha256_policy=args.sha256,
+                        min_join_rate=args.min_join_rate)
     manifest = fetch_group(group_shards, opts)
     manifest.update(group=args.group, group_index=index, group_size=args.group_size,
                     options={key: str(value) if isinstance(value, Path) else value
@@ -890,10 +1136,11 @@ def command(args: argparse.Namespace) -> int:
     totals = manifest["totals"]
     failures = ", ".join(f"{reason} {n}" for reason, n in totals["failed"].items() if n) or "none"
     log.info("group %s: %d/%d shards ok (%d resumed); %d samples kept of %d listed; URLs: %d tried, %d fetched "
-             "(%.1f images/s this run), failed: %s; sha256 mismatches %d; no caption %d",
+             "(%.1f images/s this run), failed: %s; sha256 mismatches dropped %d, kept %d (policy %s); no caption %d",
              args.group, totals["shards_ok"], totals["shards"], totals["shards_resumed"], totals["samples_kept"],
              totals["samples_listed"], totals["urls_tried"], totals["images_fetched"], manifest["images_per_s"],
-             failures, totals["sha256_mismatch"], totals["no_caption"])
+             failures, totals["sha256_mismatch_dropped"], totals["sha256_mismatch_kept"], opts.sha256_policy,
+             totals["no_caption"])
     failed = [entry for entry in manifest["shards"] if entry.get("status") != "ok"]
     if failed and totals["shards_ok"] and len(failed) <= args.max_failed_shards:
         # data.hub.max_failed_shards: a loss the researcher accepted (a shard gone from the hub for

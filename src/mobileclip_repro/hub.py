@@ -199,3 +199,19 @@ def hub_list_files(repo_id: str, revision: str | None = None, *, retry: HubRetri
 
     return retry.call(f"{repo_id}: file listing", lambda: HfApi(endpoint=hub_endpoint()).list_repo_files(
         repo_id, repo_type="dataset", revision=revision))
+
+
+def hub_commit(repo_id: str, revision: str | None = None, *, retry: HubRetries = HubRetries()) -> str:
+    """The commit SHA that a dataset repo's branch, tag or commit (None: its main branch) points at now.
+
+    A fetch job resolves each repo once and downloads at that SHA, so a branch that moves during
+    the job (``apple/DataCompDR-12M`` has had a "Data reorder and squash" commit) cannot mix two
+    commits in one job. The answer is the hub's repo-info API (``/api/datasets/<repo>/revision/<rev>``).
+    """
+    from huggingface_hub import HfApi
+
+    info = retry.call(f"{repo_id}: revision {revision or 'main'}", lambda: HfApi(endpoint=hub_endpoint()).dataset_info(
+        repo_id, revision=revision))
+    if not info.sha:
+        raise ValueError(f"{repo_id}: the hub named no commit for revision {revision or 'main'!r}")
+    return info.sha

@@ -25,7 +25,8 @@ from mobileclip_repro.ablation import ablation_markdown, display_ablation, write
 from mobileclip_repro.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
                                    plot_training_curves, validate_reference_points)
 from mobileclip_repro.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
-                                     display_table, display_teachers, failures_markdown, fetch_markdown, fetch_table,
+                                     display_table, display_teachers, failures_markdown, fetch_commits,
+                                     fetch_commit_lines, fetch_markdown, fetch_table,
                                      format_seen_samples, long_table, lost_shards, read_failures,
                                      read_fetch_manifests, read_records, student_records, suite_averages,
                                      suite_markdown, summary_table, tagged_json, teacher_markdown, teacher_table,
@@ -97,13 +98,29 @@ def benchmark_summary(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def _commits_html(commits: list[dict]) -> str:
+    """The hub commit each repo's data came from (``tables.fetch_commits``); several for one repo, loudly."""
+    items = []
+    for entry in commits:
+        named = f"{html.escape(entry['holds'])} <code>{html.escape(entry['repo'])}</code>"
+        if len(entry["commits"]) == 1:
+            (commit,) = entry["commits"]
+            items.append(f"<li>{named} at commit <code>{html.escape(commit or 'not recorded')}</code></li>")
+        else:
+            parts = "; ".join(f"<code>{html.escape(commit or 'not recorded')}</code> (groups "
+                              f"{html.escape(', '.join(groups))})" for commit, groups in entry["commits"].items())
+            items.append(f"<li><strong>{named} mixes {len(entry['commits'])} commits</strong>: {parts}. Pin one with "
+                         "<code>data.hub.*_revision</code> and refetch the others</li>")
+    return f"<p>Hub commits:</p>\n<ul>{''.join(items)}</ul>\n" if items else ""
+
+
 def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path: Path,
                 paper_reference: list[dict] | None, data: pd.DataFrame | None = None,
                 averages: pd.DataFrame | None = None, teachers: pd.DataFrame | None = None,
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
                 cost_section: dict | None = None, training: dict | None = None,
                 failures: list[dict] | None = None, data_efficiency: dict | None = None,
-                lost: list[dict] | None = None) -> str:
+                lost: list[dict] | None = None, commits: list[dict] | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -177,8 +194,10 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
-                        "fetched, failed URLs by reason, images dropped for a sha256 mismatch, samples kept "
-                        "(kept % = kept / listed).</p>\n"
+                        "fetched, failed URLs by reason, images whose sha256 differs from the recorded one, dropped "
+                        "or kept by the <code>data.hub.sha256</code> policy (kept ones are also in samples_kept), "
+                        "samples kept (kept % = kept / listed).</p>\n"
+                        + _commits_html(commits or [])
                         + display_fetch_table(data).to_html(index=False, classes="table", border=0))
         if lost:
             data_section += (f"<p><strong>{len(lost)} shard(s) lost</strong>, accepted by "
@@ -365,11 +384,12 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     data = None
     manifests = read_fetch_manifests(inputs.fetch_manifests)
     lost = lost_shards(manifests)
+    commits = fetch_commits(manifests)
     if manifests:
         data = fetch_table(manifests)
         paths.append(write_csv(data, out_dir / "data.csv"))
         markdown = out_dir / "results.md"
-        markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data, lost))
+        markdown.write_text(markdown.read_text() + "\n" + fetch_markdown(data, lost, fetch_commit_lines(manifests)))
     ablation = None
     if ablation_settings:
         ablation_paths, ablation_rows = write_ablation(records, ablation_settings, out_dir, title=title)
@@ -404,7 +424,7 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
                                      data, averages, teachers, multipliers, ablation, cost_section, training,
-                                     failures, data_efficiency, lost))
+                                     failures, data_efficiency, lost, commits))
     return paths + [html_path]
 
 

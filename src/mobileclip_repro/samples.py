@@ -507,11 +507,25 @@ def _datacomp_uid(datacomp: dict) -> str:
         raise SampleSkipped("bad_metadata", f"DataComp json: {error}") from None
 
 
+def _kept_by_sha256_policy(datacomp: dict, stored_sha256: str) -> bool:
+    """Whether fetch kept these bytes for this DataCompDR sample although they hash otherwise: under
+    ``data.hub.sha256`` (same_size, off) a re-encoded image is kept, and its json records the sha256
+    the metadata named (``recorded_sha256``), which is the DataCompDR sample's."""
+    try:
+        meta = json.loads(datacomp["json"])
+    except (KeyError, ValueError):
+        return False
+    recorded = meta.get("recorded_sha256") if isinstance(meta, dict) else None
+    return isinstance(recorded, str) and recorded.lower() == stored_sha256.lower()
+
+
 def _check_same_image(datacomp: dict, uid, stored_uid: str, stored_sha256: str) -> None:
-    """The DataCompDR sample belongs to these very image bytes: same uid, and the jpg hashes to its sha256."""
+    """The DataCompDR sample belongs to these very image bytes: same uid, and the jpg hashes to its
+    sha256 (or fetch kept a re-encoding of that image by its sha256 policy)."""
     if str(uid) != str(stored_uid):
         raise SampleSkipped("uid_mismatch", f"DataComp uid {uid} vs DataCompDR uid {stored_uid}", "both")
-    if shards.sha256_hex(datacomp["jpg"]) != stored_sha256.lower():
+    if shards.sha256_hex(datacomp["jpg"]) != stored_sha256.lower() and not _kept_by_sha256_policy(datacomp,
+                                                                                                  stored_sha256):
         raise SampleSkipped("sha256_mismatch", f"image bytes do not hash to {stored_sha256}", "both")
 
 

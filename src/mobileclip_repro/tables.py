@@ -280,8 +280,9 @@ def write_markdown(summary: pd.DataFrame, path: str | os.PathLike, title: str | 
 # reproduction reports what it lost). One row per fetch group manifest, plus a total.
 
 FETCH_MANIFEST_SCHEMA = "mobileclip_repro/fetch-manifest/1"  # fetch.MANIFEST_SCHEMA
-FETCH_COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch",
-                  "samples_kept")
+FETCH_COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "images_fetched", "sha256_mismatch_dropped",
+                  "sha256_mismatch_kept", "samples_kept")  # fetch.COUNTERS
+FETCH_REPOS = (("datacomp", "DataComp"), ("dr", "DataCompDR"))  # (manifest field prefix, what the repo holds)
 FETCH_FAILURE_ORDER = ("http_404", "http_error", "timeout", "connection", "invalid_url", "too_large", "opted_out")
 
 
@@ -307,6 +308,48 @@ def read_fetch_manifests(paths: list[str | os.PathLike]) -> list[dict]:
     return manifests
 
 
+def _fetch_count(totals: dict, name: str) -> int:
+    """A group's count; a manifest written before the sha256 policy has ``sha256_mismatch`` (all dropped)."""
+    if name == "sha256_mismatch_dropped" and name not in totals:
+        return int(totals.get("sha256_mismatch", 0))
+    return int(totals.get(name, 0))
+
+
+def fetch_commits(manifests: list[dict]) -> list[dict]:
+    """Per hub repo the fetch groups read: the commits they were fetched at, each with its groups.
+
+    More than one commit for a repo means the dataset mixes two versions of it (groups fetched
+    before and after a push, at a revision that names a branch); ``fetch`` records the commit of
+    every group, and the report says so loudly. Manifests from before commits were recorded
+    count under ``None``.
+    """
+    repos: dict[tuple[str, str], dict] = {}
+    for manifest in sorted(manifests, key=lambda m: m["group"]):
+        for prefix, holds in FETCH_REPOS:
+            repo = manifest.get(f"{prefix}_repo")
+            if not repo:
+                continue
+            entry = repos.setdefault((prefix, repo), {"repo": repo, "holds": holds, "commits": {}})
+            entry["commits"].setdefault(manifest.get(f"{prefix}_commit"), []).append(manifest["group"])
+    return list(repos.values())
+
+
+def fetch_commit_lines(manifests: list[dict]) -> list[str]:
+    """One line per hub repo: the commit its data came from, or every commit and its groups when they differ."""
+    lines = []
+    for entry in fetch_commits(manifests):
+        commits = entry["commits"]
+        if len(commits) == 1:
+            (commit,) = commits
+            lines.append(f"{entry['holds']} `{entry['repo']}` at commit `{commit or 'not recorded'}`")
+        else:
+            parts = "; ".join(f"`{commit or 'not recorded'}` (groups {', '.join(groups)})"
+                              for commit, groups in commits.items())
+            lines.append(f"**{entry['holds']} `{entry['repo']}` MIXES {len(commits)} commits**: {parts}. "
+                         "Pin one with data.hub.*_revision and refetch the others")
+    return lines
+
+
 def fetch_table(manifests: list[dict]) -> pd.DataFrame:
     """One row per group and a ``total`` row: shards, counts by outcome, failed URLs by reason, fractions."""
     reasons = list(FETCH_FAILURE_ORDER)
@@ -316,7 +359,7 @@ def fetch_table(manifests: list[dict]) -> pd.DataFrame:
         totals = manifest["totals"]
         row = {"group": manifest["group"], "shards": int(totals.get("shards", 0)),
                "shards_failed": int(totals.get("shards_failed", 0))}
-        row.update({name: int(totals.get(name, 0)) for name in FETCH_COUNTERS})
+        row.update({name: _fetch_count(totals, name) for name in FETCH_COUNTERS})
         row.update({f"failed_{reason}": int(totals.get("failed", {}).get(reason, 0)) for reason in reasons})
         rows.append(row)
     columns = ["group", "shards", "shards_failed", *FETCH_COUNTERS, *(f"failed_{r}" for r in reasons)]
@@ -347,10 +390,13 @@ def lost_shards(manifests: list[dict]) -> list[dict]:
             for shard, error in sorted((manifest.get("lost_shards") or {}).items())]
 
 
-def fetch_markdown(table: pd.DataFrame, lost: list[dict] | None = None) -> str:
+def fetch_markdown(table: pd.DataFrame, lost: list[dict] | None = None, commits: list[str] | None = None) -> str:
     text = ("## Data\n\nWhat the fetch stage got, per group of hub shards: samples listed in the shards, "
-            "URLs tried and images fetched, failed URLs by reason, images dropped because their sha256 "
-            "differs from the recorded one, and samples kept (kept % = kept / listed).\n\n")
+            "URLs tried and images fetched, failed URLs by reason, images whose sha256 differs from the "
+            "recorded one, dropped or kept by the data.hub.sha256 policy (kept ones are also in samples_kept), "
+            "and samples kept (kept % = kept / listed).\n\n")
+    if commits:
+        text += "Hub commits:\n\n" + "\n".join(f"- {line}" for line in commits) + "\n\n"
     text += to_markdown(display_fetch_table(table))
     if lost:
         text += (f"\n\n**{len(lost)} shard(s) lost**, accepted by `data.hub.max_failed_shards`: training ran "

@@ -30,7 +30,8 @@ rule toy_data:
 
 # One job per group of hub shards (data.hub.group_size): DataComp captions/URLs and,
 # unless we reinforce ourselves, Apple's DataCompDR shards; images by URL, joined by uid
-# and sha256-checked. The declared output is the group's manifest; shards are not
+# and sha256-checked (data.hub.sha256), each repo at one commit per job (data.hub.*_revision).
+# The declared output is the group's manifest; shards are not
 # outputs, so a failed job keeps what it finished and a rerun resumes.
 rule fetch:
     output:
@@ -41,6 +42,10 @@ rule fetch:
         dr_repo="" if REINFORCE["generate"] else f"--dr-repo {shlex.quote(HUB['dr_repo'])}",
         datacomp_dir=DATA["datacomp_dir"],
         dr_dir=DATA["dr_dir"],
+        # null: no option, the main branch (the job resolves it to a commit)
+        datacomp_revision=(f"--datacomp-revision {shlex.quote(HUB['datacomp_revision'])}"
+                           if HUB["datacomp_revision"] else ""),
+        dr_revision=f"--dr-revision {shlex.quote(HUB['dr_revision'])}" if HUB["dr_revision"] else "",
     threads: 16
     resources:
         runtime=12 * 60,
@@ -54,6 +59,7 @@ rule fetch:
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
         " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
         " --max-failed-shards {params.hub[max_failed_shards]:q}"
+        " {params.datacomp_revision} {params.dr_revision} --sha256 {params.hub[sha256]:q} --min-join-rate {params.hub[min_join_rate]:q}"
         " --manifest {output.manifest:q} > {log:q} 2>&1"
 
 

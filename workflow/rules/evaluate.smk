@@ -9,6 +9,9 @@ rule fetch_benchmark:
         manifest=fetched_benchmark("{benchmark}"),
     params:
         spec=lambda wc: canonical(HUB_BENCHMARKS[wc.benchmark]),
+        # absent or null: the repo's main branch (the manifest names the commit it resolved to)
+        revision=lambda wc: "--revision " + shlex.quote(HUB_BENCHMARKS[wc.benchmark]["revision"])
+        if HUB_BENCHMARKS[wc.benchmark].get("revision") else "",
     wildcard_constraints:
         benchmark="|".join(map(re.escape, HUB_BENCHMARKS)) if HUB_BENCHMARKS else "NONE",
     benchmark:
@@ -17,7 +20,7 @@ rule fetch_benchmark:
         RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
     shell:
         "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]:q} --root {params.spec[root]:q}"
-        " --split {params.spec[split]:q} --manifest {output.manifest:q} > {log:q} 2>&1"
+        " --split {params.spec[split]:q} {params.revision} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -48,7 +51,8 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints:q} --out-dir {params.out_dirs:q}"
         " --model {params.model:q} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} {params.skip_failed} --force --index {output.index:q} > {log:q} 2>&1"
+        " --device {params.settings[device]:q} --precision {params.settings[precision]:q} {params.skip_failed}"
+        " --force --index {output.index:q} > {log:q} 2>&1"
 
 
 rule evaluate_teachers:
@@ -77,4 +81,5 @@ rule evaluate_teachers:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
         " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"
         " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} {params.skip_failed} --index {output.index:q} > {log:q} 2>&1"
+        " --device {params.settings[device]:q} --precision {params.settings[precision]:q} {params.skip_failed}"
+        " --index {output.index:q} > {log:q} 2>&1"
