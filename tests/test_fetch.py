@@ -542,6 +542,51 @@ def test_a_loss_the_config_accepts_finishes_the_group_and_the_report_names_the_l
     assert "**1 shard(s) lost**" in section and f"- group 00000, shard {gone}: " in section
 
 
+def test_a_shard_with_a_stalled_url_at_its_head_is_written_in_key_order(tmp_path, monkeypatch):
+    """URLs finish in any order; the tar does not depend on the network."""
+    started: list[str] = []
+
+    def fake_fetch_url(url, timeout, retries, max_bytes):
+        started.append(url)
+        if url.endswith("/0"):
+            time.sleep(0.5)  # the stalled one, at the head of the shard
+            return None, "timeout"
+        return b"image bytes (no recorded sha256 to check)", None
+
+    monkeypatch.setattr(fetch, "fetch_url", fake_fetch_url)
+    samples = [fetch.SourceSample(f"{i:09d}", f"{i:032x}", f"http://example.invalid/{i}", None, f"caption {i}")
+               for i in range(200)]
+    counts = fetch.build_shard("00000000", samples, options(tmp_path, threads=2))
+
+    assert counts.samples_kept == 199 and counts.failed["timeout"] == 1 and len(started) == 200
+    written = [raw["__key__"] for raw in shards.iter_raw_samples(opts_dir(tmp_path) / "00000000.tar")]
+    assert written == [f"{i:09d}" for i in range(1, 200)]
+
+
+def test_while_the_head_url_stalls_the_pool_keeps_starting_urls(tmp_path, monkeypatch):
+    """The threads go on with later URLs while the first one stalls; before, only the threads x 4
+    of its window did, then the pool sat idle until its timeout (0.22x img2dataset's images/s)."""
+    started_during_stall = []
+    stalled = threading.Event()
+
+    def fake_fetch_url(url, timeout, retries, max_bytes):
+        if url.endswith("/0"):
+            stalled.set()
+            time.sleep(0.5)
+            stalled.clear()
+            return None, "timeout"
+        if stalled.is_set():
+            started_during_stall.append(url)
+        return b"x", None
+
+    monkeypatch.setattr(fetch, "fetch_url", fake_fetch_url)
+    samples = [fetch.SourceSample(f"{i:09d}", f"{i:032x}", f"http://example.invalid/{i}", None, f"caption {i}")
+               for i in range(200)]
+    fetch.build_shard("00000000", samples, options(tmp_path, threads=2))
+    # the old window (threads x 4 = 8) let 7 more start; now every later URL does, memory permitting
+    assert len(started_during_stall) == 199
+
+
 # ---------------------------------------------------------------------------------------------
 # The per-URL deadline: an answer within the timeout, its body within the timeout more
 

@@ -44,8 +44,12 @@ merge-join by key (``samples.joined_samples``) pairs them; without DataCompDR th
 keys are kept.
 
 Why not img2dataset: img2dataset 1.47.0 requires ``webdataset<0.3`` (this project pins
-webdataset 1.0.2) and pulls wandb, albumentations and opencv; and by default it re-encodes
-images, which breaks the sha256 check. The downloader here is ~200 lines over requests: a
+webdataset 1.0.2) and pulls wandb, albumentations and opencv. It can keep and check the
+original bytes (``disable_all_reencoding=True``; ``verify_hash`` hashes the downloaded bytes
+before any resize), but it drops every mismatch (no ``same_size`` policy for the ~14% of
+images their hosts re-encoded), bounds each socket operation rather than the URL, and by
+default re-encodes what it stores. ``benchmarks/fetch_vs_img2dataset.py`` times the two on
+the same URLs. The downloader here is ~200 lines over requests: a
 thread pool per process (``--processes`` shards at a time x ``--threads`` URLs per shard;
 DataComp's own download uses 16 x 128), a per-URL deadline (``--timeout``, below), retries
 (``--retries``) only for connection errors and HTTP 429/5xx (never for a timeout), a size
@@ -124,7 +128,7 @@ import socket
 import tarfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -780,6 +784,10 @@ def keeps_mismatch(body: bytes, sample: SourceSample, policy: str) -> bool:
     return False
 
 
+# Downloaded images a shard holds in memory while an earlier one (in key order) is still downloading.
+HELD_BYTES = 256 << 20
+
+
 def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) -> ShardCounts:
     """Download the images of ``samples`` and write the DataComp shard (keys in sorted order)."""
     counts = ShardCounts(samples_listed=len(samples))
@@ -792,24 +800,42 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
         else:
             todo.append(sample)
     datacomp_tar, _, _ = _paths(shard_id, opts)
-    window = max(1, opts.threads) * 4  # bounds memory: at most this many images held at once
+    # Images are written in key order, but a URL is started whenever a download ends, not when the
+    # oldest one does: a stalled URL at the head (up to 2 x timeout) must not leave the threads idle
+    # while the URLs after it are done. Those wait for their turn in memory, up to HELD_BYTES.
+    running_at_most = max(1, opts.threads) * 2  # queued in the pool or downloading: keeps every thread busy
     with shards.atomic_tar_writer(datacomp_tar, mtime=TAR_MTIME) as writer, \
             ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
-        pending: collections.deque = collections.deque()
+        in_key_order: collections.deque = collections.deque()  # (sample, future), not yet written
+        running: set = set()
+        held: dict = {}  # finished, not yet written: future -> bytes held
+        held_bytes = [0]  # their sum
         upcoming = iter(todo)
 
-        def submit_next() -> None:
-            sample = next(upcoming, None)
-            if sample is not None:
-                pending.append((sample, pool.submit(fetch_url, sample.url, opts.timeout, opts.retries,
-                                                    opts.max_image_bytes)))
+        def start_more() -> None:
+            while len(running) < running_at_most and held_bytes[0] < HELD_BYTES:
+                sample = next(upcoming, None)
+                if sample is None:
+                    return
+                future = pool.submit(fetch_url, sample.url, opts.timeout, opts.retries, opts.max_image_bytes)
+                in_key_order.append((sample, future))
+                running.add(future)
 
-        for _ in range(window):
-            submit_next()
-        while pending:
-            sample, future = pending.popleft()
-            body, reason = future.result()  # in key order; later URLs keep downloading meanwhile
-            submit_next()
+        start_more()
+        while in_key_order:
+            if not in_key_order[0][1].done():
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running.discard(future)
+                    held[future] = len(future.result()[0] or b"")
+                    held_bytes[0] += held[future]
+                start_more()
+                continue
+            sample, future = in_key_order.popleft()
+            running.discard(future)
+            held_bytes[0] -= held.pop(future, 0)
+            body, reason = future.result()
+            start_more()
             counts.urls_tried += 1
             if body is None:
                 counts.failed[reason] += 1
