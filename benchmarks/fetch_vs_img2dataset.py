@@ -52,16 +52,16 @@ with retries on, the two would make different numbers of requests for the same l
 The server, both sides' workers and this script share the machine's CPUs: the load average
 and the CPU busy share (from /proc/stat) during each run are printed.
 
-Reading the result (2 cores, 2 x 16, December 2026): 0.90x by span, 1.01x by wall (project 324
-images/s, img2dataset 361). It was 0.22x (80 images/s) while ``build_shard`` took results in key
+Reading the result (2 cores, 2 x 16, December 2026): 0.92x by span, 1.03x by wall (project 330
+images/s, img2dataset 360). It was 0.22x (80 images/s) while ``build_shard`` took results in key
 order and submitted the next URL only when the oldest in flight was done: a stalled URL at the
 head left the pool idle for up to the timeout. It now starts a URL whenever any download ends and
 holds the finished ones (up to ``fetch.HELD_BYTES``) until their turn, as img2dataset's
 ``imap_unordered`` refills a thread as soon as any URL finishes (img2dataset writes in completion
 order; the project writes in key order, so a shard's bytes do not depend on the network). What is
 left is CPU per URL: measured apart, one thread, ``fetch_url`` costs about 1 ms of client CPU per
-URL, urllib's ``urlopen`` 0.27 ms (requests' per-request proxy-environment scan, request
-preparation, the lookup thread that bounds DNS).
+URL before the session stopped re-reading a proxy-free environment for each URL, about 0.8 ms
+after; urllib's ``urlopen`` 0.27 ms (requests' request preparation, the lookup thread that bounds DNS).
 
 img2dataset needs its own virtualenv (img2dataset 1.47.0 pins ``webdataset<0.3``; this project
 uses webdataset 1.0), so the benchmark never imports it:

@@ -587,6 +587,22 @@ def test_while_the_head_url_stalls_the_pool_keeps_starting_urls(tmp_path, monkey
     assert len(started_during_stall) == 199
 
 
+def _fresh_session():
+    fetch._local.__dict__.pop("session", None)  # one per thread, made on first use
+    return fetch._session()
+
+
+def test_the_environment_is_read_once_for_a_session_when_it_names_no_proxy(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/site-ca.pem")
+    session = _fresh_session()
+    assert session.trust_env is False and session.verify == "/etc/ssl/site-ca.pem"
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # a site proxy: requests reads it per URL
+    assert _fresh_session().trust_env is True
+    fetch._local.__dict__.pop("session", None)
+
+
 # ---------------------------------------------------------------------------------------------
 # The per-URL deadline: an answer within the timeout, its body within the timeout more
 
