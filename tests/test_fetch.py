@@ -542,6 +542,12 @@ def test_a_loss_the_config_accepts_finishes_the_group_and_the_report_names_the_l
     assert "**1 shard(s) lost**" in section and f"- group 00000, shard {gone}: " in section
 
 
+def stalled_head_shard() -> list[fetch.SourceSample]:
+    """200 samples whose first URL (".../0") the fakes below stall on."""
+    return [fetch.SourceSample(f"{i:09d}", f"{i:032x}", f"http://example.invalid/{i}", None, f"caption {i}")
+            for i in range(200)]
+
+
 def test_a_shard_with_a_stalled_url_at_its_head_is_written_in_key_order(tmp_path, monkeypatch):
     """URLs finish in any order; the tar does not depend on the network."""
     started: list[str] = []
@@ -554,8 +560,7 @@ def test_a_shard_with_a_stalled_url_at_its_head_is_written_in_key_order(tmp_path
         return b"image bytes (no recorded sha256 to check)", None
 
     monkeypatch.setattr(fetch, "fetch_url", fake_fetch_url)
-    samples = [fetch.SourceSample(f"{i:09d}", f"{i:032x}", f"http://example.invalid/{i}", None, f"caption {i}")
-               for i in range(200)]
+    samples = stalled_head_shard()
     counts = fetch.build_shard("00000000", samples, options(tmp_path, threads=2))
 
     assert counts.samples_kept == 199 and counts.failed["timeout"] == 1 and len(started) == 200
@@ -580,8 +585,7 @@ def test_while_the_head_url_stalls_the_pool_keeps_starting_urls(tmp_path, monkey
         return b"x", None
 
     monkeypatch.setattr(fetch, "fetch_url", fake_fetch_url)
-    samples = [fetch.SourceSample(f"{i:09d}", f"{i:032x}", f"http://example.invalid/{i}", None, f"caption {i}")
-               for i in range(200)]
+    samples = stalled_head_shard()
     fetch.build_shard("00000000", samples, options(tmp_path, threads=2))
     # the old window (threads x 4 = 8) let 7 more start; now every later URL does, memory permitting
     assert len(started_during_stall) == 199

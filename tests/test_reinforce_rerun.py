@@ -14,22 +14,30 @@ from mobileclip_repro import toyworld
 SHARDS = ["00000000", "00000001", "00000002"]
 
 
+def made_upstream(results, write_toy_teachers) -> None:
+    """What the stages before reinforce leave, in small (three DataComp shards of 8 samples;
+    untrained teachers): Snakemake finds them done and runs the reinforce job alone."""
+    toyworld.generate(results / "data", train_samples=24, samples_per_shard=8, teacher_samples=8,
+                      benchmark_samples=4)
+    write_toy_teachers(results / "teachers")
+
+
+def run_reinforce(snakemake_cmd, repo_root, results, manifest) -> subprocess.CompletedProcess:
+    return subprocess.run([*snakemake_cmd, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
+                           "--config", f"results_dir={results}", "--", str(manifest)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=600)
+
+
 def test_a_failed_reinforce_job_keeps_its_first_shard_and_the_rerun_does_only_the_rest(
         snakemake_cmd, repo_root, tmp_path, write_toy_teachers):
     results = tmp_path / "results"
     manifest, dr_dir = results / "data" / "reinforce" / "default" / "group_00000.json", results / "data" / "datacompdr"
-    # What the stages before it leave, made here in small (three DataComp shards of 8 samples;
-    # untrained teachers): Snakemake finds them done and runs the reinforce job alone.
-    toyworld.generate(results / "data", train_samples=24, samples_per_shard=8, teacher_samples=8,
-                      benchmark_samples=4)
-    write_toy_teachers(results / "teachers")
+    made_upstream(results, write_toy_teachers)
     upstream = {path: path.stat().st_mtime_ns
                 for path in (results / "data" / "manifest.json", *(results / "teachers").glob("*.pt"))}
 
     def snakemake():
-        return subprocess.run([*snakemake_cmd, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
-                               "--config", f"results_dir={results}", "--", str(manifest)],
-                              cwd=repo_root, capture_output=True, text=True, timeout=600)
+        return run_reinforce(snakemake_cmd, repo_root, results, manifest)
 
     # The failure: the second DR shard's path is taken by a directory, so the job reinforces the
     # first shard, then fails to move the second one into place.
@@ -62,9 +70,7 @@ def test_a_cut_input_shard_fails_the_reinforce_job_and_the_rerun_redoes_it_once_
         snakemake_cmd, repo_root, tmp_path, write_toy_teachers):
     results = tmp_path / "results"
     manifest, dr_dir = results / "data" / "reinforce" / "default" / "group_00000.json", results / "data" / "datacompdr"
-    toyworld.generate(results / "data", train_samples=24, samples_per_shard=8, teacher_samples=8,
-                      benchmark_samples=4)
-    write_toy_teachers(results / "teachers")
+    made_upstream(results, write_toy_teachers)
     # the second DataComp shard loses its last 3 samples and its end-of-archive blocks (an interrupted copy)
     cut = results / "data" / "datacomp" / f"{SHARDS[1]}.tar"
     intact = tmp_path / "intact.tar"
@@ -75,9 +81,7 @@ def test_a_cut_input_shard_fails_the_reinforce_job_and_the_rerun_redoes_it_once_
     cut.write_bytes(intact.read_bytes()[:next(m.offset for m in members if m.name.startswith(f"{keys[5]}."))])
 
     def snakemake():
-        return subprocess.run([*snakemake_cmd, "--cores", "2", "--configfile", "configs/toy-smoke.yaml",
-                               "--config", f"results_dir={results}", "--", str(manifest)],
-                              cwd=repo_root, capture_output=True, text=True, timeout=600)
+        return run_reinforce(snakemake_cmd, repo_root, results, manifest)
 
     failed = snakemake()
     assert failed.returncode != 0

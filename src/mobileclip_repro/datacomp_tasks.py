@@ -233,11 +233,9 @@ def read_winogavil_sample(sample: dict) -> tuple[str, list, np.ndarray]:
     return sample["cue.txt"].decode().strip(), images, np.array([name in associations for name in candidates])
 
 
-def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_shard: int = 500) -> int:
-    """Instances (``cue``, ``candidates``, ``associations``, ``candidate_images``) into a webdataset
-    set under root; returns how many were written. A candidate image is a PIL image (stored as
-    lossless PNG) or the ``(extension, bytes)`` of an image file (stored as it is: the pixels the
-    hub's file holds, decoded by the evaluation as by DataComp's loader)."""
+def write_webdataset_set(samples, root: str | os.PathLike, split: str, per_shard: int, dataset_type: str) -> int:
+    """Samples (webdataset dicts with their ``__key__``) into ``<root>/<split>/{0..n-1}.tar``, ``per_shard``
+    a tar, with clip_benchmark's ``nshards.txt`` and ``dataset_type.txt``; returns how many were written."""
     import webdataset as wds
 
     root = Path(root)
@@ -245,12 +243,29 @@ def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_
     split_dir.mkdir(parents=True, exist_ok=True)
     count, shard, writer = 0, 0, None
     try:
-        for row in rows:
+        for sample in samples:
             if count % per_shard == 0:
                 if writer is not None:
                     writer.close()
                 writer = wds.TarWriter(str(split_dir / f"{shard}.tar"))
                 shard += 1
+            writer.write(sample)
+            count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    (split_dir / "nshards.txt").write_text(f"{shard}\n")
+    (root / "dataset_type.txt").write_text(f"{dataset_type}\n")
+    return count
+
+
+def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_shard: int = 500) -> int:
+    """Instances (``cue``, ``candidates``, ``associations``, ``candidate_images``) into a webdataset
+    set under root; returns how many were written. A candidate image is a PIL image (stored as
+    lossless PNG) or the ``(extension, bytes)`` of an image file (stored as it is: the pixels the
+    hub's file holds, decoded by the evaluation as by DataComp's loader)."""
+    def samples():
+        for count, row in enumerate(rows):
             sample = {"__key__": f"{count:06d}", "cue.txt": str(row["cue"]),
                       "candidates.json": json.dumps(list(row["candidates"])),
                       "associations.json": json.dumps(list(row["associations"]))}
@@ -262,14 +277,9 @@ def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_
                     buffer = io.BytesIO()
                     image.convert("RGB").save(buffer, format="PNG")
                     sample[f"{position}.png"] = buffer.getvalue()
-            writer.write(sample)
-            count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    (split_dir / "nshards.txt").write_text(f"{shard}\n")
-    (root / "dataset_type.txt").write_text("association\n")
-    return count
+            yield sample
+
+    return write_webdataset_set(samples(), root, split, per_shard, "association")
 
 
 # ---------------------------------------------------------------- the nlphuji sets, without their loading script
@@ -334,29 +344,13 @@ def write_retrieval_set(samples, root: str | os.PathLike, split: str = "test", p
     """(key, extension, image bytes, captions) into clip_benchmark's webdataset retrieval layout
     (one sample per image: the image as it is, its captions in ``txt``, one per line); returns
     the number of images."""
-    import webdataset as wds
-
-    root = Path(root)
-    split_dir = root / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    count, shard, writer = 0, 0, None
-    try:
-        for key, extension, data, captions in samples:
-            if count % per_shard == 0:
-                if writer is not None:
-                    writer.close()
-                writer = wds.TarWriter(str(split_dir / f"{shard}.tar"))
-                shard += 1
+    def records():
+        for count, (key, extension, data, captions) in enumerate(samples):
             # clip_benchmark splits txt into captions with str.splitlines: a break inside a caption would make two
             lines = [" ".join(str(caption).splitlines()) for caption in captions]
-            writer.write({"__key__": f"{count:06d}_{key}", extension: data, "txt": "\n".join(lines)})
-            count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    (split_dir / "nshards.txt").write_text(f"{shard}\n")
-    (root / "dataset_type.txt").write_text("retrieval\n")
-    return count
+            yield {"__key__": f"{count:06d}_{key}", extension: data, "txt": "\n".join(lines)}
+
+    return write_webdataset_set(records(), root, split, per_shard, "retrieval")
 
 
 def convert_retrieval_files(csv_path, zip_path, root, split: str = "test") -> int:

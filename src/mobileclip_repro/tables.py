@@ -93,11 +93,6 @@ def tagged_json(directory: str | os.PathLike, schema: str, pattern: str = "**/*.
     return found
 
 
-def load_failures(directory: str | os.PathLike) -> list[dict]:
-    """Every benchmark that failed to evaluate under ``directory`` (``<benchmark>.failed.json``)."""
-    return [payload for _, payload in tagged_json(directory, FAILURE_SCHEMA, "**/*.failed.json")]
-
-
 def read_failures(paths: list[str | os.PathLike]) -> list[dict]:
     """The failure files at ``paths`` (an evaluate index's ``failed``), in path order."""
     return [_read_tagged(path, FAILURE_SCHEMA, "a benchmark failure file") for path in sorted(map(Path, paths))]
@@ -284,17 +279,6 @@ FETCH_COUNTERS = ("samples_listed", "no_caption", "no_url", "urls_tried", "image
                   "sha256_mismatch_kept", "samples_kept")  # fetch.COUNTERS
 FETCH_REPOS = (("datacomp", "DataComp"), ("dr", "DataCompDR"))  # (manifest field prefix, what the repo holds)
 FETCH_FAILURE_ORDER = ("http_404", "http_error", "timeout", "connection", "invalid_url", "too_large", "opted_out")
-
-
-def load_fetch_manifests(directory: str | os.PathLike | None) -> list[dict]:
-    """Every fetch group manifest under ``directory`` (recursively), in path order.
-
-    No directory, a missing one or one without manifests gives an empty list (no data
-    section): toy runs have no fetch stage. Other JSON files are passed over.
-    """
-    if directory is None or not Path(directory).is_dir():
-        return []
-    return read_fetch_manifests([path for path, _ in tagged_json(directory, FETCH_MANIFEST_SCHEMA)])
 
 
 def read_fetch_manifests(paths: list[str | os.PathLike]) -> list[dict]:

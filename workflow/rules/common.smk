@@ -168,10 +168,6 @@ def canonical_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def spec_json(spec):
-    return canonical_json(spec)
-
-
 def train_manifest(run, seed):
     return RESULTS / "runs" / run / f"seed_{seed}" / "manifest.json"
 

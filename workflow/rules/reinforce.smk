@@ -8,7 +8,7 @@ rule train_teacher:
     output:
         weights=RESULTS / "teachers" / "{teacher}",
     params:
-        spec=lambda wc: spec_json(TEACHER_SPECS[wc.teacher]),
+        spec=lambda wc: canonical_json(TEACHER_SPECS[wc.teacher]),
         launcher=lambda wc: launcher_prefix(TEACHER_SPECS[wc.teacher]),
         out_dir=lambda wc: run_dir(EXP, wc.teacher, section="teachers"),
     wildcard_constraints:

@@ -13,7 +13,7 @@ rule train:
     output:
         manifest=train_manifest("{run}", "{seed}"),
     params:
-        spec=lambda wc: spec_json(spec_of(wc)),
+        spec=lambda wc: canonical_json(spec_of(wc)),
         launcher=lambda wc, resources: launcher_prefix(spec_of(wc), resources.get("cpus_per_task")),
         out_dir=lambda wc: run_dir(EXP, wc.run, seed=int(wc.seed)),
     threads: 1
