@@ -29,6 +29,9 @@ import fake_hub  # tests/fake_hub.py
 from fake_hub import SLOW_SECONDS, TRICKLE_BYTES, TRICKLE_SECONDS, FakeHub
 
 TIMEOUT = 1.0          # the fetch's per-URL timeout in these tests
+# where the hub's behaviour is tested and every image URL answers at once: a deadline no loaded
+# machine reaches, so a slow moment cannot turn an image into a timeout (the deadline has its own tests)
+CLEAN_IMAGE_TIMEOUT = 10.0
 PER_SHARD = 8
 DR_REPO = "apple/DataCompDR-toy"
 DC_REPO = "mlfoundations/DataComp-toy"
@@ -478,7 +481,7 @@ def test_hub_retries_are_bounded_and_back_off_exponentially(monkeypatch):
 def test_a_transient_error_on_a_dr_tar_is_retried_and_the_group_completes(hub, toy_samples, tmp_path, status):
     world = publish_clean_world(hub, toy_samples)
     hub.fail_downloads(DR_REPO, f"{world.ids[1]}.tar", status, times=1)
-    manifest = fetch.fetch_group(world.ids, options(tmp_path))
+    manifest = fetch.fetch_group(world.ids, options(tmp_path, timeout=CLEAN_IMAGE_TIMEOUT))
     assert manifest["totals"]["shards_ok"] == 3 and manifest["totals"]["samples_kept"] == 3 * PER_SHARD
     dr1 = f"/datasets/{DR_REPO}/resolve/{hub.head(DR_REPO)}/{world.ids[1]}.tar"
     assert [method for method, path in hub.taken() if path == dr1] == ["HEAD", "GET", "HEAD", "GET"]
@@ -494,7 +497,7 @@ def test_a_shard_that_keeps_failing_fails_its_group_and_the_rerun_fetches_only_i
     argv = ["fetch", "--datacomp-repo", DC_REPO, "--dr-repo", DR_REPO, "--shard-spec", '"{00000000..00000002}"',
             "--group", "00000", "--group-size", "3", "--datacomp-dir", str(datacomp_dir),
             "--dr-dir", str(tmp_path / "data" / "datacompdr"), "--manifest", str(manifest_path),
-            "--timeout", str(TIMEOUT), "--threads", "8", "--hub-retries", "2", "--hub-backoff", "0.01"]
+            "--timeout", str(CLEAN_IMAGE_TIMEOUT), "--threads", "8", "--hub-retries", "2", "--hub-backoff", "0.01"]
 
     assert main(argv) == 1
     assert not manifest_path.exists()
