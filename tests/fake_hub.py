@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-SLOW_SECONDS = 2.5     # how long a "slow" image waits before answering
+SLOW_SECONDS = 8.0     # how long a "slow" image waits before answering (well past any test's deadline for it)
 TRICKLE_BYTES = 100    # a "trickle" image's body comes this many bytes at a time,
 TRICKLE_SECONDS = 0.2  # one piece every this many seconds
 REDIRECT_HOPS = 5      # a "redirects" / "slow_redirects" image is this many redirects away,
