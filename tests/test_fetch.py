@@ -894,6 +894,144 @@ def test_a_dr_shard_with_no_uid_to_join_by_fails_the_job_instead_of_writing_an_e
     assert image_requests(hub.taken()) == [] and not (opts_dir(tmp_path) / "00000000.tar").exists()
 
 
+# ---------------------------------------------------------------------------------------------
+# A DR shard that carries its own URL and caption (url.txt, txt: a DFNDR layout) needs no join
+
+
+def dr_tar_with_own_text(samples: list[Sample], base_url: str, captions: dict | None = None,
+                         urls: dict | None = None, meta=lambda s: {"uid": s.uid, "sha256": s.sha256}) -> bytes:
+    """DR samples that carry ``url.txt`` and ``txt`` (``captions``/``urls``: key -> member text, None
+    leaves the member out); ``meta(sample)`` is the ``json`` (None: no json member)."""
+    records = []
+    for s in samples:
+        record = shards.dr_record(s.key, s.uid, s.sha256, f"{base_url}/img/{s.uid}.jpg", ["a synthetic caption"],
+                                  [[[0, 0, 16, 16], [[0, 0.0]]]], np.zeros((1, 8)), np.zeros((2, 8)))
+        record["txt"] = (captions or {}).get(s.key, s.caption)
+        if urls and s.key in urls:
+            record["url.txt"] = urls[s.key]
+        for name in ("txt", "url.txt"):
+            if record[name] is None:
+                del record[name]
+        if meta(s) is None:
+            del record["json"]
+        else:
+            record["json"] = json.dumps(meta(s))
+        records.append(record)
+    return _tar_bytes(records)
+
+
+def publish_parquet(hub: FakeHub, samples: list[Sample], name: str = "0a1b2c.parquet") -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stream = io.BytesIO()
+    pq.write_table(pa.table({"uid": [s.uid for s in samples], "text": [s.caption for s in samples],
+                             "url": [f"{hub.base_url}/img/{s.uid}.jpg" for s in samples]}), stream)
+    hub.files[(DC_REPO, name)] = stream.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["shards", "parquet"])
+def test_a_dr_shard_whose_samples_carry_their_url_and_caption_is_fetched_without_reading_the_caption_source(
+        hub, toy_samples, tmp_path, layout):
+    """Every sample has url.txt and txt: the shard is fetched as it is (keys, captions, sha256 from its
+    own json), and the DataComp source, here one for other samples that the guard would refuse, is
+    never downloaded: neither its caption shard nor its parquet."""
+    from mobileclip_repro.samples import SkipCounter, assemble_dr_example, joined_samples
+
+    samples, others = toy_samples[0], toy_samples[1]
+    hub.files[(DR_REPO, "00000000.tar")] = dr_tar_with_own_text(samples, hub.base_url)
+    if layout == "shards":
+        hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(others, hub.base_url)
+    else:
+        publish_parquet(hub, others)
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    hub.images[f"{samples[2].uid}.jpg"] = b"not the recorded image"
+    opts = options(tmp_path, sha256_policy="strict")
+    manifest = fetch.fetch_group(["00000000"], opts)
+
+    entry = manifest["shards"][0]
+    assert manifest["layout"] == layout and entry["status"] == "ok" and entry["caption_source"] == "dr_shard"
+    assert "join_rate" not in entry and manifest["totals"]["shards_captioned_by_dr"] == 1
+    assert {name: entry[name] for name in fetch.COUNTERS} == {
+        "samples_listed": 8, "no_caption": 0, "no_url": 0, "urls_tried": 8, "images_fetched": 8,
+        "sha256_mismatch_dropped": 1, "sha256_mismatch_kept": 0, "samples_kept": 7}
+    assert entry["sha256_unchecked"] == 0
+    dc_downloads = [path for path in _hub_paths(hub.taken()) if path.startswith(f"/datasets/{DC_REPO}/")]
+    assert dc_downloads == []  # only the listing (layout auto) and the revision lookup touched the source
+    # the written keys are the DR tar's, so training pairs them key by key
+    counter = SkipCounter()
+    pairs = list(joined_samples(opts_dir(tmp_path) / "00000000.tar", opts.dr_dir / "00000000.tar", counter))
+    kept = [s for s in samples if s is not samples[2]]
+    assert [dc["__key__"] for dc, _ in pairs] == [s.key for s in kept]
+    for (datacomp, dr), sample in zip(pairs, kept):
+        assert datacomp["jpg"] == sample.jpg and json.loads(datacomp["json"])["uid"] == sample.uid
+        assert assemble_dr_example(datacomp, dr, lambda image, aug: image.size,
+                                   random.Random(0)).caption == sample.caption
+    assert counter.totals() == {"no_image": 1}
+
+
+def test_a_dr_shard_with_its_own_captions_and_no_json_is_fetched_unchecked_and_every_loss_counted(
+        hub, toy_samples, tmp_path):
+    """No json: no uid (written null) and no sha256 (kept unchecked, counted); a v2 list of captions
+    gives txt its first and the json all; an empty txt or url.txt is a counted loss, not a join."""
+    samples = toy_samples[0]
+    listed, empty_caption, empty_url = samples[1].key, samples[3].key, samples[5].key
+    hub.files[(DR_REPO, "00000000.tar")] = dr_tar_with_own_text(
+        samples, hub.base_url, captions={listed: json.dumps(["first caption", "second caption"]), empty_caption: " "},
+        urls={empty_url: ""}, meta=lambda s: None)
+    hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(samples, hub.base_url)  # never read
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    manifest = fetch.fetch_group(["00000000"], options(tmp_path, sha256_policy="strict"))
+
+    entry = manifest["shards"][0]
+    assert entry["caption_source"] == "dr_shard"
+    assert {name: entry[name] for name in fetch.COUNTERS} == {
+        "samples_listed": 8, "no_caption": 1, "no_url": 1, "urls_tried": 6, "images_fetched": 6,
+        "sha256_mismatch_dropped": 0, "sha256_mismatch_kept": 0, "samples_kept": 6}
+    assert entry["sha256_unchecked"] == 6 and manifest["totals"]["sha256_unchecked"] == 6
+    written = {raw["__key__"]: raw for raw in shards.iter_raw_samples(opts_dir(tmp_path) / "00000000.tar")}
+    assert sorted(written) == [s.key for s in samples if s.key not in (empty_caption, empty_url)]
+    assert written[listed]["txt"].decode() == "first caption"
+    assert json.loads(written[listed]["json"])["captions"] == ["first caption", "second caption"]
+    for s in samples:
+        if s.key in written and s.key != listed:
+            meta = json.loads(written[s.key]["json"])
+            assert written[s.key]["txt"].decode() == s.caption and meta["uid"] is None and "captions" not in meta
+    assert not any(path.startswith(f"/datasets/{DC_REPO}/") for path in _hub_paths(hub.taken()))
+
+
+@pytest.mark.parametrize("source", ["its pair", "other samples"])
+def test_a_shard_where_some_samples_carry_no_caption_joins_those_and_the_guard_judges_them(
+        hub, toy_samples, tmp_path, source):
+    """Samples 0-3 carry their own txt, 4-7 do not (7 has no uid either): the shard is joined, each
+    own caption kept, the rate taken over 4-7. With its pair's captions 3 of those 4 join (7 counted
+    no_caption); with a source for other samples none does, and the guard fails the job."""
+    samples = toy_samples[0]
+    no_uid = samples[7]
+    own = {s.key: (f"own caption {i}" if i < 4 else None) for i, s in enumerate(samples)}
+    hub.files[(DR_REPO, "00000000.tar")] = dr_tar_with_own_text(
+        samples, hub.base_url, captions=own,
+        meta=lambda s: {"sha256": s.sha256} if s is no_uid else {"uid": s.uid, "sha256": s.sha256})
+    captioned = samples if source == "its pair" else toy_samples[1]
+    hub.files[(DC_REPO, "00000000.tar")] = datacomp_caption_tar(captioned, hub.base_url)
+    for s in samples:
+        hub.images[f"{s.uid}.jpg"] = s.jpg
+    opts = options(tmp_path, min_join_rate=0.5)
+    if source == "other samples":
+        with pytest.raises(fetch.JoinRateTooLow, match=r"holds 0\.0% of the uids .* \(0 of 4\)"):
+            fetch.fetch_group(["00000000"], opts)
+        assert image_requests(hub.taken()) == [] and not (opts_dir(tmp_path) / "00000000.tar").exists()
+        return
+    entry = fetch.fetch_group(["00000000"], opts)["shards"][0]
+    assert entry["caption_source"] == "datacomp_repo" and entry["join_rate"] == 0.75
+    assert (entry["samples_listed"], entry["no_caption"], entry["samples_kept"]) == (8, 1, 7)
+    written = {raw["__key__"]: raw["txt"].decode()
+               for raw in shards.iter_raw_samples(opts_dir(tmp_path) / "00000000.tar")}
+    assert written == {s.key: (f"own caption {i}" if i < 4 else s.caption) for i, s in enumerate(samples[:7])}
+
+
 def test_fetch_options_from_the_workflow_command_line():
     """The rule passes a null revision as '' (the main branch) and YAML's bare `off` as False."""
     import argparse

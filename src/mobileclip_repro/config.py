@@ -291,6 +291,7 @@ def _derived(run: dict, where: str) -> dict:
     if global_batch % world_size:
         raise ConfigError(f"config key '{where}.global_batch_size': {global_batch} is not divisible by "
                           f"nodes x gpus_per_node = {world_size}")
+    accum_freq = accumulation(run, world_size, where)
     total_steps, remainder = divmod(run["seen_samples"], global_batch)
     if remainder:
         raise ConfigError(f"config key '{where}.seen_samples': {run['seen_samples']} is not a whole number of "
@@ -311,11 +312,35 @@ def _derived(run: dict, where: str) -> dict:
         raise ConfigError(f"config key '{where}.warmup_steps': {run['warmup_steps']} warm-up steps are more than "
                           f"the run's {total_steps} steps (seen_samples / global_batch_size)")
     derived = {"world_size": world_size, "per_gpu_batch_size": global_batch // world_size,
+               "accum_freq": accum_freq, "per_gpu_micro_batch_size": global_batch // (world_size * accum_freq),
                "total_steps": total_steps, "checkpoint_steps": steps}
     if run["checkpoint_spacing"] == "linear":
         derived["steps_per_checkpoint"] = steps[0]
         derived["samples_per_checkpoint"] = steps[0] * global_batch
     return derived
+
+
+def accumulation(run: dict, world_size: int, where: str) -> int:
+    """The run's micro-batches per optimizer step: ``accum_freq``, or under ``auto`` the smallest
+    count that splits each process's share of the batch evenly into at most ``max_per_gpu_batch`` rows."""
+    per_process = run["global_batch_size"] // world_size
+    cap = run.get("max_per_gpu_batch")
+    if run["accum_freq"] == "auto":
+        if cap is None:
+            raise ConfigError(f"config key '{where}.accum_freq': auto needs max_per_gpu_batch, the most rows "
+                              f"a GPU takes in one forward")
+        fits = [k for k in range(1, per_process + 1) if per_process % k == 0 and per_process // k <= cap]
+        return fits[0]  # k = per_process always fits: one row per micro-batch
+    accum_freq = run["accum_freq"]
+    if per_process % accum_freq:
+        raise ConfigError(f"config key '{where}.accum_freq': {accum_freq} micro-batches do not split a process's "
+                          f"{per_process} rows (global_batch_size {run['global_batch_size']} / "
+                          f"{world_size} processes) evenly")
+    if cap is not None and per_process // accum_freq > cap:
+        raise ConfigError(f"config key '{where}.max_per_gpu_batch': micro-batches of {per_process // accum_freq} rows "
+                          f"(global_batch_size {run['global_batch_size']} / {world_size} processes / accum_freq "
+                          f"{accum_freq}) exceed it; raise accum_freq or set it to auto")
+    return accum_freq
 
 
 def checkpoint_steps(total_steps: int, num_checkpoints: int, spacing: str, where: str = "run") -> list[int]:

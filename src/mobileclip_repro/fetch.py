@@ -26,6 +26,19 @@ What is on the hub, and so what this module reads
 ``--datacomp-layout auto`` (the default) lists the repo once and picks ``shards`` when it
 holds ``*.tar`` files and ``parquet`` when it holds ``*.parquet`` files.
 
+A DR shard whose every sample carries its own URL and web caption (``url.txt`` and ``txt``, the
+caption a string or, as MobileCLIP2's reader allows, a JSON list of strings) needs no caption
+source: chosen per shard (``carries_own_text``), it is fetched as it is, its DataComp shard or
+parquet rows never downloaded, and the join guard has nothing to check (its manifest says
+``caption_source: dr_shard``; otherwise ``datacomp_repo``). uid, sha256 and the original size
+come from its ``json`` when it has them; a sample without a uid is written with ``uid: null``, and
+an image with no recorded sha256 is kept unchecked and counted (``sha256_unchecked``). Of a
+list of captions, ``txt`` gets the first (the one ``text_emb[0]`` embeds) and the ``json`` all
+(``captions``). Apple's DFNDR cards do not say whether their shards carry ``txt``
+(docs/reference.md §9); the same config works either way. In any other shard, a sample that
+carries a caption of its own keeps it, and the others are joined by uid: a sample with neither
+is counted (``no_caption``), never passed over.
+
 Per shard id of the group: the DataCompDR tar is downloaded with ``hf_hub_download``
 (``HF_ENDPOINT``, ``HF_TOKEN`` and the other ``HF_*`` variables apply as in
 huggingface_hub), checked (``shards.is_readable_tar`` and every member's data inside the
@@ -92,15 +105,18 @@ the policy; its ``sha256`` is of the bytes stored, as for every sample.
 The join guard (``--min-join-rate``; ``data.hub.min_join_rate``, default 0.5): before any
 image of a shard is fetched, the fraction of the DataCompDR shard's uids that the DataComp
 source holds is checked; below it the job fails (JoinRateTooLow), naming both repos and the
-rate. A matching pair joins at about 100%, a source for other samples (DFN DR shards with
-DataComp-12M's captions) at about 0%, which would write nearly empty shards.
+rate (of the samples that need the source: those without a caption or URL of their own; one
+without a uid counts as not held, and a shard where none has a uid fails outright). A matching
+pair joins at about 100%, a source for other samples (DFN DR shards with DataComp-12M's
+captions) at about 0%, which would write nearly empty shards.
 
 Accounting, per shard (``<datacomp-dir>/<id>.tar.manifest.json``) and per group
 (``--manifest``, with the per-shard entries and totals): ``samples_listed`` =
 ``no_caption`` + ``no_url`` + ``urls_tried``; ``urls_tried`` = ``images_fetched`` + the
 ``failed`` counts by reason (FAILURE_REASONS); ``images_fetched`` = ``sha256_mismatch_dropped``
 + ``samples_kept``; ``sha256_mismatch_kept`` counts the kept samples the sha256 policy let
-through. The report totals the group manifests it is handed (``report --fetch-manifests``).
+through, ``sha256_unchecked`` those with no recorded sha256 to check. The report totals the
+group manifests it is handed (``report --fetch-manifests``).
 
 Resumable: every file gets its final name only once complete (``shards.atomic_output``);
 a rerun skips a shard whose DataComp tar, manifest (and DataCompDR tar) exist and read
@@ -230,11 +246,13 @@ class FetchOptions:
 class SourceSample:
     """One sample to build: where its image is and what it must hash to."""
     key: str
-    uid: str
+    uid: str | None                      # None: a DR sample whose json names none (written as null)
     url: str | None
-    sha256: str | None
+    sha256: str | None                   # None: nothing to check the image against (counted, sha256_unchecked)
     caption: str | None
     size: tuple[int, int] | None = None  # the recorded original (width, height), when the metadata has it
+    captions: tuple[str, ...] = ()       # every ground-truth caption a DR sample's own txt holds (v2: a JSON list)
+    carries: frozenset = frozenset()     # which of OWN_TEXT_MEMBERS the DR sample has (read_dr_index)
 
 
 @dataclass
@@ -248,6 +266,7 @@ class ShardCounts:
     sha256_mismatch_kept: int = 0     # mismatched, kept by the sha256 policy (also in samples_kept)
     samples_kept: int = 0
     failed: dict = field(default_factory=lambda: {reason: 0 for reason in FAILURE_REASONS})
+    sha256_unchecked: int = 0         # kept with no recorded sha256 to check (also in samples_kept; not a COUNTER)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,17 +318,20 @@ def download_checked_tar(repo_id: str, filename: str, local_dir: Path, revision:
 
 
 def _small_members(path: Path, wanted: tuple[str, ...]) -> dict[str, dict[str, bytes]]:
-    """``{key: {ext: bytes}}`` for members whose extension is in ``wanted``; other members are skipped unread."""
+    """``{key: {ext: bytes}}`` for members whose extension is in ``wanted``; other members are skipped unread,
+    but every sample (key) of the tar is listed, one with none of ``wanted`` as ``{}``."""
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
         for member in tar:
             if not member.isfile():
                 continue
             key_and_ext = shards.member_key(member.name)
-            if key_and_ext is None or key_and_ext[1] not in wanted:
+            if key_and_ext is None:
                 continue
             key, ext = key_and_ext
-            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            members = samples.setdefault(key, {})
+            if ext in wanted:
+                members[ext] = tar.extractfile(member).read()
     return samples
 
 
@@ -341,17 +363,52 @@ def _recorded_size(meta: dict) -> tuple[int, int] | None:
     return size if size[0] > 0 and size[1] > 0 else None
 
 
+OWN_TEXT_MEMBERS = frozenset({"url.txt", "txt"})  # a DR sample with both needs no caption/URL source
+
+
+def _own_captions(raw: bytes | None) -> tuple[str, ...]:
+    """The ground-truth caption(s) a DR sample's ``txt`` holds: one string, or (MobileCLIP2's reader:
+    ``texts = [texts] if not isinstance(texts, list)``) a JSON list of strings, kept in order since
+    caption c goes with row c of ``text_emb``. Empty: none (an empty or undecodable ``txt``)."""
+    text = _text(raw)
+    if text is None:
+        return ()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            return tuple(item.strip() for item in value)
+    return (text,)
+
+
 def read_dr_index(path: Path) -> list[SourceSample]:
-    """The DataCompDR samples of a shard (key, uid, URL, sha256), sorted by key; no caption yet."""
+    """Every sample of a DR shard, sorted by key: uid, sha256 and original size from its ``json`` when it
+    has them, its own URL (``url.txt``) and its own caption (``txt``) when it carries them; DataCompDR's
+    samples carry no ``txt``, so their caption comes from the DataComp source (``join_captions``)."""
     index = []
-    for key, members in _small_members(path, ("json", "url.txt")).items():
+    for key, members in _small_members(path, ("json", "url.txt", "txt")).items():
         meta = _meta(members.get("json"))
-        if "uid" not in meta:
-            continue  # not a DataCompDR sample; training would skip it as well
         sha = meta.get("sha256")
-        index.append(SourceSample(key, str(meta["uid"]), _text(members.get("url.txt")),
-                                  str(sha).lower() if sha else None, None, _recorded_size(meta)))
+        uid = meta.get("uid")
+        captions = _own_captions(members.get("txt"))
+        index.append(SourceSample(key, str(uid) if uid is not None else None, _text(members.get("url.txt")),
+                                  str(sha).lower() if sha else None, (captions[0] or None) if captions else None,
+                                  _recorded_size(meta), captions, OWN_TEXT_MEMBERS & frozenset(members)))
     return sorted(index, key=lambda sample: sample.key)
+
+
+def carries_own_text(dr_index: list[SourceSample]) -> bool:
+    """Whether every sample of a DR shard carries its own URL and caption (``url.txt`` and ``txt``): then
+    the shard is fetched as it is, with no caption source, no join and no join guard. One that carries
+    an empty one is a sample without URL or caption (counted), not a reason to join."""
+    return bool(dr_index) and all(sample.carries == OWN_TEXT_MEMBERS for sample in dr_index)
+
+
+def needs_source(sample: SourceSample) -> bool:
+    """Whether a DR sample needs the DataComp source: it has no caption or no URL of its own."""
+    return sample.caption is None or not sample.url
 
 
 def read_datacomp_index(path: Path) -> list[SourceSample]:
@@ -736,11 +793,14 @@ def datacomp_shard_index(shard_id: str, opts: FetchOptions) -> list[SourceSample
 
 def join_captions(dr_index: list[SourceSample], by_uid: dict[str, SourceSample]) -> list[SourceSample]:
     """DataCompDR samples with their DataComp caption (and the DataComp URL, sha256 and original size
-    when DR has none)."""
+    when DR has none). A DR sample's own caption (``txt``), when it carries one, is kept; one with
+    neither stays without caption (``no_caption``)."""
     joined = []
     for sample in dr_index:
-        source = by_uid.get(sample.uid)
-        joined.append(replace(sample, caption=source.caption if source else None,
+        source = by_uid.get(sample.uid) if sample.uid is not None else None
+        own = sample.caption is not None
+        joined.append(replace(sample, caption=sample.caption if own else (source.caption if source else None),
+                              captions=sample.captions if own else (),
                               url=sample.url or (source.url if source else None),
                               sha256=sample.sha256 or (source.sha256 if source else None),
                               size=sample.size or (source.size if source else None)))
@@ -748,23 +808,28 @@ def join_captions(dr_index: list[SourceSample], by_uid: dict[str, SourceSample])
 
 
 def check_join_rate(shard_id: str, dr_index: list[SourceSample], by_uid: dict, opts: FetchOptions) -> float:
-    """The fraction of the DataCompDR shard's uids that the caption/URL source holds; JoinRateTooLow
-    below ``opts.min_join_rate``, before a single image is asked for.
+    """The fraction of the DataCompDR shard's samples needing the caption/URL source (``needs_source``:
+    all of them in DataCompDR) whose uid the source holds; JoinRateTooLow below ``opts.min_join_rate``,
+    before a single image is asked for. A sample without a uid counts as not held.
 
     A real pair (DataComp-12M with DataCompDR-12M, datacomp_1b with DataCompDR-1B) joins at about
     100%; a source that describes other samples (DFN-2B's DR shards against DataComp-12M's
     captions) joins at about 0%, and would leave every shard nearly empty.
     """
-    if not dr_index:
-        # nothing to join by: a shard of another format (no json uid), which would come out empty
+    needing = [sample for sample in dr_index if needs_source(sample)]
+    if not any(sample.uid is not None for sample in needing):
+        # nothing to join by: a shard of another format (no json uid, no own txt), which would come out empty
+        what = (f"no sample with a json uid among its {len(needing)} of {len(dr_index)} samples that lack a caption "
+                "(txt) or URL (url.txt) of their own" if dr_index else "no sample with a json uid")
         raise JoinRateTooLow(
-            f"shard {shard_id}: {opts.dr_repo}'s tar holds no sample with a json uid, so nothing can be joined "
-            f"with {opts.datacomp_repo} by uid: is data.hub.dr_repo a DataCompDR-format repo?")
-    rate = sum(sample.uid in by_uid for sample in dr_index) / len(dr_index)
+            f"shard {shard_id}: {opts.dr_repo}'s tar holds {what}, so nothing can be joined with "
+            f"{opts.datacomp_repo} by uid: is data.hub.dr_repo a DataCompDR-format repo, or one whose samples "
+            "carry url.txt and txt?")
+    rate = sum(sample.uid in by_uid for sample in needing) / len(needing)
     if rate < opts.min_join_rate:
         raise JoinRateTooLow(
             f"shard {shard_id}: {opts.datacomp_repo} holds {rate:.1%} of the uids of {opts.dr_repo}'s shard "
-            f"({round(rate * len(dr_index))} of {len(dr_index)}), below data.hub.min_join_rate "
+            f"({round(rate * len(needing))} of {len(needing)}), below data.hub.min_join_rate "
             f"{opts.min_join_rate:g}: the two repos do not describe the same samples (a DFN DR set joined with "
             "DataComp captions?); point data.hub.datacomp_repo at the caption/URL source of data.hub.dr_repo")
     return rate
@@ -848,16 +913,20 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
                 counts.failed[reason] += 1
                 continue
             counts.images_fetched += 1
-            extra_meta = None
-            if sample.sha256 is not None and shards.sha256_hex(body) != sample.sha256:
+            extra_meta = {}
+            if sample.sha256 is None:
+                counts.sha256_unchecked += 1  # nothing recorded to check the bytes against
+            elif shards.sha256_hex(body) != sample.sha256:
                 if not keeps_mismatch(body, sample, opts.sha256_policy):
                     counts.sha256_mismatch_dropped += 1
                     continue
                 counts.sha256_mismatch_kept += 1
                 # the json's sha256 is of the stored bytes; the one the metadata recorded stays visible
                 extra_meta = {"recorded_sha256": sample.sha256, "sha256_policy": opts.sha256_policy}
+            if len(sample.captions) > 1:  # v2's several ground-truth captions: txt is the first (text_emb[0])
+                extra_meta["captions"] = list(sample.captions)
             writer.write(shards.datacomp_record(sample.key, body, sample.caption, sample.uid, sample.url,
-                                                extra_meta=extra_meta))
+                                                extra_meta=extra_meta or None))
             counts.samples_kept += 1
     return counts
 
@@ -884,12 +953,22 @@ def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | No
         if opts.dr_repo:
             dr_path = ensure_dr_shard(shard_id, opts)
             dr_index = read_dr_index(dr_path)
-            if captions is not None:
-                by_uid = {uid: SourceSample("", uid, None, None, text, size) for uid, (text, size) in captions.items()}
+            if carries_own_text(dr_index):
+                # every sample has its own url.txt and txt (a DFNDR layout): nothing to join, so the
+                # DataComp source is not read for this shard and the join guard has nothing to check
+                log.info("shard %s: every sample of %s's tar carries its own URL and caption; %s not read",
+                         shard_id, opts.dr_repo, opts.datacomp_repo)
+                entry["caption_source"] = "dr_shard"
+                samples = dr_index
             else:
-                by_uid = {sample.uid: sample for sample in datacomp_shard_index(shard_id, opts)}
-            entry["join_rate"] = round(check_join_rate(shard_id, dr_index, by_uid, opts), 4)
-            samples = join_captions(dr_index, by_uid)
+                if captions is not None:
+                    by_uid = {uid: SourceSample("", uid, None, None, text, size)
+                              for uid, (text, size) in captions.items()}
+                else:
+                    by_uid = {sample.uid: sample for sample in datacomp_shard_index(shard_id, opts)}
+                entry["caption_source"] = "datacomp_repo"
+                entry["join_rate"] = round(check_join_rate(shard_id, dr_index, by_uid, opts), 4)
+                samples = join_captions(dr_index, by_uid)
         else:
             samples = datacomp_shard_index(shard_id, opts)
         counts = build_shard(shard_id, samples, opts)
@@ -899,6 +978,7 @@ def fetch_shard(shard_id: str, opts: FetchOptions, captions: dict[str, str] | No
     elapsed = time.monotonic() - start
     entry.update(status="ok", datacomp_tar=str(datacomp_tar), dr_tar=str(dr_tar) if dr_tar else None,
                  **{name: getattr(counts, name) for name in COUNTERS}, failed=counts.failed,
+                 sha256_unchecked=counts.sha256_unchecked,
                  elapsed_s=round(elapsed, 3), images_per_s=round(counts.images_fetched / max(elapsed, 1e-9), 2))
     entry[shards.SHARD_FILES_KEY] = _shard_files(entry)
     shards.write_json_atomic(manifest_path, entry)
@@ -914,7 +994,9 @@ def _dr_uids_job(shard_id: str, opts: FetchOptions, log_level: int) -> tuple[str
     """Layout ``parquet``, first pass: the shard's DataCompDR tar installed, and its uids."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return shard_id, [sample.uid for sample in read_dr_index(ensure_dr_shard(shard_id, opts))], None
+        # only the samples without a caption/URL of their own are looked up (none in a shard that carries them)
+        return shard_id, [sample.uid for sample in read_dr_index(ensure_dr_shard(shard_id, opts))
+                          if sample.uid is not None and needs_source(sample)], None
     except ShardFailed as error:
         log.warning("shard %s failed: %s", shard_id, error)
         return shard_id, None, str(error)
@@ -936,6 +1018,8 @@ def _totals(entries: list[dict]) -> dict:
     totals = {name: sum(_counter(entry, name) for entry in ok) for name in COUNTERS}
     reasons = list(FAILURE_REASONS) + sorted({r for e in ok for r in e.get("failed", {})} - set(FAILURE_REASONS))
     totals["failed"] = {reason: sum(int(entry.get("failed", {}).get(reason, 0)) for entry in ok) for reason in reasons}
+    totals["sha256_unchecked"] = sum(int(entry.get("sha256_unchecked", 0)) for entry in ok)
+    totals["shards_captioned_by_dr"] = sum(entry.get("caption_source") == "dr_shard" for entry in ok)
     totals.update(shards=len(entries), shards_ok=len(ok), shards_failed=len(entries) - len(ok),
                   shards_resumed=sum(bool(entry.get("resumed")) for entry in entries))
     return totals
@@ -1057,7 +1141,10 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
             else:
                 uids_by_shard[shard_id] = uids
         wanted = {uid for uids in uids_by_shard.values() for uid in uids}
-        log.info("looking up %d uids in %s", len(wanted), opts.datacomp_repo)
+        if wanted:
+            log.info("looking up %d uids in %s", len(wanted), opts.datacomp_repo)
+        else:  # every shard carries its own captions and URLs, or has nothing to join by (the guard says so)
+            log.info("no sample of the group needs %s: its parquet is not downloaded", opts.datacomp_repo)
         found = parquet_metadata(_parquet_files(opts), wanted) if wanted else {}
         pending = [shard_id for shard_id in pending if shard_id in uids_by_shard]
         captions = {shard_id: {uid: found[uid] for uid in uids_by_shard[shard_id] if uid in found}

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -81,9 +82,18 @@ def _as_json(value):
 def spec_differences(stored: dict, spec: dict) -> dict[str, tuple]:
     """The keys whose values differ between a checkpoint's run spec and this job's, ``RESULT_NEUTRAL_KEYS``
     left out: {key: (checkpoint's value, job's value)}; a key one side lacks shows as None."""
-    stored, spec = _as_json(stored or {}), _as_json(spec)
+    stored, spec = _as_json(_with_later_keys(stored or {})), _as_json(spec)
     keys = (set(stored) | set(spec)) - set(RESULT_NEUTRAL_KEYS)
     return {key: (stored.get(key), spec.get(key)) for key in sorted(keys) if stored.get(key) != spec.get(key)}
+
+
+def _with_later_keys(stored: dict) -> dict:
+    """A spec stored before a key existed, with the value that key's default gives it (a run resumes
+    across the upgrade instead of restarting over a key it never set)."""
+    if not stored:
+        return stored
+    later = {"accum_freq": 1, "per_gpu_micro_batch_size": stored.get("per_gpu_batch_size")}
+    return {**later, **stored}
 
 
 def _describe_differences(differences: dict[str, tuple]) -> str:
@@ -514,6 +524,11 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
         log.warning("run asks for %d processes, launched with %d; the global batch stays %d",
                     spec["world_size"], world_size, spec["global_batch_size"])
     per_process_batch = spec["global_batch_size"] // world_size
+    accum_freq = spec.get("accum_freq", 1)
+    if per_process_batch % accum_freq:
+        raise config_lib.ConfigError(
+            f"config key 'accum_freq' of run '{spec['name']}': {accum_freq} micro-batches do not split the "
+            f"{per_process_batch} rows of each of the {world_size} processes this job was launched with")
     torch.manual_seed(spec["seed"] + rank)
     if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -526,6 +541,13 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     model, train_transform, _ = models.create_model_and_transforms(spec["model"], device=str(device), output_dict=True)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
+    if accum_freq > 1 and is_master:
+        log.info("gradient accumulation: %d micro-batches of %d rows per process and optimizer step",
+                 accum_freq, per_process_batch // accum_freq)
+        if _batch_norm_buffers(model):
+            log.warning("accum_freq %d with batch-norm layers in %s: they normalize each micro-batch by its own "
+                        "statistics, so the step is close to, not exactly, the whole batch's", accum_freq,
+                        spec["model"])
     training_model = model
     if world_size > 1:
         training_model = torch.nn.parallel.DistributedDataParallel(
@@ -581,6 +603,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                 "reinforcement": spec.get("reinforcement") if spec["dr"] else None,
                 "subset_size": spec.get("subset_size"),  # None: the whole data
                 "world_size": world_size, "device": str(device),
+                "accum_freq": accum_freq, "per_gpu_micro_batch_size": per_process_batch // accum_freq,
                 "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
                 "torch_threads": torch.get_num_threads()}
     flops_per_step = history.get("flops_per_step")  # counted by an earlier attempt, if any
@@ -748,14 +771,19 @@ def _stop_preempted(signum: int, step: int, world_size: int) -> None:
 
 def _rng_states(device: torch.device, world_size: int) -> list[dict]:
     """Every rank's torch generators, rank order (a collective with several ranks)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+    state = _rng_state(device)
     if world_size == 1:
         return [state]
     states = [None] * world_size
     torch.distributed.all_gather_object(states, state)
     return states
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
@@ -768,20 +796,22 @@ def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batc
                teachers: OnlineTeachers | None = None) -> dict:
     """One optimizer step as open_clip_train takes it (amp with GradScaler on CUDA, clipping, the
     temperature clamp); returns the losses. A non-finite loss stops the run. With ``teachers``
-    (online distillation) they embed the batch first, inside the step (and its FLOP count)."""
-    if teachers is not None:
-        batch = teachers.targets(batch)
+    (online distillation) they embed the batch first, inside the step (and its FLOP count).
+    With ``accum_freq`` k > 1 the batch goes through in k micro-batches (``accumulate_gradients``)
+    and the step is the same step; clipping, the scaler and the clamp still act once."""
     optimizer.zero_grad(set_to_none=True)
-    with autocast():
-        losses = _forward(training_model, model, loss_fn, batch, spec)
-        total = sum(losses.values())
-    if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
-    if scaler is not None:
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)
+    if spec.get("accum_freq", 1) > 1:
+        losses = accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch, spec, step, teachers)
     else:
-        total.backward()
+        if teachers is not None:
+            batch = teachers.targets(batch)
+        with autocast():
+            losses = _forward(training_model, model, loss_fn, batch, spec)
+            total = sum(losses.values())
+        _check_finite(losses, total, step)
+        _backward(total, scaler)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if spec["grad_clip_norm"]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip_norm"])
     if scaler is not None:
@@ -794,24 +824,137 @@ def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batc
     return losses
 
 
-def _forward(training_model, model, loss_fn, batch, spec: dict) -> dict:
-    if not spec["dr"]:
-        images, texts = batch
+def _check_finite(losses: dict, total: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite loss at step {step}: {({k: v.item() for k, v in losses.items()})}")
+
+
+def _backward(total: torch.Tensor, scaler) -> None:
+    (scaler.scale(total) if scaler is not None else total).backward()
+
+
+def split_batch(batch: list, parts: int) -> list[list]:
+    """``parts`` micro-batches of consecutive rows: tensors and caption lists alike."""
+    rows = len(batch[0])
+    if rows % parts:
+        raise ValueError(f"a batch of {rows} rows does not split into {parts} micro-batches (accum_freq)")
+    size = rows // parts
+    return [[column[i * size:(i + 1) * size] for column in batch] for i in range(parts)]
+
+
+def _batch_norm_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, saved copy) of every batch-norm running statistic, to undo the caching pass's update."""
+    return [(buffer, buffer.detach().clone()) for module in model.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer in module.buffers()]
+
+
+_SYNCED_BEFORE: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # DDP modules past their first step
+
+
+def accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch, spec: dict, step: int,
+                         teachers: OnlineTeachers | None = None) -> dict:
+    """The gradient of the whole batch's loss, in ``accum_freq`` micro-batches (open_clip's exact
+    accumulation): first every micro-batch's features without gradients (and, online, its teacher
+    embeddings: the teachers see each micro-batch once); then for each micro-batch j its features
+    again with gradients, the loss of the whole batch over j's fresh features and the others'
+    cached ones, and a backward. The contrastive and distillation terms compare whole-batch
+    similarity matrices, so the k backwards sum to exactly the whole batch's gradient, under DDP
+    too (every rank takes micro-batch j together; its gathers see j's fresh rows of every rank).
+    The learnable temperature enters the loss in every pass but keeps its gradient in one (the
+    last), or it would count k times. Each micro-batch replays the RNG state of its caching pass,
+    so a random layer draws the same both times. Only the last backward syncs DDP's gradients."""
+    parts = split_batch(batch, spec["accum_freq"])
+    if teachers is not None:
+        parts = [teachers.targets(part) for part in parts]
+    device = next(model.parameters()).device
+    saved_statistics = _batch_norm_buffers(model)
+    cached, rng_before = [], []
+    with autocast(), torch.no_grad():
+        for part in parts:
+            rng_before.append(_rng_state(device))
+            cached.append(_features(model, part, spec))
+    for buffer, saved in saved_statistics:  # batch norm's running statistics move once, in the passes below
+        buffer.copy_(saved)
+    rng_after = _rng_state(device)
+    targets = _concat_features([_teacher_targets(part, spec) for part in parts])
+    last = len(parts) - 1
+    reported = None
+    for j, part in enumerate(parts):
+        _set_rng_state(rng_before[j], device)
+        # DDP's static graph is recorded in a synced backward: a process's first step syncs every pass
+        syncs = j == last or not hasattr(training_model, "no_sync") or training_model not in _SYNCED_BEFORE
+        with (nullcontext() if syncs else training_model.no_sync()):
+            with autocast():
+                fresh = _features(training_model, part, spec)
+                features = _concat_features([fresh if i == j else cached[i] for i in range(len(parts))])
+                features["logit_scale"] = fresh["logit_scale"] if j == last else _without_gradient(fresh["logit_scale"])
+                losses = _loss(loss_fn, features, targets, spec)
+                total = sum(losses.values())
+            if reported is None:
+                _check_finite(losses, total, step)
+                reported = {name: value.detach() for name, value in losses.items()}
+            _backward(total, scaler)
+    _set_rng_state(rng_after, device)
+    if hasattr(training_model, "no_sync"):
+        _SYNCED_BEFORE.add(training_model)
+    return reported
+
+
+def _without_gradient(value: torch.Tensor) -> torch.Tensor:
+    """``value``, passing a zero gradient back: its parameter still takes part in the backward, as
+    DDP's static graph expects of every parameter in every backward."""
+    return value.detach() + value * 0
+
+
+def _concat_features(pieces: list[dict]) -> dict:
+    """Micro-batches' features as one batch (rows in batch order); the temperature of the first."""
+    return {name: (pieces[0][name] if name == "logit_scale" or pieces[0][name] is None
+                   else torch.cat([piece[name] for piece in pieces]))
+            for name in pieces[0]}
+
+
+def _features(training_model, batch, spec: dict) -> dict:
+    """The student's features of a batch: image, text (and synthetic-caption text) rows, temperature."""
+    images, texts = batch[0], batch[1]
+    if not spec["dr"] or not spec["distill"].get("synthetic_captions", True):
         out = training_model(images, texts)
-        return {"contrastive_loss": loss_fn(out["image_features"], out["text_features"], out["logit_scale"])}
-    images, texts, image_emb, text_emb, syn_texts, syn_emb = batch
+        return {"image_features": out["image_features"], "text_features": out["text_features"],
+                "syn_text_features": None, "logit_scale": out["logit_scale"]}
+    # One text-encoder pass over real + synthetic captions, as the reference does.
+    out = training_model(images, torch.cat([texts, batch[4]]))
+    text_features, syn_features = out["text_features"].chunk(2)
+    return {"image_features": out["image_features"], "text_features": text_features,
+            "syn_text_features": syn_features, "logit_scale": out["logit_scale"]}
+
+
+def _teacher_targets(batch, spec: dict) -> dict:
+    """The teachers' embeddings a DR batch carries (image, caption, synthetic caption), restricted to
+    the distilled members' columns; empty for a plain batch."""
+    if not spec["dr"]:
+        return {}
+    image_emb, text_emb, syn_emb = batch[2], batch[3], batch[5]
     columns = teacher_columns(spec["distill"])
     if columns is not None:  # distil from some members only: their slices of the stored embeddings
         index = torch.tensor(columns, device=image_emb.device)
         image_emb, text_emb, syn_emb = image_emb[:, index], text_emb[:, index], syn_emb[:, index]
-    if not spec["distill"].get("synthetic_captions", True):
-        out = training_model(images, texts)
-        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], image_emb, text_emb)
-    # One text-encoder pass over real + synthetic captions, as the reference does.
-    out = training_model(images, torch.cat([texts, syn_texts]))
-    text_features, syn_features = out["text_features"].chunk(2)
-    return loss_fn(out["image_features"], text_features, out["logit_scale"], image_emb, text_emb,
-                   syn_features, syn_emb)
+    return {"image_emb": image_emb, "text_emb": text_emb, "syn_emb": syn_emb}
+
+
+def _loss(loss_fn, features: dict, targets: dict, spec: dict) -> dict:
+    if not spec["dr"]:
+        return {"contrastive_loss": loss_fn(features["image_features"], features["text_features"],
+                                            features["logit_scale"])}
+    if features["syn_text_features"] is None:
+        return loss_fn(features["image_features"], features["text_features"], features["logit_scale"],
+                       targets["image_emb"], targets["text_emb"])
+    return loss_fn(features["image_features"], features["text_features"], features["logit_scale"],
+                   targets["image_emb"], targets["text_emb"], features["syn_text_features"], targets["syn_emb"])
+
+
+def _forward(training_model, model, loss_fn, batch, spec: dict) -> dict:
+    """The losses of one batch in one pass (no accumulation)."""
+    return _loss(loss_fn, _features(training_model, batch, spec), _teacher_targets(batch, spec), spec)
 
 
 def _save_checkpoint(out_dir, epoch, spec, stamp, model, optimizer, scaler, step, seen, history,
