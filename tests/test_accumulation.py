@@ -180,6 +180,25 @@ def test_accumulation_that_does_not_divide_names_the_key():
         load({"accum_freq": "auto"})
 
 
+REPO = Path(__file__).resolve().parents[1]
+# what differs between Apple's 32-GPU s30m runs and the same runs on fewer GPUs
+PLACEMENT = {"name", "nodes", "gpus_per_node", "world_size", "per_gpu_batch_size", "accum_freq", "max_per_gpu_batch",
+             "per_gpu_micro_batch_size", "resume", "results_dir", "datacomp_dir", "dr_dir", "config_name"}
+
+
+@pytest.mark.parametrize("gpus, accum_freq", [(8, 4), (4, 8)])
+def test_the_fewer_gpu_configs_are_apples_s30m_runs_in_micro_batches_of_256(gpus, accum_freq):
+    fewer = config.load_config(REPO / "configs" / "paper" / f"s30m-{gpus}gpu.yaml")
+    for data, original in (("dr", "datacompdr12m"), ("plain", "datacomp12m")):
+        apple = config.load_config(REPO / "configs" / "paper" / f"{original}.yaml")
+        expected = config.resolve_run(apple, f"{original}_s30m")
+        got = config.resolve_run(fewer, f"{original}_s30m_{gpus}gpu")
+        assert (got["world_size"], got["accum_freq"], got["per_gpu_micro_batch_size"]) == (gpus, accum_freq, 256)
+        assert got["global_batch_size"] == expected["global_batch_size"] == 8192
+        differing = {key for key in set(got) | set(expected) if got.get(key) != expected.get(key)}
+        assert differing <= PLACEMENT, {key: (expected.get(key), got.get(key)) for key in differing - PLACEMENT}
+
+
 def test_a_checkpoint_from_before_accumulation_resumes_as_accum_freq_1():
     spec = load({})
     stored = {k: v for k, v in spec.items() if k not in ("accum_freq", "per_gpu_micro_batch_size")}

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 PAPER_CONFIGS = ["datacompdr1b", "datacompdr12m", "datacomp12m", "dfndr12m", "dfndr2b", "dfndr12m-generate",
-                 "ablation-12m", "datacompdr12m-online", "subsets-1b"]
+                 "ablation-12m", "datacompdr12m-online", "subsets-1b", "s30m-8gpu", "s30m-4gpu"]
 
 
 def snakemake(snakemake_cmd, repo_root, *args, timeout=600):
@@ -36,8 +36,10 @@ def test_paper_config_plans_through_the_slurm_profile(snakemake_cmd, repo_root, 
     assert result.returncode == 0, result.stderr[-3000:]
     # the train job asks SLURM for the run's nodes and GPUs
     config_nodes = {"datacompdr1b": 16, "datacompdr12m": 4, "datacomp12m": 1, "dfndr12m": 4, "dfndr2b": 16,
-                    "dfndr12m-generate": 4, "ablation-12m": 4, "datacompdr12m-online": 4, "subsets-1b": 4}[name]
-    assert f"nodes={config_nodes}" in result.stdout and "gres=gpu:8" in result.stdout
+                    "dfndr12m-generate": 4, "ablation-12m": 4, "datacompdr12m-online": 4, "subsets-1b": 4, "s30m-8gpu": 1,
+                    "s30m-4gpu": 1}[name]
+    gpus = 4 if name == "s30m-4gpu" else 8
+    assert f"nodes={config_nodes}" in result.stdout and f"gres=gpu:{gpus}" in result.stdout
 
 
 def test_the_datacomp_suite_overlay_plans_all_38_tasks_for_a_paper_config(snakemake_cmd, repo_root):

@@ -562,6 +562,11 @@ def load_run_spec(text: str) -> dict:
     return spec
 
 
+def _in_micro_batches(spec: dict) -> str:
+    accum_freq = spec.get("accum_freq", 1)
+    return f" in {accum_freq} micro-batches of {spec['per_gpu_micro_batch_size']}" if accum_freq > 1 else ""
+
+
 def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = None) -> Path:
     """A training job's folder: ``runs/<run>/seed_<seed>`` (``teachers/<stem>`` for a teacher)."""
     results = Path(config["results_dir"])
@@ -591,7 +596,8 @@ def command(args) -> int:
     else:
         for spec in specs:
             print(f"{spec['name']} seed {spec['seed']}: {spec['model']} data={spec['data']} world={spec['world_size']} "
-                  f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc) "
+                  f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc"
+                  f"{_in_micro_batches(spec)}) "
                   f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints at steps {spec['checkpoint_steps']}")
         if args.cost:
             from mobileclip_repro import cost

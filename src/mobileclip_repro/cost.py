@@ -402,6 +402,14 @@ def captioner_flops_per_image(model_name: str, captions: int, tokens: int = CAPT
     return image_flops + decoding
 
 
+def run_accumulation(run: dict, name: str) -> int:
+    """A config's run's micro-batches per step (``accum_freq``, ``auto`` resolved)."""
+    from mobileclip_repro.config import accumulation
+
+    world_size = run.get("nodes", 1) * max(run.get("gpus_per_node", 1), 1)
+    return accumulation({"accum_freq": 1, **run}, world_size, f"runs.{name}")
+
+
 def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
     """FLOPs per seen sample of plain, DR and online-distillation training for each run of
     ``config``, the one-time reinforcement FLOPs of its dataset, and GPU-hours at ``mfu``."""
@@ -429,12 +437,17 @@ def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
     for name, run in config["runs"].items():
         student = meta_model(run["model"])
         plain, dr = training_flops_per_sample(student, 1), training_flops_per_sample(student, 2)
-        # online: the teachers on a fresh augmentation and both captions each step, captions from syn.json;
-        # online + captioning: one fresh synthetic caption per seen sample too
+        accum_freq = run_accumulation(run, name)
+        if accum_freq > 1:  # exact accumulation forwards every micro-batch once more, without gradients
+            plain += forward_flops(student, images=1, texts=1)
+            dr += forward_flops(student, images=1, texts=2)
+        # online: the teachers on a fresh augmentation and both captions each step, captions from syn.json
+        # (once per micro-batch under accumulation); online + captioning: one fresh synthetic caption per seen sample too
         arms = {"plain": plain, "DR": dr, "online": dr + teacher_online,
                 "online + captioning": dr + teacher_online + one_caption}
         epoch = 12.8e6  # the paper's epoch-time table is per DataComp-12M epoch, on 8 GPUs
-        runs[name] = {"model": run["model"], "seen_samples": run["seen_samples"], "flops_per_sample": arms,
+        runs[name] = {"model": run["model"], "seen_samples": run["seen_samples"], "accum_freq": accum_freq,
+                      "flops_per_sample": arms,
                       "ratios": {"DR/plain": dr / plain, "online/DR": arms["online"] / dr},
                       "epoch_hours_8_gpus": {gpu: {arm: epoch * flops / (8 * peak * mfu) / 3600
                                                    for arm, flops in arms.items()}
@@ -461,7 +474,9 @@ def describe_projection(projection: dict) -> str:
     paper = projection["paper_epoch_hours_8xA100"]
     for name, run in projection["runs"].items():
         flops = run["flops_per_sample"]
-        lines.append(f"{name} ({run['model']}): training GFLOPs per seen sample: plain {flops['plain'] / 1e9:.1f}, "
+        accumulating = f", accum_freq {run['accum_freq']} (one more forward)" if run.get("accum_freq", 1) > 1 else ""
+        lines.append(f"{name} ({run['model']}{accumulating}): training GFLOPs per seen sample: "
+                     f"plain {flops['plain'] / 1e9:.1f}, "
                      f"DR {flops['DR'] / 1e9:.1f} (x{run['ratios']['DR/plain']:.2f}), online distillation "
                      f"{flops['online'] / 1e9:.1f} (x{run['ratios']['online/DR']:.2f} of DR), online with a fresh "
                      f"caption {flops['online + captioning'] / 1e9:.1f}")
