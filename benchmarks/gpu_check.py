@@ -1,4 +1,4 @@
-"""GPU figures in one run (issue 14): DR vs plain training step, MFU, teacher throughput, the smoke DAG on CUDA.
+"""GPU figures in one run (issue 14): DR vs plain training step, MFU, gradient accumulation, teacher throughput, the smoke DAG on CUDA.
 
 Prints one table and writes it, with every measurement behind it, as JSON (``--json``;
 rewritten after each part, so a run cut short still leaves the parts it finished).
@@ -50,7 +50,23 @@ same code paths with tiny shapes on the CPU in well under a minute (``tests/test
    a measured matmul rate, labelled as such. Target >= 40 %, for the DR and plain step
    through the data pipeline; the compute-only MFU says what is lost to the loader.
 
-3. **Teacher throughput** for reinforcement: two ``--teacher-model`` (ViT-L-14, random
+3. **Gradient accumulation** (``accum_freq``) at the paper's shapes: the first model's DR step
+   (ViT-B-16; the DR run's spec as in part 1) through ``train.train_step`` on one batch of the
+   DR loader already on the device, in three arms: ``--batch-size`` rows in one pass (256: the
+   recipes' per-GPU batch), ``--accum-freq`` x that many rows in ``--accum-freq`` micro-batches
+   of ``--batch-size`` (1,024 rows in 4 x 256: what 8 GPUs run for the recipes' global batch,
+   ``configs/paper/s30m-8gpu.yaml``), and those rows in one pass (what 8 GPUs need without
+   accumulation). Each arm builds its own model and optimizer, takes 2 warm-up steps, then
+   ``--compute-steps`` timed steps (synchronised). Reported: samples/s of each arm, the time
+   per seen sample of the accumulated step over each of the others, the FLOPs per seen sample
+   of each step as the trainer counts them (``cost.count_flops`` over ``train.train_step``:
+   with checkpointing on, recomputation included), and on CUDA the peak memory of each arm's
+   timed steps (``torch.cuda.max_memory_allocated``: weights, optimizer state, activations).
+   An arm that runs out of memory is reported as such; the others stand.
+   ``benchmarks/accumulation.py`` prints the CPU counterpart and the activation memory the
+   micro-batches save at these shapes, counted on the meta device.
+
+4. **Teacher throughput** for reinforcement: two ``--teacher-model`` (ViT-L-14, random
    init via ``TeacherEnsemble(..., [None, None])``), bf16 autocast on CUDA
    (``reinforce.autocast_dtype``), DataLoader workers (``reinforce.resolve_workers``), the
    real ``reinforce.Reinforcer.reinforce_shard`` on a shard made by
@@ -61,7 +77,7 @@ same code paths with tiny shapes on the CPU in well under a minute (``tests/test
    wall time, worker start-up included), the teacher-forward share of it (target >= 90 %),
    and GPU-hours for 12.8M images x 30 views and 1.28B images x 10 views at those rates.
 
-4. **The smoke toy DAG on CUDA**: ``snakemake`` with ``configs/toy-smoke.yaml`` plus an
+5. **The smoke toy DAG on CUDA**: ``snakemake`` with ``configs/toy-smoke.yaml`` plus an
    overlay written to a temporary file (``results_dir`` in a temporary directory,
    ``gpus_per_node: 1`` for every run and teacher, ``evaluation.device: auto``), first
    validated by the project's config loader. On CUDA it runs end to end (``--dag-cores``,
@@ -76,17 +92,18 @@ same code paths with tiny shapes on the CPU in well under a minute (``tests/test
 ``--smoke``: toy-student and toy-teacher students at batch 8 (gradient checkpointing off,
 which costs a 3M-parameter model a second a step on 2 cores), 2 workers, 3 timed steps, 16
 images in 2 shards with 3 augmentations; toy-teacher teachers with ``configs/reinforce/
-toy.json`` on 4 images x 2 and 1 views; the DAG as a dry run; peak measured. About 35 s
+toy.json`` on 4 images x 2 and 1 views; accumulation on toy-student (8 rows, 4 x 8, 32); the DAG as a
+dry run; peak measured. About 35 s
 of CPU time (imports included). Its figures exercise the code; they measure nothing of interest.
 
 Run (exits 0 whatever the figures; 1 if a part failed, its error in the JSON):
 
     benchmarks/gpu_check.sh [options]                        # -> $OUT or results/gpu_check/
-    .venv/bin/python benchmarks/gpu_check.py [--smoke] [--json PATH] [--parts train,mfu,teachers,dag]
+    .venv/bin/python benchmarks/gpu_check.py [--smoke] [--json PATH] [--parts train,mfu,accum,teachers,dag]
         [--device auto] [--models ViT-B-16,MobileCLIP-B] [--batch-size 256] [--workers auto]
         [--steps 30] [--compute-steps 10] [--warmup-steps 5] [--max-warmup-steps auto]
         [--precision config|amp|amp_bf16|fp32] [--grad-checkpointing config|on|off]
-        [--images 1024] [--shards 16] [--num-augs 30] [--peak-tflops X]
+        [--images 1024] [--shards 16] [--num-augs 30] [--peak-tflops X] [--accum-freq 4]
         [--teacher-model ViT-L-14] [--teacher-images 512] [--teacher-image-side 512] [--views 30,10]
         [--teacher-batch-size 256] [--teacher-workers auto] [--dag auto|run|dry-run|skip]
         [--dag-cores N] [--dag-timeout 300] [--keep-data DIR] [--seed 0]
@@ -115,7 +132,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "mobileclip_repro/gpu-check/1"
-PARTS = ("train", "mfu", "teachers", "dag")
+PARTS = ("train", "mfu", "accum", "teachers", "dag")
 TARGET_DR_OVER_PLAIN = 1.05
 TARGET_MFU = 0.40
 TARGET_TEACHER_SHARE = 0.90
@@ -223,7 +240,7 @@ def make_data(root: Path, args, parts: set[str], member_dims: list[int]) -> dict
 
     info: dict = {}
     tasks = []
-    if parts & {"train", "mfu"}:
+    if parts & {"train", "mfu", "accum"}:
         rng = np.random.default_rng(args.seed)
         # The smoke run's images need no sensor noise; the tiles cost seconds to make.
         _NOISE_TILES = ([np.zeros((2048, 2048, 3), np.int16)] if args.smoke else web.make_noise_tiles(rng))
@@ -273,8 +290,9 @@ def make_data(root: Path, args, parts: set[str], member_dims: list[int]) -> dict
 
 # -- part 1 and 2: the training step ----------------------------------------------------------
 
-def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: Path) -> dict:
-    """A paper run's spec (DR: datacompdr12m, plain: datacomp12m) through the project's config loader."""
+def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: Path, **overrides) -> dict:
+    """A paper run's spec (DR: datacompdr12m, plain: datacomp12m) through the project's config loader;
+    ``overrides``: run keys set last (accumulation: global_batch_size, seen_samples, accum_freq)."""
     import yaml
 
     from mobileclip_repro import config as config_lib
@@ -290,6 +308,7 @@ def run_spec(data: str, model: str, args, device, data_info: dict, results_dir: 
         run["precision"] = args.precision
     if args.grad_checkpointing != "config":
         run["grad_checkpointing"] = args.grad_checkpointing == "on"
+    run.update(overrides)
     raw["results_dir"] = str(results_dir)
     raw["data"]["datacomp_dir"] = str(data_info["datacomp_dir"])
     raw["data"]["dr_dir"] = str(data_info["dr_dir"])
@@ -513,6 +532,114 @@ def part_train(args, device, data_info: dict, tmp: Path, parts: set[str]) -> dic
                 "max_warmup_steps": args.max_warmup_steps, "data": data_info.get("train"),
                 "specs_from": ["configs/paper/datacompdr12m.yaml", "configs/paper/datacomp12m.yaml"]}
     return {"settings": settings, "runs": runs, "errors": errors}
+
+
+# -- part 3: gradient accumulation --------------------------------------------------------------
+
+def accumulation_arms(args) -> list[tuple[str, int, int]]:
+    """(name, accum_freq, rows per step): the per-GPU batch in one pass, accum_freq times it in
+    micro-batches of the per-GPU batch, and those rows in one pass."""
+    b, k = args.batch_size, args.accum_freq
+    return [(f"1x{b}", 1, b), (f"{k}x{b}", k, k * b), (f"1x{k * b}", 1, k * b)]
+
+
+def measure_accumulation_arm(spec: dict, batch: list, args, device) -> dict:
+    """The trainer's step (``train.train_step``) on one device-resident batch: samples/s, FLOPs per
+    sample as the trainer counts them, and on CUDA the peak memory of the timed steps."""
+    import torch
+
+    from mobileclip_repro import cost, models, train
+
+    cuda = device.type == "cuda"
+    rows = spec["per_gpu_batch_size"]
+    batch = [t[:rows] for t in batch]
+    torch.manual_seed(spec["seed"])
+    model = models.create_model_and_transforms(spec["model"], device=str(device), output_dict=True)[0]
+    model.set_grad_checkpointing(spec["grad_checkpointing"])
+    model.train()
+    optimizer = torch.optim.AdamW(train.weight_decay_groups(model, spec["weight_decay"]), lr=spec["lr"],
+                                  betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"])
+    scaler = torch.amp.GradScaler("cuda") if spec["precision"] == "amp" and cuda else None
+    autocast = train.autocast_for(spec["precision"], device)
+    loss_fn = train.build_loss(spec, 0, 1)
+
+    def step() -> None:
+        train.train_step(model, model, optimizer, scaler, autocast, loss_fn, batch, spec, 0)
+
+    try:
+        for _ in range(2):  # warm-up: AdamW's state, the allocator's pools, kernels picked
+            step()
+        _sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(args.compute_steps):
+            step()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        result = {"accum_freq": spec["accum_freq"], "rows_per_step": rows,
+                  "micro_batch": spec["per_gpu_micro_batch_size"], "steps": args.compute_steps,
+                  "step_seconds": seconds / args.compute_steps,
+                  "samples_per_second": args.compute_steps * rows / seconds,
+                  "grad_checkpointing": spec["grad_checkpointing"], "grad_scaler": scaler is not None}
+        if cuda:
+            result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["flops_per_sample"] = cost.count_flops(step)[1] / rows
+        return result
+    except torch.cuda.OutOfMemoryError as error:  # this arm does not fit: the others stand
+        return {"accum_freq": spec["accum_freq"], "rows_per_step": rows, "out_of_memory": str(error).splitlines()[0]}
+    finally:
+        del model, optimizer, batch
+        _free(device)
+
+
+def part_accum(args, device, data_info: dict, tmp: Path) -> dict:
+    """The first model's DR step with and without accumulation (``accumulation_arms``), on one batch
+    of the DR loader (the trainer's dataset over the generated shards) moved to the device."""
+    import torch
+
+    from mobileclip_repro import models, train
+    from mobileclip_repro.samples import SkipCounter
+
+    model_name = args.models[0]
+    arms = accumulation_arms(args)
+    specs = {name: run_spec("dr", model_name, args, device, data_info, tmp / "accum_results",
+                            global_batch_size=rows, seen_samples=rows, accum_freq=accum_freq)
+             for name, accum_freq, rows in arms}
+    rows = max(r for _, _, r in arms)
+    spec = specs[arms[1][0]]
+    model, train_transform, _ = models.create_model_and_transforms(model_name, output_dict=True)  # its transforms
+    counter = SkipCounter()
+    dataset = train.build_dataset(spec, model, train_transform, models.get_tokenizer(model_name), counter,
+                                  stream_seed=spec["seed"])
+    # batches of the per-GPU batch, so the workers make them side by side; the arms take their rows of them
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=spec["workers"]))
+    pieces = [next(loader) for _ in range(rows // args.batch_size)]
+    batch = [torch.cat(column).to(device) for column in zip(*pieces)]
+    del loader, pieces, dataset, model
+    if counter.totals():
+        raise RuntimeError(f"the generated data had skipped samples {counter.totals()}")
+    runs = {}
+    for name, _, _ in arms:
+        runs[name] = measure_accumulation_arm(specs[name], batch, args, device)
+        r = runs[name]
+        print(f"  {model_name} DR {name} rows: " + (f"out of memory ({r['out_of_memory']})" if "out_of_memory" in r else
+              f"{r['samples_per_second']:.1f} samples/s, {r['flops_per_sample'] / 1e9:.2f} GFLOP/sample"
+              + (f", peak {r['max_memory_gib']:.2f} GiB" if "max_memory_gib" in r else "")), flush=True)
+    del batch
+    small, accumulated, large = (runs[name] for name, _, _ in arms)
+    ratios = {}
+    for name, other in ((arms[0][0], small), (arms[2][0], large)):
+        if "out_of_memory" in other or "out_of_memory" in accumulated:
+            continue
+        ratios[name] = {"time_per_sample": other["samples_per_second"] / accumulated["samples_per_second"],
+                        "flops_per_sample": accumulated["flops_per_sample"] / other["flops_per_sample"]}
+        if "max_memory_gib" in other:
+            ratios[name]["max_memory"] = accumulated["max_memory_gib"] / other["max_memory_gib"]
+    return {"model": model_name, "data": "dr", "accumulated": arms[1][0], "arms": [name for name, _, _ in arms],
+            "precision": spec["precision"], "autocast": _autocast_name(spec["precision"], device),
+            "timing": "compute only: one batch on the device, synchronised steps after 2 warm-up steps",
+            "runs": runs, "accumulated_over": ratios}
 
 
 def _free(device) -> None:
@@ -758,20 +885,39 @@ def table_rows(payload: dict) -> list[dict]:
             row("2 MFU", f"{mfu['model']} {label} step: MFU (peak {mfu['peak_tflops']:.3g} TFLOP/s)",
                 mfu["mfu"][data], "share", f">= {100 * TARGET_MFU:.0f}%", mfu["mfu"][data] >= TARGET_MFU)
             row("2 MFU", f"{mfu['model']} {label} step: MFU, compute only", mfu["mfu_compute_only"][data], "share")
+    accum = payload.get("accum")
+    if isinstance(accum, dict) and "runs" in accum:
+        model, accumulated = accum["model"], accum["accumulated"]
+        for name in accum["arms"]:
+            r = accum["runs"][name]
+            if "out_of_memory" in r:
+                continue
+            label = f"{model} DR, {r['rows_per_step']} rows in {r['accum_freq']} x {r['micro_batch']}"
+            row("3 accum", f"{label}: samples/s, compute only", r["samples_per_second"], "samples/s")
+            row("3 accum", f"{label}: GFLOPs per sample (the trainer's count)", r["flops_per_sample"] / 1e9,
+                "GFLOP")
+            if "max_memory_gib" in r:
+                row("3 accum", f"{label}: peak CUDA memory", r["max_memory_gib"], "GiB")
+        for name, ratio in accum["accumulated_over"].items():
+            row("3 accum", f"{model} DR: {accumulated} / {name} time per seen sample", ratio["time_per_sample"], "x")
+            row("3 accum", f"{model} DR: {accumulated} / {name} FLOPs per seen sample", ratio["flops_per_sample"],
+                "x")
+            if "max_memory" in ratio:
+                row("3 accum", f"{model} DR: {accumulated} / {name} peak CUDA memory", ratio["max_memory"], "x")
     teachers = payload.get("teachers")
     if isinstance(teachers, dict) and "by_views" in teachers:
         for views, r in teachers["by_views"].items():
-            row("3 teachers", f"2 x {teachers['model']}, {views} views: images/s per GPU", r["images_per_second"],
+            row("4 teachers", f"2 x {teachers['model']}, {views} views: images/s per GPU", r["images_per_second"],
                 "images/s")
-            row("3 teachers", f"2 x {teachers['model']}, {views} views: teacher share of wall time",
+            row("4 teachers", f"2 x {teachers['model']}, {views} views: teacher share of wall time",
                 r["teacher_share"], "share", f">= {100 * TARGET_TEACHER_SHARE:.0f}%",
                 r["teacher_share"] >= TARGET_TEACHER_SHARE)
         for name, r in teachers["gpu_hours"].items():
-            row("3 teachers", f"GPU-hours to reinforce {name} ({r['images'] / 1e6:,.1f}M images x "
+            row("4 teachers", f"GPU-hours to reinforce {name} ({r['images'] / 1e6:,.1f}M images x "
                 f"{r['views_measured']} views)", r["gpu_hours"], "GPU-h")
     dag = payload.get("dag")
     if isinstance(dag, dict) and dag.get("ok"):
-        row("4 DAG", f"smoke toy DAG, {dag['mode']} ({dag['jobs']} jobs, {len(dag['checks'])} checks passed)",
+        row("5 DAG", f"smoke toy DAG, {dag['mode']} ({dag['jobs']} jobs, {len(dag['checks'])} checks passed)",
             dag["seconds"], "s")
     return rows
 
@@ -787,6 +933,8 @@ def format_value(value: float, unit: str) -> str:
         return f"{value:,.1f} GPU-h"
     if unit == "s":
         return f"{value:.1f} s"
+    if unit == "GiB":
+        return f"{value:.2f} GiB"
     return f"{value:,.1f} {unit}"
 
 
@@ -851,6 +999,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, help="training shards (default 16)")
     parser.add_argument("--num-augs", type=int, help="param_aug entries per DR image (default 30)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for the MFU (default: by GPU name)")
+    parser.add_argument("--accum-freq", type=int, default=4,
+                        help="micro-batches of --batch-size rows in the accumulation part's accumulated arm (default 4)")
     parser.add_argument("--teacher-model", help="architecture of both teachers (default ViT-L-14)")
     parser.add_argument("--teacher-images", type=int, help="images in the teacher shard (default 512)")
     parser.add_argument("--teacher-image-side", type=int, help="short side of those JPEGs (default 512)")
@@ -882,6 +1032,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.parts = parts
     if len(args.views) != len(DATASETS) or min(args.views) < 1:
         parser.error("--views takes two positive counts: for DataCompDR-12M, then for DataCompDR-1B")
+    if args.accum_freq < 2:
+        parser.error("--accum-freq takes 2 or more micro-batches")
     if not args.models or args.batch_size < FLOP_ROWS or args.steps < 1 or args.compute_steps < 1:
         parser.error(f"need --models, --batch-size >= {FLOP_ROWS}, --steps >= 1 and --compute-steps >= 1")
     if args.images < args.shards or args.shards < 1:
@@ -947,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
             payload["errors"]["mfu"] = "no training figures (the train part failed)"
         elif train_result is not None:
             attempt("mfu", lambda: part_mfu(args, device, train_result))
+        attempt("accum", lambda: part_accum(args, device, data_info, root))
         attempt("teachers", lambda: part_teachers(args, device, data_info, root))
         attempt("dag", lambda: part_dag(args, device, root))
         payload["finished"] = True

@@ -215,6 +215,7 @@ def _ddp_worker(rank: int, world_size: int, rendezvous: str, kind: str, accum_fr
                                          world_size=world_size)
     try:
         model = student()
+        model.set_grad_checkpointing(static_graph)  # the recipes: checkpointing under DDP's static graph
         spec = loss_spec(kind, accum_freq, local_loss=True, gather_with_grad=True)
         training_model = torch.nn.parallel.DistributedDataParallel(model, static_graph=static_graph)
         whole = make_batch(kind, rows=ROWS * world_size)

@@ -597,20 +597,58 @@ def test_while_the_head_url_stalls_the_pool_keeps_starting_urls(tmp_path, monkey
     assert len(started_during_stall) == 199
 
 
-def _fresh_session():
-    fetch._local.__dict__.pop("session", None)  # one per thread, made on first use
-    return fetch._session()
+def _fresh_client():
+    fetch._local.__dict__.pop("client", None)  # one per thread, made on first use
+    return fetch._client()
 
 
-def test_the_environment_is_read_once_for_a_session_when_it_names_no_proxy(monkeypatch):
+def test_the_environment_is_read_once_for_a_threads_client(monkeypatch):
+    """Proxies and the CA bundle are read when a thread's client is made, not for every URL (requests'
+    per-URL proxy and .netrc lookups were a fifth of a URL's client CPU); a no_proxy alone is no proxy."""
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "example.org")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/site-ca.pem")
-    session = _fresh_session()
-    assert session.trust_env is False and session.verify == "/etc/ssl/site-ca.pem"
-    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # a site proxy: requests reads it per URL
-    assert _fresh_session().trust_env is True
-    fetch._local.__dict__.pop("session", None)
+    client = _fresh_client()
+    assert client.proxies == {} and client.ca_bundle == "/etc/ssl/site-ca.pem"
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # a site proxy
+    assert _fresh_client().proxies == {"https": "http://proxy.example:3128"}
+    fetch._local.__dict__.pop("client", None)
+
+
+def test_a_ca_bundle_that_cannot_be_read_fails_its_https_urls_as_connection_errors(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/site-ca.pem")
+    _fresh_client()
+    try:
+        assert fetch.fetch_url("https://127.0.0.1:9/a.jpg", TIMEOUT, 0, 1 << 20) == (None, "connection")
+    finally:
+        fetch._local.__dict__.pop("client", None)
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                   "NO_PROXY")
+
+
+def test_image_urls_go_through_the_proxy_the_environment_names_unless_no_proxy_lists_their_host(hub, monkeypatch):
+    """A site proxy (http_proxy) carries the image requests, DNS lookups included (the fake hub answers
+    an absolute-form request as a proxy does); a host no_proxy lists is reached directly."""
+    hub.images["proxied.jpg"] = b"image bytes"
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", hub.base_url)
+    fetch._local.__dict__.clear()  # a thread's client reads the environment when it is made
+    assert fetch.fetch_url("http://images.invalid/img/proxied.jpg", TIMEOUT, 0, 1 << 20) == (b"image bytes", None)
+    assert image_requests(hub.taken()) == ["/img/proxied.jpg"]
+
+    monkeypatch.setenv("http_proxy", closed_port_url().rsplit("/img/", 1)[0])  # a proxy that refuses everything
+    fetch._local.__dict__.clear()
+    assert fetch.fetch_url(f"{hub.base_url}/img/proxied.jpg", TIMEOUT, 0, 1 << 20) == (None, "connection")
+    monkeypatch.setenv("no_proxy", "example.org, 127.0.0.1")
+    fetch._local.__dict__.clear()
+    assert fetch.fetch_url(f"{hub.base_url}/img/proxied.jpg", TIMEOUT, 0, 1 << 20) == (b"image bytes", None)
+    fetch._local.__dict__.clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ from __future__ import annotations
 import argparse
 import collections
 import errno
+import http.client
 import io
 import json
 import logging
@@ -151,7 +152,6 @@ from pathlib import Path
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -576,33 +576,87 @@ class _HTTPSConnectionPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-class _LookupWithinConnectTimeoutAdapter(HTTPAdapter):
-    """requests' adapter, its pools making connections that bound their DNS lookup (through a
-    proxy, the proxy looks the image hosts up)."""
+_POOL_CLASSES = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+_ssl_contexts: dict[str, object] = {}
+_ssl_contexts_lock = threading.Lock()
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
+
+def _ssl_context(ca_bundle: str):
+    """One TLS context per CA bundle and process, its certificates loaded once: urllib3 given the
+    bundle's path (as requests gives it) loads the whole bundle again for every HTTPS connection,
+    about 16 ms of CPU each."""
+    with _ssl_contexts_lock:
+        context = _ssl_contexts.get(ca_bundle)
+        if context is None:
+            from urllib3.util.ssl_ import create_urllib3_context
+
+            context = create_urllib3_context()
+            if os.path.isdir(ca_bundle):
+                context.load_verify_locations(capath=ca_bundle)
+            else:
+                context.load_verify_locations(cafile=ca_bundle)
+            _ssl_contexts[ca_bundle] = context
+        return context
+
+
+class _Client:
+    """One thread's HTTP client: urllib3 pools whose connections bound their DNS lookup, with what
+    requests would take from the environment read once, when the client is made: the proxies
+    (``*_proxy``; ``no_proxy`` is read per URL, and only when there is a proxy) and the CA bundle
+    (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else certifi's, as requests). Requests go to
+    urllib3 directly: requests' per-request work (preparing the request, merging the session's
+    settings, hooks and cookies, reading the environment) was most of a URL's client CPU. requests
+    still picks a URL's proxy and makes the proxy managers (SOCKS and proxy credentials included);
+    through a proxy, the proxy looks the image hosts up.
+    """
+
+    def __init__(self) -> None:
+        from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_headers
+
+        self.headers = dict(default_headers())  # Accept, Accept-Encoding, Connection as requests sends them
+        self.headers["User-Agent"] = USER_AGENT
+        self.proxies = {scheme: proxy for scheme, proxy in urllib.request.getproxies().items() if scheme != "no"}
+        self.ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") \
+            or DEFAULT_CA_BUNDLE_PATH
+        self.direct = urllib3.PoolManager(num_pools=10, maxsize=10, cert_reqs="CERT_REQUIRED")
+        self.direct.pool_classes_by_scheme = _POOL_CLASSES
+        self._proxy_adapter = None
+
+    def _proxy_manager(self, url: str) -> urllib3.PoolManager | None:
+        """The proxy manager ``url`` goes through, as requests picks it; None: direct."""
+        from requests.utils import prepend_scheme_if_needed, select_proxy, should_bypass_proxies
+
+        if should_bypass_proxies(url, no_proxy=None):
+            return None
+        proxy = select_proxy(url, self.proxies)
+        if proxy is None:
+            return None
+        if self._proxy_adapter is None:
+            from requests.adapters import HTTPAdapter
+
+            self._proxy_adapter = HTTPAdapter()
+        return self._proxy_adapter.proxy_manager_for(prepend_scheme_if_needed(proxy, "http"),
+                                                     cert_reqs="CERT_REQUIRED")
+
+    def get(self, url: str, timeout: float):
+        """One GET of ``url``, its redirect not followed and its body not read: urllib3's response."""
+        manager = (self._proxy_manager(url) if self.proxies else None) or self.direct
+        if url[:6].lower() == "https:" and "ssl_context" not in manager.connection_pool_kw:
+            # the bundle is read on the first HTTPS URL (a bad path fails that URL, counted as a
+            # connection error, as with requests), then shared by every connection of the process
+            manager.connection_pool_kw["ssl_context"] = _ssl_context(self.ca_bundle)
+        return manager.urlopen("GET", url, headers=self.headers, redirect=False, retries=False,
+                               preload_content=False, decode_content=True, timeout=urllib3.Timeout(total=timeout))
 
 
 _local = threading.local()
 
 
-def _session() -> requests.Session:
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = requests.Session()
-        session.headers["User-Agent"] = USER_AGENT
-        if not urllib.request.getproxies():
-            # No proxy in the environment: then requests need not read it again for every URL (its
-            # proxy and .netrc lookups were a fifth of a URL's client CPU); the CA bundle it would
-            # have found there is read here, once.
-            session.trust_env = False
-            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = _LookupWithinConnectTimeoutAdapter()
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-    return session
+def _client() -> _Client:
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = _local.client = _Client()
+    return client
 
 
 def _opted_out(headers) -> bool:
@@ -620,45 +674,71 @@ def _opted_out(headers) -> bool:
 
 
 def _is_timeout(error: BaseException) -> bool:
-    """requests raises Timeout, urllib3 (reading a body) its own TimeoutError, and requests reports
-    a read timeout inside a redirect's body as a ConnectionError wrapping urllib3's."""
+    """urllib3 raises its own TimeoutError (connect, headers, body), the deadline the builtin one; a
+    read timeout can also come wrapped (as the argument of another error). urllib3's NewConnectionError
+    (refused, unreachable, no such host) subclasses its ConnectTimeoutError, but is no timeout."""
     from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-    return isinstance(error, (requests.Timeout, Urllib3Timeout, TimeoutError)) \
-        or any(isinstance(arg, Urllib3Timeout) for arg in error.args)
+    if isinstance(error, NewConnectionError):
+        return False
+    return isinstance(error, (Urllib3Timeout, TimeoutError)) or any(
+        isinstance(arg, Urllib3Timeout) and not isinstance(arg, NewConnectionError) for arg in error.args)
 
 
 def _remaining(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise requests.Timeout("no answer within the timeout")
+        raise TimeoutError("no answer within the timeout")
     return remaining
 
 
-def _answer(url: str, deadline: float) -> requests.Response:
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def _redirect_target(url: str, response) -> str | None:
+    """Where a redirect answer points, read as requests reads it (``Session.get_redirect_target`` and
+    ``resolve_redirects``): Location as UTF-8 sent as Latin-1, relative to ``url``, re-quoted."""
+    if response.status not in REDIRECT_STATUSES:
+        return None
+    location = response.headers.get("Location")
+    if not location:
+        return None
+    from urllib.parse import urljoin, urlsplit
+
+    from requests.utils import requote_uri
+
+    try:
+        location = location.encode("latin1").decode("utf8")
+    except UnicodeError:
+        pass
+    if location.startswith("//"):
+        location = f"{urlsplit(url).scheme}:{location}"
+    return urljoin(url, requote_uri(location)) if not urlsplit(location).netloc else requote_uri(location)
+
+
+def _answer(url: str, deadline: float):
     """GET ``url`` (body not read), redirects followed, every hop's DNS lookup, connect and headers by ``deadline``.
 
-    urllib3's ``Timeout(total=...)`` bounds one hop's connect plus its wait for the headers;
-    requests would give each redirect hop a full timeout of its own, so hops are followed here.
+    urllib3's ``Timeout(total=...)`` bounds one hop's connect plus its wait for the headers; each
+    hop gets what is left of the deadline, not a timeout of its own. Returns the urllib3 response.
     """
-    session = _session()
-    response = session.get(url, stream=True, allow_redirects=False,
-                           timeout=urllib3.Timeout(total=_remaining(deadline)))
+    client = _client()
+    response = client.get(url, _remaining(deadline))
     for _ in range(MAX_REDIRECTS):
-        if not (response.is_redirect and response.next is not None):
+        next_url = _redirect_target(url, response)
+        if next_url is None:
             break
-        next_url = response.next.url  # requests' reading of Location (relative, re-quoted)
         response.close()
-        # session.get, not session.send: it applies the environment's proxies and CA bundle to each hop
-        response = session.get(next_url, stream=True, allow_redirects=False,
-                               timeout=urllib3.Timeout(total=_remaining(deadline)))
+        response.release_conn()
+        url = next_url
+        response = client.get(url, _remaining(deadline))  # each hop through the proxy (if any) its URL takes
     return response
 
 
-def _read_body(response: requests.Response, deadline: float, max_bytes: int) -> tuple[bytes | None, str | None]:
+def _read_body(response, deadline: float, max_bytes: int) -> tuple[bytes | None, str | None]:
     """The body by ``deadline``, read as it arrives: a body that trickles is cut at the deadline, as is
     one that stops (the socket's timeout is what is left before each read)."""
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    sock = getattr(response.connection, "sock", None)
     body = bytearray()
     while True:
         remaining = deadline - time.monotonic()
@@ -666,7 +746,7 @@ def _read_body(response: requests.Response, deadline: float, max_bytes: int) -> 
             return None, "timeout"
         if sock is not None:
             sock.settimeout(remaining)
-        chunk = response.raw.read1(BODY_READ_BYTES, decode_content=True)
+        chunk = response.read1(BODY_READ_BYTES)
         if not chunk:
             return bytes(body), None
         body += chunk
@@ -687,28 +767,37 @@ def fetch_url(url: str, timeout: float, retries: int, max_bytes: int) -> tuple[b
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(min(0.5 * attempt, 2.0))
+        response = None
         try:
-            with _answer(url, time.monotonic() + timeout) as response:
-                if response.status_code in (404, 410):
-                    return None, "http_404"
-                if response.status_code != 200:
-                    reason = "http_error"
-                    if response.status_code == 429 or response.status_code >= 500:
-                        continue
-                    return None, reason
-                if _opted_out(response.headers):
-                    return None, "opted_out"
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    return None, "too_large"
-                return _read_body(response, time.monotonic() + timeout, max_bytes)
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, ValueError):
-            return None, "invalid_url"
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            response = _answer(url, time.monotonic() + timeout)
+            if response.status in (404, 410):
+                return None, "http_404"
+            if response.status != 200:
+                reason = "http_error"
+                if response.status == 429 or response.status >= 500:
+                    continue
+                return None, reason
+            if _opted_out(response.headers):
+                return None, "opted_out"
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                return None, "too_large"
+            body, failure = _read_body(response, time.monotonic() + timeout, max_bytes)
+            if body is not None:
+                response.release_conn()  # read to its end: the connection may serve the host again
+                response = None
+            return body, failure
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError):
+            return None, "invalid_url"  # urllib3's LocationParseError is a ValueError; requests' for a SOCKS proxy
+        except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                OSError) as error:
             if _is_timeout(error):
                 return None, "timeout"  # not retried: a retry would double the stall
             reason = "connection"
+        finally:
+            if response is not None:  # not read to its end: its connection is closed, not reused
+                response.close()
+                response.release_conn()
     return None, reason
 
 

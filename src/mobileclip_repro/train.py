@@ -571,7 +571,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
     counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
     dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"], files=files)
-    teachers = OnlineTeachers(spec, device, per_process_batch) if online_distillation(spec) else None
+    teachers = OnlineTeachers(spec, device, per_process_batch // accum_freq) if online_distillation(spec) else None
     step, history = 0, {"epochs": [], "attempts": 0}
     carried_skips = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)  # this epoch's, from before a mid-epoch resume
     checkpoint = load_latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
