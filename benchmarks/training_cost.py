@@ -240,12 +240,12 @@ def import_seconds(module: str) -> float:
 
 
 def evaluate_breakdown(config: dict, tmp: Path, repeats: int) -> dict[str, float]:
-    from mobileclip_repro import evaluate, models, train
+    from mobileclip_repro import checkpoints, evaluate, models, train
 
     spec = run_specs(config, 1024, num_checkpoints=1, checkpoint_spacing="linear", warmup_steps=1)["toy_plain"]
     out = tmp / "eval_checkpoint"
     train.train(spec, out, "cpu")
-    checkpoint = train.latest_checkpoint(out)
+    checkpoint = checkpoints.latest_checkpoint(out)
     benchmarks = evaluate.parse_benchmark_specs(config["evaluation"]["benchmarks"])
     batch_size = config["evaluation"]["batch_size"]
 

@@ -9,7 +9,6 @@ accumulation resumes to the same bytes as one never interrupted."""
 from __future__ import annotations
 
 import json
-import math
 import signal
 from pathlib import Path
 

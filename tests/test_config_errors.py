@@ -2,7 +2,8 @@
 
 Integers where the schema means integers, model names that exist, a reinforcement JSON in
 Apple's format, teacher widths that match the teachers, DataCompDR shards on disk made with
-the config's settings: each fails when the config loads, so ``snakemake -n`` stops before
+the config's settings: each fails when the experiment loads (``preflight.load_experiment``, what the
+DAG, ``validate-config``, ``plan``, ``cost`` and ``train --config`` call), so ``snakemake -n`` stops before
 any job with a message naming the key. ``validate-config`` prints that message, not a
 traceback, and ``train --config X --run-name Y`` passes through torchrun's parser.
 
@@ -27,7 +28,8 @@ import pytest
 import yaml
 
 from mobileclip_repro import preflight, shards
-from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, read_yaml, resolve_run
+from mobileclip_repro.config import REPO_ROOT, ConfigError, read_yaml, resolve_run
+from mobileclip_repro.preflight import load_experiment
 
 TOY_JSON = json.loads((REPO_ROOT / "configs" / "reinforce" / "toy.json").read_text())
 
@@ -116,7 +118,7 @@ def test_an_integer_written_as_a_float_or_bool_is_refused(toy, path, value):
     key = ".".join(map(str, path)) + (".0" if isinstance(value, list) else "")
     with pytest.raises(ConfigError, match=rf"config key '{key}': {value[0] if isinstance(value, list) else value} "
                                           r"is not of type 'integer'"):
-        load_config(_set(toy, path, value))
+        load_experiment(_set(toy, path, value))
 
 
 # -- NaN and infinities --------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def test_nan_and_infinity_are_refused_anywhere_in_the_config_naming_the_key(toy,
     """Every number, every section: a schema bound cannot catch NaN (it compares false with all),
     and no setting has a use for infinity."""
     with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': {shown} is not a finite number"):
-        load_config(_set(toy, path, value))
+        load_experiment(_set(toy, path, value))
 
 
 def test_yamls_nan_and_infinities_are_refused_when_a_config_file_loads(toy, tmp_path):
@@ -151,7 +153,7 @@ def test_yamls_nan_and_infinities_are_refused_when_a_config_file_loads(toy, tmp_
         assert f"lr: {written}" in text
         (tmp_path / "config.yaml").write_text(text)
         with pytest.raises(ConfigError, match=rf"config key 'runs.toy_dr.lr': {shown} is not a finite number"):
-            load_config(tmp_path / "config.yaml")
+            load_experiment(tmp_path / "config.yaml")
 
 
 def test_a_schema_number_is_finite_for_every_strict_validator():
@@ -174,14 +176,14 @@ def test_nan_and_infinity_in_the_reinforcement_json_are_refused_naming_the_key(t
     with pytest.raises(ConfigError, match=rf"config key 'reinforcement.config': .*reinforce\.json: "
                                           rf"'reinforce.image_augmentation.{re.escape(key)}': {shown} is not a "
                                           rf"finite number"):
-        load_config(toy)
+        load_experiment(toy)
 
 
 def test_a_run_spec_given_to_train_with_nan_is_refused_naming_the_key_and_run(toy, tmp_path, capsys):
     from mobileclip_repro import cli
     from mobileclip_repro.config import load_run_spec
 
-    spec = resolve_run(load_config(toy), "toy_plain", seed=0)
+    spec = resolve_run(load_experiment(toy), "toy_plain", seed=0)
     assert load_run_spec(json.dumps(spec)) == spec
     spec["grad_clip_norm"] = float("nan")
     text = json.dumps(spec)  # what a hand-written --spec may hold: NaN, which json reads
@@ -208,18 +210,18 @@ def test_a_run_spec_given_to_train_with_nan_is_refused_naming_the_key_and_run(to
 ])
 def test_a_model_name_open_clip_does_not_know_is_refused(toy, path, name, key):
     with pytest.raises(ConfigError, match=rf"config key '{key}': unknown model '"):
-        load_config(_set(toy, path, name))
+        load_experiment(_set(toy, path, name))
 
 
 def test_a_misspelt_model_name_gets_a_suggestion(toy):
     with pytest.raises(ConfigError, match=r"unknown model 'toy-studnet'.*did you mean 'toy-student'"):
-        load_config(_set(toy, ("runs", "toy_dr", "model"), "toy-studnet"))
+        load_experiment(_set(toy, ("runs", "toy_dr", "model"), "toy-studnet"))
 
 
 def test_open_clip_models_and_hub_names_pass(toy):
     toy["runs"]["toy_plain"]["model"] = "ViT-B-16"
     toy["runs"]["toy_dr"]["model"] = "hf-hub:timm/ViT-B-16-SigLIP"  # only knowable at load time
-    load_config(toy)
+    load_experiment(toy)
 
 
 def test_the_registry_is_open_clips_own_plus_the_project_configs():
@@ -251,13 +253,13 @@ def test_the_registry_is_open_clips_own_plus_the_project_configs():
 def test_a_reinforcement_json_not_in_apples_format_is_refused(toy, tmp_path, changes, message):
     toy["reinforcement"]["config"] = _reinforce_json(tmp_path, **changes)
     with pytest.raises(ConfigError, match=rf"config key 'reinforcement.config': .*reinforce\.json: {message}"):
-        load_config(toy)
+        load_experiment(toy)
 
 
 def test_a_reinforcement_json_that_does_not_exist_is_refused(toy, tmp_path):
     toy["reinforcement"]["config"] = str(tmp_path / "nope.json")
     with pytest.raises(ConfigError, match=r"config key 'reinforcement.config': reinforcement JSON .*nope.json.* not found"):
-        load_config(toy)
+        load_experiment(toy)
 
 
 def test_the_shipped_reinforcement_jsons_pass_and_interpolations_are_torchvisions():
@@ -277,12 +279,12 @@ def test_a_teacher_dimension_other_than_the_teachers_widths_is_refused(toy, dime
     toy["runs"]["toy_dr"]["distill"]["teacher_dimension"] = dimension
     with pytest.raises(ConfigError, match=r"config key 'runs.toy_dr.distill.teacher_dimension': .* does not match "
                                           r"the teachers of .*embed_dim 64 \+ 64\); set it to \[64, 64\]"):
-        load_config(toy)
+        load_experiment(toy)
 
 
 def test_the_paper_teachers_are_768_wide(repo_root):
     for name in ("datacompdr12m", "datacompdr1b"):
-        config = load_config(repo_root / "configs" / "paper" / f"{name}.yaml")
+        config = load_experiment(repo_root / "configs" / "paper" / f"{name}.yaml")
         reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
         assert preflight.teacher_dims(reinforce) == [768, 768]
 
@@ -307,7 +309,7 @@ def _published(config: dict) -> dict:
 
 def test_dr_shards_made_with_the_configs_settings_pass(toy):
     _dr_shard(_dr_dir(toy), manifest={})
-    load_config(_published(toy))
+    load_experiment(_published(toy))
 
 
 @pytest.mark.parametrize("shard, message", [
@@ -321,7 +323,7 @@ def test_shards_the_dag_does_not_make_are_refused_when_made_otherwise(toy, shard
     """Published or local DataCompDR shards are not the DAG's to redo: other settings stop it at the start."""
     _dr_shard(_dr_dir(toy), **shard)
     with pytest.raises(ConfigError, match=rf"config key {message}"):
-        load_config(_published(toy))
+        load_experiment(_published(toy))
 
 
 @pytest.mark.parametrize("shard", [dict(manifest={"seed": 7}), dict(syn=2), dict(num_samples=3)])
@@ -329,11 +331,11 @@ def test_the_dags_own_shards_made_otherwise_are_left_to_its_reinforce_job(toy, s
     """With generate: true a changed setting reruns the reinforce job (its params), which redoes
     the shards made with the old one (tests/test_reinforce.py), so the config loads."""
     _dr_shard(_dr_dir(toy), **shard)
-    load_config(toy)
+    load_experiment(toy)
 
 
 def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
-    spec = resolve_run(load_config(toy), "toy_dr", seed=0)  # nothing on disk yet: the DAG starts
+    spec = resolve_run(load_experiment(toy), "toy_dr", seed=0)  # nothing on disk yet: the DAG starts
     _dr_shard(_dr_dir(toy), num_samples=3)          # then a fetch brings shards made otherwise
     with pytest.raises(ConfigError, match=r"config key 'reinforcement.config': .* made with num_samples 3"):
         preflight.check_run_shards(spec)
@@ -342,7 +344,7 @@ def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
 def test_the_manifest_fields_compared_are_ones_reinforce_records():
     from mobileclip_repro.reinforce import CONTENT_SETTINGS
 
-    config = load_config(REPO_ROOT / "configs" / "toy.yaml")
+    config = load_experiment(REPO_ROOT / "configs" / "toy.yaml")
     reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
     compared = preflight.json_settings(reinforce)
     assert set(compared) <= set(CONTENT_SETTINGS)
@@ -352,13 +354,13 @@ def test_the_manifest_fields_compared_are_ones_reinforce_records():
 
 @pytest.mark.parametrize("norm", [None, 0, 0.5])
 def test_no_clipping_or_a_positive_grad_clip_norm_passes(toy, norm):
-    assert load_config(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), norm))["runs"]["toy_dr"]["grad_clip_norm"] == norm
+    assert load_experiment(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), norm))["runs"]["toy_dr"]["grad_clip_norm"] == norm
 
 
 def test_a_negative_grad_clip_norm_is_refused(toy):
     """clip_grad_norm_ scales the gradient by max_norm / norm: a negative one flips every step."""
     with pytest.raises(ConfigError, match=r"config key 'runs.toy_dr.grad_clip_norm': -1 is less than the minimum of 0"):
-        load_config(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), -1))
+        load_experiment(_set(toy, ("runs", "toy_dr", "grad_clip_norm"), -1))
 
 
 @pytest.mark.parametrize("path, key, steps", [
@@ -366,10 +368,10 @@ def test_a_negative_grad_clip_norm_is_refused(toy):
     (("teachers", "teacher_b.pt", "warmup_steps"), "teachers.teacher_b.pt.warmup_steps", 192),  # 24576 / 128
 ])
 def test_a_warmup_longer_than_the_run_is_refused(toy, path, key, steps):
-    load_config(_set(toy, path, steps))  # warming up for the whole run still reaches lr
+    load_experiment(_set(toy, path, steps))  # warming up for the whole run still reaches lr
     with pytest.raises(ConfigError, match=rf"config key '{key}': {steps + 1} warm-up steps are more than the "
                                           rf"run's {steps} steps"):
-        load_config(_set(toy, path, steps + 1))
+        load_experiment(_set(toy, path, steps + 1))
 
 
 def test_a_retrieval_benchmark_without_recall_at_1_is_refused_in_a_config_and_on_the_command_line(toy):
@@ -377,7 +379,7 @@ def test_a_retrieval_benchmark_without_recall_at_1_is_refused_in_a_config_and_on
 
     with pytest.raises(ConfigError, match=r"config key 'evaluation.benchmarks.1.recall_k': \[5, 10\] has no 1; "
                                           r"retrieval's main metric is mean_recall@1"):
-        load_config(_set(toy, ("evaluation", "benchmarks", 1, "recall_k"), [5, 10]))
+        load_experiment(_set(toy, ("evaluation", "benchmarks", 1, "recall_k"), [5, 10]))
     spec = {"name": "r", "dataset": "wds/r", "task": "zeroshot_retrieval", "root": "r", "recall_k": [5]}
     with pytest.raises(ConfigError, match=r"config key 'benchmarks.0.recall_k': \[5\] has no 1"):
         parse_benchmark_specs([spec])
@@ -389,16 +391,16 @@ def test_a_benchmark_root_the_dag_neither_makes_nor_fetches_must_exist(toy, tmp_
     missing = tmp_path / "sets" / "extra"
     with pytest.raises(ConfigError, match=rf"config key 'evaluation.benchmarks.2.root': benchmark 'extra': "
                                           rf"{re.escape(str(missing))} does not exist"):
-        load_config(_with_benchmark(copy.deepcopy(toy), root=str(missing)))
+        load_experiment(_with_benchmark(copy.deepcopy(toy), root=str(missing)))
     # a root that a fetch_benchmark job fills, and one that is there, pass
-    load_config(_with_benchmark(copy.deepcopy(toy), root=str(missing), hub_repo="clip-benchmark/wds_extra"))
-    load_config(_with_benchmark(toy, root=str(_classification_set(missing, [0, 1], ["a", "b"]))))
+    load_experiment(_with_benchmark(copy.deepcopy(toy), root=str(missing), hub_repo="clip-benchmark/wds_extra"))
+    load_experiment(_with_benchmark(toy, root=str(_classification_set(missing, [0, 1], ["a", "b"]))))
 
 
 def test_a_hub_experiment_loads_before_its_benchmark_roots_exist(repo_root):
     """Planned wherever it is planned (tests/test_dag.py plans the paper configs here); its roots
     are checked when the DAG is about to run an evaluation (the next test)."""
-    config = load_config(repo_root / "configs" / "paper" / "datacomp12m.yaml")
+    config = load_experiment(repo_root / "configs" / "paper" / "datacomp12m.yaml")
     assert not any(Path(benchmark["root"]).exists() for benchmark in config["evaluation"]["benchmarks"])
 
 
@@ -422,12 +424,12 @@ def test_a_hub_experiment_with_a_missing_benchmark_root_is_refused_before_its_fi
 def test_more_workers_than_the_shards_allow_are_refused_without_resampling(toy, resampled, passes):
     toy["runs"]["toy_plain"].update(workers=5, dataset_resampled=resampled)  # 4000 samples / 1000 per shard
     if passes:
-        load_config(toy)
+        load_experiment(toy)
         return
     with pytest.raises(ConfigError, match=r"config key 'runs.toy_plain.workers': 5 workers x 1 processes need 5 "
                                           r"shards .* the run has 4 \(data.toy.train_samples / "
                                           r"data.toy.samples_per_shard\); use at most 4 workers"):
-        load_config(toy)
+        load_experiment(toy)
 
 
 def test_workers_are_counted_against_the_hub_spec_and_the_local_folder(toy, tmp_path):
@@ -438,12 +440,12 @@ def test_workers_are_counted_against_the_hub_spec_and_the_local_folder(toy, tmp_
     hub["reinforcement"]["generate"] = True
     with pytest.raises(ConfigError, match=r"'runs.toy_plain.workers': 2 workers x 2 processes need 4 shards .*"
                                           r"the run has 3 \(data.hub.shards\); use at most 1 workers"):
-        load_config(hub)
+        load_experiment(hub)
     local = _published(toy)
     _dr_shard(_dr_dir(local), manifest={})
     with pytest.raises(ConfigError, match=r"'runs.toy_plain.workers': .* the run has 1 \(.*datacomp\); use more "
                                           r"shards or dataset_resampled: true"):
-        load_config(local)
+        load_experiment(local)
 
 
 @pytest.mark.parametrize("make, message", [
@@ -457,14 +459,14 @@ def test_local_data_must_be_on_disk_when_the_config_loads(toy, tmp_path, make, m
     config["data"]["datacomp_dir"] = str(folder)
     with pytest.raises(ConfigError, match=rf"config key 'data.datacomp_dir': the local DataComp shards' folder "
                                           rf"{re.escape(str(folder))} {message}"):
-        load_config(config)
+        load_experiment(config)
 
 
 def test_local_dr_runs_need_the_datacompdr_folder_too(toy):
     config = _published(toy)  # no DataCompDR shard written
     with pytest.raises(ConfigError, match=r"config key 'data.dr_dir': the DataCompDR shards' folder of "
                                           r"reinforcement 'default' .*datacompdr does not exist"):
-        load_config(config)
+        load_experiment(config)
 
 
 @pytest.mark.parametrize("classnames, message", [
@@ -476,13 +478,13 @@ def test_a_classification_set_whose_class_names_do_not_cover_its_labels_is_refus
     root = _classification_set(tmp_path / "extra", [0, 1, 2, 3], classnames)
     with pytest.raises(ConfigError, match=rf"config key 'evaluation.benchmarks.2.root': benchmark 'extra': "
                                           rf"{re.escape(str(root / 'classnames.txt'))} {message}"):
-        load_config(_with_benchmark(toy, root=str(root)))
+        load_experiment(_with_benchmark(toy, root=str(root)))
 
 
 def test_a_set_being_fetched_is_left_to_its_fetch_and_evaluate_jobs(toy, tmp_path):
     root = _classification_set(tmp_path / "extra", [0, 3], ["a"])
     (root / "test" / "nshards.txt").write_text("2\n")  # shard 1 not there yet
-    load_config(_with_benchmark(toy, root=str(root), hub_repo="clip-benchmark/wds_extra"))
+    load_experiment(_with_benchmark(toy, root=str(root), hub_repo="clip-benchmark/wds_extra"))
 
 
 # -- the command line -----------------------------------------------------------------------------

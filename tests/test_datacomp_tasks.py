@@ -13,7 +13,7 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-from mobileclip_repro import datacomp_tasks
+from mobileclip_repro import benchmark_sets, datacomp_tasks
 from mobileclip_repro.cli import main
 from mobileclip_repro.evaluate import parse_benchmark_specs
 
@@ -169,7 +169,7 @@ def suite_run(tmp_path_factory, repo_root):
         spec = specs[name]
         spec["root"] = str(root / name)
         if name == "winogavil":
-            assert datacomp_tasks.write_winogavil_set(_winogavil_rows(), root / name, per_shard=4) == 6
+            assert benchmark_sets.write_winogavil_set(_winogavil_rows(), root / name, per_shard=4) == 6
         else:
             truths[name] = _write_metadata_set(root / name, len(spec["metadata_fields"]), seed=position)
     (root / "benchmarks.json").write_text(json.dumps(list(specs.values())))

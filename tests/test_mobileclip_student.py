@@ -16,7 +16,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from mobileclip_repro import config, models, shards
+from mobileclip_repro import checkpoints, config, models, shards
 from mobileclip_repro import train as trainer
 from mobileclip_repro.replay import InterpolationMode, ReplayTransform, replay_tensor
 from mobileclip_repro.samples import SkipCounter
@@ -52,7 +52,7 @@ def trained(results, spec) -> dict:
         manifest = trainer.train(spec, results / "runs" / "s1", device_name="cpu")
     finally:
         torch.set_num_threads(threads)
-    return {"manifest": manifest, "checkpoint": trainer.checkpoint_path(results / "runs" / "s1", 1)}
+    return {"manifest": manifest, "checkpoint": checkpoints.checkpoint_path(results / "runs" / "s1", 1)}
 
 
 def test_its_own_preprocessing_is_its_released_weights(spec):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobileclip_repro import cli, config, shards, toyworld
+from mobileclip_repro import cli, config, preflight, shards, toyworld
 from mobileclip_repro import train as trainer
 from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
 from mobileclip_repro.samples import SkipCounter
@@ -154,7 +154,7 @@ def test_a_captioner_mapping_the_reinforcement_cannot_use_is_refused(world, tmp_
 ])
 def test_a_captioner_mapping_the_config_cannot_use_is_refused_when_it_loads(tmp_path, captioner, key):
     with pytest.raises(config.ConfigError, match=rf"config key '{key}'"):
-        config.load_config({"name": "v2", "results_dir": str(tmp_path), "reinforcement": {"captioner": captioner},
-                            "runs": {"dr": {"model": "toy-student", "data": "dr", "global_batch_size": 4,
-                                            "seen_samples": 8, "warmup_steps": 1,
-                                            "distill": {"teacher_dimension": [64, 64]}}}})
+        preflight.load_experiment({"name": "v2", "results_dir": str(tmp_path), "reinforcement": {"captioner": captioner},
+                                   "runs": {"dr": {"model": "toy-student", "data": "dr", "global_batch_size": 4,
+                                                   "seen_samples": 8, "warmup_steps": 1,
+                                                   "distill": {"teacher_dimension": [64, 64]}}}})

@@ -403,9 +403,9 @@ def test_a_regex_that_does_not_compile_fails_when_the_config_loads(toy):
 def test_a_regex_selecting_none_of_the_sets_the_reinforcement_writes_fails_when_the_config_loads(toy):
     toy["runs"]["toy_dr"]["syn_caption_regex"] = "^syn_text_dfn_mscoco38k$"
     with pytest.raises(ConfigError, match=r"'runs\.toy_dr\.syn_caption_regex'.*selects none.*\(syn_text\)"):
-        load_config(toy)
+        preflight.load_experiment(toy)
     toy["reinforcement"]["captioner"] = {"dfn_mscoco38k": "world", "docci": "world"}
-    assert load_config(toy)["runs"]["toy_dr"]["syn_caption_regex"] == "^syn_text_dfn_mscoco38k$"
+    assert preflight.load_experiment(toy)["runs"]["toy_dr"]["syn_caption_regex"] == "^syn_text_dfn_mscoco38k$"
 
 
 def test_a_regex_selecting_none_of_the_sets_of_shards_on_disk_is_refused(datacomp, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobileclip_repro import config, telemetry
+from mobileclip_repro import config, preflight, telemetry
 from mobileclip_repro import train as trainer
 from mobileclip_repro.plots import plot_training_curves
 
@@ -28,8 +28,9 @@ def results(tmp_path_factory, write_reinforced_toy) -> Path:
 
 
 def run_spec(results: Path, **overrides) -> dict:
-    cfg = config.load_config({"name": "telemetry", "results_dir": str(results),
-                              "runs": {"r": {**RUN, **overrides}}, "evaluation": {"benchmarks": []}})
+    """The run as the DAG resolves it: the experiment loaded and checked (``preflight.load_experiment``)."""
+    cfg = preflight.load_experiment({"name": "telemetry", "results_dir": str(results),
+                                     "runs": {"r": {**RUN, **overrides}}, "evaluation": {"benchmarks": []}})
     return config.resolve_run(cfg, "r")
 
 

@@ -16,12 +16,27 @@ resumes and never leaves a truncated shard under its final name.
 mean something (every label named, no blank name, a template to say it with; names no label
 uses are reported); the config's preflight runs it at DAG start on the sets already there,
 ``evaluate`` on every set before its first record.
+
+The three sets DataComp reads through ``datasets.load_dataset("nlphuji/...")`` (Flickr30k's 1k
+test split, MSCOCO 2014's 5k test split, WinoGAViL; ``eval_utils/retr_eval.py``,
+``wino_eval.py``) are hub repos whose loading script ``datasets`` >= 4 no longer runs. The files
+the script reads are plain: a CSV (one row per image or instance) and a zip of JPEGs
+(``NLPHUJI_FILES``). ``fetch_nlphuji_set`` downloads those two files and writes them, once, as a
+webdataset set evaluation reads offline: retrieval as clip_benchmark's retrieval layout (the
+image's own bytes and a ``txt`` of its captions, one per line), WinoGAViL as above.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import csv
+import io
+import json
 import logging
+import os
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 from mobileclip_repro.hub import hub_commit, hub_download
@@ -34,6 +49,18 @@ OPTIONAL_FILES = ("dataset_type.txt",)
 
 SOURCE_FILE = "hub_source.json"  # in a fetched set's root: where it came from (evaluate records it)
 
+# One WinoGAViL instance in its webdataset form: the cue, the candidates' names, the names of
+# those associated with the cue, and image k of the candidates under "<k>.<ext>".
+WINOGAVIL_KEYS = ("cue.txt", "candidates.json", "associations.json")
+IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
+
+
+class MetadataError(ValueError):
+    """A set's metadata that cannot be matched to its images, or lacks a field a metric groups by."""
+
+
+# ---------------------------------------------------------------- metrics on predictions
+
 
 def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", revision: str | None = None) -> dict:
     """Download one webdataset benchmark set (clip_benchmark's layout, e.g. DataComp's
@@ -42,19 +69,19 @@ def fetch_benchmark_set(repo_id: str, root: str | Path, split: str = "test", rev
     sets (Flickr30k, MSCOCO, WinoGAViL) are not webdatasets: their files are converted into one."""
     from huggingface_hub.errors import EntryNotFoundError
 
-    from mobileclip_repro import datacomp_tasks, shards
+    from mobileclip_repro import shards
 
     root = Path(root)
-    converted = repo_id in datacomp_tasks.NLPHUJI_FILES
+    converted = repo_id in NLPHUJI_FILES
     # every file at one commit: a push during the fetch cannot mix two versions, and records can name it
     commit = hub_commit(repo_id, revision)
     source = {"repo": repo_id, "revision": revision, "commit": commit}
 
     if converted:
         def download_source(filename: str) -> Path:
-            return hub_download(repo_id, filename, root / datacomp_tasks.SOURCE_FOLDER, revision=commit)
+            return hub_download(repo_id, filename, root / SOURCE_FOLDER, revision=commit)
 
-        fetched = datacomp_tasks.fetch_nlphuji_set(repo_id, root, split, download_source)
+        fetched = fetch_nlphuji_set(repo_id, root, split, download_source)
         fetched["num_shards"] = len(wds_shard_paths(root, split) or [])
     else:
         def download(filename: str) -> Path:
@@ -188,6 +215,186 @@ def check_class_names(root: str | Path, split: str = "test") -> dict:
                     "classifier as distractors (fine for a split without every class; wrong if the file is "
                     "another set's)", classnames, len(names), split, len(labels), len(unused), shown)
     return {"class_names": len(names), "labels_used": len(labels)}
+
+
+# -- DataComp's nlphuji sets, converted once into webdataset sets
+
+def write_webdataset_set(samples, root: str | os.PathLike, split: str, per_shard: int, dataset_type: str) -> int:
+    """Samples (webdataset dicts with their ``__key__``) into ``<root>/<split>/{0..n-1}.tar``, ``per_shard``
+    a tar, with clip_benchmark's ``nshards.txt`` and ``dataset_type.txt``; returns how many were written."""
+    import webdataset as wds
+
+    root = Path(root)
+    split_dir = root / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    count, shard, writer = 0, 0, None
+    try:
+        for sample in samples:
+            if count % per_shard == 0:
+                if writer is not None:
+                    writer.close()
+                writer = wds.TarWriter(str(split_dir / f"{shard}.tar"))
+                shard += 1
+            writer.write(sample)
+            count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    (split_dir / "nshards.txt").write_text(f"{shard}\n")
+    (root / "dataset_type.txt").write_text(f"{dataset_type}\n")
+    return count
+
+
+def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_shard: int = 500) -> int:
+    """Instances (``cue``, ``candidates``, ``associations``, ``candidate_images``) into a webdataset
+    set under root; returns how many were written. A candidate image is a PIL image (stored as
+    lossless PNG) or the ``(extension, bytes)`` of an image file (stored as it is: the pixels the
+    hub's file holds, decoded by the evaluation as by DataComp's loader)."""
+    def samples():
+        for count, row in enumerate(rows):
+            sample = {"__key__": f"{count:06d}", "cue.txt": str(row["cue"]),
+                      "candidates.json": json.dumps(list(row["candidates"])),
+                      "associations.json": json.dumps(list(row["associations"]))}
+            for position, image in enumerate(row["candidate_images"]):
+                if isinstance(image, tuple):
+                    extension, data = image
+                    sample[f"{position}.{extension}"] = data
+                else:
+                    buffer = io.BytesIO()
+                    image.convert("RGB").save(buffer, format="PNG")
+                    sample[f"{position}.png"] = buffer.getvalue()
+            yield sample
+
+    return write_webdataset_set(samples(), root, split, per_shard, "association")
+
+
+# ---------------------------------------------------------------- the nlphuji sets, without their loading script
+
+WINOGAVIL_REPO = "nlphuji/winogavil"
+# repo -> (the CSV, the zip of images) its loading script reads, as the hub's file listings show them
+NLPHUJI_FILES = {
+    "nlphuji/flickr_1k_test_image_text_retrieval": ("test_1k_flickr.csv", "images_flickr_1k_test.zip"),
+    "nlphuji/mscoco_2014_5k_test_image_text_retrieval": ("test_5k_mscoco_2014.csv", "images_mscoco_2014_5k_test.zip"),
+    WINOGAVIL_REPO: ("winogavil_dataset.csv", "winogavil_images.zip"),
+}
+NLPHUJI_SPLIT = "test"  # the only split these repos have, and the one DataComp evaluates
+SOURCE_FOLDER = "hub_files"  # under the set's root: the downloaded CSV and zip (a rerun downloads nothing)
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a row's caption lists exceed csv's 128 kB default
+    with open(path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def parse_list_cell(text: str, where: str) -> list:
+    """A CSV cell holding a list: JSON (the retrieval CSVs' ``raw``) or a Python literal
+    (quoted with ' as pandas writes lists)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise MetadataError(f"{where}: {text[:80]!r} is not a list")
+
+
+class ZipImages:
+    """A zip of images looked up by file name (the CSVs name images without the zip's folder)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.archive = zipfile.ZipFile(self.path)
+        self.members = {}
+        for name in self.archive.namelist():
+            base = name.rpartition("/")[2]
+            if base and not name.startswith("__MACOSX/"):
+                self.members.setdefault(base, name)
+
+    def read(self, filename: str) -> tuple[str, bytes]:
+        """(extension, bytes) of the image named ``filename``."""
+        member = self.members.get(filename)
+        if member is None:
+            raise MetadataError(f"{self.path}: no image {filename!r}")
+        extension = filename.rpartition(".")[2].lower()
+        if extension not in IMAGE_EXTENSIONS:
+            raise MetadataError(f"{self.path}: {filename!r} is not one of the image types {IMAGE_EXTENSIONS}")
+        return extension, self.archive.read(member)
+
+    def close(self) -> None:
+        self.archive.close()
+
+
+def write_retrieval_set(samples, root: str | os.PathLike, split: str = "test", per_shard: int = 1000) -> int:
+    """(key, extension, image bytes, captions) into clip_benchmark's webdataset retrieval layout
+    (one sample per image: the image as it is, its captions in ``txt``, one per line); returns
+    the number of images."""
+    def records():
+        for count, (key, extension, data, captions) in enumerate(samples):
+            # clip_benchmark splits txt into captions with str.splitlines: a break inside a caption would make two
+            lines = [" ".join(str(caption).splitlines()) for caption in captions]
+            yield {"__key__": f"{count:06d}_{key}", extension: data, "txt": "\n".join(lines)}
+
+    return write_webdataset_set(records(), root, split, per_shard, "retrieval")
+
+
+def convert_retrieval_files(csv_path, zip_path, root, split: str = "test") -> int:
+    """An nlphuji retrieval CSV (``filename``; ``raw``: the image's captions as a JSON list) and
+    its zip of images into a webdataset retrieval set, in the CSV's order."""
+    images = ZipImages(zip_path)
+    try:
+        def samples():
+            for line, row in enumerate(read_csv_rows(csv_path), start=2):
+                where = f"{csv_path} line {line}"
+                if "filename" not in row or "raw" not in row:
+                    raise MetadataError(f"{where}: needs the columns 'filename' and 'raw', has {sorted(row)}")
+                captions = parse_list_cell(row["raw"], where)
+                if not captions:
+                    raise MetadataError(f"{where}: no captions for {row['filename']!r}")
+                extension, data = images.read(row["filename"])
+                yield row["filename"].rpartition(".")[0].replace(".", "_"), extension, data, captions
+
+        return write_retrieval_set(samples(), root, split)
+    finally:
+        images.close()
+
+
+def convert_winogavil_files(csv_path, zip_path, root, split: str = "test") -> int:
+    """WinoGAViL's CSV (``cue``, ``candidates``, ``associations``: one instance a row) and its zip
+    of candidate images (``<candidate>.jpg``) into the webdataset set ``run_association`` reads."""
+    images = ZipImages(zip_path)
+    try:
+        def rows():
+            for line, row in enumerate(read_csv_rows(csv_path), start=2):
+                where = f"{csv_path} line {line}"
+                missing = [column for column in ("cue", "candidates", "associations") if column not in row]
+                if missing:
+                    raise MetadataError(f"{where}: lacks the columns {missing}")
+                candidates = [str(name) for name in parse_list_cell(row["candidates"], where)]
+                yield {"cue": row["cue"], "candidates": candidates,
+                       "associations": [str(name) for name in parse_list_cell(row["associations"], where)],
+                       "candidate_images": [images.read(f"{name}.jpg") for name in candidates]}
+
+        return write_winogavil_set(rows(), root, split)
+    finally:
+        images.close()
+
+
+def fetch_nlphuji_set(repo_id: str, root: str | os.PathLike, split: str, download) -> dict:
+    """One of DataComp's nlphuji sets into a webdataset set under root: its CSV and zip through
+    ``download(filename)`` (hub files of the commit the caller resolved), converted once."""
+    if split != NLPHUJI_SPLIT:
+        raise ValueError(f"{repo_id}: has only the {NLPHUJI_SPLIT!r} split, not {split!r}")
+    csv_name, zip_name = NLPHUJI_FILES[repo_id]
+    csv_path, zip_path = download(csv_name), download(zip_name)
+    if repo_id == WINOGAVIL_REPO:
+        count, dataset_type = convert_winogavil_files(csv_path, zip_path, root, split), "association"
+    else:
+        count, dataset_type = convert_retrieval_files(csv_path, zip_path, root, split), "retrieval"
+    log.info("%s: %d %s into %s", repo_id, count, "instances" if dataset_type == "association" else "images", root)
+    return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "samples": count,
+            "source_files": [csv_name, zip_name]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

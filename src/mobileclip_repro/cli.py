@@ -23,9 +23,9 @@ COMMANDS = {
     "train": ("mobileclip_repro.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
     "fetch-benchmark": ("mobileclip_repro.benchmark_sets", "download a clip_benchmark webdataset mirror from the hub into a local root"),
     "evaluate": ("mobileclip_repro.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),
-    "export-open-clip": ("mobileclip_repro.models", "write a checkpoint as a folder plain open_clip loads (model name local-dir:DIR), e.g. for `clip_benchmark eval`"),
+    "export-open-clip": ("mobileclip_repro.export", "write a checkpoint as a folder plain open_clip loads (model name local-dir:DIR), e.g. for `clip_benchmark eval`"),
     "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
-    "validate-config": ("mobileclip_repro.config", "validate a config file against the schema and print the resolved runs"),
+    "validate-config": ("mobileclip_repro.preflight", "validate a config file against the schema and print the resolved runs"),
     "cost": ("mobileclip_repro.cost", "project a config's training and reinforcement FLOPs and GPU-hours (plain, DR, online distillation)"),
     "plan": ("mobileclip_repro.plan", "size a config before it runs: shards, samples, downloads, disk per stage, GPU-hours, jobs vs the cluster's runtime limit"),
 }

@@ -13,7 +13,6 @@ import json
 import math
 import numbers
 import re
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -427,6 +426,9 @@ def read_yaml(path: str | Path):
 
 
 def load_config(source: str | Path | dict) -> dict:
+    """A config file (or mapping) validated against the schema, with the schema's defaults and the
+    derived paths filled in; what it points to (models, reinforcement JSON, shards and sets on
+    disk) is ``preflight.load_experiment``'s to check."""
     if isinstance(source, dict):
         config = copy.deepcopy(source)
     else:
@@ -450,9 +452,6 @@ def load_config(source: str | Path | dict) -> dict:
     data.setdefault("dr_dir", str(results / "data" / "datacompdr"))
     for benchmark in config["evaluation"]["benchmarks"]:
         benchmark.setdefault("root", str(results / "data" / "benchmarks" / benchmark["name"]))
-    from mobileclip_repro import preflight  # models, reinforcement JSON, teacher widths, DR shards on disk
-
-    preflight.check_config(config)
     return config
 
 
@@ -562,49 +561,9 @@ def load_run_spec(text: str) -> dict:
     return spec
 
 
-def _in_micro_batches(spec: dict) -> str:
-    accum_freq = spec.get("accum_freq", 1)
-    return f" in {accum_freq} micro-batches of {spec['per_gpu_micro_batch_size']}" if accum_freq > 1 else ""
-
-
 def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = None) -> Path:
     """A training job's folder: ``runs/<run>/seed_<seed>`` (``teachers/<stem>`` for a teacher)."""
     results = Path(config["results_dir"])
     if section == "teachers":
         return results / "teachers" / Path(name).stem
     return results / "runs" / name / f"seed_{resolve_run(config, name, seed=seed)['seed']}"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("configfile", help="experiment YAML")
-    parser.add_argument("--run", help="print this run's resolved spec")
-    parser.add_argument("--cost", action="store_true",
-                        help="also print each student's training FLOPs per seen sample, plain and DR (imports torch)")
-
-
-def command(args) -> int:
-    """Prints the resolved runs; a bad config prints its message (naming the key), not a traceback."""
-    try:
-        config = load_config(args.configfile)
-        names = [args.run] if args.run else list(config["runs"])
-        specs = [resolve_run(config, name, seed=seed) for name in names for seed in run_seeds(config["runs"][name])]
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
-    if args.run:
-        print(json.dumps(specs if len(specs) > 1 else specs[0], indent=2))
-    else:
-        for spec in specs:
-            print(f"{spec['name']} seed {spec['seed']}: {spec['model']} data={spec['data']} world={spec['world_size']} "
-                  f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc"
-                  f"{_in_micro_batches(spec)}) "
-                  f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints at steps {spec['checkpoint_steps']}")
-        if args.cost:
-            from mobileclip_repro import cost
-
-            for model in dict.fromkeys(spec["model"] for spec in specs):
-                student = cost.meta_model(model)
-                plain, dr = cost.training_flops_per_sample(student, 1), cost.training_flops_per_sample(student, 2)
-                print(f"{model}: training GFLOPs per seen sample {plain / 1e9:.3g} plain, {dr / 1e9:.3g} DR "
-                      f"(counted on the meta device; teachers, online arm and GPU-hours: mobileclip-repro cost)")
-    return 0

@@ -502,8 +502,8 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
-    from mobileclip_repro.config import load_config
+    from mobileclip_repro.preflight import load_experiment
 
-    projection = paper_projection(load_config(args.config), args.mfu)
+    projection = paper_projection(load_experiment(args.config), args.mfu)
     print(json.dumps(projection, indent=2) if args.json else describe_projection(projection))
     return 0

@@ -17,29 +17,20 @@ The four WILDS/fairness sets are clip_benchmark webdataset sets whose samples al
 ``metadata_fields`` (DataComp's mirrors: iWildCam ``location, sequence, year, month, day,
 hour, minute, second, y``; FMoW ``region, year, y``; Dollar Street ``income_ds, income_meta,
 region``; GeoDE ``region, country``). WinoGAViL's set is a webdataset too, one sample per
-instance (``WINOGAVIL_KEYS``), converted once from the hub's dataset by ``write_winogavil_set``.
-
-The three sets DataComp reads through ``datasets.load_dataset("nlphuji/...")`` (Flickr30k's 1k
-test split, MSCOCO 2014's 5k test split, WinoGAViL; ``eval_utils/retr_eval.py``,
-``wino_eval.py``) are hub repos whose loading script ``datasets`` >= 4 no longer runs. The files
-the script reads are plain: a CSV (one row per image or instance) and a zip of JPEGs
-(``NLPHUJI_FILES``). ``fetch_nlphuji_set`` downloads those two files and writes them, once, as a
-webdataset set evaluation reads offline: retrieval as clip_benchmark's retrieval layout (the
-image's own bytes and a ``txt`` of its captions, one per line), WinoGAViL as above.
+instance (``benchmark_sets.WINOGAVIL_KEYS``), converted once from the hub's files by
+``benchmark_sets.write_winogavil_set``.
 """
 from __future__ import annotations
 
-import ast
-import csv
 import io
 import json
 import logging
 import os
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from mobileclip_repro.benchmark_sets import IMAGE_EXTENSIONS, WINOGAVIL_KEYS, MetadataError, wds_shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +40,7 @@ MACRO_F1 = "F1-macro_all"
 PREDICTION_METRICS = (*WORST_GROUP_METRICS, MACRO_F1)  # need every image's prediction, not only accuracy
 WINOGAVIL_METRIC = "jaccard_score_10-12"
 ASSOCIATION = "visual_association"  # the task name of WinoGAViL-style sets
-# One WinoGAViL instance in its webdataset form: the cue, the candidates' names, the names of
-# those associated with the cue, and image k of the candidates under "<k>.<ext>".
-WINOGAVIL_KEYS = ("cue.txt", "candidates.json", "associations.json")
-IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 
-
-class MetadataError(ValueError):
-    """A set's metadata that cannot be matched to its images, or lacks a field a metric groups by."""
-
-
-# ---------------------------------------------------------------- metrics on predictions
 
 def topk_correct(logits, targets, k: int) -> np.ndarray:
     """Per image: is the true class among the k highest logits (k = 1: top-1)."""
@@ -135,8 +116,6 @@ def read_wds_metadata(root: str | os.PathLike, split: str, batch_size: int, num_
     """
     import torch
     import webdataset as wds
-
-    from mobileclip_repro.benchmark_sets import wds_shard_paths
 
     paths = wds_shard_paths(root, split)
     if paths is None:
@@ -231,181 +210,3 @@ def read_winogavil_sample(sample: dict) -> tuple[str, list, np.ndarray]:
             raise MetadataError(f"WinoGAViL sample {sample['__key__']!r}: no image for candidate {position}")
         images.append(Image.open(io.BytesIO(found[0])).convert("RGB"))
     return sample["cue.txt"].decode().strip(), images, np.array([name in associations for name in candidates])
-
-
-def write_webdataset_set(samples, root: str | os.PathLike, split: str, per_shard: int, dataset_type: str) -> int:
-    """Samples (webdataset dicts with their ``__key__``) into ``<root>/<split>/{0..n-1}.tar``, ``per_shard``
-    a tar, with clip_benchmark's ``nshards.txt`` and ``dataset_type.txt``; returns how many were written."""
-    import webdataset as wds
-
-    root = Path(root)
-    split_dir = root / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    count, shard, writer = 0, 0, None
-    try:
-        for sample in samples:
-            if count % per_shard == 0:
-                if writer is not None:
-                    writer.close()
-                writer = wds.TarWriter(str(split_dir / f"{shard}.tar"))
-                shard += 1
-            writer.write(sample)
-            count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    (split_dir / "nshards.txt").write_text(f"{shard}\n")
-    (root / "dataset_type.txt").write_text(f"{dataset_type}\n")
-    return count
-
-
-def write_winogavil_set(rows, root: str | os.PathLike, split: str = "test", per_shard: int = 500) -> int:
-    """Instances (``cue``, ``candidates``, ``associations``, ``candidate_images``) into a webdataset
-    set under root; returns how many were written. A candidate image is a PIL image (stored as
-    lossless PNG) or the ``(extension, bytes)`` of an image file (stored as it is: the pixels the
-    hub's file holds, decoded by the evaluation as by DataComp's loader)."""
-    def samples():
-        for count, row in enumerate(rows):
-            sample = {"__key__": f"{count:06d}", "cue.txt": str(row["cue"]),
-                      "candidates.json": json.dumps(list(row["candidates"])),
-                      "associations.json": json.dumps(list(row["associations"]))}
-            for position, image in enumerate(row["candidate_images"]):
-                if isinstance(image, tuple):
-                    extension, data = image
-                    sample[f"{position}.{extension}"] = data
-                else:
-                    buffer = io.BytesIO()
-                    image.convert("RGB").save(buffer, format="PNG")
-                    sample[f"{position}.png"] = buffer.getvalue()
-            yield sample
-
-    return write_webdataset_set(samples(), root, split, per_shard, "association")
-
-
-# ---------------------------------------------------------------- the nlphuji sets, without their loading script
-
-WINOGAVIL_REPO = "nlphuji/winogavil"
-# repo -> (the CSV, the zip of images) its loading script reads, as the hub's file listings show them
-NLPHUJI_FILES = {
-    "nlphuji/flickr_1k_test_image_text_retrieval": ("test_1k_flickr.csv", "images_flickr_1k_test.zip"),
-    "nlphuji/mscoco_2014_5k_test_image_text_retrieval": ("test_5k_mscoco_2014.csv", "images_mscoco_2014_5k_test.zip"),
-    WINOGAVIL_REPO: ("winogavil_dataset.csv", "winogavil_images.zip"),
-}
-NLPHUJI_SPLIT = "test"  # the only split these repos have, and the one DataComp evaluates
-SOURCE_FOLDER = "hub_files"  # under the set's root: the downloaded CSV and zip (a rerun downloads nothing)
-
-
-def read_csv_rows(path: str | os.PathLike) -> list[dict]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a row's caption lists exceed csv's 128 kB default
-    with open(path, newline="", encoding="utf-8") as stream:
-        return list(csv.DictReader(stream))
-
-
-def parse_list_cell(text: str, where: str) -> list:
-    """A CSV cell holding a list: JSON (the retrieval CSVs' ``raw``) or a Python literal
-    (quoted with ' as pandas writes lists)."""
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            value = parse(text)
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    raise MetadataError(f"{where}: {text[:80]!r} is not a list")
-
-
-class ZipImages:
-    """A zip of images looked up by file name (the CSVs name images without the zip's folder)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.archive = zipfile.ZipFile(self.path)
-        self.members = {}
-        for name in self.archive.namelist():
-            base = name.rpartition("/")[2]
-            if base and not name.startswith("__MACOSX/"):
-                self.members.setdefault(base, name)
-
-    def read(self, filename: str) -> tuple[str, bytes]:
-        """(extension, bytes) of the image named ``filename``."""
-        member = self.members.get(filename)
-        if member is None:
-            raise MetadataError(f"{self.path}: no image {filename!r}")
-        extension = filename.rpartition(".")[2].lower()
-        if extension not in IMAGE_EXTENSIONS:
-            raise MetadataError(f"{self.path}: {filename!r} is not one of the image types {IMAGE_EXTENSIONS}")
-        return extension, self.archive.read(member)
-
-    def close(self) -> None:
-        self.archive.close()
-
-
-def write_retrieval_set(samples, root: str | os.PathLike, split: str = "test", per_shard: int = 1000) -> int:
-    """(key, extension, image bytes, captions) into clip_benchmark's webdataset retrieval layout
-    (one sample per image: the image as it is, its captions in ``txt``, one per line); returns
-    the number of images."""
-    def records():
-        for count, (key, extension, data, captions) in enumerate(samples):
-            # clip_benchmark splits txt into captions with str.splitlines: a break inside a caption would make two
-            lines = [" ".join(str(caption).splitlines()) for caption in captions]
-            yield {"__key__": f"{count:06d}_{key}", extension: data, "txt": "\n".join(lines)}
-
-    return write_webdataset_set(records(), root, split, per_shard, "retrieval")
-
-
-def convert_retrieval_files(csv_path, zip_path, root, split: str = "test") -> int:
-    """An nlphuji retrieval CSV (``filename``; ``raw``: the image's captions as a JSON list) and
-    its zip of images into a webdataset retrieval set, in the CSV's order."""
-    images = ZipImages(zip_path)
-    try:
-        def samples():
-            for line, row in enumerate(read_csv_rows(csv_path), start=2):
-                where = f"{csv_path} line {line}"
-                if "filename" not in row or "raw" not in row:
-                    raise MetadataError(f"{where}: needs the columns 'filename' and 'raw', has {sorted(row)}")
-                captions = parse_list_cell(row["raw"], where)
-                if not captions:
-                    raise MetadataError(f"{where}: no captions for {row['filename']!r}")
-                extension, data = images.read(row["filename"])
-                yield row["filename"].rpartition(".")[0].replace(".", "_"), extension, data, captions
-
-        return write_retrieval_set(samples(), root, split)
-    finally:
-        images.close()
-
-
-def convert_winogavil_files(csv_path, zip_path, root, split: str = "test") -> int:
-    """WinoGAViL's CSV (``cue``, ``candidates``, ``associations``: one instance a row) and its zip
-    of candidate images (``<candidate>.jpg``) into the webdataset set ``run_association`` reads."""
-    images = ZipImages(zip_path)
-    try:
-        def rows():
-            for line, row in enumerate(read_csv_rows(csv_path), start=2):
-                where = f"{csv_path} line {line}"
-                missing = [column for column in ("cue", "candidates", "associations") if column not in row]
-                if missing:
-                    raise MetadataError(f"{where}: lacks the columns {missing}")
-                candidates = [str(name) for name in parse_list_cell(row["candidates"], where)]
-                yield {"cue": row["cue"], "candidates": candidates,
-                       "associations": [str(name) for name in parse_list_cell(row["associations"], where)],
-                       "candidate_images": [images.read(f"{name}.jpg") for name in candidates]}
-
-        return write_winogavil_set(rows(), root, split)
-    finally:
-        images.close()
-
-
-def fetch_nlphuji_set(repo_id: str, root: str | os.PathLike, split: str, download) -> dict:
-    """One of DataComp's nlphuji sets into a webdataset set under root: its CSV and zip through
-    ``download(filename)`` (hub files of the commit the caller resolved), converted once."""
-    if split != NLPHUJI_SPLIT:
-        raise ValueError(f"{repo_id}: has only the {NLPHUJI_SPLIT!r} split, not {split!r}")
-    csv_name, zip_name = NLPHUJI_FILES[repo_id]
-    csv_path, zip_path = download(csv_name), download(zip_name)
-    if repo_id == WINOGAVIL_REPO:
-        count, dataset_type = convert_winogavil_files(csv_path, zip_path, root, split), "association"
-    else:
-        count, dataset_type = convert_retrieval_files(csv_path, zip_path, root, split), "retrieval"
-    log.info("%s: %d %s into %s", repo_id, count, "instances" if dataset_type == "association" else "images", root)
-    return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "samples": count,
-            "source_files": [csv_name, zip_name]}

@@ -37,11 +37,12 @@ import math
 import os
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mobileclip_repro import datacomp_tasks, shards
-from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, read_set_source
+from mobileclip_repro.checkpoints import CheckpointInfo, checkpoint_model_name, read_checkpoint_info
+from mobileclip_repro.benchmark_sets import IMAGE_EXTENSIONS, BenchmarkSetError, check_class_names, read_set_source
 from mobileclip_repro.config import validate_benchmarks
 from mobileclip_repro.tables import FAILURE_SCHEMA, RECORD_SCHEMA
 
@@ -54,8 +55,7 @@ DEFAULT_RECALL_K = (1, 5, 10)
 MAIN_METRICS = {CLASSIFICATION: ("acc1", "mean_per_class_recall", *datacomp_tasks.PREDICTION_METRICS),
                 RETRIEVAL: ("mean_recall@1",), ASSOCIATION: (datacomp_tasks.WINOGAVIL_METRIC,)}
 DATASET_TYPES = {CLASSIFICATION: "classification", RETRIEVAL: "retrieval", ASSOCIATION: "association"}
-WDS_IMAGE_EXTENSIONS = datacomp_tasks.IMAGE_EXTENSIONS  # the extensions clip_benchmark decodes
-CHECKPOINT_KEYS = ("epoch", "seen_samples", "name", "run")
+WDS_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS  # the extensions clip_benchmark decodes
 PRECISIONS = ("fp32", "amp")  # evaluation.precision
 DEFAULT_PRECISION = "amp"  # the schema's default: what every evaluation did before the setting existed
 
@@ -87,21 +87,6 @@ class BenchmarkSpec:
     @property
     def is_wds(self) -> bool:
         return self.dataset.startswith("wds/")
-
-
-@dataclass
-class CheckpointInfo:
-    path: str
-    run: str
-    epoch: int
-    seen_samples: int
-    dr: bool
-    model_name: str | None
-    run_spec: dict = field(default_factory=dict)
-    # "student": a training run's checkpoint; "teacher": one member of the reinforcement's
-    # ensemble; "ensemble": the members' concatenated features, as the DR targets see them.
-    role: str = "student"
-    seed: int | None = None
 
 
 def parse_benchmark_specs(specs: list) -> list[BenchmarkSpec]:
@@ -238,41 +223,6 @@ def _check_dataset(spec: BenchmarkSpec, root: Path) -> None:
 
 
 # ---------------------------------------------------------------- checkpoint and metrics
-
-def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
-    """The trainer's bookkeeping (epoch, seen samples, run spec) from a checkpoint file."""
-    import torch
-
-    # mmap: the metadata is a few bytes; the weights are only paged in when open_clip loads them.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise ValueError(f"{path}: not a mobileclip_repro checkpoint, missing {missing}")
-    run_spec = checkpoint["run"]
-    if not isinstance(run_spec, dict):
-        raise ValueError(f"{path}: 'run' must be the run spec dict, got {type(run_spec).__name__}")
-    if "dr" in run_spec:
-        dr = run_spec["dr"]
-    elif "data" in run_spec:
-        dr = run_spec["data"] == "dr"
-    else:
-        raise ValueError(f"{path}: run spec has neither 'dr' nor 'data'; cannot tell a DR run from a plain one")
-    return CheckpointInfo(path=str(path), run=str(checkpoint["name"]), epoch=int(checkpoint["epoch"]),
-                          seen_samples=int(checkpoint["seen_samples"]), dr=bool(dr),
-                          model_name=checkpoint.get("model_name"), run_spec=run_spec, seed=run_spec.get("seed"))
-
-
-def checkpoint_model_name(info: CheckpointInfo, model_name: str | None, purpose: str) -> str:
-    """The architecture to load a checkpoint as: the one asked for, which must be the one it was trained as."""
-    model_name = model_name or info.model_name
-    if not model_name:
-        raise ValueError(f"{info.path}: no model_name in the checkpoint; pass --model")
-    if info.model_name and info.model_name != model_name:
-        raise ValueError(f"{info.path}: trained as {info.model_name!r}, asked to {purpose} as {model_name!r}")
-    return model_name
-
 
 def main_metric(task: str, metrics: dict, name: str | None = None) -> tuple[str, float]:
     """DataComp's convention: top-1 accuracy (or the task's listed metric, e.g. mean per-class

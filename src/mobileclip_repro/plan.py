@@ -27,10 +27,11 @@ from pathlib import Path
 
 import yaml
 
-from mobileclip_repro.config import (REPO_ROOT, captioner_sets, load_config, reinforcement_variant, resolve_run,
+from mobileclip_repro.config import (REPO_ROOT, captioner_sets, reinforcement_variant, resolve_run,
                                      run_seeds)
 from mobileclip_repro.hub import expand_shard_spec, shard_groups
 from mobileclip_repro.launch import slurm_resources
+from mobileclip_repro.preflight import load_experiment
 
 # -- per-unit facts: each with its source -------------------------------------------------------
 
@@ -404,7 +405,7 @@ def counted_parameters(model_name: str) -> int:
 def plan(config: dict, cluster_max_runtime_h: float | None = None, *, gpu_hours: bool = True,
          mfu: float | None = None, count_parameters=None, projection: dict | None = None,
          profile: Path = SLURM_PROFILE) -> dict:
-    """The whole plan of a loaded config (``load_config``). ``count_parameters(model) -> int``
+    """The whole plan of a loaded config (``preflight.load_experiment``). ``count_parameters(model) -> int``
     defaults to counting on the meta device; ``projection`` to ``cost.paper_projection(config)``
     when ``gpu_hours``."""
     count_parameters = count_parameters or counted_parameters
@@ -544,7 +545,7 @@ def add_arguments(parser) -> None:
 
 
 def command(args) -> int:
-    result = plan(load_config(args.configfile), args.cluster_max_runtime, gpu_hours=not args.no_gpu_hours,
+    result = plan(load_experiment(args.configfile), args.cluster_max_runtime, gpu_hours=not args.no_gpu_hours,
                   mfu=args.mfu)
     print(json.dumps(result, indent=2) if args.json else describe_plan(result))
     return 0

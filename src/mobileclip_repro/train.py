@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -34,29 +33,17 @@ from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
 from mobileclip_repro import cost, devices, locks, models, preflight, shards
+from mobileclip_repro.checkpoints import CHECKPOINT_PATTERN, RESUME_CHECKPOINT, checkpoint_path
 from mobileclip_repro.telemetry import METRICS_FILE, MetricsLog
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
 
 log = logging.getLogger("mobileclip_repro.train")
-CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt$")
 LOG_EVERY_STEPS = 20
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-RESUME_CHECKPOINT = "resume.pt"  # the newest intra-epoch checkpoint; each one replaces the one before
-
-
-def checkpoint_path(out_dir: Path, epoch: int | None) -> Path:
-    """``epoch_<k>.pt`` after pseudo-epoch k (open_clip's name); ``resume.pt`` inside an epoch."""
-    return Path(out_dir) / "checkpoints" / (RESUME_CHECKPOINT if epoch is None else f"epoch_{epoch}.pt")
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in (Path(out_dir) / "checkpoints").glob("epoch_*.pt")
-             if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
 
 
 # Run-spec keys that do not change what a run computes: a checkpoint made with other values of
@@ -1009,7 +996,7 @@ def command(args) -> int:
     else:
         if not args.run:
             raise SystemExit("--config needs --run-name NAME")
-        spec = config_lib.resolve_run(config_lib.load_config(args.config), args.run, args.section)
+        spec = config_lib.resolve_run(preflight.load_experiment(args.config), args.run, args.section)
     try:
         train(spec, Path(args.out_dir), args.device, args.export, args.data_manifests)
     except RunFolderBusy as error:

@@ -9,21 +9,21 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import (ConfigError, generated_benchmark, load_config, read_yaml, reinforcement_dr_dir,
+from mobileclip_repro.config import (ConfigError, generated_benchmark, read_yaml, reinforcement_dr_dir,
                                      reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds,
                                      subset_sizes, subsets_file)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
 from mobileclip_repro.local_data import folder_listing
 from mobileclip_repro.locks import ResultsBusy, hold_dag_lock, release_dag_lock
-from mobileclip_repro.preflight import check_benchmark_roots
+from mobileclip_repro.preflight import check_benchmark_roots, load_experiment
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
 try:
     for configfile in workflow.configfiles:  # Snakemake's own reader lets a key given twice pass
         read_yaml(configfile)
-    EXP = load_config(dict(config) if config else DEFAULT_CONFIG)
+    EXP = load_experiment(dict(config) if config else DEFAULT_CONFIG)
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
 
