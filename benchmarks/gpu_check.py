@@ -1,4 +1,4 @@
-"""GPU figures in one run (issue 14): DR vs plain training step, MFU, gradient accumulation, teacher throughput, the smoke DAG on CUDA.
+"""GPU figures in one run (issue 14): DR vs plain step, MFU, gradient accumulation, teachers, the smoke DAG on CUDA.
 
 Prints one table and writes it, with every measurement behind it, as JSON (``--json``;
 rewritten after each part, so a run cut short still leaves the parts it finished).
@@ -612,9 +612,13 @@ def part_accum(args, device, data_info: dict, tmp: Path) -> dict:
     counter = SkipCounter()
     dataset = train.build_dataset(spec, model, train_transform, models.get_tokenizer(model_name), counter,
                                   stream_seed=spec["seed"])
-    # batches of the per-GPU batch, so the workers make them side by side; the arms take their rows of them
-    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=spec["workers"]))
-    pieces = [next(loader) for _ in range(rows // args.batch_size)]
+    # batches of the per-GPU batch, one per worker, so the workers make them side by side (and no
+    # more: a batch of 256 x 3 x 224 x 224 floats is 154 MB of /dev/shm); the arms take their rows of them
+    count = rows // args.batch_size
+    workers = min(spec["workers"], count)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=workers,
+                                              prefetch_factor=1 if workers else None))
+    pieces = [next(loader) for _ in range(count)]
     batch = [torch.cat(column).to(device) for column in zip(*pieces)]
     del loader, pieces, dataset, model
     if counter.totals():

@@ -11,6 +11,7 @@ import pytest
 MODELS = ("toy-student", "toy-teacher")  # the smoke mode's defaults
 VIEWS = ("2", "1")
 TEACHER_IMAGES = 4
+ACCUM_ARMS = {"1x8": (1, 8, 8), "4x8": (4, 32, 8), "1x32": (1, 32, 32)}  # name: (accum_freq, rows, micro-batch)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_smoke_run_finishes_every_part_without_errors(smoke):
     payload, stdout = smoke
     assert payload["schema"] == "mobileclip_repro/gpu-check/1" and payload["mode"] == "smoke"
     assert payload["finished"] is True and payload["errors"] == {}
-    assert payload["parts"] == ["train", "mfu", "teachers", "dag"]
+    assert payload["parts"] == ["train", "mfu", "accum", "teachers", "dag"]
     assert payload["environment"]["device"] == "cpu"
     assert "gpu_check (smoke)" in stdout and "GPU-hours to reinforce datacompdr12m" in stdout
 
@@ -89,6 +90,29 @@ def test_mfu_figures(smoke):
     assert mfu["flops_per_sample"]["dr"] > mfu["flops_per_sample"]["plain"]
 
 
+def test_accumulation_figures(smoke):
+    """The first model's DR step through train.train_step: 8 rows, 32 rows in 4 micro-batches of 8, 32 rows."""
+    accum = smoke[0]["accum"]
+    assert accum["model"] == MODELS[0] and accum["data"] == "dr" and accum["accumulated"] == "4x8"
+    assert accum["arms"] == list(ACCUM_ARMS) and set(accum["runs"]) == set(ACCUM_ARMS)
+    for name, (accum_freq, rows, micro) in ACCUM_ARMS.items():
+        run = accum["runs"][name]
+        assert (run["accum_freq"], run["rows_per_step"], run["micro_batch"]) == (accum_freq, rows, micro)
+        for key in ("samples_per_second", "step_seconds", "flops_per_sample"):
+            assert positive(run[key]), (name, key)
+        assert math.isclose(run["samples_per_second"], rows / run["step_seconds"], rel_tol=1e-9)
+        assert "max_memory_gib" not in run and "out_of_memory" not in run  # CUDA only
+    accumulated = accum["runs"]["4x8"]
+    assert set(accum["accumulated_over"]) == {"1x8", "1x32"}
+    for name, ratio in accum["accumulated_over"].items():
+        other = accum["runs"][name]
+        assert math.isclose(ratio["time_per_sample"], other["samples_per_second"] / accumulated["samples_per_second"],
+                            rel_tol=1e-9)
+        # the caching forward: one more forward per sample, less than twice the forward + backward
+        assert 1.2 < ratio["flops_per_sample"] < 1.6
+        assert "max_memory" not in ratio
+
+
 def test_teacher_figures(smoke):
     teachers = smoke[0]["teachers"]
     assert teachers["model"] == "toy-teacher" and teachers["members"] == 2
@@ -129,8 +153,10 @@ def test_the_table_has_every_figure(smoke):
     # per model: 3 x (samples/s, loader share, compute only, loader only) for plain, DR and online, and the
     # DR/plain and online/DR ratios, each also compute only
     assert parts.count("1 train") == len(MODELS) * 16
-    assert parts.count("2 MFU") == 6 and parts.count("3 teachers") == 2 * len(VIEWS) + 2
-    assert parts.count("4 DAG") == 1
+    assert parts.count("2 MFU") == 6 and parts.count("4 teachers") == 2 * len(VIEWS) + 2
+    # per arm samples/s and FLOPs (peak memory on CUDA only), the accumulated arm's time and FLOP ratios over the two others
+    assert parts.count("3 accum") == 2 * len(ACCUM_ARMS) + 2 * 2
+    assert parts.count("5 DAG") == 1
     targets = [row for row in table if row["target"] is not None]
     assert len(targets) == len(MODELS) + 2 + len(VIEWS)
     assert all(isinstance(row["met"], bool) for row in targets)
