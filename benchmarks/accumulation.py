@@ -11,7 +11,7 @@ of ``--steps`` calls of every timed piece, the order rotated from round to round
 hits all alike; medians of the blocks. Time is the CPU time of the one thread that computes
 (``time.thread_time``): on a machine other processes share, wall time swings 2-3x from block to
 block with their load, CPU time much less; the wall-time ratio is printed too. Beside it the FLOP ratio of the same two steps, counted as the trainer counts a run's FLOPs
-(``cost.count_flops`` over ``train.train_step``: FlopCounterMode, matrix products). Accumulation
+(``flops.count_flops`` over ``train.train_step``: FlopCounterMode, matrix products). Accumulation
 forwards every micro-batch twice (once without gradients to cache its features, once with them
 against the others' cached features): one more student forward per sample, a FLOP ratio of
 about 1.37 here. Printed::
@@ -29,7 +29,7 @@ per seen sample (model build, data read in the trainer's process, steps, checkpo
 FLOP ratio of the runs' manifests.
 
 **Memory per GPU at the paper's shapes**, counted on the meta device (shapes only, nothing
-allocated): ``cost.meta_model`` builds ViT-B-16 (``configs/paper/datacompdr12m.yaml``) and
+allocated): ``flops.meta_model`` builds ViT-B-16 (``configs/paper/datacompdr12m.yaml``) and
 MobileCLIP-B (``configs/paper/dfndr12m.yaml``), both at 224 px / 77 tokens and a global batch of
 8,192, resolved through the config loader for each layout: 32 GPUs (the recipes: 256 rows per
 GPU), 8 GPUs and 4 GPUs without accumulation (1,024 and 2,048 rows per GPU) and with it
@@ -172,15 +172,15 @@ class ToyArm:
 
 
 def step_timing(config: dict, repeats: int, steps: int) -> dict:
-    from mobileclip_repro import cost, train
+    from mobileclip_repro import flops, train
 
     arms = {k: ToyArm(toy_spec(config, k)) for k in (1, ACCUM)}
     batch = toy_batch(arms[1].spec)
     rows = len(batch[0])
-    flops = {}
+    counted = {}
     for k, arm in arms.items():
         arm.step(batch)  # warm-up: AdamW's state, allocator
-        flops[k] = cost.count_flops(arm.step, batch)[1]
+        counted[k] = flops.count_flops(arm.step, batch)[1]
     # The two steps, and the parts of their difference each on its own: the caching pass, and the
     # gradient work at the micro-batch's size against the whole batch's (each part its own loss).
     parts = train.split_batch(batch, ACCUM)
@@ -202,11 +202,11 @@ def step_timing(config: dict, repeats: int, steps: int) -> dict:
     wall_per_sample = {name: statistics.median(v) / rows for name, v in wall.items()}
     return {"rows": rows, "micro_batch": rows // ACCUM, "cpu_seconds_per_step": cpu, "wall_seconds_per_step": wall,
             "per_sample": per_sample, "wall_per_sample": wall_per_sample,
-            "flops_per_sample": {k: f / rows for k, f in flops.items()},
+            "flops_per_sample": {k: f / rows for k, f in counted.items()},
             "caching_per_sample": per_sample["caching"],
             "micro_batch_effect_per_sample": per_sample["micro"] - per_sample["whole"],
             "time_ratio": per_sample[ACCUM] / per_sample[1],
-            "wall_ratio": wall_per_sample[ACCUM] / wall_per_sample[1], "flop_ratio": flops[ACCUM] / flops[1],
+            "wall_ratio": wall_per_sample[ACCUM] / wall_per_sample[1], "flop_ratio": counted[ACCUM] / counted[1],
             "spec": arms[1].spec}
 
 
@@ -339,10 +339,10 @@ def paper_spec(path: str, gpus: int, accum_freq: int) -> dict:
 
 def tower_bytes(model, spec: dict, rows: int, checkpointing: bool, parameters: set[int]) -> tuple[int, int]:
     """(bytes autograd keeps for one training pass of ``rows`` through ``train._features``, feature width)."""
-    from mobileclip_repro import cost, train
+    from mobileclip_repro import flops, train
 
     model.set_grad_checkpointing(checkpointing)
-    images, texts = cost._inputs(model, rows, rows)
+    images, texts = flops._inputs(model, rows, rows)
     images = images.to(torch.bfloat16)
     synthetic = torch.zeros_like(texts)
     saved = SavedTensors(parameters)
@@ -373,12 +373,12 @@ def loss_bytes(spec: dict, per_gpu: int, micro: int, width: int) -> int:
 
 
 def memory_table() -> list[dict]:
-    from mobileclip_repro import cost
+    from mobileclip_repro import flops
 
     table = []
     for model_name, path in PAPER_MODELS:
         try:
-            model = cost.meta_model(model_name).to(torch.bfloat16).train()
+            model = flops.meta_model(model_name).to(torch.bfloat16).train()
         except Exception as error:  # noqa: BLE001 - an architecture this environment cannot build: say so
             print(f"  {model_name}: not built on the meta device ({type(error).__name__}: {error})", flush=True)
             continue

@@ -59,7 +59,7 @@ same code paths with tiny shapes on the CPU in well under a minute (``tests/test
    accumulation). Each arm builds its own model and optimizer, takes 2 warm-up steps, then
    ``--compute-steps`` timed steps (synchronised). Reported: samples/s of each arm, the time
    per seen sample of the accumulated step over each of the others, the FLOPs per seen sample
-   of each step as the trainer counts them (``cost.count_flops`` over ``train.train_step``:
+   of each step as the trainer counts them (``flops.count_flops`` over ``train.train_step``:
    with checkpointing on, recomputation included), and on CUDA the peak memory of each arm's
    timed steps (``torch.cuda.max_memory_allocated``: weights, optimizer state, activations).
    An arm that runs out of memory is reported as such; the others stand.
@@ -548,7 +548,7 @@ def measure_accumulation_arm(spec: dict, batch: list, args, device) -> dict:
     sample as the trainer counts them, and on CUDA the peak memory of the timed steps."""
     import torch
 
-    from mobileclip_repro import cost, models, train
+    from mobileclip_repro import flops, models, train
 
     cuda = device.type == "cuda"
     rows = spec["per_gpu_batch_size"]
@@ -584,7 +584,7 @@ def measure_accumulation_arm(spec: dict, batch: list, args, device) -> dict:
                   "grad_checkpointing": spec["grad_checkpointing"], "grad_scaler": scaler is not None}
         if cuda:
             result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        result["flops_per_sample"] = cost.count_flops(step)[1] / rows
+        result["flops_per_sample"] = flops.count_flops(step)[1] / rows
         return result
     except torch.cuda.OutOfMemoryError as error:  # this arm does not fit: the others stand
         return {"accum_freq": spec["accum_freq"], "rows_per_step": rows, "out_of_memory": str(error).splitlines()[0]}

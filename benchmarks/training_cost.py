@@ -29,7 +29,7 @@ Also printed, each measured on its own (medians of ``--breakdown-repeats``):
   transform of every image; once per job, ``evaluate.DecodedSets``), forwards of a checkpoint
   on the decoded sets (once per checkpoint);
 * the FLOP ratio DR / plain of the student towers alone (forward + backward on the meta
-  device, ``cost.training_flops_per_sample``; the B x B loss logits left out) for the toy
+  device, ``flops.training_flops_per_sample``; the B x B loss logits left out) for the toy
   student and for ViT-B-16 at 224 px / 77 tokens, and the text tower's share of a plain step.
 
 Data: the config's DataComp and DataCompDR shards. Where they are missing, the script runs the
@@ -273,12 +273,12 @@ def evaluate_breakdown(config: dict, tmp: Path, repeats: int) -> dict[str, float
 
 
 def flop_ratios() -> dict[str, dict[str, float]]:
-    from mobileclip_repro import cost
+    from mobileclip_repro import flops
 
     figures = {}
     for name, label in (("toy-student", "toy student (32 px, 16 tokens)"), ("ViT-B-16", "ViT-B-16 (224 px, 77 tokens)")):
-        model = cost.meta_model(name)
-        plain, dr = cost.training_flops_per_sample(model, 1), cost.training_flops_per_sample(model, 2)
+        model = flops.meta_model(name)
+        plain, dr = flops.training_flops_per_sample(model, 1), flops.training_flops_per_sample(model, 2)
         figures[label] = {"plain": plain, "dr": dr, "ratio": dr / plain, "text_share": (dr - plain) / plain}
     return figures
 
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     imports = {stage: import_seconds(f"mobileclip_repro.{module}")
                for stage, module in (("train", "train"), ("evaluate", "evaluate"), ("report", "report"),
                                      ("toy-data", "toyworld"))}
-    flops = flop_ratios()
+    ratios = flop_ratios()
 
     print_table("Data path, stage by stage", data)
     print_table("Training step (batch of the run)", step)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage, seconds in imports.items():
         print(f"  {stage:<12} {seconds:6.2f}")
     print("\nStudent towers, forward + backward per sample (FlopCounterMode on the meta device)")
-    for label, figure in flops.items():
+    for label, figure in ratios.items():
         print(f"  {label:<32} plain {figure['plain'] / 1e6:10.1f} MFLOP, DR {figure['dr'] / 1e6:10.1f} MFLOP: "
               f"ratio {figure['ratio']:.3f}, text tower {100 * figure['text_share'] / (1 + figure['text_share']):.0f}%"
               f" of a DR step")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobileclip_repro import config, cost
+from mobileclip_repro import config, cost, flops
 from mobileclip_repro import train as trainer
 from mobileclip_repro.models import create_model_and_transforms
 
@@ -42,7 +42,7 @@ def test_one_toy_step_counts_what_a_hand_count_of_its_matrix_products_gives():
     loss_fn = trainer.build_loss(spec, rank=0, world_size=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = [torch.randn(BATCH, 3, 32, 32), torch.randint(0, 49408, (BATCH, 16))]
-    _, counted = cost.count_flops(trainer.train_step, model, model, optimizer, None, torch.enable_grad,
+    _, counted = flops.count_flops(trainer.train_step, model, model, optimizer, None, torch.enable_grad,
                                   loss_fn, batch, spec, 0)
 
     forward, input_gradient_not_needed = toy_student_forward_flops(BATCH, BATCH)
@@ -52,7 +52,7 @@ def test_one_toy_step_counts_what_a_hand_count_of_its_matrix_products_gives():
 
 def test_per_item_flops_counts_once_and_scales_by_batch():
     layer = torch.nn.Linear(8, 4, bias=False)
-    metered = cost.PerItemFlops(layer)
+    metered = flops.PerItemFlops(layer)
     with torch.no_grad():
         metered(torch.randn(3, 8))
         metered(torch.randn(5, 8))
@@ -98,20 +98,21 @@ def test_the_cost_table_joins_a_jobs_benchmark_tsv_with_its_flops(finished_run, 
 
 
 def test_the_projection_counts_the_students_and_teachers_shapes_on_the_meta_device(repo_root):
-    projection = cost.paper_projection(config.load_config(repo_root / "configs" / "toy.yaml"))
+    projection = flops.paper_projection(config.load_config(repo_root / "configs" / "toy.yaml"))
     [run] = [run for name, run in projection["runs"].items() if name == "toy_dr"]
-    flops = run["flops_per_sample"]
-    assert flops["plain"] < flops["DR"] < flops["online"], "DR adds a caption forward; online adds the teachers"
+    per_sample = run["flops_per_sample"]
+    assert per_sample["plain"] < per_sample["DR"] < per_sample["online"], \
+        "DR adds a caption forward; online adds the teachers"
     forward, no_input_gradient = toy_student_forward_flops(1, 1)
-    assert flops["plain"] == pytest.approx(3 * forward - no_input_gradient, rel=0.05)
+    assert per_sample["plain"] == pytest.approx(3 * forward - no_input_gradient, rel=0.05)
     assert projection["reinforcement_flops_per_image"]["captioner"] == 0  # the toy's oracle captions
-    assert "toy_dr (toy-student): training GFLOPs per seen sample" in cost.describe_projection(projection)
+    assert "toy_dr (toy-student): training GFLOPs per seen sample" in flops.describe_projection(projection)
 
 
 def test_the_paper_student_costs_what_vit_b_16_costs(repo_root, monkeypatch):
     """ViT-B/16 at 224 px: 17.6 GMACs an image (35.1 GFLOPs) and 3.0 GMACs a 77-token caption."""
-    monkeypatch.setattr(cost, "CAPTION_TOKENS", 3)  # the captioner's loop is not what this checks
-    projection = cost.paper_projection(config.load_config(repo_root / "configs" / "paper" / "datacompdr12m.yaml"))
+    monkeypatch.setattr(flops, "CAPTION_TOKENS", 3)  # the captioner's loop is not what this checks
+    projection = flops.paper_projection(config.load_config(repo_root / "configs" / "paper" / "datacompdr12m.yaml"))
     run = projection["runs"]["datacompdr12m_s30m"]
     assert run["flops_per_sample"]["plain"] == pytest.approx(3 * (35.13e9 + 5.96e9), rel=0.01)
     assert run["ratios"]["DR/plain"] == pytest.approx(1.145, abs=0.01)  # text: ~15% of a plain step

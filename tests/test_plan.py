@@ -226,13 +226,13 @@ def test_the_cli_prints_the_plan_as_json(repo_root, monkeypatch, capsys):
 
 
 def test_the_real_projection_and_parameter_count_fill_the_toy_plan(repo_root, monkeypatch):
-    """The one test that imports torch: cost.paper_projection and the meta-device parameter count."""
+    """The one test that imports torch: flops.paper_projection and the meta-device parameter count."""
     monkeypatch.chdir(repo_root)
-    from mobileclip_repro import cost
+    from mobileclip_repro import flops
 
     projections = []
-    real_projection = cost.paper_projection
-    monkeypatch.setattr(cost, "paper_projection", lambda *args: projections.append(real_projection(*args)) or
+    real_projection = flops.paper_projection
+    monkeypatch.setattr(flops, "paper_projection", lambda *args: projections.append(real_projection(*args)) or
                         projections[-1])  # seen, not replaced: the plan's own call is the one checked
     result = plan.plan(config.load_config(repo_root / "configs" / "toy.yaml"))
     [projection] = projections

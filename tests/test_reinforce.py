@@ -134,7 +134,7 @@ def test_views_travel_as_uint8_and_normalize_to_the_replay_bit_for_bit(setup):
     image = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
     expected = torch.stack([replay.replay_tensor(image, entry, 32, "bicubic", MEAN, STD)
                             for entry in prepared.param_aug])
-    assert torch.equal(reinforce.normalize_views(prepared.views, MEAN, STD), expected)
+    assert torch.equal(replay.normalize_views(prepared.views, MEAN, STD), expected)
 
 
 def test_text_emb_is_ground_truth_caption_then_synthetic_ones(setup, reinforced, ensemble):

@@ -44,7 +44,7 @@ from mobileclip_repro import datacomp_tasks, shards
 from mobileclip_repro.checkpoints import CheckpointInfo, checkpoint_model_name, read_checkpoint_info
 from mobileclip_repro.benchmark_sets import IMAGE_EXTENSIONS, BenchmarkSetError, check_class_names, read_set_source
 from mobileclip_repro.config import validate_benchmarks
-from mobileclip_repro.tables import FAILURE_SCHEMA, RECORD_SCHEMA
+from mobileclip_repro.records import FAILURE_SCHEMA, RECORD_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -448,11 +448,11 @@ def run_association(model, transform, tokenizer, spec: BenchmarkSpec, device: st
 
 
 class _MeteredModel:
-    """A CLIP model whose ``encode_image``/``encode_text`` count their FLOPs (``cost.PerItemFlops``:
+    """A CLIP model whose ``encode_image``/``encode_text`` count their FLOPs (``flops.PerItemFlops``:
     the first call of each counted by FlopCounterMode, the rest scaled by batch size)."""
 
     def __init__(self, model):
-        from mobileclip_repro.cost import PerItemFlops
+        from mobileclip_repro.flops import PerItemFlops
 
         self._model = model
         self.encode_image = PerItemFlops(model.encode_image)

@@ -7,7 +7,7 @@ For one experiment config, from the config alone (nothing is downloaded, no job 
   the whole parquet set for ``datacomp_1b``) and the images, estimated from a mean size;
 - the disk each stage fills: data, reinforcement (when the DAG generates it), checkpoints
   (parameters x bytes kept per parameter x files kept), evaluation records;
-- the GPU-hours of each training run (``cost.paper_projection``'s FLOP projection; this part
+- the GPU-hours of each training run (``flops.paper_projection``'s FLOP projection; this part
   imports torch, about 40 s for a paper config on 2 cores, and ``--no-gpu-hours`` skips it);
 - the jobs the DAG would submit, with the runtime each requests, flagged against the
   cluster's limit (``--cluster-max-runtime``).
@@ -364,10 +364,10 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
 # -- compute --------------------------------------------------------------------------------------------
 
 def gpu_hour_rows(config: dict, projection: dict, size: dict, train_jobs: list[dict]) -> list[dict]:
-    """Per training run: its arm's GPU-hours from ``cost.paper_projection`` (per seed x seeds), and
+    """Per training run: its arm's GPU-hours from ``flops.paper_projection`` (per seed x seeds), and
     the wall-clock hours a job needs on its own allocation, against the runtime it requests; per
     generated reinforcement: the projection's FLOPs per image x this config's samples."""
-    from mobileclip_repro import cost
+    from mobileclip_repro import flops
 
     specs = _specs(config)
     requested = {job["job"]: job["runtime_min"] for job in train_jobs if job["rule"] == "train"}
@@ -378,16 +378,16 @@ def gpu_hour_rows(config: dict, projection: dict, size: dict, train_jobs: list[d
         gpus = max(spec["nodes"] * spec["gpus_per_node"], 1)
         row = {"what": f"train {run} seed {seed}", "arm": arm, "gpus": gpus,
                "requested_h": requested[f"{run} seed {seed}"] / 60}
-        for gpu in cost.PEAK_BF16_FLOPS:
+        for gpu in flops.PEAK_BF16_FLOPS:
             row[f"{gpu} GPU-h"] = hours[gpu][arm]
             row[f"{gpu} wall h"] = hours[gpu][arm] / gpus
-        row["fits_requested"] = all(row[f"{gpu} wall h"] <= row["requested_h"] for gpu in cost.PEAK_BF16_FLOPS)
+        row["fits_requested"] = all(row[f"{gpu} wall h"] <= row["requested_h"] for gpu in flops.PEAK_BF16_FLOPS)
         rows.append(row)
     per_image = projection["reinforcement_flops_per_image"]["total"]
     for name in _generated_reinforcements(config, specs):
         row = {"what": f"reinforce {name} ({size['samples'] or 0:,} images)", "arm": "reinforcement", "gpus": None,
                "requested_h": None, "fits_requested": None}
-        for gpu, peak in cost.PEAK_BF16_FLOPS.items():
+        for gpu, peak in flops.PEAK_BF16_FLOPS.items():
             row[f"{gpu} GPU-h"] = (size["samples"] or 0) * per_image / (peak * projection["mfu"]) / 3600
             row[f"{gpu} wall h"] = None
         rows.append(row)
@@ -397,16 +397,16 @@ def gpu_hour_rows(config: dict, projection: dict, size: dict, train_jobs: list[d
 @functools.lru_cache(maxsize=None)
 def counted_parameters(model_name: str) -> int:
     """The model's parameter count, built on the meta device (shapes only; imports torch)."""
-    from mobileclip_repro import cost
+    from mobileclip_repro import flops
 
-    return sum(parameter.numel() for parameter in cost.meta_model(model_name).parameters())
+    return sum(parameter.numel() for parameter in flops.meta_model(model_name).parameters())
 
 
 def plan(config: dict, cluster_max_runtime_h: float | None = None, *, gpu_hours: bool = True,
          mfu: float | None = None, count_parameters=None, projection: dict | None = None,
          profile: Path = SLURM_PROFILE) -> dict:
     """The whole plan of a loaded config (``preflight.load_experiment``). ``count_parameters(model) -> int``
-    defaults to counting on the meta device; ``projection`` to ``cost.paper_projection(config)``
+    defaults to counting on the meta device; ``projection`` to ``flops.paper_projection(config)``
     when ``gpu_hours``."""
     count_parameters = count_parameters or counted_parameters
     size = data_size(config)
@@ -434,15 +434,15 @@ def plan(config: dict, cluster_max_runtime_h: float | None = None, *, gpu_hours:
               "over_limit": [f"{job['rule']} {job['job']}" for job in jobs if job["over_limit"]],
               "gpu_hours": None, "notes": notes}
     if gpu_hours:
-        from mobileclip_repro import cost
+        from mobileclip_repro import flops
 
         if projection is None:
-            projection = cost.paper_projection(config, cost.DEFAULT_MFU if mfu is None else mfu)
+            projection = flops.paper_projection(config, flops.DEFAULT_MFU if mfu is None else mfu)
         rows = gpu_hour_rows(config, projection, size, jobs)
         result["gpu_hours"] = {"mfu": projection["mfu"], "rows": rows,
                                "total": {gpu: sum(row[f"{gpu} GPU-h"] for row in rows)
-                                         for gpu in cost.PEAK_BF16_FLOPS}}
-        result["notes"] += [f"{row['what']}: projected {max(row[f'{gpu} wall h'] for gpu in cost.PEAK_BF16_FLOPS):,.1f} "
+                                         for gpu in flops.PEAK_BF16_FLOPS}}
+        result["notes"] += [f"{row['what']}: projected {max(row[f'{gpu} wall h'] for gpu in flops.PEAK_BF16_FLOPS):,.1f} "
                             f"h on its {row['gpus']} GPU(s), more than the {row['requested_h']:g} h it requests: it "
                             f"runs as several jobs, resuming from its checkpoints"
                             for row in rows if row["fits_requested"] is False]
@@ -517,7 +517,7 @@ def describe_plan(result: dict) -> str:
                                "requested h": "" if row["requested_h"] is None else f"{row['requested_h']:g}"}
                               for row in result["gpu_hours"]["rows"]])
         total = result["gpu_hours"]["total"]
-        lines += ["", f"GPU-hours (cost.paper_projection, {100 * result['gpu_hours']['mfu']:.0f}% MFU of the dense "
+        lines += ["", f"GPU-hours (flops.paper_projection, {100 * result['gpu_hours']['mfu']:.0f}% MFU of the dense "
                       f"bf16 peak; wall h: on the job's own GPUs)", table.to_string(index=False),
                   "GPU-hours in all: " + ", ".join(f"{gpu} {_hours(hours)}" for gpu, hours in total.items())]
     limit = result["cluster_max_runtime_h"]

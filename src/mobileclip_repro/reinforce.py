@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from mobileclip_repro import devices, hub, locks, replay, shards
 from mobileclip_repro.config import captioner_sets, non_finite_message, non_finite_number
-from mobileclip_repro.cost import PerItemFlops
+from mobileclip_repro.flops import PerItemFlops
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import ReinforceConfig, SyntheticCaptioner, TeacherEnsemble, build_captioner
 
@@ -249,18 +249,6 @@ class _PreparedShard(torch.utils.data.IterableDataset):
 
 def _unbatched(item):
     return item
-
-
-def normalize_views(views: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 views [N, 3, S, S] -> float32, scaled to [0, 1] and normalized, on ``views``' device.
-
-    The same float32 operations as ``replay.replay_tensor`` (torchvision's to_tensor, then
-    normalize), in the same order, so the result is that function's, bit for bit.
-    """
-    tensor = views.to(torch.float32).div(255)
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
-    return tensor.sub_(mean).div_(std)
 
 
 def encode_pth(image_emb: torch.Tensor, text_emb: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> bytes:
@@ -515,7 +503,7 @@ class Reinforcer:
         start = time.perf_counter()
         device = self.teachers.device
         views = torch.cat([sample.views.to(device, non_blocking=True) for sample in pending])
-        views = normalize_views(views, self.config.mean, self.config.std)
+        views = replay.normalize_views(views, self.config.mean, self.config.std)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # charge the copy to the upload, not to the teachers
         report.upload_seconds += time.perf_counter() - start

@@ -372,3 +372,15 @@ def replay_case_max_diff(folder: str | Path, case: dict) -> float:
 def replay_max_diffs(folder: str | Path) -> dict[str, float]:
     """Per-case max |diff| against a reference folder; its max is the headline replay error."""
     return {case["case"]: replay_case_max_diff(folder, case) for case in load_replay_cases(folder)}
+
+
+def normalize_views(views: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 views [N, 3, S, S] -> float32, scaled to [0, 1] and normalized, on ``views``' device.
+
+    The same float32 operations as ``replay.replay_tensor`` (torchvision's to_tensor, then
+    normalize), in the same order, so the result is that function's, bit for bit.
+    """
+    tensor = views.to(torch.float32).div(255)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    return tensor.sub_(mean).div_(std)

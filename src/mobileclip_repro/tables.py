@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mobileclip_repro.records import FAILURE_SCHEMA, RECORD_SCHEMA, REQUIRED_RECORD_KEYS
+
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = "mobileclip_repro/eval-record/1"
-FAILURE_SCHEMA = "mobileclip_repro/eval-failure/1"  # a benchmark that failed to evaluate (evaluate --skip-failed-benchmarks)
-REQUIRED_RECORD_KEYS = ("run", "epoch", "seen_samples", "dr", "model", "benchmark", "dataset", "task",
-                        "metrics", "main_metric_name", "main_metric", "num_samples")
 ROW_KEYS = ["run", "dr", "seed", "epoch", "seen_samples"]
 SUMMARY_KEYS = ["run", "dr", "epoch", "seen_samples"]
 STUDENT = "student"

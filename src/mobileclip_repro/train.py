@@ -32,7 +32,7 @@ from open_clip_train.distributed import init_distributed_device_so
 from open_clip_train.scheduler import const_lr, cosine_lr
 
 from mobileclip_repro import config as config_lib
-from mobileclip_repro import cost, devices, locks, models, preflight, shards
+from mobileclip_repro import devices, flops, locks, models, preflight, shards
 from mobileclip_repro.checkpoints import CHECKPOINT_PATTERN, RESUME_CHECKPOINT, checkpoint_path
 from mobileclip_repro.telemetry import METRICS_FILE, MetricsLog
 from mobileclip_repro.seeding import seed_from
@@ -443,7 +443,7 @@ class OnlineTeachers:
                                          f"{spec['distill']['teacher_dimension']}, the teachers give {self.ensemble.dims}")
 
     def targets(self, batch: list) -> list:
-        from mobileclip_repro.reinforce import normalize_views
+        from mobileclip_repro.replay import normalize_views
 
         images, texts, teacher_views, captions, syn_texts, syn_captions = batch
         views = normalize_views(teacher_views.to(self.device), self.config.mean, self.config.std)
@@ -633,7 +633,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                 if teachers is not None:  # online distillation: the teachers embed this batch first
                     step_args = (*step_args, teachers)
                 if flops_per_step is None:  # counted once a run, on its first real step
-                    losses, flops_per_step = cost.count_flops(train_step, *step_args)
+                    losses, flops_per_step = flops.count_flops(train_step, *step_args)
                     flops_per_step = _summed_over_ranks(flops_per_step, device, world_size)
                     manifest["flops_per_step"] = flops_per_step
                 else:
