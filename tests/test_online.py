@@ -65,7 +65,7 @@ def test_a_toy_online_run_trains_and_counts_its_teachers_in_each_step(results, t
     assert teachers_share > 0, "the teachers' forwards are part of an online step"
     # two toy teachers on 8 images and 16 captions, counted on their own
     ensemble = trainer.OnlineTeachers(run_spec(results, online=True), torch.device("cpu"), batch_size=16).ensemble
-    from mobileclip_repro.cost import count_flops
+    from mobileclip_repro.flops import count_flops
 
     _, image_flops = count_flops(ensemble.encode_images, torch.randn(8, 3, 32, 32))
     _, text_flops = count_flops(ensemble.encode_texts, [f"caption {i}" for i in range(16)])
