@@ -131,7 +131,8 @@ class ToyArm:
     """One arm: the run's model, optimizer, loss and autocast as ``train._train`` builds them."""
 
     def __init__(self, spec: dict):
-        from mobileclip_repro import models, train
+        from mobileclip_repro import models
+        from mobileclip_repro.train import train
 
         self.spec = spec
         torch.manual_seed(spec["seed"])
@@ -146,14 +147,14 @@ class ToyArm:
 
     def step(self, batch: list) -> None:
         """``train.train_step`` as the trainer calls it (no GradScaler on the CPU)."""
-        from mobileclip_repro import train
+        from mobileclip_repro.train import train
 
         train.train_step(self.model, self.model, self.optimizer, None, self.autocast, self.loss_fn, batch, self.spec, 0)
 
     def forward_backward(self, parts: list[list]) -> None:
         """Forward + loss + backward of each of ``parts`` on its own (no optimizer step): the
         gradient work of a step at that batch size."""
-        from mobileclip_repro import train
+        from mobileclip_repro.train import train
 
         for part in parts:
             with self.autocast():
@@ -164,7 +165,7 @@ class ToyArm:
     def caching_pass(self, batch: list) -> None:
         """What accumulation adds: every micro-batch's features without gradients (as in
         ``train.accumulate_gradients``)."""
-        from mobileclip_repro import train
+        from mobileclip_repro.train import train
 
         with self.autocast(), torch.no_grad():
             for part in train.split_batch(batch, self.spec["accum_freq"]):
@@ -172,7 +173,8 @@ class ToyArm:
 
 
 def step_timing(config: dict, repeats: int, steps: int) -> dict:
-    from mobileclip_repro import flops, train
+    from mobileclip_repro import flops
+    from mobileclip_repro.train import train
 
     arms = {k: ToyArm(toy_spec(config, k)) for k in (1, ACCUM)}
     batch = toy_batch(arms[1].spec)
@@ -215,7 +217,7 @@ def trainer_timing(config_path: str, config: dict, repeats: int, seen_samples: i
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import training_cost  # noqa: E402 - its toy-data check (runs the DAG up to the reinforcement)
 
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     training_cost.ensure_data(config_path, config)
     batch = config["runs"][TOY_RUN]["global_batch_size"]
@@ -308,7 +310,7 @@ def gathered_from(world_size: int):
     ranks' worth of empty rows (under ``gather_with_grad`` only this rank's rows carry gradient)."""
     import open_clip.loss
 
-    from mobileclip_repro import loss as dr_loss
+    from mobileclip_repro.train import loss as dr_loss
 
     def gather(image_features, text_features, local_loss=False, gather_with_grad=False, rank=0, world_size=1,
                use_horovod=False):
@@ -339,7 +341,8 @@ def paper_spec(path: str, gpus: int, accum_freq: int) -> dict:
 
 def tower_bytes(model, spec: dict, rows: int, checkpointing: bool, parameters: set[int]) -> tuple[int, int]:
     """(bytes autograd keeps for one training pass of ``rows`` through ``train._features``, feature width)."""
-    from mobileclip_repro import flops, train
+    from mobileclip_repro import flops
+    from mobileclip_repro.train import train
 
     model.set_grad_checkpointing(checkpointing)
     images, texts = flops._inputs(model, rows, rows)
@@ -354,7 +357,7 @@ def tower_bytes(model, spec: dict, rows: int, checkpointing: bool, parameters: s
 def loss_bytes(spec: dict, per_gpu: int, micro: int, width: int) -> int:
     """Bytes autograd keeps for the DR loss of the whole per-GPU batch (``micro`` fresh rows with
     gradients, the rest cached), columns gathered from every GPU, float32."""
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     def rows(count: int, grad: bool, columns: int = width) -> torch.Tensor:
         return torch.empty(count, columns, device="meta", requires_grad=grad)

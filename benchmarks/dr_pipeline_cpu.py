@@ -4,7 +4,7 @@ What is measured (single process, ``torch.set_num_threads(1)``, ``time.process_t
 a full pass over the same synthetic DataComp shards on each side, best of ``--repeats``
 passes, the sides interleaved so drift hits both alike):
 
-* DR (the project's real code): ``mobileclip_repro.samples.DRSamples(...).examples()`` --
+* DR (the project's real code): ``mobileclip_repro.train.samples.DRSamples(...).examples()`` --
   read a DataComp tar and its DataCompDR tar, merge-join them by key, check uid / sha256 of
   the jpg bytes, decode the npz embeddings (+ finite check), decode the jpg and replay the
   stored ``param_aug`` entry (crop -> 224 px bicubic resize -> RandAugment ops -> to_tensor
@@ -256,13 +256,13 @@ def plain_pipeline(urls: list[str], preprocess, seed: int, shuffle_buffer: int):
 
 
 def shard_pairs(data: dict) -> list[tuple[Path, Path]]:
-    from mobileclip_repro.samples import paired_shards
+    from mobileclip_repro.train.samples import paired_shards
 
     return paired_shards(data["datacomp"], data["datacomp_dir"], data["dr_dir"])
 
 
 def dr_samples(data: dict, replay, seed: int, shuffle_buffer: int, counter):
-    from mobileclip_repro.samples import DRSamples
+    from mobileclip_repro.train.samples import DRSamples
 
     return DRSamples(shard_pairs(data), replay=replay, tokenizer=None, seed=seed, resampled=False, counter=counter,
                      shuffle_buffer=max(1, shuffle_buffer), passes=1, embedding_dim=EMBEDDING_DIM)
@@ -287,7 +287,7 @@ def time_plain_pass(data: dict, preprocess, seed: int, shuffle_buffer: int, reco
 
 
 def time_dr_pass(data: dict, replay, seed: int, shuffle_buffer: int, record: list | None) -> float:
-    from mobileclip_repro.samples import SkipCounter
+    from mobileclip_repro.train.samples import SkipCounter
 
     counter = SkipCounter(max_workers=0)
     gc.collect()
@@ -341,7 +341,8 @@ def dr_breakdown(data: dict, replay, seed: int, shuffle_buffer: int,
     from torchvision.transforms.autoaugment import _apply_op
 
     from mobileclip_repro import replay as replay_module
-    from mobileclip_repro import samples, shards
+    from mobileclip_repro import shards
+    from mobileclip_repro.train import samples
 
     steps, ops = Steps(), defaultdict(lambda: [0.0, 0])
     counter = samples.SkipCounter(max_workers=0)
@@ -549,7 +550,7 @@ def time_project_loader(joined_dir: Path, replay, tokenizer, samples: int, seed:
     shuffle buffer) through a DataLoader in batches, no workers: what train.build_dataset and
     the trainer's loader do for a DR run."""
     from mobileclip_repro import shards
-    from mobileclip_repro.samples import DRSamples, SkipCounter, paired_shards
+    from mobileclip_repro.train.samples import DRSamples, SkipCounter, paired_shards
 
     counter = SkipCounter(max_workers=0)
     dataset = DRSamples(paired_shards(shards.list_shards(joined_dir), joined_dir, None), replay, tokenizer,

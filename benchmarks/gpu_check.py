@@ -187,7 +187,8 @@ def _write_train_shard(task: dict) -> dict:
     import torch  # noqa: F401 - draw_param_aug
 
     import dr_pipeline_cpu as web
-    from mobileclip_repro import reinforce, shards
+    from mobileclip_repro import shards
+    from mobileclip_repro.reinforce import reinforce
     from mobileclip_repro.teachers import ReinforceConfig
 
     config = ReinforceConfig.from_dict(task["reinforce_json"])
@@ -336,8 +337,9 @@ def measure_training(spec: dict, args, device, count_flops: bool) -> dict:
     """samples/s through the trainer's data pipeline and step, compute-only samples/s, FLOPs per sample."""
     import torch
 
-    from mobileclip_repro import devices, models, train
-    from mobileclip_repro.samples import SkipCounter
+    from mobileclip_repro import devices, models
+    from mobileclip_repro.train import train
+    from mobileclip_repro.train.samples import SkipCounter
 
     torch.manual_seed(spec["seed"])
     cuda = device.type == "cuda"
@@ -452,7 +454,7 @@ def count_step_flops(model, loss_fn, batch, spec: dict) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     rows = min(FLOP_ROWS, len(batch[0]))
     small = [t[:rows] for t in batch]
@@ -548,7 +550,8 @@ def measure_accumulation_arm(spec: dict, batch: list, args, device) -> dict:
     sample as the trainer counts them, and on CUDA the peak memory of the timed steps."""
     import torch
 
-    from mobileclip_repro import flops, models, train
+    from mobileclip_repro import flops, models
+    from mobileclip_repro.train import train
 
     cuda = device.type == "cuda"
     rows = spec["per_gpu_batch_size"]
@@ -598,8 +601,9 @@ def part_accum(args, device, data_info: dict, tmp: Path) -> dict:
     of the DR loader (the trainer's dataset over the generated shards) moved to the device."""
     import torch
 
-    from mobileclip_repro import models, train
-    from mobileclip_repro.samples import SkipCounter
+    from mobileclip_repro import models
+    from mobileclip_repro.train import train
+    from mobileclip_repro.train.samples import SkipCounter
 
     model_name = args.models[0]
     arms = accumulation_arms(args)
@@ -657,7 +661,7 @@ def _free(device) -> None:
 def _autocast_name(precision: str, device) -> str:
     import torch
 
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     context = train.autocast_for(precision, device)()
     return str(context.fast_dtype).replace("torch.", "") if isinstance(context, torch.autocast) else "off"
@@ -696,7 +700,8 @@ def part_mfu(args, device, train_result: dict) -> dict:
 def part_teachers(args, device, data_info: dict, tmp: Path) -> dict:
     import torch
 
-    from mobileclip_repro import devices, reinforce, shards
+    from mobileclip_repro import devices, shards
+    from mobileclip_repro.reinforce import reinforce
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble, build_captioner
 
     config_name = "toy.json" if args.smoke else "datacompdr12m.json"
@@ -1064,7 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import dr_pipeline_cpu  # noqa: F401
         import reinforce_teacher_share  # noqa: F401
-        from mobileclip_repro import devices, reinforce, train  # noqa: F401
+        from mobileclip_repro import devices  # noqa: F401
+        from mobileclip_repro.reinforce import reinforce  # noqa: F401
+        from mobileclip_repro.train import train  # noqa: F401
 
         # Data first, in forked processes, before anything touches CUDA.
         print(f"making data in {root} ...", flush=True)

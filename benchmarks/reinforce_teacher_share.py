@@ -84,7 +84,7 @@ def make_shard(path: Path, images: int, image_side: int, seed: int) -> None:
 def prep_seconds_per_image(shard: Path, config, limit: int = 32) -> float:
     """Decode + sha256 + draw + replay of one image, in this process (what one worker does per image)."""
     from mobileclip_repro import shards
-    from mobileclip_repro.reinforce import prepare_sample
+    from mobileclip_repro.reinforce.reinforce import prepare_sample
 
     import torch
 
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mobileclip_repro import devices, reinforce, shards
+    from mobileclip_repro import devices, shards
+    from mobileclip_repro.reinforce import reinforce
     from mobileclip_repro.teachers import ReinforceConfig, TeacherEnsemble, build_captioner
 
     device = devices.resolve_device(args.device)

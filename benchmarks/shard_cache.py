@@ -24,7 +24,7 @@ import torch
 
 from mobileclip_repro import models, shards, toyworld
 from mobileclip_repro.replay import ReplayTransform
-from mobileclip_repro.samples import DRSamples, PlainCLIPSamples, SkipCounter, paired_shards
+from mobileclip_repro.train.samples import DRSamples, PlainCLIPSamples, SkipCounter, paired_shards
 
 
 def cpu_ms_per_sample(make_dataset) -> float:

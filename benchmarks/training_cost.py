@@ -106,7 +106,7 @@ def run_specs(config: dict, seen_samples: int | None, **overrides) -> dict[str, 
 # -- headline: the real trainer, side by side ---------------------------------------------------
 
 def side_by_side(specs: dict[str, dict], repeats: int, tmp: Path) -> dict:
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     walls = {run: [] for run in RUNS}
     manifests = {}
@@ -178,8 +178,9 @@ def data_breakdown(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, 
 # -- breakdown: the training step ---------------------------------------------------------------
 
 def step_breakdown(specs: dict[str, dict], repeats: int, tmp: Path) -> dict[str, dict[str, float]]:
-    from mobileclip_repro import models, train
-    from mobileclip_repro.samples import SkipCounter
+    from mobileclip_repro import models
+    from mobileclip_repro.train import train
+    from mobileclip_repro.train.samples import SkipCounter
 
     result = {}
     for run in RUNS:
@@ -240,7 +241,9 @@ def import_seconds(module: str) -> float:
 
 
 def evaluate_breakdown(config: dict, tmp: Path, repeats: int) -> dict[str, float]:
-    from mobileclip_repro import checkpoints, evaluate, models, train
+    from mobileclip_repro import checkpoints, models
+    from mobileclip_repro.evaluate import evaluate
+    from mobileclip_repro.train import train
 
     spec = run_specs(config, 1024, num_checkpoints=1, checkpoint_spacing="linear", warmup_steps=1)["toy_plain"]
     out = tmp / "eval_checkpoint"

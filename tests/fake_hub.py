@@ -244,6 +244,26 @@ def serving(monkeypatch, hf_home):
         thread.join(timeout=5)
 
 
+@contextmanager
+def serving_tls(hub: FakeHub, certfile, keyfile):
+    """The same FakeHub's images over HTTPS (``certfile``/``keyfile``: the server's); yields the base URL."""
+    import ssl
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 # ---------------------------------------------------------------- DataComp's benchmark repos, as the hub lays them out
 
 def publish_wds_set(hub: FakeHub, repo: str, set_root) -> list[str]:

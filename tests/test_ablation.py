@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mobileclip_repro import models
-from mobileclip_repro.ablation import ablation_table, describe_setting, display_ablation, load_paper_ablation
+from mobileclip_repro.report.ablation import ablation_table, describe_setting, display_ablation, load_paper_ablation
 from mobileclip_repro.config import ConfigError, load_config, resolve_run
-from mobileclip_repro.loss import DRClipLoss
+from mobileclip_repro.train.loss import DRClipLoss
 from mobileclip_repro.cli import main
-from mobileclip_repro.train import _forward, build_loss, distilled_members, teacher_columns
+from mobileclip_repro.train.train import _forward, build_loss, distilled_members, teacher_columns
 
 ROWS = ["plain_clip", "synthetic_captions", "distillation_only", "strong_augmentation", "teacher_ensemble"]
 

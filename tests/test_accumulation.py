@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mobileclip_repro import config, models
-from mobileclip_repro import train as trainer
+from mobileclip_repro.train import train as trainer
 
 ROWS = 16  # rows a process takes per step
 TEACHER_DIMS = [64, 64]

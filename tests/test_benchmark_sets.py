@@ -14,7 +14,7 @@ from huggingface_hub.errors import EntryNotFoundError
 import fake_hub  # tests/fake_hub.py
 from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, fetch_benchmark_set
 from mobileclip_repro.cli import main
-from mobileclip_repro.evaluate import check_dataset_present, count_wds_images, parse_benchmark_specs
+from mobileclip_repro.evaluate.evaluate import check_dataset_present, count_wds_images, parse_benchmark_specs
 from mobileclip_repro.toyworld import generate
 
 REPO = "clip-benchmark/wds_toy_zeroshot"
@@ -225,7 +225,7 @@ def test_an_nlphuji_retrieval_repo_becomes_a_set_clip_benchmarks_retrieval_reads
 def test_winogavil_becomes_the_association_set_evaluation_reads_without_the_datasets_library(hub, tmp_path):
     import webdataset as wds
 
-    from mobileclip_repro.datacomp_tasks import read_winogavil_sample
+    from mobileclip_repro.evaluate.datacomp_tasks import read_winogavil_sample
 
     names = [f"word {k}" for k in range(12)]
     pictures = {name: _jpeg(50 + k) for k, name in enumerate(names)}

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from mobileclip_repro import replay, shards
-from mobileclip_repro.reinforce import encode_pth
-from mobileclip_repro.samples import DRSamples, SkipCounter, paired_shards
+from mobileclip_repro.reinforce.reinforce import encode_pth
+from mobileclip_repro.train.samples import DRSamples, SkipCounter, paired_shards
 
 CAP = 64 * 2 ** 10  # the lowered MAX_PAYLOAD_BYTES; a real test payload is a few hundred bytes
 BLOCK = bytes(2 ** 20)

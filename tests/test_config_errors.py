@@ -342,7 +342,7 @@ def test_dr_shards_that_appear_later_are_checked_when_the_train_job_starts(toy):
 
 
 def test_the_manifest_fields_compared_are_ones_reinforce_records():
-    from mobileclip_repro.reinforce import CONTENT_SETTINGS
+    from mobileclip_repro.reinforce.reinforce import CONTENT_SETTINGS
 
     config = load_experiment(REPO_ROOT / "configs" / "toy.yaml")
     reinforce = preflight.load_reinforce_json(config["reinforcement"]["config"])
@@ -375,7 +375,7 @@ def test_a_warmup_longer_than_the_run_is_refused(toy, path, key, steps):
 
 
 def test_a_retrieval_benchmark_without_recall_at_1_is_refused_in_a_config_and_on_the_command_line(toy):
-    from mobileclip_repro.evaluate import parse_benchmark_specs
+    from mobileclip_repro.evaluate.evaluate import parse_benchmark_specs
 
     with pytest.raises(ConfigError, match=r"config key 'evaluation.benchmarks.1.recall_k': \[5, 10\] has no 1; "
                                           r"retrieval's main metric is mean_recall@1"):
@@ -547,7 +547,7 @@ def test_torchrun_hands_every_train_option_to_the_trainer_unchanged():
 
     from torch.distributed.run import get_args_parser
 
-    from mobileclip_repro import train
+    from mobileclip_repro.train import train
 
     def launch(*script_args):
         return get_args_parser().parse_args(["--standalone", "--nproc-per-node", "1", "-m", "mobileclip_repro",

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobileclip_repro import config, cost, flops
-from mobileclip_repro import train as trainer
+from mobileclip_repro import config, flops
+from mobileclip_repro.report import cost
+from mobileclip_repro.train import train as trainer
 from mobileclip_repro.models import create_model_and_transforms
 
 BATCH = 4

@@ -13,9 +13,10 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-from mobileclip_repro import benchmark_sets, datacomp_tasks
+from mobileclip_repro import benchmark_sets
+from mobileclip_repro.evaluate import datacomp_tasks
 from mobileclip_repro.cli import main
-from mobileclip_repro.evaluate import parse_benchmark_specs
+from mobileclip_repro.evaluate.evaluate import parse_benchmark_specs
 
 # -- the metrics on hand-made predictions --------------------------------------------------------
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, resolve_run
-from mobileclip_repro.loss import case_inputs, load_loss_cases
-from mobileclip_repro.train import build_loss
+from mobileclip_repro.train.loss import case_inputs, load_loss_cases
+from mobileclip_repro.train.train import build_loss
 
 LOSS_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference" / "dr_loss"
 # docs/reference.md §9's dfndr12m flags, at a batch the test can resolve: MobileCLIP-B student,

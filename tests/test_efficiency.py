@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from mobileclip_repro import efficiency
+from mobileclip_repro.report import efficiency
 
 # Seen samples double per checkpoint, as with checkpoint_spacing: log.
 SEEN = [1000, 2000, 4000, 8000, 16000]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mobileclip_repro.benchmark_sets import BenchmarkSetError
 from mobileclip_repro.cli import main
-from mobileclip_repro.evaluate import check_dataset_present, parse_benchmark_specs
+from mobileclip_repro.evaluate.evaluate import check_dataset_present, parse_benchmark_specs
 from mobileclip_repro.models import create_model_and_transforms
 
 CLASSES = ["red square", "green circle", "blue triangle"]
@@ -138,7 +138,7 @@ def test_rerun_skips_existing_records_unless_forced(records, world, caplog):
     path = out_dir / "toy_zeroshot.json"
     tampered = dict(by_name["toy_zeroshot"], main_metric=-1.0)
     path.write_text(json.dumps(tampered))
-    with caplog.at_level(logging.INFO, logger="mobileclip_repro.evaluate"):
+    with caplog.at_level(logging.INFO, logger="mobileclip_repro.evaluate.evaluate"):
         assert _evaluate(world, out_dir) == 0
     assert json.loads(path.read_text())["main_metric"] == -1.0
     assert "exists, skipped" in caplog.text
@@ -288,7 +288,7 @@ def test_records_say_how_they_were_computed(records):
     ("amp", "cpu", False), ("fp32", "cpu", False),   # never on CPU, where it would change the toy's numbers
 ])
 def test_autocast_runs_only_for_amp_on_cuda(precision, device, autocast):
-    from mobileclip_repro.evaluate import uses_autocast
+    from mobileclip_repro.evaluate.evaluate import uses_autocast
 
     assert uses_autocast(precision, device) is autocast
 
@@ -448,7 +448,7 @@ class _ListLoader:
 @pytest.mark.parametrize("max_bytes, passes", [(2 * 2 * 6 * 4, 1), (2 * 2 * 6 * 4 - 1, 3)],
                          ids=["fits: read once", "one byte over the budget: streamed every time"])
 def test_decoded_batches_are_kept_only_within_the_jobs_budget(max_bytes, passes):
-    from mobileclip_repro.evaluate import DecodedSets
+    from mobileclip_repro.evaluate.evaluate import DecodedSets
 
     batches = [(torch.zeros(2, 6), [0, 1]), (torch.ones(2, 6), [1, 0])]  # 2 x 48 bytes of float32 images
     decoded = DecodedSets(max_bytes=2 * max_bytes)

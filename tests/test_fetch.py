@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from mobileclip_repro import fetch, shards, toyworld
+from mobileclip_repro import shards, toyworld
+from mobileclip_repro.data import fetch
 from mobileclip_repro.hub import HubRetries, parse_shard_spec
 from mobileclip_repro.cli import main
 
@@ -181,7 +182,7 @@ EXPECTED_SHARD0_FAILED = {"http_404": 1, "http_error": 1, "timeout": 1, "connect
 
 
 def test_fetch_group_counts_joins_and_resumes(hub, toy_samples, tmp_path):
-    from mobileclip_repro.samples import SkipCounter, assemble_dr_example, joined_samples
+    from mobileclip_repro.train.samples import SkipCounter, assemble_dr_example, joined_samples
 
     world = publish_shards_world(hub, toy_samples)
     opts = options(tmp_path, sha256_policy="strict", timeout=SLOW_WORLD_TIMEOUT)
@@ -541,11 +542,37 @@ def test_a_loss_the_config_accepts_finishes_the_group_and_the_report_names_the_l
     listed = shards.listed_shard_files([manifest_path])
     assert sorted(path.name for path in listed) == sorted(f"{shard}.tar" for shard in world.ids[:2] for _ in "ab")
     assert all(entry["sha256"] == shards.file_sha256(path) for path, entry in listed.items())
-    from mobileclip_repro.tables import fetch_markdown, fetch_table, lost_shards, read_fetch_manifests
+    from mobileclip_repro.report.tables import fetch_markdown, fetch_table, lost_shards, read_fetch_manifests
 
     manifests = read_fetch_manifests([manifest_path])
     section = fetch_markdown(fetch_table(manifests), lost_shards(manifests))
     assert "**1 shard(s) lost**" in section and f"- group 00000, shard {gone}: " in section
+
+
+@pytest.mark.parametrize("count", [0, 1, 7])
+def test_the_shard_writer_writes_the_bytes_of_webdatasets_tar_writer_and_datacomp_record(tmp_path, count):
+    """fetch writes its shards itself (a third of TarWriter's CPU per sample); byte for byte what
+    shards.atomic_tar_writer writes of shards.datacomp_record, whatever the sizes (block edges,
+    empty), captions (non-ASCII), extra metadata, a null uid, or a key too long for a ustar name or
+    not ASCII (tarfile's pax records)."""
+    rng = random.Random(count)
+    sizes = [0, 511, 512, 513, 70_001, 10_240, 3]
+    samples = []
+    for i in range(count):
+        body = rng.randbytes(sizes[i % len(sizes)])
+        key = {4: "k" * 96, 5: "k" * 120, 6: "ключ"}.get(i, f"{i:09d}")  # 96 + ".jpg": the ustar name's 100
+        extra = [None, {"recorded_sha256": "ab" * 32, "sha256_policy": "same_size"}, {"captions": ["é", "猫"]}][i % 3]
+        samples.append((key, body, f"caption {i} café ☕ 猫", None if i == 2 else f"uid{i}",
+                        f"http://example.org/{i}/ü.jpg", extra))
+    with shards.atomic_tar_writer(tmp_path / "webdataset.tar", mtime=fetch.TAR_MTIME) as writer:
+        for key, body, caption, uid, url, extra in samples:
+            writer.write(shards.datacomp_record(key, body, caption, uid, url, extra_meta=extra))
+    with open(tmp_path / "fetch.tar", "wb") as stream:
+        writer = fetch.ShardTarWriter(stream)
+        for key, body, caption, uid, url, extra in samples:
+            writer.write(key, body, shards.sha256_hex(body), caption, uid, url, extra)
+        writer.close()
+    assert (tmp_path / "fetch.tar").read_bytes() == (tmp_path / "webdataset.tar").read_bytes()
 
 
 def stalled_head_shard() -> list[fetch.SourceSample]:
@@ -649,6 +676,33 @@ def test_image_urls_go_through_the_proxy_the_environment_names_unless_no_proxy_l
     fetch._local.__dict__.clear()
     assert fetch.fetch_url(f"{hub.base_url}/img/proxied.jpg", TIMEOUT, 0, 1 << 20) == (b"image bytes", None)
     fetch._local.__dict__.clear()
+
+
+def test_https_images_are_verified_against_the_ca_bundle_the_environment_names(hub, monkeypatch, tmp_path):
+    """One TLS context per bundle and process (loading the bundle per connection cost ~16 ms of CPU):
+    a server whose certificate the bundle vouches for answers; with certifi's bundle it does not."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    hub.images["secure.jpg"] = b"image over TLS"
+    for name in PROXY_VARIABLES + ("CURL_CA_BUNDLE",):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with fake_hub.serving_tls(hub, cert, key) as base_url:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+            fetch._local.__dict__.clear()
+            assert fetch.fetch_url(f"{base_url}/img/secure.jpg", TIMEOUT, 0, 1 << 20) == (b"image over TLS", None)
+            assert fetch.fetch_url(f"{base_url}/img/secure.jpg", TIMEOUT, 0, 1 << 20) == (b"image over TLS", None)
+            monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # certifi's bundle: this certificate is nobody's
+            fetch._local.__dict__.clear()
+            assert fetch.fetch_url(f"{base_url}/img/secure.jpg", TIMEOUT, 0, 1 << 20) == (None, "connection")
+    finally:
+        fetch._local.__dict__.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -974,7 +1028,7 @@ def test_a_dr_shard_whose_samples_carry_their_url_and_caption_is_fetched_without
     """Every sample has url.txt and txt: the shard is fetched as it is (keys, captions, sha256 from its
     own json), and the DataComp source, here one for other samples that the guard would refuse, is
     never downloaded: neither its caption shard nor its parquet."""
-    from mobileclip_repro.samples import SkipCounter, assemble_dr_example, joined_samples
+    from mobileclip_repro.train.samples import SkipCounter, assemble_dr_example, joined_samples
 
     samples, others = toy_samples[0], toy_samples[1]
     hub.files[(DR_REPO, "00000000.tar")] = dr_tar_with_own_text(samples, hub.base_url)

@@ -9,7 +9,7 @@ import yaml
 from mobileclip_repro import shards
 from mobileclip_repro.cli import main
 from mobileclip_repro.config import ConfigError, load_config, resolve_run
-from mobileclip_repro.samples import DRSamples, SkipCounter, paired_shards
+from mobileclip_repro.train.samples import DRSamples, SkipCounter, paired_shards
 
 from test_samples import EMBEDDING_DIM, REPLAY, _dr_sample, _pair, _write, datacomp  # noqa: F401  (fixture)
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from mobileclip_repro.loss import DRClipLoss
+from mobileclip_repro.train.loss import DRClipLoss
 
 MEMBERS = (16, 16)  # two small teacher members keep the test fast; the maths is width-agnostic
 STUDENT_FEATURES = ("image_features", "text_features", "syn_text_features")

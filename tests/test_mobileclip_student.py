@@ -17,9 +17,9 @@ import torch
 from torchvision import transforms as T
 
 from mobileclip_repro import checkpoints, config, models, shards
-from mobileclip_repro import train as trainer
+from mobileclip_repro.train import train as trainer
 from mobileclip_repro.replay import InterpolationMode, ReplayTransform, replay_tensor
-from mobileclip_repro.samples import SkipCounter
+from mobileclip_repro.train.samples import SkipCounter
 
 STUDENT = "MobileCLIP-S1"
 # The preprocessing of MobileCLIP-S1's released weights (open_clip's pretrained config for

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mobileclip_repro import cli, locks, shards, toyworld
-from mobileclip_repro.reinforce import _lock_slots
+from mobileclip_repro.reinforce.reinforce import _lock_slots
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = ("import sys; from pathlib import Path; from mobileclip_repro import locks\n"

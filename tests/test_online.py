@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from mobileclip_repro import config, shards
-from mobileclip_repro import train as trainer
+from mobileclip_repro.train import train as trainer
 from mobileclip_repro.replay import ReplayTransform
-from mobileclip_repro.samples import assemble_online_example, joined_samples, SkipCounter
+from mobileclip_repro.train.samples import assemble_online_example, joined_samples, SkipCounter
 from mobileclip_repro.teachers import ReinforceConfig
 
 REPO = Path(__file__).resolve().parents[1]

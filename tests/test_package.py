@@ -1,4 +1,8 @@
-"""The package's import graph: no module imports one that (directly or not) imports it back.
+"""The package's import graph has the DAG's shape: a flat core (the modules at the top: config and
+preflight, on-disk formats, models, teachers, FLOPs, devices, seeding, locks) that every stage
+may import, and one package per rule file (``data``, ``reinforce``, ``train``, ``evaluate``,
+``report``) that imports the core and never another stage; the core imports no stage. And no
+module imports one that (directly or not) imports it back.
 
 Every import of the package counts, those inside functions too: a deferred import still makes
 the two modules one unit that cannot be read, tested or moved apart."""
@@ -7,25 +11,51 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mobileclip_repro"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "mobileclip_repro"
+STAGES = ("data", "reinforce", "train", "evaluate", "report")
+
+
+def module_name(path: Path) -> str:
+    """``train/train.py`` -> ``train.train``; ``config.py`` -> ``config``."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules ``path`` imports: ``from mobileclip_repro import x``,
+    ``from mobileclip_repro.x import y`` (y a module or a name in x), ``import mobileclip_repro.x``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE.name:
+            base = node.module.removeprefix(PACKAGE.name).lstrip(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}".lstrip(".")
+                found.add(candidate if candidate in modules else base)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.removeprefix(f"{PACKAGE.name}.") for alias in node.names
+                      if alias.name.startswith(f"{PACKAGE.name}.")}
+    return {module for module in found if module in modules}
 
 
 def package_imports() -> dict[str, set[str]]:
-    """module -> the package's modules it imports (``from mobileclip_repro import x``,
-    ``from mobileclip_repro.x import y``, ``import mobileclip_repro.x``)."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE.name:
-                parts = node.module.split(".")
-                imported |= {alias.name for alias in node.names} if len(parts) == 1 else {parts[1]}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[1] for alias in node.names
-                             if alias.name.startswith(f"{PACKAGE.name}.")}
-        graph[path.stem] = (imported & modules) - {path.stem}
-    return graph
+    """module (dotted, below the package) -> the package's modules it imports."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: imported_modules(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def stage_of(module: str) -> str | None:
+    return module.split(".")[0] if module.split(".")[0] in STAGES else None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a stage from the core, or of one stage from another."""
+    wrong = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            if stage_of(target) and stage_of(target) != stage_of(module):
+                where = f"stage {stage_of(module)}" if stage_of(module) else "the core"
+                wrong.append(f"{module} ({where}) imports {target} (stage {stage_of(target)})")
+    return wrong
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -49,6 +79,25 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_imports_itself_back():
     assert cycles(package_imports()) == []
+
+
+def test_stages_import_the_core_and_never_each_other():
+    graph = package_imports()
+    assert {stage_of(module) for module in graph} >= set(STAGES)  # the walk sees every stage package
+    assert layer_violations(graph) == []
+
+
+def test_each_rule_file_has_its_stage_package():
+    rule_files = {path.stem for path in (REPO / "workflow" / "rules").glob("*.smk")} - {"common"}
+    assert rule_files == set(STAGES)
+    assert all((PACKAGE / stage / "__init__.py").is_file() for stage in STAGES)
+
+
+def test_the_layer_check_finds_a_stage_importing_another():
+    graph = {"config": set(), "train.train": {"config", "reinforce.reinforce"}, "reinforce.reinforce": set(),
+             "plan": {"report.cost"}, "report.cost": set()}
+    assert layer_violations(graph) == ["plan (the core) imports report.cost (stage report)",
+                                       "train.train (stage train) imports reinforce.reinforce (stage reinforce)"]
 
 
 def test_the_cycle_check_finds_a_cycle():

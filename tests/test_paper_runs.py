@@ -15,11 +15,11 @@ from torchvision import transforms as T
 
 from mobileclip_repro.config import captioner_sets, load_config, resolve_run
 from mobileclip_repro.hub import expand_shard_spec
-from mobileclip_repro.loss import DRClipLoss
+from mobileclip_repro.train.loss import DRClipLoss
 from mobileclip_repro.models import create_model_and_transforms
 from mobileclip_repro.replay import ReplayTransform
 from mobileclip_repro.teachers import ReinforceConfig
-from mobileclip_repro.train import build_loss, weight_decay_groups
+from mobileclip_repro.train.train import build_loss, weight_decay_groups
 
 # docs/reference.md §1, first table: what the three run scripts have in common. Their
 # --accum-freq 1 and --zeroshot-frequency 1 have no key here: the trainer never accumulates

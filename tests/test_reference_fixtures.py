@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobileclip_repro import loss as dr_loss
+from mobileclip_repro.train import loss as dr_loss
 from mobileclip_repro import replay
 
 FIXTURES = Path(os.environ.get("REFERENCE_FIXTURES", Path(__file__).resolve().parent / "fixtures" / "reference"))

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mobileclip_repro import cli, devices, reinforce, replay, toyworld
+from mobileclip_repro import cli, devices, replay, toyworld
+from mobileclip_repro.reinforce import reinforce
 from mobileclip_repro.models import create_model_and_transforms
 from mobileclip_repro.shards import atomic_tar_writer, decode_reinforcement, iter_raw_samples, sha256_hex
 from mobileclip_repro.seeding import seed_from

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from mobileclip_repro import cli, config, preflight, shards, toyworld
-from mobileclip_repro import train as trainer
+from mobileclip_repro.train import train as trainer
 from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
-from mobileclip_repro.samples import SkipCounter
+from mobileclip_repro.train.samples import SkipCounter
 from mobileclip_repro.seeding import seed_from
 from mobileclip_repro.teachers import TeacherEnsemble
 

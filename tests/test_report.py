@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from mobileclip_repro.cli import main
-from mobileclip_repro.plots import same_architecture
-from mobileclip_repro.report import PAPER_REFERENCES, load_paper_reference, run_summary
-from mobileclip_repro.tables import RECORD_SCHEMA, load_records, long_table, wide_table
+from mobileclip_repro.report.plots import same_architecture
+from mobileclip_repro.report.report import PAPER_REFERENCES, load_paper_reference, run_summary
+from mobileclip_repro.report.tables import RECORD_SCHEMA, load_records, long_table, wide_table
 
 SEEN_PER_EPOCH = 8192
 # (run, dr) -> acc1 and mean_recall@1 per epoch 1..3
@@ -207,7 +207,7 @@ def test_chance_for_unknown_benchmark_is_an_error(records_dir, tmp_path):
 
 
 def test_chance_level_defaults_to_one_over_the_number_of_classes():
-    from mobileclip_repro.report import chance_from_records
+    from mobileclip_repro.report.report import chance_from_records
 
     records = [{"benchmark": "toy_zeroshot", "task": "zeroshot_classification", "num_classes": 48},
                {"benchmark": "toy_retrieval", "task": "zeroshot_retrieval"}]
@@ -217,7 +217,7 @@ def test_chance_level_defaults_to_one_over_the_number_of_classes():
 # --- the data section: fetch group manifests (report --fetch-manifests-dir) -----------------
 
 def make_fetch_manifest(group, kept, listed, tried, fetched, failed, mismatch, no_caption, shards_failed=0):
-    from mobileclip_repro.tables import FETCH_MANIFEST_SCHEMA
+    from mobileclip_repro.report.tables import FETCH_MANIFEST_SCHEMA
 
     totals = {"shards": 4, "shards_ok": 4 - shards_failed, "shards_failed": shards_failed, "shards_resumed": 0,
               "samples_listed": listed, "no_caption": no_caption, "no_url": 0, "urls_tried": tried,
@@ -244,7 +244,8 @@ def fetch_dir(tmp_path):
 
 
 def test_fetch_counters_match_the_fetch_stage():
-    from mobileclip_repro import fetch, tables
+    from mobileclip_repro.data import fetch
+    from mobileclip_repro.report import tables
 
     assert tables.FETCH_MANIFEST_SCHEMA == fetch.MANIFEST_SCHEMA
     assert tables.FETCH_COUNTERS == fetch.COUNTERS
@@ -315,7 +316,7 @@ def test_report_without_fetch_manifests_has_no_data_section(records_dir, tmp_pat
 
 
 def test_suite_averages_follow_the_tags_of_each_benchmark():
-    from mobileclip_repro.tables import suite_averages
+    from mobileclip_repro.report.tables import suite_averages
 
     records = [make_record("toy_dr", True, 1, "toy_zeroshot", 0.4), make_record("toy_dr", True, 1, "toy_retrieval", 0.2)]
     extra = make_record("toy_dr", True, 1, "toy_zeroshot", 0.6)
@@ -373,7 +374,7 @@ def _suite_records(repo_root, skip=()):
 def test_the_suite_averages_are_datacomps_aggregate_scores(repo_root):
     """ImageNet, ImageNet dist. shifts, VTAB, Retrieval and the average over 38, as DataComp's
     aggregate_scores.py computes them from the same 38 numbers."""
-    from mobileclip_repro.tables import suite_averages
+    from mobileclip_repro.report.tables import suite_averages
 
     records, values = _suite_records(repo_root)
     assert len(records) == 38

@@ -32,8 +32,8 @@ import pytest
 import torch
 
 from mobileclip_repro import cli, config, locks, telemetry
-from mobileclip_repro import train as trainer
-from mobileclip_repro.train import segment_boundaries
+from mobileclip_repro.train import train as trainer
+from mobileclip_repro.train.train import segment_boundaries
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -169,7 +169,7 @@ class _Records(logging.Handler):
 def second_trainer(spec: dict, out_dir: Path) -> dict:
     """The CLI's ``train`` on ``out_dir``, in this process (``python -m mobileclip_repro`` exits
     with what ``cli.main`` returns): its exit code and what it logged."""
-    records, logger = _Records(), logging.getLogger("mobileclip_repro.train")
+    records, logger = _Records(), logging.getLogger("mobileclip_repro.train.train")
     logger.addHandler(records)
     try:
         code = cli.main(train_command(spec, out_dir)[3:])
@@ -316,7 +316,7 @@ def test_a_run_killed_inside_a_pseudo_epoch_ends_as_if_never_interrupted(killed,
     assert resumed_at is not None, f"the kill came too late: {sorted(p.name for p in run['state'].iterdir())}"
     assert spec["checkpoint_steps"][0] < resumed_at < spec["checkpoint_steps"][1]
     out_dir = folder_from(run["state"], tmp_path / "run")
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         train_here(spec, out_dir)
     assert f"resuming from {out_dir / 'checkpoints' / 'resume.pt'}" in caplog.text
     assert f"resumed at step {resumed_at} " in caplog.text
@@ -340,7 +340,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(killed, refe
     checkpoints = out_dir / "checkpoints"
     path = checkpoints / newest
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         train_here(spec, out_dir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith(f"checkpoint {path} cannot be loaded") and m.endswith("falling back to an earlier one")
@@ -443,7 +443,7 @@ def test_a_preemption_signal_costs_at_most_a_step_and_the_rerun_ends_as_if_never
     assert stopped_at in (first_end + 1, first_end + 2), stopped_at
     log_text = out_dir.with_suffix(".log").read_text()
     assert f"{signal.Signals(signum).name} received: stopping after step {stopped_at}, resume.pt written" in log_text
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         train_here(spec, out_dir)
     assert f"resumed at step {stopped_at} " in caplog.text
     assert_ends_like(out_dir, preempted_reference, spec)

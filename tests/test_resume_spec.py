@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mobileclip_repro import config, shards, toyworld
-from mobileclip_repro import train as trainer
+from mobileclip_repro.train import train as trainer
 
 BATCH = 8
 RUN = {"model": "toy-student", "data": "plain", "gpus_per_node": 0, "global_batch_size": BATCH,
@@ -76,7 +76,7 @@ def set_aside_folder(out_dir: Path) -> Path:
 def test_a_changed_lr_sets_the_old_checkpoints_aside_and_trains_from_step_0(results, finished, tmp_path, caplog):
     out_dir = copy_of(finished, tmp_path)
     before = torch.load(out_dir / "checkpoints" / "epoch_2.pt", weights_only=True)
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         manifest = train_here(run_spec(results, lr=2e-2), out_dir)
 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -106,7 +106,7 @@ def test_a_key_that_does_not_change_the_result_resumes_the_finished_run(results,
     spec = run_spec(results, **{key: NEUTRAL_CHANGES[key]})
     stored = torch.load(out_dir / "checkpoints" / "epoch_2.pt", weights_only=True, mmap=True)["run"]
     assert stored[key] != spec[key]
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         manifest = train_here(spec, out_dir)
 
     assert f"resumed at step {spec['total_steps']} " in caplog.text
@@ -141,7 +141,7 @@ def test_the_same_bytes_written_again_are_the_same_data_and_the_run_resumes(resu
     assert shard.read_bytes() == before[0] and shard.stat().st_mtime_ns != before[1]
     # a shard no data manifest lists (left over from other data) is not read, nor part of the identity
     shutil.copy(shard, shard.with_name("99999999.tar"))
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         manifest = train_here(spec, out_dir, data_manifests=manifests)
 
     assert f"resumed at step {spec['total_steps']} " in caplog.text
@@ -175,7 +175,7 @@ def test_a_run_started_by_hand_identifies_its_data_by_content_too(results, tmp_p
 def test_a_dr_run_with_relative_data_folders_reads_its_listed_shards(results, tmp_path, monkeypatch):
     """The default results_dir is relative (results/<name>); the manifests' paths are absolute once read."""
     from mobileclip_repro.models import create_model_and_transforms, get_tokenizer
-    from mobileclip_repro.samples import SkipCounter
+    from mobileclip_repro.train.samples import SkipCounter
 
     shutil.copytree(results / "data", tmp_path / "experiment" / "data")
     monkeypatch.chdir(tmp_path)
@@ -204,7 +204,7 @@ def test_a_folder_where_no_checkpoint_loads_is_set_aside_and_said_loudly(results
     out_dir = copy_of(finished, tmp_path)
     for path in (out_dir / "checkpoints").glob("*.pt"):
         path.write_bytes(path.read_bytes()[:1000])
-    with caplog.at_level(logging.INFO, "mobileclip_repro.train"):
+    with caplog.at_level(logging.INFO, "mobileclip_repro.train.train"):
         manifest = train_here(run_spec(results), out_dir)
 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

@@ -18,8 +18,8 @@ import torch
 
 from mobileclip_repro import replay, shards, toyworld
 from mobileclip_repro.config import REPO_ROOT, load_config, resolve_run
-from mobileclip_repro.reinforce import encode_pth
-from mobileclip_repro.samples import (DRSamples, SampleSkipped, ShardCache, SkipCounter, assemble_dr_example,
+from mobileclip_repro.reinforce.reinforce import encode_pth
+from mobileclip_repro.train.samples import (DRSamples, SampleSkipped, ShardCache, SkipCounter, assemble_dr_example,
                                       joined_samples, paired_shards)
 
 EMBEDDING_DIM = 8
@@ -287,7 +287,7 @@ def test_a_truncated_shard_keeps_the_samples_before_the_cut(datacomp, tmp_path, 
     data = datacomp_tar.read_bytes()
     datacomp_tar.write_bytes(data[: len(data) // 2])
     counter = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.train.samples"):
         examples = _examples(tmp_path / "datacomp", tmp_path / "dr", counter)
 
     counts = counter.totals()
@@ -365,7 +365,7 @@ def test_a_truncated_shard_is_never_cached_so_every_pass_counts_its_loss(datacom
 
 def test_the_first_skips_of_a_reason_are_logged_with_shard_and_key(caplog):
     counter = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.train.samples"):
         for n in range(8):
             counter.add("sha256_mismatch", f"shard.tar:key{n}", "image bytes do not hash to abc")
     messages = [r.getMessage() for r in caplog.records]
@@ -392,7 +392,7 @@ def _training_spec(root: Path, **overrides) -> dict:
 
 
 def test_training_on_bad_shards_goes_on_and_reports_the_counts(datacomp, tmp_path, caplog):
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.train import train
 
     _, expected = _bad_shards(tmp_path, datacomp)
     # enough steps that every planted sample is drawn (the draw is seeded, so this is fixed)
@@ -414,7 +414,7 @@ def test_training_on_bad_shards_goes_on_and_reports_the_counts(datacomp, tmp_pat
 
 
 def test_a_requeued_run_keeps_the_earlier_attempts_epochs_and_counts(datacomp, tmp_path):
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.train import train
 
     _bad_shards(tmp_path, datacomp)
     spec = _training_spec(tmp_path)

@@ -21,8 +21,8 @@ import yaml
 
 from mobileclip_repro import preflight, replay, shards, toyworld
 from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config
-from mobileclip_repro.reinforce import encode_pth
-from mobileclip_repro.samples import DRSamples, SampleSkipped, SkipCounter, assemble_dr_example, paired_shards
+from mobileclip_repro.reinforce.reinforce import encode_pth
+from mobileclip_repro.train.samples import DRSamples, SampleSkipped, SkipCounter, assemble_dr_example, paired_shards
 
 EMBEDDING_DIM = 8
 NUM_AUGMENTATIONS = 3
@@ -336,7 +336,7 @@ def test_bad_samples_are_counted_and_the_good_ones_come_through(datacomp, tmp_pa
 
 
 def test_a_regex_that_matches_nothing_anywhere_stops_the_stream_naming_it(datacomp, tmp_path):
-    from mobileclip_repro.samples import TooManySkips
+    from mobileclip_repro.train.samples import TooManySkips
 
     dr = [_dr(s, i, **TWO_SETS) for i, s in enumerate(datacomp)]
     _write(tmp_path / "datacomp" / "00000000.tar", datacomp)

@@ -18,7 +18,7 @@ import torch
 
 from mobileclip_repro import shards, toyworld
 from mobileclip_repro.config import REPO_ROOT, ConfigError, load_config, resolve_run
-from mobileclip_repro.samples import (DRSamples, PlainCLIPSamples, SkipCounter, TooManySkips, joined_samples,
+from mobileclip_repro.train.samples import (DRSamples, PlainCLIPSamples, SkipCounter, TooManySkips, joined_samples,
                                       paired_shards)
 
 WIDTH = 8          # teacher embedding width of the shards written here (4 + 4)
@@ -154,7 +154,7 @@ def test_plain_shards_that_cannot_be_read_stop_the_stream(tmp_path, workers):
 @pytest.mark.timeout(300)
 def test_training_on_data_that_is_all_bad_stops_with_the_reasons(world, tmp_path):
     """The whole trainer: shards whose every image fails its sha256 end the job, not spin it."""
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.train import train
 
     _shard_pair(tmp_path, world[:8], [_dr(s, sha256="0" * 64) for s in world[:8]])
     spec = _toy_dr_spec(tmp_path, max_consecutive_skips=40)
@@ -179,7 +179,7 @@ def _toy_dr_spec(root: Path, **overrides) -> dict:
 
 @pytest.mark.timeout(300)
 def test_a_teacher_dimension_the_shards_do_not_have_stops_the_train_job_at_its_start(world, tmp_path):
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.train import train
 
     _shard_pair(tmp_path, world[:8], [_dr(s) for s in world[:8]])
     spec = _toy_dr_spec(tmp_path)
@@ -196,7 +196,7 @@ def test_a_truncated_datacomp_tar_is_one_unreadable_shard_not_missing_images(wor
     data = datacomp_tar.read_bytes()
     datacomp_tar.write_bytes(data[: len(data) // 2])
     counter = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.train.samples"):
         joined = list(joined_samples(datacomp_tar, dr_tar, counter))
 
     assert counter.totals() == {"unreadable_shard": 1}, "no DataCompDR partner is counted as a failed download"
@@ -210,7 +210,7 @@ def test_a_missing_npz_is_reported_at_the_datacompdr_tar(world, tmp_path, caplog
     del dr[2]["npz"]
     datacomp_tar, dr_tar = _shard_pair(tmp_path, world[:4], dr)
     counter = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.train.samples"):
         examples = list(_dr_dataset(tmp_path, counter, WIDTH, passes=1).examples())
 
     assert len(examples) == 3 and counter.totals() == {"missing_key": 1}
@@ -276,7 +276,7 @@ def test_a_datacomp_tar_cut_at_a_member_boundary_is_a_truncated_shard_not_missin
     datacomp_tar, dr_tar = _shard_pair(tmp_path, world[:8], [_dr(s) for s in world[:8]])
     datacomp_tar.write_bytes(datacomp_tar.read_bytes()[:_member_offsets(datacomp_tar)[5 * 4]])
     counter = SkipCounter()
-    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.samples"):
+    with caplog.at_level(logging.WARNING, logger="mobileclip_repro.train.samples"):
         joined = list(joined_samples(datacomp_tar, dr_tar, counter))
 
     assert len(joined) == 5 and counter.totals() == {"truncated_shard": 1}
@@ -331,7 +331,7 @@ def test_an_undecodable_payload_is_a_counted_bad_reinforcement(world, tmp_path, 
 
 @pytest.mark.timeout(300)
 def test_a_run_over_undecodable_payloads_finishes_and_counts_them(world, tmp_path):
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.train import train
 
     dr = [_dr(s) for s in world[:8]]
     for sample, garbage in zip(dr[::3], _garbage_payloads().values()):

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from mobileclip_repro import cli, efficiency, shards, subsets, toyworld
+from mobileclip_repro import cli, shards, subsets, toyworld
+from mobileclip_repro.report import efficiency
 from mobileclip_repro.config import ConfigError, load_config, resolve_run
-from mobileclip_repro.samples import DRSamples, PlainCLIPSamples, SkipCounter, paired_shards
+from mobileclip_repro.train.samples import DRSamples, PlainCLIPSamples, SkipCounter, paired_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

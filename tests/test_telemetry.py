@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mobileclip_repro import config, preflight, telemetry
-from mobileclip_repro import train as trainer
-from mobileclip_repro.plots import plot_training_curves
+from mobileclip_repro.train import train as trainer
+from mobileclip_repro.report.plots import plot_training_curves
 
 RUN = {"model": "toy-student", "gpus_per_node": 0, "global_batch_size": 8, "seen_samples": 48,
        "num_checkpoints": 2, "checkpoint_spacing": "linear", "workers": 0, "precision": "fp32",

@@ -15,18 +15,18 @@ from mobileclip_repro.config import ConfigError  # jsonschema + yaml only: cheap
 
 COMMANDS = {
     "toy-data": ("mobileclip_repro.toyworld", "synthesize the toy world: DataComp-format shards, teacher data, benchmark sets"),
-    "fetch": ("mobileclip_repro.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
-    "local-data": ("mobileclip_repro.local_data", "list local data (data.source: local): every shard with its size and sha256"),
+    "fetch": ("mobileclip_repro.data.fetch", "download one group of hub shards: DataComp captions + images (+ DataCompDR), joined by uid"),
+    "local-data": ("mobileclip_repro.data.local_data", "list local data (data.source: local): every shard with its size and sha256"),
     "select-subsets": ("mobileclip_repro.subsets", "rank every sample by a seeded hash of its uid: the nested subsets of data.subsets"),
-    "reinforce": ("mobileclip_repro.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
+    "reinforce": ("mobileclip_repro.reinforce.reinforce", "write DataCompDR-format shards: augmentations, teacher embeddings, synthetic captions"),
     "join-shards": ("mobileclip_repro.shards", "write Apple's joined layout: each DataComp shard with its DataCompDR keys in one tar"),
-    "train": ("mobileclip_repro.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
+    "train": ("mobileclip_repro.train.train", "train one run (CLIP or DR loss); launch under torchrun for multi-process"),
     "fetch-benchmark": ("mobileclip_repro.benchmark_sets", "download a clip_benchmark webdataset mirror from the hub into a local root"),
-    "evaluate": ("mobileclip_repro.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),
+    "evaluate": ("mobileclip_repro.evaluate.evaluate", "evaluate one checkpoint on benchmark sets with clip_benchmark"),
     "export-open-clip": ("mobileclip_repro.export", "write a checkpoint as a folder plain open_clip loads (model name local-dir:DIR), e.g. for `clip_benchmark eval`"),
-    "report": ("mobileclip_repro.report", "tables, learning-efficiency plots and an HTML report from result records"),
+    "report": ("mobileclip_repro.report.report", "tables, learning-efficiency plots and an HTML report from result records"),
     "validate-config": ("mobileclip_repro.preflight", "validate a config file against the schema and print the resolved runs"),
-    "cost": ("mobileclip_repro.cost", "project a config's training and reinforcement FLOPs and GPU-hours (plain, DR, online distillation)"),
+    "cost": ("mobileclip_repro.report.cost", "project a config's training and reinforcement FLOPs and GPU-hours (plain, DR, online distillation)"),
     "plan": ("mobileclip_repro.plan", "size a config before it runs: shards, samples, downloads, disk per stage, GPU-hours, jobs vs the cluster's runtime limit"),
 }
 

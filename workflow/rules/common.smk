@@ -14,7 +14,7 @@ from mobileclip_repro.config import (ConfigError, generated_benchmark, read_yaml
                                      subset_sizes, subsets_file)
 from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.launch import launcher_prefix, slurm_resources
-from mobileclip_repro.local_data import folder_listing
+from mobileclip_repro.data.local_data import folder_listing
 from mobileclip_repro.locks import ResultsBusy, hold_dag_lock, release_dag_lock
 from mobileclip_repro.preflight import check_benchmark_roots, load_experiment
 

@@ -36,10 +36,10 @@ from mobileclip_repro import devices, flops, locks, models, preflight, shards
 from mobileclip_repro.checkpoints import CHECKPOINT_PATTERN, RESUME_CHECKPOINT, checkpoint_path
 from mobileclip_repro.telemetry import METRICS_FILE, MetricsLog
 from mobileclip_repro.seeding import seed_from
-from mobileclip_repro.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
+from mobileclip_repro.train.samples import (SKIP_REASONS, DRSamples, PlainCLIPSamples, SkipCounter, counts_by_reason,
                                       paired_shards)
 
-log = logging.getLogger("mobileclip_repro.train")
+log = logging.getLogger("mobileclip_repro.train.train")
 LOG_EVERY_STEPS = 20
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -345,7 +345,7 @@ def build_loss(spec: dict, rank: int, world_size: int) -> torch.nn.Module:
                   cache_labels=True, rank=rank, world_size=world_size)
     if not spec["dr"]:
         return ClipLoss(**common)
-    from mobileclip_repro.loss import DRClipLoss
+    from mobileclip_repro.train.loss import DRClipLoss
 
     distill = spec["distill"]
     members = distilled_members(distill)
@@ -391,7 +391,7 @@ def build_dataset(spec: dict, model, train_transform, tokenizer, counter: SkipCo
         log.info("training on a subset of %d unique samples (%s)", len(keep), spec["subset_file"])
     if spec["dr"] and online_distillation(spec):
         from mobileclip_repro.replay import ReplayTransform
-        from mobileclip_repro.samples import OnlineDRSamples
+        from mobileclip_repro.train.samples import OnlineDRSamples
         from mobileclip_repro.teachers import ReinforceConfig
 
         joined = spec.get("data_layout") == "joined"

@@ -53,7 +53,7 @@ stored *unmodified* under ``jpg`` (whatever their format: re-encoding would brea
 sha256 the reinforcement was computed for); a mismatch is dropped or kept per the sha256
 policy below. The DataComp shard ``<datacomp-dir>/<id>.tar``
 has exactly the DataCompDR keys, in sorted order, minus the samples lost, so training's
-merge-join by key (``samples.joined_samples``) pairs them; without DataCompDR the DataComp
+merge-join by key (``train.samples.joined_samples``) pairs them; without DataCompDR the DataComp
 keys are kept.
 
 Why not img2dataset: img2dataset 1.47.0 requires ``webdataset<0.3`` (this project pins
@@ -62,7 +62,8 @@ original bytes (``disable_all_reencoding=True``; ``verify_hash`` hashes the down
 before any resize), but it drops every mismatch (no ``same_size`` policy for the ~14% of
 images their hosts re-encoded), bounds each socket operation rather than the URL, and by
 default re-encodes what it stores. ``benchmarks/fetch_vs_img2dataset.py`` times the two on
-the same URLs. The downloader here is ~200 lines over requests: a
+the same URLs. The downloader here is a few hundred lines over urllib3 (``_Client``; requests
+only picks a URL's proxy, as ``requests.get`` would): a
 thread pool per process (``--processes`` shards at a time x ``--threads`` URLs per shard;
 DataComp's own download uses 16 x 128), a per-URL deadline (``--timeout``, below), retries
 (``--retries``) only for connection errors and HTTP 429/5xx (never for a timeout), a size
@@ -73,7 +74,7 @@ The deadline: each try of a URL must have its answer (DNS lookup, connect, redir
 and headers) within ``timeout`` seconds, and then its whole body within ``timeout`` more, so
 one URL costs at most about twice the timeout per try, whether the server trickles, stalls
 or never answers. requests and urllib3 bound each socket operation, not their sum, and not
-the DNS lookup at all; so here the lookup runs in a helper thread given up on at the
+the DNS lookup at all; so here the lookup runs on a resolver thread given up on at the
 deadline (``resolve_within``), the lookup and the connects share the connect timeout
 (``_LookupWithinConnectTimeout``), urllib3's ``Timeout(total=...)`` ends the wait for the
 headers at the deadline, redirects are followed hop by hop with what is left, and the body
@@ -140,13 +141,14 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import shutil
 import socket
 import tarfile
 import threading
 import time
 import urllib.request
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -161,7 +163,7 @@ from mobileclip_repro import shards
 from mobileclip_repro.hub import (HubRetries, describe_hub_error, hub_commit, hub_download, hub_list_files,
                                   select_group)
 
-log = logging.getLogger("mobileclip_repro.fetch")
+log = logging.getLogger("mobileclip_repro.data.fetch")
 
 MANIFEST_SCHEMA = "mobileclip_repro/fetch-manifest/1"
 SHARD_MANIFEST_SCHEMA = "mobileclip_repro/fetch-shard/1"
@@ -496,33 +498,77 @@ def parquet_captions(paths: list[Path], uids: set[str]) -> dict[str, str]:
 # Image downloads
 
 
-BODY_READ_BYTES = 1 << 16  # per read at most; a read returns what has arrived, it does not wait for more
+BODY_READ_BYTES = 1 << 18  # per read at most (most images in one); a read returns what has arrived
 MAX_REDIRECTS = 10          # as urllib, which img2dataset uses
 
 
-def resolve_within(host: str, port: int, seconds: float) -> list[tuple]:
-    """``socket.getaddrinfo`` for a TCP connection to ``host``, given up on after ``seconds`` (TimeoutError).
+class _Resolver:
+    """``socket.getaddrinfo`` on reusable daemon threads, each lookup given up on at its deadline.
 
     The system resolver takes no deadline from its caller (its timeouts and attempts are set in
-    resolv.conf), so the lookup runs in a daemon thread; one that overruns is left to finish
-    on its own, and its answer is dropped.
+    resolv.conf), so a lookup runs on a resolver thread and its caller waits ``seconds`` at most;
+    one that overruns is left to finish on its thread, and its answer is dropped. Each lookup
+    handed over finds a thread of its own free (one is started when none is idle), so a stuck
+    lookup never holds up another. The threads are kept for the next lookups: starting one per
+    lookup cost about 90 us of CPU and 270 us of waiting per URL.
     """
-    answer: dict = {}
 
-    def look_up() -> None:
-        try:
-            answer["addresses"] = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
-        except Exception as error:  # noqa: BLE001 - raised again in the caller's thread
-            answer["error"] = error
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
 
-    lookup = threading.Thread(target=look_up, name=f"resolve {host}", daemon=True)
-    lookup.start()
-    lookup.join(max(seconds, 0.0))
-    if lookup.is_alive():
-        raise TimeoutError(f"DNS lookup of {host} took over {seconds:.3g} s")
-    if "error" in answer:
-        raise answer["error"]
-    return answer["addresses"]
+    def resolve(self, host: str, port: int, seconds: float) -> list[tuple]:
+        answered = threading.Lock()
+        answered.acquire()  # released by the resolver thread once the job holds its answer
+        job = [host, port, answered, None, None]  # ..., addresses, error
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        if start:
+            threading.Thread(target=self._work, name="resolver", daemon=True).start()
+        self._jobs.put(job)
+        if not answered.acquire(timeout=max(seconds, 0.0)):
+            raise TimeoutError(f"DNS lookup of {host} took over {seconds:.3g} s")
+        if job[4] is not None:
+            raise job[4]
+        return job[3]
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job[3] = socket.getaddrinfo(job[0], job[1], allowed_gai_family(), socket.SOCK_STREAM)
+            except Exception as error:  # noqa: BLE001 - raised again in the caller's thread
+                job[4] = error
+            with self._lock:
+                self._idle += 1  # counted before the answer goes out: the caller's next lookup finds it free
+            job[2].release()
+
+
+_resolver: _Resolver | None = None
+_resolver_lock = threading.Lock()
+
+
+def _forget_resolver() -> None:
+    global _resolver
+    _resolver = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_resolver)
+
+
+def resolve_within(host: str, port: int, seconds: float) -> list[tuple]:
+    """``socket.getaddrinfo`` for a TCP connection to ``host``, given up on after ``seconds`` (TimeoutError)."""
+    global _resolver
+    resolver = _resolver
+    if resolver is None:
+        with _resolver_lock:
+            if _resolver is None:
+                _resolver = _Resolver()
+            resolver = _resolver
+    return resolver.resolve(host, port, seconds)
 
 
 class _LookupWithinConnectTimeout:
@@ -640,7 +686,9 @@ class _Client:
 
     def get(self, url: str, timeout: float):
         """One GET of ``url``, its redirect not followed and its body not read: urllib3's response."""
-        manager = (self._proxy_manager(url) if self.proxies else None) or self.direct
+        manager = self._proxy_manager(url) if self.proxies else None
+        if manager is None:
+            manager = self.direct
         if url[:6].lower() == "https:" and "ssl_context" not in manager.connection_pool_kw:
             # the bundle is read on the first HTTPS URL (a bad path fails that URL, counted as a
             # connection error, as with requests), then shared by every connection of the process
@@ -945,6 +993,75 @@ def keeps_mismatch(body: bytes, sample: SourceSample, policy: str) -> bool:
     return False
 
 
+class ShardTarWriter:
+    """Writes a DataComp shard to an open binary stream byte for byte as ``shards.atomic_tar_writer``'s
+    ``webdataset.TarWriter(mtime=TAR_MTIME)`` writes ``shards.datacomp_record``s (a test compares the
+    two), at about a quarter of its CPU per sample: each member's header is tarfile's own header
+    with the member's name, size and checksum put in (``header``), followed by the member's bytes,
+    without ``TarFile.addfile``'s copy of each header, stream wrapper and member list, the encoder's
+    pass over every sample, or a second sha256 of the image (the caller hashed it, in the download
+    thread)."""
+
+    USER = GROUP = "bigdata"  # webdataset.TarWriter's defaults
+    MODE = 0o444
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.offset = 0
+        # tarfile's header for a member with no name and no bytes; a member whose name fits the
+        # ustar name field (ASCII, at most 100 characters) differs from it only in name, size and
+        # checksum, which header() fills in (tarfile makes every other header, with its pax records)
+        template = bytearray(self._tarinfo("", 0).tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        template[148:156] = b" " * 8  # the checksum is the sum of the header's bytes with these as spaces
+        self._template = bytes(template)
+
+    def _tarinfo(self, name: str, size: int) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, TAR_MTIME, self.MODE, self.USER, self.GROUP
+        return info
+
+    def header(self, name: str, size: int) -> bytes:
+        """The member's header, as ``TarInfo.tobuf`` makes it."""
+        if len(self._template) != tarfile.BLOCKSIZE or len(name) > 100 or not name.isascii() \
+                or not 0 <= size < 8 ** 11:
+            return self._tarinfo(name, size).tobuf(tarfile.DEFAULT_FORMAT, tarfile.ENCODING, "surrogateescape")
+        header = bytearray(self._template)
+        header[:len(name)] = name.encode("ascii")
+        header[124:136] = b"%011o\0" % size
+        header[148:155] = b"%06o\0" % sum(header)
+        return bytes(header)
+
+    def write(self, key: str, jpg: bytes, sha256: str, caption: str, uid: str | None, url: str,
+              extra_meta: dict | None = None) -> None:
+        """One sample as ``shards.datacomp_record`` makes it (``sha256``: of ``jpg``)."""
+        meta = {"uid": uid, "sha256": sha256, "caption": caption, "url": url}
+        clashes = sorted(set(meta) & set(extra_meta or {}))
+        if clashes:
+            raise ValueError(f"{key}: extra_meta may not override DataComp metadata fields {clashes}")
+        meta.update(extra_meta or {})
+        # TarWriter's member order: the extensions sorted
+        for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode("utf-8")), ("txt", caption.encode("utf-8")),
+                          ("url.txt", url.encode("utf-8"))):
+            header = self.header(f"{key}.{ext}", len(data))
+            padding = -len(data) % tarfile.BLOCKSIZE
+            self.stream.write(header)
+            self.stream.write(data)
+            if padding:
+                self.stream.write(tarfile.NUL * padding)
+            self.offset += len(header) + len(data) + padding
+
+    def close(self) -> None:
+        """The end-of-archive blocks and the padding to a whole record, as ``TarFile.close``."""
+        self.offset += 2 * tarfile.BLOCKSIZE
+        self.stream.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE + -self.offset % tarfile.RECORDSIZE))
+
+
+def _download(sample: SourceSample, opts: FetchOptions) -> tuple[bytes | None, str | None, str | None]:
+    """``fetch_url`` in a pool thread, and there too the body's sha256 (hashlib lets go of the GIL)."""
+    body, reason = fetch_url(sample.url, opts.timeout, opts.retries, opts.max_image_bytes)
+    return body, reason, shards.sha256_hex(body) if body is not None else None
+
+
 # Downloaded images a shard holds in memory while an earlier one (in key order) is still downloading.
 HELD_BYTES = 256 << 20
 
@@ -965,10 +1082,13 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
     # oldest one does: a stalled URL at the head (up to 2 x timeout) must not leave the threads idle
     # while the URLs after it are done. Those wait for their turn in memory, up to HELD_BYTES.
     running_at_most = max(1, opts.threads) * 2  # queued in the pool or downloading: keeps every thread busy
-    with shards.atomic_tar_writer(datacomp_tar, mtime=TAR_MTIME) as writer, \
+    with shards.atomic_output(datacomp_tar) as partial, open(partial, "wb") as stream, \
             ThreadPoolExecutor(max_workers=max(1, opts.threads)) as pool:
+        writer = ShardTarWriter(stream)
         in_key_order: collections.deque = collections.deque()  # (sample, future), not yet written
         running: set = set()
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # futures as they end (a wait() over all of
+        #                                                    them cost O(threads) per URL)
         held: dict = {}  # finished, not yet written: future -> bytes held
         held_bytes = [0]  # their sum
         upcoming = iter(todo)
@@ -978,24 +1098,25 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
                 sample = next(upcoming, None)
                 if sample is None:
                     return
-                future = pool.submit(fetch_url, sample.url, opts.timeout, opts.retries, opts.max_image_bytes)
+                future = pool.submit(_download, sample, opts)
+                future.add_done_callback(finished.put)
                 in_key_order.append((sample, future))
                 running.add(future)
 
         start_more()
         while in_key_order:
             if not in_key_order[0][1].done():
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
+                future = finished.get()
+                if future in running:  # else: written already, as the head
                     running.discard(future)
                     held[future] = len(future.result()[0] or b"")
                     held_bytes[0] += held[future]
-                start_more()
+                    start_more()
                 continue
             sample, future = in_key_order.popleft()
             running.discard(future)
             held_bytes[0] -= held.pop(future, 0)
-            body, reason = future.result()
+            body, reason, digest = future.result()
             start_more()
             counts.urls_tried += 1
             if body is None:
@@ -1005,7 +1126,7 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
             extra_meta = {}
             if sample.sha256 is None:
                 counts.sha256_unchecked += 1  # nothing recorded to check the bytes against
-            elif shards.sha256_hex(body) != sample.sha256:
+            elif digest != sample.sha256:
                 if not keeps_mismatch(body, sample, opts.sha256_policy):
                     counts.sha256_mismatch_dropped += 1
                     continue
@@ -1014,9 +1135,9 @@ def build_shard(shard_id: str, samples: list[SourceSample], opts: FetchOptions) 
                 extra_meta = {"recorded_sha256": sample.sha256, "sha256_policy": opts.sha256_policy}
             if len(sample.captions) > 1:  # v2's several ground-truth captions: txt is the first (text_emb[0])
                 extra_meta["captions"] = list(sample.captions)
-            writer.write(shards.datacomp_record(sample.key, body, sample.caption, sample.uid, sample.url,
-                                                extra_meta=extra_meta or None))
+            writer.write(sample.key, body, digest, sample.caption, sample.uid, sample.url, extra_meta or None)
             counts.samples_kept += 1
+        writer.close()
     return counts
 
 
@@ -1127,9 +1248,10 @@ def _parallel(function, jobs: list[tuple], processes: int, description: str):
                 bar.update()
             return
         # forkserver: workers fork from a clean single-threaded server that imported this module
-        # once (no fork of a process with live threads, no re-import of torch per worker)
+        # and the writer's webdataset (1.3 s of CPU to import) once: no fork of a process with live
+        # threads, no import per worker inside its first shard
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload([__name__, "webdataset"])
         with ProcessPoolExecutor(max_workers=min(processes, len(jobs)), mp_context=context) as pool:
             for future in as_completed([pool.submit(function, *job) for job in jobs]):
                 yield future.result()
@@ -1253,7 +1375,7 @@ def fetch_group(shard_ids: list[str], opts: FetchOptions) -> dict:
     return {"schema": MANIFEST_SCHEMA, **_source_fields(opts), "layout": layout, "sha256_policy": opts.sha256_policy,
             "min_join_rate": opts.min_join_rate, "datacomp_dir": str(opts.datacomp_dir),
             "dr_dir": str(opts.dr_dir) if opts.dr_repo else None, "totals": _totals(ordered), "shards": ordered,
-            # what training reads: the ok shards' tars, by content (train.training_shards)
+            # what training reads: the ok shards' tars, by content (train.train.training_shards)
             shards.SHARD_FILES_KEY: [described for entry in ordered if entry.get("status") == "ok"
                                      for described in entry.get(shards.SHARD_FILES_KEY) or _shard_files(entry)],
             "elapsed_s": round(elapsed, 3), "images_per_s": round(fetched_now / max(elapsed, 1e-9), 2)}

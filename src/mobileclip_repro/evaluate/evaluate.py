@@ -40,7 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobileclip_repro import datacomp_tasks, shards
+from mobileclip_repro import shards
+from mobileclip_repro.evaluate import datacomp_tasks
 from mobileclip_repro.checkpoints import CheckpointInfo, checkpoint_model_name, read_checkpoint_info
 from mobileclip_repro.benchmark_sets import IMAGE_EXTENSIONS, BenchmarkSetError, check_class_names, read_set_source
 from mobileclip_repro.config import validate_benchmarks

@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
 
-from mobileclip_repro.efficiency import final_accuracies, subset_size  # noqa: E402
-from mobileclip_repro.tables import TASK_ORDER, format_seen_samples, student_records, teacher_records  # noqa: E402
+from mobileclip_repro.report.efficiency import final_accuracies, subset_size  # noqa: E402
+from mobileclip_repro.report.tables import TASK_ORDER, format_seen_samples, student_records, teacher_records  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobileclip_repro import cost, efficiency, telemetry
-from mobileclip_repro.ablation import ablation_markdown, display_ablation, write_ablation
-from mobileclip_repro.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
+from mobileclip_repro import telemetry
+from mobileclip_repro.report import cost
+from mobileclip_repro.report import efficiency
+from mobileclip_repro.report.ablation import ablation_markdown, display_ablation, write_ablation
+from mobileclip_repro.report.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
                                    plot_training_curves, validate_reference_points)
-from mobileclip_repro.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
+from mobileclip_repro.report.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
                                      display_table, display_teachers, failures_markdown, fetch_commits,
                                      fetch_commit_lines, fetch_markdown, fetch_table,
                                      format_seen_samples, long_table, lost_shards, read_failures,

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mobileclip_repro.plots import save_figure  # noqa: E402
-from mobileclip_repro.tables import student_records, to_markdown  # noqa: E402
+from mobileclip_repro.report.plots import save_figure  # noqa: E402
+from mobileclip_repro.report.tables import student_records, to_markdown  # noqa: E402
 
 PAPER_ABLATION_PATH = Path(__file__).parent / "paper_ablation.json"
 

@@ -38,7 +38,7 @@ import torch
 from mobileclip_repro import shards
 from mobileclip_repro.seeding import seed_from
 
-log = logging.getLogger("mobileclip_repro.samples")
+log = logging.getLogger("mobileclip_repro.train.samples")
 
 SKIP_REASONS = (
     "unreadable_shard",       # truncated / corrupt tar: the rest of that shard pass is lost
