@@ -547,14 +547,14 @@ def test_torchrun_hands_every_train_option_to_the_trainer_unchanged():
 
     from torch.distributed.run import get_args_parser
 
-    from mobileclip_repro.train import train
+    from mobileclip_repro.train.cli import train_arguments
 
     def launch(*script_args):
         return get_args_parser().parse_args(["--standalone", "--nproc-per-node", "1", "-m", "mobileclip_repro",
                                              "train", *script_args])
 
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_arguments(parser)
     command = ["--config", "configs/toy.yaml", "--run-name", "toy_dr", "--out-dir", "runs/x"]
     launched = launch(*command)
     assert launched.module and launched.training_script == "mobileclip_repro"

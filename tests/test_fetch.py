@@ -1128,8 +1128,10 @@ def test_fetch_options_from_the_workflow_command_line():
     """The rule passes a null revision as '' (the main branch) and YAML's bare `off` as False."""
     import argparse
 
+    from mobileclip_repro.data.cli import fetch_arguments
+
     parser = argparse.ArgumentParser()
-    fetch.add_arguments(parser)
+    fetch_arguments(parser)
     base = ["--datacomp-repo", DC_REPO, "--shard-spec", "{00..01}", "--group", "0", "--group-size", "1",
             "--datacomp-dir", "d", "--manifest", "m"]
     args = parser.parse_args(base + ["--datacomp-revision", "", "--dr-revision", "v1.0", "--sha256", "False"])

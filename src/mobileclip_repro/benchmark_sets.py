@@ -27,7 +27,6 @@ image's own bytes and a ``txt`` of its captions, one per line), WinoGAViL as abo
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import io
@@ -395,23 +394,3 @@ def fetch_nlphuji_set(repo_id: str, root: str | os.PathLike, split: str, downloa
     log.info("%s: %d %s into %s", repo_id, count, "instances" if dataset_type == "association" else "images", root)
     return {"repo": repo_id, "split": split, "dataset_type": dataset_type, "samples": count,
             "source_files": [csv_name, zip_name]}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repo", required=True, help="hub dataset repo, e.g. clip-benchmark/wds_imagenet1k")
-    parser.add_argument("--root", required=True, help="local dataset root the evaluation reads")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--revision", default=None,
-                        help="a branch, tag or commit of the repo (default: main); the manifest names the commit")
-    parser.add_argument("--manifest", help="write what was fetched here (JSON)")
-
-
-def command(args: argparse.Namespace) -> int:
-    from mobileclip_repro import shards
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fetched = fetch_benchmark_set(args.repo, args.root, args.split, args.revision)
-    if args.manifest:
-        shards.write_json_atomic(args.manifest, fetched)
-    print(f"{args.repo}@{fetched['commit']}: {fetched['num_shards']} {args.split} shards in {args.root}")
-    return 0

@@ -46,15 +46,3 @@ def export_open_clip(checkpoint: str | Path, out_dir: str | Path, model_name: st
     }
     shards.write_json_atomic(out_dir / OPEN_CLIP_CONFIG, json.loads(json.dumps(config)), allow_nan=False)
     return out_dir
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="an epoch_<k>.pt written by `train`")
-    parser.add_argument("out_dir", help="folder to write open_clip_config.json and open_clip_model.safetensors into")
-    parser.add_argument("--model", default=None, help="open_clip model name (default: the checkpoint's model_name)")
-
-
-def command(args) -> int:
-    out_dir = export_open_clip(args.checkpoint, args.out_dir, model_name=args.model)
-    print(f"local-dir:{out_dir.resolve()}")
-    return 0

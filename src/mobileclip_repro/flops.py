@@ -10,7 +10,6 @@ reinforcement, and GPU-hours (``paper_projection``; the ``cost`` command).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 
@@ -215,17 +214,3 @@ def describe_projection(projection: dict) -> str:
     for dataset, hours in projection["reinforcement_gpu_hours"].items():
         lines.append(f"  {dataset}: " + ", ".join(f"{gpu} {h:,.0f} GPU-h" for gpu, h in hours.items()))
     return "\n".join(lines)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (its runs and its reinforcement JSON)")
-    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model FLOPs utilization assumed for GPU-hours")
-    parser.add_argument("--json", action="store_true", help="print the projection as JSON")
-
-
-def command(args) -> int:
-    from mobileclip_repro.preflight import load_experiment
-
-    projection = paper_projection(load_experiment(args.config), args.mfu)
-    print(json.dumps(projection, indent=2) if args.json else describe_projection(projection))
-    return 0

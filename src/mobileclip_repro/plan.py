@@ -31,7 +31,6 @@ from mobileclip_repro.config import (REPO_ROOT, captioner_sets, reinforcement_va
                                      run_seeds)
 from mobileclip_repro.hub import expand_shard_spec, shard_groups
 from mobileclip_repro.launch import slurm_resources
-from mobileclip_repro.preflight import load_experiment
 
 # -- per-unit facts: each with its source -------------------------------------------------------
 
@@ -531,21 +530,3 @@ def describe_plan(result: dict) -> str:
     if result["notes"]:
         lines += [""] + [f"note: {note}" for note in result["notes"]]
     return "\n".join(lines)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("configfile", help="experiment YAML")
-    parser.add_argument("--cluster-max-runtime", type=float, metavar="HOURS",
-                        help="the cluster's longest job (hours): jobs asking for more are flagged")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    parser.add_argument("--no-gpu-hours", action="store_true",
-                        help="leave out the GPU-hour projection (which imports torch: ~40 s for a paper config)")
-    parser.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization assumed for GPU-hours "
-                                                                "(default: cost's)")
-
-
-def command(args) -> int:
-    result = plan(load_experiment(args.configfile), args.cluster_max_runtime, gpu_hours=not args.no_gpu_hours,
-                  mfu=args.mfu)
-    print(json.dumps(result, indent=2) if args.json else describe_plan(result))
-    return 0

@@ -34,7 +34,6 @@ import functools
 import importlib.util
 import json
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -44,8 +43,7 @@ import yaml
 from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, wds_shard_paths
 from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets,
                                      generated_benchmark, load_config, non_finite_message, non_finite_number,
-                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant, resolve_run,
-                                     run_seeds, strict_validator)
+                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant, strict_validator)
 from mobileclip_repro.hub import expand_shard_spec
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
@@ -460,35 +458,3 @@ def load_experiment(source: str | Path | dict) -> dict:
     config = load_config(source)
     check_config(config)
     return config
-
-
-# -- validate-config: the resolved runs of an experiment
-
-def _in_micro_batches(spec: dict) -> str:
-    accum_freq = spec.get("accum_freq", 1)
-    return f" in {accum_freq} micro-batches of {spec['per_gpu_micro_batch_size']}" if accum_freq > 1 else ""
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("configfile", help="experiment YAML")
-    parser.add_argument("--run", help="print this run's resolved spec")
-
-
-def command(args) -> int:
-    """Prints the resolved runs; a bad config prints its message (naming the key), not a traceback."""
-    try:
-        config = load_experiment(args.configfile)
-        names = [args.run] if args.run else list(config["runs"])
-        specs = [resolve_run(config, name, seed=seed) for name in names for seed in run_seeds(config["runs"][name])]
-    except ConfigError as error:
-        print(f"invalid config: {error}", file=sys.stderr)
-        return 2
-    if args.run:
-        print(json.dumps(specs if len(specs) > 1 else specs[0], indent=2))
-    else:
-        for spec in specs:
-            print(f"{spec['name']} seed {spec['seed']}: {spec['model']} data={spec['data']} world={spec['world_size']} "
-                  f"batch={spec['global_batch_size']} ({spec['per_gpu_batch_size']}/proc"
-                  f"{_in_micro_batches(spec)}) "
-                  f"steps={spec['total_steps']} seen={spec['seen_samples']:,} checkpoints at steps {spec['checkpoint_steps']}")
-    return 0

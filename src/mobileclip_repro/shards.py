@@ -718,31 +718,3 @@ def tar_problem(path: str | os.PathLike) -> str | None:
 
 def is_readable_tar(path: str | os.PathLike) -> bool:
     return tar_problem(path) is None
-
-
-# -- `join-shards`: the joined layout from split shards ------------------------------------------
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--datacomp-dir", type=Path, required=True, help="DataComp shards (jpg, txt, json)")
-    parser.add_argument("--dr-dir", type=Path, required=True, help="DataCompDR shards at the same relative paths")
-    parser.add_argument("--out-dir", type=Path, required=True, help="where the joined shards go (same relative paths)")
-
-
-def command(args) -> int:
-    tars = list_shards(args.datacomp_dir)
-    if not tars:
-        raise SystemExit(f"no .tar shards in {args.datacomp_dir}")
-    total = 0
-    for tar in tars:
-        relative = tar.relative_to(args.datacomp_dir)
-        dr_tar = args.dr_dir / relative
-        if not dr_tar.is_file():
-            raise SystemExit(f"no DataCompDR shard {dr_tar} for {tar}")
-        out = args.out_dir / relative
-        out.parent.mkdir(parents=True, exist_ok=True)
-        count = join_shards(tar, dr_tar, out)
-        total += count
-        print(f"{relative}: {count} samples", flush=True)
-    print(f"{len(tars)} joined shards, {total} samples -> {args.out_dir}")
-    return 0
-

@@ -14,7 +14,6 @@ and the file counts it (``unranked``), with examples.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -102,21 +101,3 @@ def members(path: str | Path, size: int) -> frozenset[str]:
     if size > len(selection["uids"]):
         raise ValueError(f"{path}: ranks {len(selection['uids']):,} uids, a subset of {size:,} was asked for")
     return frozenset(selection["uids"][:size])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datacomp-dir", required=True, type=Path, help="DataComp shards (json with uid)")
-    parser.add_argument("--sizes", required=True, type=int, nargs="+", help="subset sizes (data.subsets)")
-    parser.add_argument("--seed", type=int, default=0, help="the hash's seed (data.subset_seed)")
-    parser.add_argument("--out", required=True, type=Path, help="subsets.json to write")
-    parser.add_argument("--data-manifests", nargs="*", type=Path, default=None,
-                        help="the data stage's manifests: rank the shards they list (default: every shard)")
-
-
-def command(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    selection = select(args.datacomp_dir, args.sizes, args.seed, args.data_manifests)
-    shards.write_json_atomic(args.out, selection)
-    log.info("ranked %d distinct uids of %d samples (seed %d); subsets %s -> %s", selection["distinct_uids"],
-             selection["samples"], args.seed, selection["sizes"], args.out)
-    return 0

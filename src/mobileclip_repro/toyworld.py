@@ -27,7 +27,6 @@ across runs.
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import copy
 import functools
@@ -37,7 +36,6 @@ import itertools
 import json
 import math
 import shutil
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,31 +524,3 @@ def generate(out_dir: str | Path, *, seed: int = 0, train_samples: int = 8000, t
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", required=True, help="output root (datacomp/, teacher_data/, benchmarks/, manifest.json)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-samples", type=int, default=8000, help="DataComp-format samples with web-like alt-text")
-    parser.add_argument("--teacher-samples", type=int, default=16000, help="samples with clean captions for the teachers")
-    parser.add_argument("--benchmark-samples", type=int, default=500, help="images in each benchmark set")
-    parser.add_argument("--samples-per-shard", type=int, default=1000)
-    parser.add_argument("--retrieval-captions", type=int, default=3, help="captions per retrieval image")
-    for kind, fraction in DEFAULT_ALT_TEXT_MIX.items():
-        parser.add_argument(f"--alt-{kind}", type=float, default=fraction, help=f"fraction of {kind} alt-text")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out-dir")
-    parser.add_argument("--workers", type=int, default=1, help="processes writing shards (output is identical)")
-
-
-def command(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    manifest = generate(
-        args.out_dir, seed=args.seed, train_samples=args.train_samples, teacher_samples=args.teacher_samples,
-        benchmark_samples=args.benchmark_samples, samples_per_shard=args.samples_per_shard,
-        alt_text_mix={kind: getattr(args, f"alt_{kind}") for kind in DEFAULT_ALT_TEXT_MIX},
-        retrieval_captions=args.retrieval_captions, overwrite=args.overwrite, workers=args.workers)
-    images = sum(output["samples"] for output in manifest["outputs"].values())
-    print(f"toy world (seed {args.seed}): {images} images in {time.perf_counter() - start:.1f} s -> {args.out_dir}")
-    for name, output in manifest["outputs"].items():
-        print(f"  {name:<14} {output['samples']:>7} samples in {output['shards']} shards")
-    return 0

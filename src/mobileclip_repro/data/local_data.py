@@ -9,12 +9,10 @@ resume (the same bytes) or start over (other bytes).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,32 +53,3 @@ def describe(folders: list[Path], previous: dict | None = None) -> dict:
     return {"schema": SCHEMA, "folders": [str(folder) for folder in folders],
             "totals": {"shards": len(files), "bytes": sum(entry["bytes"] for entry in files)},
             shards.SHARD_FILES_KEY: files}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--folder", nargs="+", type=Path, required=True,
-                        help="folders of shards (data.datacomp_dir, and data.dr_dir where DR shards are given)")
-    parser.add_argument("--out", type=Path, required=True, help="the manifest to write")
-    parser.add_argument("--listing", default="", help="the DAG's folder_listing (recorded; it reruns this job)")
-
-
-def command(args: argparse.Namespace) -> int:
-    from mobileclip_repro import shards
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    start = time.monotonic()
-    # Snakemake deletes a job's outputs before it runs: the digests are kept beside, for the next run
-    cache = args.out.with_name(args.out.stem + ".digests.json")
-    previous = None
-    if cache.is_file():
-        try:
-            previous = json.loads(cache.read_text())
-        except ValueError:
-            previous = None
-    manifest = describe(args.folder, previous)
-    manifest["listing"] = args.listing
-    shards.write_json_atomic(cache, {shards.SHARD_FILES_KEY: manifest[shards.SHARD_FILES_KEY]})
-    manifest[shards.SHARD_FILES_KEY] = shards.relative_to_manifest(manifest[shards.SHARD_FILES_KEY], args.out)
-    shards.write_json_atomic(args.out, manifest)
-    log.info("wrote %s in %.1f s", args.out, time.monotonic() - start)
-    return 0

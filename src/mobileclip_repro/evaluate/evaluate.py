@@ -28,7 +28,6 @@ Traps handled here rather than left to the user:
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.metadata
 import json
@@ -674,60 +673,3 @@ def evaluate_teachers(reinforce_config: str | os.PathLike, benchmarks: list[Benc
 
 def _is_failure(path: Path) -> bool:
     return path.name.endswith(".failed.json")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", nargs="+", help="epoch_<k>.pt files written by `train`")
-    parser.add_argument("--teachers", metavar="REINFORCE_JSON",
-                        help="instead of checkpoints: each teacher of this reinforcement JSON and their ensemble")
-    parser.add_argument("--pretrained-root", default=None, help="with --teachers: where checkpoint files it names are")
-    parser.add_argument("--model", default=None, help="open_clip model name (default: the checkpoint's model_name)")
-    parser.add_argument("--benchmarks-json", required=True,
-                        help='a JSON file, or JSON text: a list of {"name", "dataset", "task", "root", ["split", "recall_k"]}')
-    parser.add_argument("--out-dir", required=True, nargs="+",
-                        help="one per checkpoint, each getting one record per benchmark: <out-dir>/<name>.json; "
-                             "with --teachers one folder with a subfolder per teacher and ensemble/")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: cuda when this job has a GPU")
-    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
-                        help="amp: clip_benchmark's autocast on CUDA (never on CPU); fp32: none, as DataComp classifies")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="re-evaluate benchmarks whose record exists")
-    parser.add_argument("--skip-failed-benchmarks", action="store_true",
-                        help="a benchmark that fails leaves <out-dir>/<name>.failed.json and the others go on "
-                             "(default: the job fails)")
-    parser.add_argument("--index", type=Path, default=None,
-                        help="also write the list of record paths here (the Snakemake rule's declared output)")
-
-
-def command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    benchmarks = load_benchmark_specs(args.benchmarks_json)
-    from mobileclip_repro.devices import resolve_device  # torch: imported once the CLI has parsed its arguments
-
-    device = resolve_device(args.device).type
-    if bool(args.checkpoint) == bool(args.teachers):
-        raise SystemExit("give --checkpoint or --teachers")
-    if args.teachers:
-        if len(args.out_dir) != 1:
-            raise SystemExit("--teachers writes into one --out-dir")
-        paths = evaluate_teachers(args.teachers, benchmarks, args.out_dir[0], args.pretrained_root, device=device,
-                                  batch_size=args.batch_size, num_workers=args.num_workers,
-                                  skip_failed=args.skip_failed_benchmarks, precision=args.precision)
-    else:
-        if len(args.out_dir) != len(args.checkpoint):
-            raise SystemExit(f"{len(args.checkpoint)} checkpoints need as many --out-dir, got {len(args.out_dir)}")
-        decoded = DecodedSets()  # the checkpoints of one job share one model's eval transform
-        paths = [path for checkpoint, out_dir in zip(args.checkpoint, args.out_dir)
-                 for path in evaluate_checkpoint(checkpoint, benchmarks, out_dir, model_name=args.model,
-                                                 device=device, batch_size=args.batch_size,
-                                                 num_workers=args.num_workers, force=args.force,
-                                                 skip_failed=args.skip_failed_benchmarks, decoded=decoded,
-                                                 precision=args.precision)]
-    if args.index is not None:
-        shards.write_json_atomic(args.index, {"records": [str(path) for path in paths if not _is_failure(path)],
-                                              "failed": [str(path) for path in paths if _is_failure(path)]})
-    for path in paths:
-        print(path)
-    return 0

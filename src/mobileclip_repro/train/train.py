@@ -10,7 +10,6 @@ Launch under torchrun (the Snakemake rule does) for one or many processes.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import hashlib
 import json
@@ -42,8 +41,6 @@ from mobileclip_repro.train.samples import (SKIP_REASONS, DRSamples, PlainCLIPSa
 log = logging.getLogger("mobileclip_repro.train.train")
 LOG_EVERY_STEPS = 20
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
 
 
 # Run-spec keys that do not change what a run computes: a checkpoint made with other values of
@@ -970,38 +967,3 @@ def _save_checkpoint(out_dir, epoch, spec, stamp, model, optimizer, scaler, step
     if spec["save_most_recent"]:  # open_clip's --save-most-recent: an extra epoch_latest.pt
         with shards.atomic_output(path.with_name("epoch_latest.pt")) as partial:
             shutil.copyfile(path, partial)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--spec", help="the resolved run spec as JSON (what the Snakemake rule passes)")
-    source.add_argument("--config", help="experiment YAML; use with --run-name")
-    # --run-name: under torchrun, whose own parser would take "--run" for an abbreviation of its --run-path
-    parser.add_argument("--run-name", "--run", dest="run", metavar="NAME",
-                        help="run name in the config (write --run-name when launching through torchrun)")
-    parser.add_argument("--section", choices=["runs", "teachers"], default="runs")
-    parser.add_argument("--out-dir", required=True, help="run directory: checkpoints/, manifest.json")
-    parser.add_argument("--export", type=Path, help="also write the final weights here (teachers)")
-    parser.add_argument("--data-manifests", nargs="*", type=Path, default=None,
-                        help="the data stage's manifests (toy world, fetch groups, local data, reinforce groups): "
-                             "train on exactly the shards they list (default: every shard in the run's folders)")
-    parser.add_argument("--device", help="default: cuda if available, else cpu")
-
-
-def command(args) -> int:
-    die_with_launcher()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.spec:
-        spec = config_lib.load_run_spec(args.spec)  # NaN/Infinity refused, naming the key
-    else:
-        if not args.run:
-            raise SystemExit("--config needs --run-name NAME")
-        spec = config_lib.resolve_run(preflight.load_experiment(args.config), args.run, args.section)
-    try:
-        train(spec, Path(args.out_dir), args.device, args.export, args.data_manifests)
-    except RunFolderBusy as error:
-        log.error("%s", error)
-        return 3
-    except Preempted as stopped:
-        return stopped.exit_code
-    return 0
