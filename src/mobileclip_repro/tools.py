@@ -53,8 +53,6 @@ def cost_arguments(parser) -> None:
 def cost_command(args) -> int:
     from mobileclip_repro import flops
 
-    from mobileclip_repro.preflight import load_experiment
-
     projection = flops.paper_projection(load_experiment(args.config), args.mfu)
     print(json.dumps(projection, indent=2) if args.json else flops.describe_projection(projection))
     return 0
