@@ -175,8 +175,6 @@ def local_data_arguments(parser: argparse.ArgumentParser) -> None:
 def local_data_command(args: argparse.Namespace) -> int:
     from mobileclip_repro.data import local_data
 
-    from mobileclip_repro import shards
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     start = time.monotonic()
     # Snakemake deletes a job's outputs before it runs: the digests are kept beside, for the next run

@@ -21,8 +21,6 @@ def fetch_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 def fetch_benchmark_command(args: argparse.Namespace) -> int:
     from mobileclip_repro import benchmark_sets
 
-    from mobileclip_repro import shards
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     fetched = benchmark_sets.fetch_benchmark_set(args.repo, args.root, args.split, args.revision)
     if args.manifest:
