@@ -284,13 +284,18 @@ def _check_distill_scales(distill: dict, where: str) -> None:
                           f"so one scale)")
 
 
+def run_world_size(run: dict) -> int:
+    """The processes a run trains on: nodes x GPUs per node (one CPU process when gpus_per_node is 0)."""
+    return run["nodes"] * max(run["gpus_per_node"], 1)
+
+
 def _derived(run: dict, where: str) -> dict:
-    world_size = run["nodes"] * max(run["gpus_per_node"], 1)
+    world_size = run_world_size(run)
     global_batch = run["global_batch_size"]
     if global_batch % world_size:
         raise ConfigError(f"config key '{where}.global_batch_size': {global_batch} is not divisible by "
                           f"nodes x gpus_per_node = {world_size}")
-    accum_freq = accumulation(run, world_size, where)
+    accum_freq = accumulation(run, where)
     total_steps, remainder = divmod(run["seen_samples"], global_batch)
     if remainder:
         raise ConfigError(f"config key '{where}.seen_samples': {run['seen_samples']} is not a whole number of "
@@ -319,9 +324,10 @@ def _derived(run: dict, where: str) -> dict:
     return derived
 
 
-def accumulation(run: dict, world_size: int, where: str) -> int:
+def accumulation(run: dict, where: str) -> int:
     """The run's micro-batches per optimizer step: ``accum_freq``, or under ``auto`` the smallest
     count that splits each process's share of the batch evenly into at most ``max_per_gpu_batch`` rows."""
+    world_size = run_world_size(run)
     per_process = run["global_batch_size"] // world_size
     cap = run.get("max_per_gpu_batch")
     if run["accum_freq"] == "auto":

@@ -123,18 +123,10 @@ def captioner_flops_per_image(model_name: str, captions: int, tokens: int = CAPT
     return image_flops + decoding
 
 
-def run_accumulation(run: dict, name: str) -> int:
-    """A config's run's micro-batches per step (``accum_freq``, ``auto`` resolved)."""
-    from mobileclip_repro.config import accumulation
-
-    world_size = run.get("nodes", 1) * max(run.get("gpus_per_node", 1), 1)
-    return accumulation({"accum_freq": 1, **run}, world_size, f"runs.{name}")
-
-
 def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
     """FLOPs per seen sample of plain, DR and online-distillation training for each run of
     ``config``, the one-time reinforcement FLOPs of its dataset, and GPU-hours at ``mfu``."""
-    from mobileclip_repro.config import reinforcement_variant
+    from mobileclip_repro.config import accumulation, reinforcement_variant
     from mobileclip_repro.teachers import ReinforceConfig
 
     reinforcement = reinforcement_variant(config)
@@ -158,7 +150,7 @@ def paper_projection(config: dict, mfu: float = DEFAULT_MFU) -> dict:
     for name, run in config["runs"].items():
         student = meta_model(run["model"])
         plain, dr = training_flops_per_sample(student, 1), training_flops_per_sample(student, 2)
-        accum_freq = run_accumulation(run, name)
+        accum_freq = accumulation(run, f"runs.{name}")
         if accum_freq > 1:  # exact accumulation forwards every micro-batch once more, without gradients
             plain += forward_flops(student, images=1, texts=1)
             dr += forward_flops(student, images=1, texts=2)

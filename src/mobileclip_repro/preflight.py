@@ -43,7 +43,8 @@ import yaml
 from mobileclip_repro.benchmark_sets import BenchmarkSetError, check_class_names, wds_shard_paths
 from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DIR, ConfigError, captioner_sets,
                                      generated_benchmark, load_config, non_finite_message, non_finite_number,
-                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant, strict_validator)
+                                     reinforcement_dr_dir, reinforcement_names, reinforcement_variant, run_world_size,
+                                     strict_validator)
 from mobileclip_repro.hub import expand_shard_spec
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
@@ -311,7 +312,7 @@ def check_workers(config: dict) -> None:
             if counted is None:
                 continue
             shards, source = counted
-            processes = run["nodes"] * max(run["gpus_per_node"], 1)
+            processes = run_world_size(run)
             workers = max(run["workers"], 1)  # workers: 0 reads in the process itself, one stream
             if shards < processes * workers:
                 fix = (f"at most {shards // processes} workers, " if shards >= processes else "")

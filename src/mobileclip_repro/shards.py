@@ -185,12 +185,20 @@ def datacomp_record(key: str, jpg: bytes, caption: str, uid: str, url: str,
     ``extra_meta`` adds fields to the ``json`` metadata (e.g. the toy world's scene, which
     its oracle captioner reads); it may not replace the DataComp fields.
     """
-    meta = {"uid": uid, "sha256": sha256_hex(jpg), "caption": caption, "url": url}
+    return {"__key__": key, "jpg": jpg, "txt": caption,
+            "json": datacomp_json(key, sha256_hex(jpg), caption, uid, url, extra_meta), "url.txt": url}
+
+
+def datacomp_json(key: str, sha256: str, caption: str, uid: str | None, url: str,
+                  extra_meta: dict | None = None) -> str:
+    """A DataComp sample's ``json`` member: uid, the image's sha256, caption and URL, and
+    ``extra_meta``'s fields, which may not replace those."""
+    meta = {"uid": uid, "sha256": sha256, "caption": caption, "url": url}
     clashes = sorted(set(meta) & set(extra_meta or {}))
     if clashes:
         raise ValueError(f"{key}: extra_meta may not override DataComp metadata fields {clashes}")
     meta.update(extra_meta or {})
-    return {"__key__": key, "jpg": jpg, "txt": caption, "json": json.dumps(meta), "url.txt": url}
+    return json.dumps(meta)
 
 
 def encode_npz(image_emb: np.ndarray, text_emb: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> bytes:

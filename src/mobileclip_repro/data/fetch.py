@@ -1032,13 +1032,9 @@ class ShardTarWriter:
     def write(self, key: str, jpg: bytes, sha256: str, caption: str, uid: str | None, url: str,
               extra_meta: dict | None = None) -> None:
         """One sample as ``shards.datacomp_record`` makes it (``sha256``: of ``jpg``)."""
-        meta = {"uid": uid, "sha256": sha256, "caption": caption, "url": url}
-        clashes = sorted(set(meta) & set(extra_meta or {}))
-        if clashes:
-            raise ValueError(f"{key}: extra_meta may not override DataComp metadata fields {clashes}")
-        meta.update(extra_meta or {})
+        meta = shards.datacomp_json(key, sha256, caption, uid, url, extra_meta)
         # TarWriter's member order: the extensions sorted
-        for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode("utf-8")), ("txt", caption.encode("utf-8")),
+        for ext, data in (("jpg", jpg), ("json", meta.encode("utf-8")), ("txt", caption.encode("utf-8")),
                           ("url.txt", url.encode("utf-8"))):
             header = self.header(f"{key}.{ext}", len(data))
             padding = -len(data) % tarfile.BLOCKSIZE

@@ -528,7 +528,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
     if accum_freq > 1 and is_master:
         log.info("gradient accumulation: %d micro-batches of %d rows per process and optimizer step",
                  accum_freq, per_process_batch // accum_freq)
-        if _batch_norm_buffers(model):
+        if _batch_norm_layers(model):
             log.warning("accum_freq %d with batch-norm layers in %s: they normalize each micro-batch by its own "
                         "statistics, so the step is close to, not exactly, the whole batch's", accum_freq,
                         spec["model"])
@@ -826,11 +826,13 @@ def split_batch(batch: list, parts: int) -> list[list]:
     return [[column[i * size:(i + 1) * size] for column in batch] for i in range(parts)]
 
 
+def _batch_norm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def _batch_norm_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(buffer, saved copy) of every batch-norm running statistic, to undo the caching pass's update."""
-    return [(buffer, buffer.detach().clone()) for module in model.modules()
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-            for buffer in module.buffers()]
+    return [(buffer, buffer.detach().clone()) for module in _batch_norm_layers(model) for buffer in module.buffers()]
 
 
 _SYNCED_BEFORE: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # DDP modules past their first step
