@@ -18,6 +18,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from mobileclip_repro.layout import Layout
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Shipped inside the package, so an installed wheel validates configs without a checkout.
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -451,13 +453,13 @@ def load_config(source: str | Path | dict) -> dict:
         raise ConfigError("config must be a mapping at the top level")
     validate(config)
     expand_subsets(config)
-    results = Path(config.get("results_dir") or f"results/{config['name']}")
-    config["results_dir"] = str(results)
+    config["results_dir"] = str(Path(config.get("results_dir") or f"results/{config['name']}"))
+    layout = Layout(config["results_dir"])
     data = config["data"]
-    data.setdefault("datacomp_dir", str(results / "data" / "datacomp"))
-    data.setdefault("dr_dir", str(results / "data" / "datacompdr"))
+    data.setdefault("datacomp_dir", str(layout.toy_datacomp_dir))
+    data.setdefault("dr_dir", str(layout.default_dr_dir))
     for benchmark in config["evaluation"]["benchmarks"]:
-        benchmark.setdefault("root", str(results / "data" / "benchmarks" / benchmark["name"]))
+        benchmark.setdefault("root", str(layout.benchmark_root(benchmark["name"])))
     return config
 
 
@@ -502,7 +504,7 @@ def subset_sizes(config: dict) -> list[int]:
 
 
 def subsets_file(config: dict) -> Path:
-    return Path(config["results_dir"]) / "data" / "subsets" / f"seed_{config['data']['subset_seed']}.json"
+    return Layout(config["results_dir"]).subsets_file(config["data"]["subset_seed"])
 
 
 def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None = None) -> dict:
@@ -525,9 +527,9 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
     run["name"] = name
     run["dr"] = run["data"] == "dr"
     data = config["data"]
-    results = Path(config["results_dir"])
+    layout = Layout(config["results_dir"])
     if run["data"] == "teacher":
-        run["datacomp_dir"] = str(results / "data" / "teacher_data")
+        run["datacomp_dir"] = str(layout.teacher_data_dir)
     else:
         run["datacomp_dir"] = data["datacomp_dir"]
     run["data_layout"] = data["layout"]
@@ -542,7 +544,7 @@ def resolve_run(config: dict, name: str, section: str = "runs", seed: int | None
         run["reinforcement_config"] = variant["config"]
         if run["distill"].get("online"):
             # the DAG's own teachers (toy), or None: the JSON's pretrained tags resolve through open_clip
-            run["teachers_dir"] = str(results / "teachers") if variant["generate"] else None
+            run["teachers_dir"] = str(layout.teachers_dir) if variant["generate"] else None
     return run
 
 
@@ -569,7 +571,7 @@ def load_run_spec(text: str) -> dict:
 
 def run_dir(config: dict, name: str, section: str = "runs", seed: int | None = None) -> Path:
     """A training job's folder: ``runs/<run>/seed_<seed>`` (``teachers/<stem>`` for a teacher)."""
-    results = Path(config["results_dir"])
+    layout = Layout(config["results_dir"])
     if section == "teachers":
-        return results / "teachers" / Path(name).stem
-    return results / "runs" / name / f"seed_{resolve_run(config, name, seed=seed)['seed']}"
+        return layout.teacher_dir(name)
+    return layout.run_dir(name, resolve_run(config, name, seed=seed)["seed"])

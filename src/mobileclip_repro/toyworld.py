@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops
 
+from mobileclip_repro.layout import BENCHMARKS, TOY_DATACOMP, TOY_MANIFEST, TOY_TEACHER_DATA
 from mobileclip_repro.shards import (SHARD_FILES_KEY, atomic_tar_writer, datacomp_record, describe_shard,
                                      relative_to_manifest, sample_key, shard_name)
 
@@ -372,11 +373,12 @@ def _uid(seed: int, stream: str, index: int) -> str:
 
 
 # output name -> (directory under --out-dir, scene stream)
+# (layout's names: the config's default roots are these folders under the results' data/)
 OUTPUTS = {
-    "datacomp": ("datacomp", "train"),
-    "teacher_data": ("teacher_data", "teacher"),
-    "toy_zeroshot": ("benchmarks/toy_zeroshot", "zeroshot"),
-    "toy_retrieval": ("benchmarks/toy_retrieval", "retrieval"),
+    "datacomp": (TOY_DATACOMP, "train"),
+    "teacher_data": (TOY_TEACHER_DATA, "teacher"),
+    "toy_zeroshot": (f"{BENCHMARKS}/toy_zeroshot", "zeroshot"),
+    "toy_retrieval": (f"{BENCHMARKS}/toy_retrieval", "retrieval"),
 }
 
 
@@ -520,7 +522,7 @@ def generate(out_dir: str | Path, *, seed: int = 0, train_samples: int = 8000, t
         "outputs": outputs,
         # every shard written (the training data, teacher data and benchmark sets): what the jobs
         # reading this world train on, and their data's identity (shards.SHARD_FILES_KEY)
-        SHARD_FILES_KEY: relative_to_manifest([describe_shard(job.path) for job in jobs], out_dir / "manifest.json"),
+        SHARD_FILES_KEY: relative_to_manifest([describe_shard(job.path) for job in jobs], out_dir / TOY_MANIFEST),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / TOY_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -20,6 +20,9 @@ import json
 import os
 from pathlib import Path
 
+from mobileclip_repro.layout import (WHOLE_DAG, group_job_name, parse_job_benchmark, parse_job_name,
+                                     parse_reinforce_manifest)
+
 COST_COLUMNS = ["stage", "rule", "run", "seed", "wall_s", "cpu_s", "max_rss_mb", "flops", "samples",
                 "flops_per_sample", "benchmark_tsv"]
 # Which DAG stage each rule belongs to (the README's five stages).
@@ -47,14 +50,11 @@ def read_benchmark_tsv(path: str | os.PathLike) -> dict:
 
 
 def job_of_benchmark(path: Path, benchmarks_dir: Path) -> dict:
-    """(rule, run, seed) from a benchmark file's place: ``<rule>/<run>_seed_<s>.tsv``, ``<rule>/<name>.tsv``."""
-    relative = path.relative_to(benchmarks_dir)
-    rule, name = relative.parts[0], relative.stem
-    run, seed = (None if name == "all" else name), None  # "all": a job of the whole DAG (toy data, report)
-    if "_seed_" in name:
-        run, _, seed_text = name.rpartition("_seed_")
-        seed = int(seed_text) if seed_text.isdigit() else None
-    return {"stage": STAGES.get(rule, rule), "rule": rule, "run": run, "seed": seed}
+    """(rule, run, seed) of the job a benchmark file measured (``layout.parse_job_benchmark``): a train
+    job's run and seed; any other job's name as its run (none for a job of the whole DAG)."""
+    job = parse_job_benchmark(path, benchmarks_dir)
+    run = job.run if job.seed is not None else (None if job.name == WHOLE_DAG else job.name)
+    return {"stage": STAGES.get(job.rule, job.rule), "rule": job.rule, "run": run, "seed": job.seed}
 
 
 def cost_table(benchmark_tsvs: list[str | os.PathLike], benchmarks_dir: str | os.PathLike,
@@ -77,6 +77,22 @@ def cost_table(benchmark_tsvs: list[str | os.PathLike], benchmarks_dir: str | os
     return table
 
 
+SI_PREFIXES = ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def format_si(value: float, digits: int = 3) -> str:
+    """A count with an SI prefix, ``digits`` significant: 547628898461 -> '548 G', 30089216 -> '30.1 M'."""
+    for divisor, prefix in SI_PREFIXES:
+        if abs(value) >= divisor:
+            return f"{value / divisor:.{digits}g} {prefix}"
+    return f"{value:.{digits}g} "
+
+
+def format_flops(value: float | None, digits: int = 3) -> str:
+    """FLOPs as people read them: 547628898461 -> '548 GFLOPs', 30089216 -> '30.1 MFLOPs'; None -> 'n/a'."""
+    return "n/a" if value is None else f"{format_si(value, digits)}FLOPs"
+
+
 def _read_json(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -93,7 +109,8 @@ def train_ledger(run_manifests: list[str | os.PathLike],
     for manifest_path in sorted(Path(path) for path in teacher_manifests):
         manifest = _read_json(manifest_path)
         flops = manifest.get("flops") or {}
-        ledger[("train_teacher", manifest_path.parent.name + ".pt", None)] = {
+        # the teacher as the teachers section names it (the manifest's run), the job's name too
+        ledger[("train_teacher", manifest["run"], None)] = {
             "flops": flops.get("total"), "samples": flops.get("seen_samples")}
     return ledger
 
@@ -120,9 +137,10 @@ def reinforce_ledger(reinforce_manifests: list[str | os.PathLike]) -> dict[tuple
         totals = manifest.get("totals") or {}
         flops = totals.get("flops") or {}
         reinforced = totals.get("shards_reinforced", 0)
-        ledger[("reinforce", f"{manifest_path.parent.name}_{manifest_path.stem}", None)] = {
+        reinforcement, group = parse_reinforce_manifest(manifest_path)
+        ledger[("reinforce", group_job_name(group, reinforcement), None)] = {
             "flops": flops.get("total"), "samples": totals.get("written", 0) if reinforced else 0,
-            "reinforcement": manifest_path.parent.name}
+            "reinforcement": reinforcement}
     return ledger
 
 
@@ -161,9 +179,21 @@ def reinforcement_flops(table) -> dict[str, float]:
     """The one-time cost of each reinforcement: the FLOPs of its reinforce jobs (teachers and captioners)."""
     totals: dict[str, float] = {}
     for _, row in table[table["rule"] == "reinforce"].iterrows() if len(table) else []:
-        name = str(row["run"]).rsplit("_group_", 1)[0]
+        name = parse_job_name("reinforce", str(row["run"])).reinforcement
         totals[name] = totals.get(name, 0.0) + float(row["flops"] or 0.0)
     return totals
+
+
+def reinforcement_per_job(runs: dict[str, dict], reinforcements: dict[str, float]) -> dict[str, float]:
+    """DR run -> its share of the one-time reinforcement: the reinforcement's FLOPs over the DR training
+    jobs (runs x seeds) of this experiment that read it, as ``compute_multiplier_with_reinforcement``
+    amortizes it."""
+    jobs: dict[str, int] = {}
+    for entry in runs.values():
+        if entry["arm"] == "DR":
+            jobs[entry["reinforcement"]] = jobs.get(entry["reinforcement"], 0) + entry["seeds"]
+    return {run: reinforcements[entry["reinforcement"]] / jobs[entry["reinforcement"]] for run, entry in runs.items()
+            if entry["arm"] == "DR" and entry["reinforcement"] in reinforcements}
 
 
 def add_compute_multipliers(multipliers: list[dict], runs: dict[str, dict], reinforcements: dict[str, float]) -> None:
@@ -195,9 +225,9 @@ def add_compute_multipliers(multipliers: list[dict], runs: dict[str, dict], rein
         if dr["arm"] == "DR" and rival is not None and one_time is not None:
             extra = rival["flops_per_sample"] * rival["seen_samples"] - dr["flops_per_sample"] * dr["seen_samples"]
             record["break_even_runs_vs_online"] = one_time / extra if extra > 0 else None
-            record["break_even_note"] = (f"reinforcing once ({one_time:.3g} FLOPs) pays for itself after this many "
-                                         f"training runs against {rival['run']} (online distillation, "
-                                         f"{extra:.3g} FLOPs more per run)" if extra > 0 else
+            record["break_even_note"] = (f"reinforcing once ({format_flops(one_time)}) pays for itself after this "
+                                         f"many training runs against {rival['run']} (online distillation, "
+                                         f"{format_flops(extra)} more per run)" if extra > 0 else
                                          f"{rival['run']} costs no more than {dr['run']} per run")
         ratio = plain["flops_per_sample"] / dr["flops_per_sample"]
         record["compute_multiplier"] = record["multiplier"] * ratio
@@ -228,7 +258,7 @@ def cost_markdown(table, runs: dict[str, dict], reinforcements: dict[str, float]
         return "n/a" if value is None else f"{value:.{digits}g}"
 
     for entry in runs.values():
-        lines.append(f"| {entry['run']} | {entry['arm'] or '?'} | {entry['seeds']} | {number(entry['flops_per_sample'])} "
+        lines.append(f"| {entry['run']} | {entry['arm'] or '?'} | {entry['seeds']} | {format_flops(entry['flops_per_sample'])} "
                      f"| {number(entry['wall_s_per_sample'])} | {number(entry['cpu_s_per_sample'])} |")
     arms = {entry["arm"]: entry for entry in runs.values() if entry["flops_per_sample"]}
     if "DR" in arms and "plain" in arms:
@@ -238,7 +268,7 @@ def cost_markdown(table, runs: dict[str, dict], reinforcements: dict[str, float]
         lines += ["", f"A DR step costs {ratio:.2f}x a plain one in FLOPs per seen sample (its student also encodes "
                       f"the synthetic caption) and {number(wall, 2)}x in wall time here."]
     for name, flops in reinforcements.items():
-        lines.append(f"\nReinforcement `{name}` (one time, teachers and captioner): {flops:.3g} FLOPs.")
+        lines.append(f"\nReinforcement `{name}` (one time, teachers and captioner): {format_flops(flops)}.")
     for record in multipliers:
         if record.get("compute_multiplier") is None:
             continue
