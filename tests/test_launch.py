@@ -4,9 +4,11 @@ runs for real in tests/test_slurm.py; here, each shape of job and what its comma
 import shlex
 
 import pytest
+import yaml
 
 from mobileclip_repro.config import load_config, resolve_run
-from mobileclip_repro.launch import launcher_prefix, slurm_resources
+from mobileclip_repro.launch import (evaluation_resources, launcher_prefix, reinforce_resources, resubmits,
+                                     run_limits, slurm_resources)
 
 
 def spec(nodes=1, gpus_per_node=0, cpus_per_gpu=8, mem_mb_per_node=64000, runtime=600):
@@ -80,3 +82,76 @@ def test_the_shipped_runs_launch_as_their_scripts_do(repo_root, config, run, nod
     else:
         assert f"--nnodes {nodes} --nproc-per-node {gpus}" in prefix
     assert slurm_resources(resolved)["nodes"] == nodes
+
+
+def unsized(nodes=1, gpus_per_node=0, **slurm):
+    """A run whose `slurm` keys are the schema's nulls, but for ``slurm``."""
+    return {"nodes": nodes, "gpus_per_node": gpus_per_node,
+            "slurm": {"runtime": None, "mem_mb_per_node": None, "cpus_per_gpu": None, "resubmits": None, **slurm}}
+
+
+def test_a_cpu_run_asks_for_no_gpu_a_few_gb_and_two_hours_without_resubmission():
+    resources = slurm_resources(unsized())
+    assert resources["gres"] == "" and resources["mem_mb"] == 8000 and resources["runtime"] == 120
+    assert resources["cpus_per_task"] == 2 and run_limits(unsized())["resubmits"] == 0
+
+
+def test_a_gpu_run_gets_a_day_memory_per_gpu_and_resubmissions_that_resume_it():
+    resources = slurm_resources(unsized(nodes=4, gpus_per_node=8))
+    assert resources["gres"] == "gpu:8" and resources["runtime"] == 24 * 60
+    assert resources["mem_mb"] == 8 * 64000 and resources["cpus_per_task"] == 8 * 8
+    assert resubmits([unsized(gpus_per_node=8), unsized()]) == 9  # the most any run of the rule asks for
+    assert resubmits([]) == 0
+
+
+def test_given_slurm_values_win_over_the_sizing():
+    limits = run_limits(unsized(gpus_per_node=8, runtime=600, mem_mb_per_node=200000, cpus_per_gpu=4, resubmits=2))
+    assert limits == {"runtime": 600, "mem_mb_per_node": 200000, "cpus_per_gpu": 4, "resubmits": 2}
+
+
+@pytest.mark.parametrize("config, run", [("configs/paper/datacompdr1b.yaml", "datacompdr1b_s13b"),
+                                         ("configs/paper/datacompdr12m.yaml", "datacompdr12m_s30m"),
+                                         ("configs/paper/datacomp12m.yaml", "datacomp12m_s30m")])
+def test_paper_train_jobs_fit_a_day_by_default(repo_root, config, run):
+    resolved = resolve_run(load_config(repo_root / config), run)
+    assert slurm_resources(resolved)["runtime"] <= 24 * 60 and run_limits(resolved)["resubmits"] > 0
+
+
+def test_evaluation_takes_a_gpu_only_for_gpu_sized_models():
+    cpu_runs, gpu_runs = [unsized()], [unsized(gpus_per_node=8)]
+    assert evaluation_resources(cpu_runs, "auto", checkpoints=3) == {"gpu": 0, "mem_mb": 8000, "runtime": 60}
+    assert evaluation_resources(gpu_runs, "auto", checkpoints=3)["gpu"] == 1
+    assert evaluation_resources(gpu_runs, "cpu", checkpoints=3)["gpu"] == 0
+    assert evaluation_resources(cpu_runs, "cuda", checkpoints=3)["gpu"] == 1
+    # teachers: the DAG's CPU-trained ones on CPUs, pretrained ViT-L-14s (no specs) on a GPU
+    assert evaluation_resources(cpu_runs, "auto", checkpoints=0, teachers=True)["gpu"] == 0
+    assert evaluation_resources([], "auto", checkpoints=0, teachers=True)["gpu"] == 1
+
+
+def test_reinforcement_takes_a_gpu_for_pretrained_or_gpu_trained_teachers():
+    assert reinforce_resources([unsized(), unsized()]) == {"gpu": 0, "mem_mb": 8000, "runtime": 60}
+    assert reinforce_resources([])["gpu"] == 1 and reinforce_resources([unsized(gpus_per_node=1)])["gpu"] == 1
+
+
+def test_the_profiles_partitions_send_cpu_jobs_to_the_cpu_partition_and_gpu_jobs_to_the_gpu_one(repo_root):
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+    profile = yaml.safe_load((repo_root / "slurm" / "config.yaml").read_text())
+    partitions = read_partition_file(repo_root / profile["slurm-partition-config"])
+    logger = SimpleNamespace(info=print, debug=print, warning=print)
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    def partition(resources):
+        return get_best_partition(partitions, SimpleNamespace(resources=Resources(resources), threads=1, name="job"),
+                                  logger)
+
+    toy_train = slurm_resources(unsized())
+    assert partition(toy_train) == "cpu"
+    assert partition({"mem_mb": profile["default-resources"]["mem_mb"], "runtime": 60, "cpus_per_task": 4}) == "cpu"
+    assert partition(evaluation_resources([unsized()], "auto", checkpoints=3)) == "cpu"
+    assert partition(slurm_resources(unsized(nodes=4, gpus_per_node=8))) == "gpu"
+    assert partition(evaluation_resources([unsized(gpus_per_node=8)], "auto", checkpoints=3)) == "gpu"
+    assert "slurm_partition" not in profile["default-resources"]  # it would override the selection

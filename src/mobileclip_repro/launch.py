@@ -19,6 +19,13 @@ step gets all of the job's GRES on each node by default.
 The interpreter is named ``python``, found on PATH: the workflow puts the interpreter that
 runs Snakemake first on PATH, and srun carries PATH to every node. An absolute path here
 would be a job parameter, and moving the checkout would rerun every job.
+
+Every job's SLURM resources are sized here, by what the job runs (``*_resources``), and both the
+rules (workflow/rules/*.smk) and the ``plan`` command read them: a job that trains, reinforces or
+evaluates on CPUs (the toy world) asks for no GPU and a few GB for minutes; a GPU job gets its
+GPUs, memory per GPU and at most a day, since a train job resumes exactly from its newest
+checkpoint when it is resubmitted (``slurm.resubmits``). Which partition a job goes to is the
+SLURM profile's business (slurm/partitions.yaml: the executor picks the partition a job fits).
 """
 from __future__ import annotations
 
@@ -31,9 +38,34 @@ def processes_per_node(spec: dict) -> int:
     return max(spec["gpus_per_node"], 1)
 
 
+# A run's `slurm` keys left null follow what it trains on (minutes, MB, CPUs, resubmissions).
+GPU_RUN = {"runtime": 24 * 60, "mem_mb_per_gpu": 64_000, "cpus_per_gpu": 8, "resubmits": 9}
+CPU_RUN = {"runtime": 2 * 60, "mem_mb_per_node": 8_000, "cpus_per_gpu": 2, "resubmits": 0}
+# Evaluation and reinforcement: on a GPU where the models they run are GPU-sized, else on CPUs.
+GPU_JOB_MEM_MB, CPU_JOB_MEM_MB = 64_000, 8_000
+EVALUATE_BASE_MINUTES, EVALUATE_MINUTES_PER_CHECKPOINT = 30, 10
+EVALUATE_TEACHERS_MINUTES = 120
+REINFORCE_MINUTES = {"gpu": 24 * 60, "cpu": 60}
+
+
+def run_limits(spec: dict) -> dict:
+    """A run's ``slurm`` settings with every null filled in by what it trains on.
+
+    GPU runs: a day (many clusters' limit; resubmitted up to ``resubmits`` times, each resuming
+    from the newest checkpoint), 64 GB and 8 CPUs per GPU. CPU runs (gpus_per_node 0, the toy
+    world): two hours, 8 GB and 2 CPUs, no resubmission.
+    """
+    gpus = spec["gpus_per_node"]
+    given = spec.get("slurm") or {}
+    defaults = GPU_RUN if gpus else CPU_RUN
+    mem = given.get("mem_mb_per_node") or (gpus * defaults["mem_mb_per_gpu"] if gpus else defaults["mem_mb_per_node"])
+    return {key: given.get(key) if given.get(key) is not None else defaults[key]
+            for key in ("runtime", "cpus_per_gpu", "resubmits")} | {"mem_mb_per_node": mem}
+
+
 def cpus_per_task(spec: dict) -> int:
     """The CPUs each node's launcher (and its workers) gets: the run's ``slurm.cpus_per_gpu`` per process."""
-    return processes_per_node(spec) * spec["slurm"]["cpus_per_gpu"]
+    return processes_per_node(spec) * run_limits(spec)["cpus_per_gpu"]
 
 
 def launcher_prefix(spec: dict, cpus: int | None = None, python: str = PYTHON) -> str:
@@ -64,13 +96,41 @@ def slurm_resources(spec: dict) -> dict:
     step (its ``mpi`` resource does that), and sbatch gets --ntasks=nodes. One node: no
     ``mpi`` (None leaves the resource unset).
     """
-    gpus = spec["gpus_per_node"]
+    gpus, limits = spec["gpus_per_node"], run_limits(spec)
     return {
         "nodes": spec["nodes"],
         "mpi": "srun" if spec["nodes"] > 1 else None,
         "tasks": spec["nodes"],
         "gres": f"gpu:{gpus}" if gpus else "",
         "cpus_per_task": cpus_per_task(spec),
-        "mem_mb": spec["slurm"]["mem_mb_per_node"],
-        "runtime": spec["slurm"]["runtime"],
+        "mem_mb": limits["mem_mb_per_node"],
+        "runtime": limits["runtime"],
     }
+
+
+def resubmits(specs) -> int:
+    """How often a train rule's failed job is submitted again (the rule's ``retries``): the most
+    any of its runs asks for, since Snakemake's retries are per rule."""
+    return max((run_limits(spec)["resubmits"] for spec in specs), default=0)
+
+
+def runs_on_gpus(specs) -> bool:
+    """Whether models trained as ``specs`` are GPU-sized (any of them trained on GPUs)."""
+    return any(spec["gpus_per_node"] > 0 for spec in specs)
+
+
+def evaluation_resources(specs, device: str, checkpoints: int, teachers: bool = False) -> dict:
+    """An evaluate job's resources: a GPU unless ``evaluation.device`` is cpu or, with ``auto``,
+    the models it evaluates trained on CPUs (``specs``; pretrained teachers, no specs, are GPU-sized).
+    Time: a base plus a share per checkpoint (``checkpoints``), or the teachers' fixed allowance."""
+    gpu = device == "cuda" or (device == "auto" and (runs_on_gpus(specs) or (teachers and not specs)))
+    runtime = EVALUATE_TEACHERS_MINUTES if teachers else EVALUATE_BASE_MINUTES + EVALUATE_MINUTES_PER_CHECKPOINT * checkpoints
+    return {"gpu": int(gpu), "mem_mb": GPU_JOB_MEM_MB if gpu else CPU_JOB_MEM_MB, "runtime": runtime}
+
+
+def reinforce_resources(teacher_specs) -> dict:
+    """A reinforce job's resources: one GPU for pretrained teachers (no specs: ViT-L-14s) or
+    teachers the DAG trained on GPUs; CPUs for the toy world's CPU-trained teachers."""
+    gpu = runs_on_gpus(teacher_specs) or not teacher_specs
+    return {"gpu": int(gpu), "mem_mb": GPU_JOB_MEM_MB if gpu else CPU_JOB_MEM_MB,
+            "runtime": REINFORCE_MINUTES["gpu" if gpu else "cpu"]}
