@@ -275,3 +275,13 @@ def test_the_dfndr_generation_chain_reinforces_with_apples_v2_teachers_and_capti
     differs = {key for key in spec if spec[key] != shipped.get(key)}
     # the student is run_dfndr12m.sh's, flag for flag; only its name, reinforcement and data folders differ
     assert differs == {"name", "reinforcement_config", "datacomp_dir", "dr_dir"}
+
+
+@pytest.mark.parametrize("run", ["datacompdr12m_s30m", "datacomp12m_s30m"])
+def test_the_s30m_comparison_trains_each_run_as_its_own_config_does(configs, repo_root, run):
+    comparison = load_config(repo_root / "configs" / "paper" / "s30m-dr-vs-datacomp.yaml")
+    alone, together = spec_of(configs, run), resolve_run(comparison, run)
+    differing = {key for key in alone.keys() | together.keys() if alone.get(key) != together.get(key)}
+    # where the data and results lie (under the experiment's results_dir), nothing that trains
+    assert differing <= {"experiment", "results_dir", "datacomp_dir", "dr_dir"}, differing
+    assert comparison["report"]["efficiency_pairs"] == [["datacompdr12m_s30m", "datacomp12m_s30m"]]
