@@ -19,4 +19,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        report_outputs(),
+        EXP.report_outputs(),

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from mobileclip_repro.config import (REPO_ROOT, captioner_sets, reinforcement_variant, resolve_run,
-                                     run_seeds)
-from mobileclip_repro.hub import expand_shard_spec, shard_groups
+from mobileclip_repro.config import REPO_ROOT, captioner_sets, reinforcement_variant
+from mobileclip_repro.experiment import Experiment
+from mobileclip_repro.hub import expand_shard_spec
 from mobileclip_repro.launch import slurm_resources
 
 # -- per-unit facts: each with its source -------------------------------------------------------
@@ -124,37 +124,11 @@ def dr_sample_bytes(augmentations: int, captions: int, embedding_dim: int, dtype
             + tar_member_bytes(SYN_BYTES_PER_CAPTION * captions) + 2 * tar_member_bytes(1))
 
 
-# -- what the DAG selects (workflow/rules/common.smk) -----------------------------------------------
+# -- what the DAG selects (experiment.Experiment, as workflow/rules/common.smk) -----------------------------------------------
 
-def _specs(config: dict) -> dict[tuple[str, int], dict]:
-    return {(run, seed): resolve_run(config, run, seed=seed)
-            for run in config["runs"] for seed in run_seeds(config["runs"][run])}
-
-
-def _generated_reinforcements(config: dict, specs: dict) -> list[str]:
-    return sorted({spec["reinforcement"] for spec in specs.values()
-                   if spec["dr"] and reinforcement_variant(config, spec["reinforcement"])["generate"]})
-
-
-def _teachers_evaluated(config: dict, specs: dict) -> bool:
-    return bool(config["evaluation"]["teachers"] and any(spec["dr"] for spec in specs.values()))
-
-
-def _trained_teachers(config: dict, specs: dict) -> list[str]:
-    if _generated_reinforcements(config, specs) or _teachers_evaluated(config, specs):
-        return sorted(config["teachers"])
-    return []
-
-
-def _fetches_dr_tars(config: dict) -> bool:
-    """The fetch rule passes --dr-repo whenever the default reinforcement is not generated
-    (workflow/rules/data.smk), whether or not a run reads DataCompDR."""
-    return config["data"]["source"] == "hub" and not reinforcement_variant(config)["generate"]
-
-
-def _group_count(config: dict) -> int:
-    hub = config["data"]["hub"]
-    return len(shard_groups(hub["shards"], hub["group_size"])) if config["data"]["source"] == "hub" else 1
+def _experiment(config: dict) -> Experiment:
+    """The config's jobs as the DAG selects them (experiment.Experiment, which common.smk reads too)."""
+    return Experiment(config)
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -172,13 +146,13 @@ def data_size(config: dict) -> dict:
         return {"source": "local", "shards": len(tars), "samples": None, "samples_per_shard": None,
                 "samples_basis": "local data: counted when local-data lists it", "local_bytes": sum(
                     path.stat().st_size for path in tars)}
-    hub = data["hub"]
+    hub, experiment = data["hub"], _experiment(config)
     shards = len(expand_shard_spec(hub["shards"]))
-    repo = next((repo for repo in (hub["dr_repo"] if _fetches_dr_tars(config) else None, hub["datacomp_repo"])
+    repo = next((repo for repo in (hub["dr_repo"] if experiment.fetches_dr_tars() else None, hub["datacomp_repo"])
                  if repo in SAMPLES_PER_SHARD), None)
     per_shard = SAMPLES_PER_SHARD.get(repo)
     return {"source": "hub", "shards": shards, "samples": round(shards * per_shard) if per_shard else None,
-            "samples_per_shard": per_shard, "groups": _group_count(config),
+            "samples_per_shard": per_shard, "groups": len(experiment.group_ids),
             "samples_basis": f"{repo}: {per_shard:,.1f} samples a shard" if per_shard else
             f"no sample count known for {hub['datacomp_repo']} / {hub['dr_repo']}"}
 
@@ -200,7 +174,7 @@ def download_rows(config: dict, size: dict) -> list[dict]:
         return []
     hub, shards, samples = config["data"]["hub"], size["shards"], size["samples"]
     rows = []
-    if _fetches_dr_tars(config):
+    if _experiment(config).fetches_dr_tars():
         repo = hub["dr_repo"]
         if repo in LISTED_DR_TAR_BYTES:
             per_tar, basis = LISTED_DR_TAR_BYTES[repo], f"{repo} file listing"
@@ -234,7 +208,8 @@ def download_rows(config: dict, size: dict) -> list[dict]:
 
 def disk_rows(config: dict, size: dict, downloads: list[dict], count_parameters) -> list[dict]:
     """What each stage leaves on disk (peak, before any clean-up)."""
-    specs = _specs(config)
+    experiment = _experiment(config)
+    specs = experiment.specs
     rows = []
     data = config["data"]
     if data["source"] == "toy":
@@ -260,15 +235,15 @@ def disk_rows(config: dict, size: dict, downloads: list[dict], count_parameters)
             rows.append({"stage": "data", "item": "parquet metadata (kept in the fetch staging folder)",
                          "bytes": parquet["bytes"], "basis": parquet["basis"]})
     samples = size["samples"]
-    for name in _generated_reinforcements(config, specs):
+    for name in experiment.generated_reinforcements():
         layout = _embedding_layout(config, name)
         per_sample = dr_sample_bytes(*layout)
         rows.append({"stage": "reinforcement", "item": f"DataCompDR shards written ({name})",
                      "bytes": per_sample * samples if samples else None,
                      "basis": f"{per_sample:,} bytes a sample: {layout[0]} augmentations, {layout[1]} captions, "
                               f"{layout[2]}-d embeddings"})
-    for teacher in _trained_teachers(config, specs):
-        spec = resolve_run(config, teacher, section="teachers")
+    for teacher in experiment.trained_teachers():
+        spec = experiment.teacher_specs[teacher]
         parameters = count_parameters(spec["model"])
         files = spec["num_checkpoints"] + spec["save_most_recent"]
         rows.append({"stage": "checkpoints", "item": f"teacher {teacher} ({spec['model']})",
@@ -287,10 +262,10 @@ def disk_rows(config: dict, size: dict, downloads: list[dict], count_parameters)
                               f"x {len(seeds)} seed(s)"})
     checkpoints = sum(spec["num_checkpoints"] for spec in specs.values())
     benchmarks = len(config["evaluation"]["benchmarks"])
-    records = checkpoints * benchmarks + (benchmarks if _teachers_evaluated(config, specs) else 0)
+    records = checkpoints * benchmarks + (benchmarks if experiment.teachers_evaluated() else 0)
     rows.append({"stage": "eval", "item": "evaluation records", "bytes": records * EVAL_RECORD_BYTES,
                  "basis": f"{records:,} records ({checkpoints:,} checkpoints x {benchmarks} benchmarks"
-                          f"{' + the teachers' if _teachers_evaluated(config, specs) else ''}) x "
+                          f"{' + the teachers' if experiment.teachers_evaluated() else ''}) x "
                           f"{EVAL_RECORD_BYTES:,} B; benchmark sets not counted"})
     return rows
 
@@ -309,8 +284,9 @@ def profile_resources(profile: Path = SLURM_PROFILE) -> tuple[dict, dict]:
 def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: Path = SLURM_PROFILE) -> list[dict]:
     """The jobs ``snakemake`` would submit for the experiment from scratch, one row per job kind."""
     defaults, per_rule = profile_resources(profile)
-    specs = _specs(config)
-    source, groups = config["data"]["source"], _group_count(config)
+    experiment = _experiment(config)
+    specs = experiment.specs
+    source, groups = config["data"]["source"], len(experiment.group_ids)
     kind = "toy" if source == "toy" else "other"
 
     def row(rule, job, count, runtime=None, mem_mb=None, nodes=1, gpus=0, runtime_from="rule"):
@@ -333,15 +309,14 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
                         gpus=fetch["gpus"]))
     else:
         rows.append(row("local_data", "all", 1))
-    if any(spec.get("subset_size") for spec in specs.values()):
+    if experiment.has_subsets:
         rows.append(row("select_subsets", "all", 1))
-    for benchmark in config["evaluation"]["benchmarks"]:
-        if benchmark.get("hub_repo"):
-            rows.append(row("fetch_benchmark", benchmark["name"], 1))
-    for teacher in _trained_teachers(config, specs):
+    for name in experiment.hub_benchmarks:
+        rows.append(row("fetch_benchmark", name, 1))
+    for teacher in experiment.trained_teachers():
         rows.append(row("train_teacher", teacher, 1))
     reinforce = RULE_RESOURCES["reinforce"]
-    for name in _generated_reinforcements(config, specs):
+    for name in experiment.generated_reinforcements():
         rows.append(row("reinforce", f"{name}: {groups} group(s)", groups, reinforce["runtime"][kind],
                         reinforce["mem_mb"][kind], gpus=reinforce["gpus"]))
     for (run, seed), spec in specs.items():
@@ -349,11 +324,11 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
         rows.append(row("train", f"{run} seed {seed}", 1, resources["runtime"], resources["mem_mb"],
                         nodes=resources["nodes"], gpus=spec["gpus_per_node"],
                         runtime_from="run config (slurm.runtime)"))
-    for run in config["runs"]:
-        checkpoints = sum(spec["num_checkpoints"] for (name, _), spec in specs.items() if name == run)
+    for run in experiment.runs:
+        checkpoints = len(experiment.run_checkpoints(run))
         rows.append(row("evaluate", run, 1, EVALUATE_BASE_MINUTES + EVALUATE_MINUTES_PER_CHECKPOINT * checkpoints,
                         gpus=RULE_RESOURCES["evaluate"]["gpus"]))
-    if _teachers_evaluated(config, specs):
+    if experiment.teachers_evaluated():
         rows.append(row("evaluate_teachers", "all", 1, RULE_RESOURCES["evaluate_teachers"]["runtime"],
                         gpus=RULE_RESOURCES["evaluate_teachers"]["gpus"]))
     rows.append(row("report", "all", 1))
@@ -368,7 +343,8 @@ def gpu_hour_rows(config: dict, projection: dict, size: dict, train_jobs: list[d
     generated reinforcement: the projection's FLOPs per image x this config's samples."""
     from mobileclip_repro import flops
 
-    specs = _specs(config)
+    experiment = _experiment(config)
+    specs = experiment.specs
     requested = {job["job"]: job["runtime_min"] for job in train_jobs if job["rule"] == "train"}
     rows = []
     for (run, seed), spec in specs.items():
@@ -383,7 +359,7 @@ def gpu_hour_rows(config: dict, projection: dict, size: dict, train_jobs: list[d
         row["fits_requested"] = all(row[f"{gpu} wall h"] <= row["requested_h"] for gpu in flops.PEAK_BF16_FLOPS)
         rows.append(row)
     per_image = projection["reinforcement_flops_per_image"]["total"]
-    for name in _generated_reinforcements(config, specs):
+    for name in experiment.generated_reinforcements():
         row = {"what": f"reinforce {name} ({size['samples'] or 0:,} images)", "arm": "reinforcement", "gpus": None,
                "requested_h": None, "fits_requested": None}
         for gpu, peak in flops.PEAK_BF16_FLOPS.items():
@@ -415,7 +391,7 @@ def plan(config: dict, cluster_max_runtime_h: float | None = None, *, gpu_hours:
     notes = []
     if size["source"] == "hub":
         hub = config["data"]["hub"]
-        if _fetches_dr_tars(config) and not any(run["data"] == "dr" for run in config["runs"].values()):
+        if _experiment(config).fetches_dr_tars() and not any(run["data"] == "dr" for run in config["runs"].values()):
             notes.append(f"fetch downloads {hub['dr_repo']}'s tars (reinforcement.generate is false) although no "
                          f"run of this config reads them")
         if hub["datacomp_repo"] in PARQUET_REPOS:

@@ -1,5 +1,6 @@
-# Shared once per DAG: validate the config against the schema (before any job runs),
-# resolve every training job's spec once, and turn config into target lists.
+# Shared once per DAG: validate the config against the schema (before any job runs) and resolve
+# the experiment once (experiment.Experiment: every job's spec, the jobs this config selects, and
+# layout.Layout's paths); below, only the hooks and the accessors the rules call with wildcards.
 import json
 import os
 import re
@@ -9,23 +10,29 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mobileclip_repro.config import (ConfigError, generated_benchmark, read_yaml, reinforcement_dr_dir,
-                                     reinforcement_names, reinforcement_variant, resolve_run, run_dir, run_seeds,
-                                     subset_sizes, subsets_file)
-from mobileclip_repro.hub import shard_groups
-from mobileclip_repro.launch import launcher_prefix, slurm_resources
+from mobileclip_repro.config import ConfigError, read_yaml
 from mobileclip_repro.data.local_data import folder_listing
+from mobileclip_repro.experiment import Experiment, canonical, spec_json
+from mobileclip_repro.launch import launcher_prefix, slurm_resources
+from mobileclip_repro.layout import WHOLE_DAG, group_job_name, train_job_name
 from mobileclip_repro.locks import ResultsBusy, hold_dag_lock, release_dag_lock
-from mobileclip_repro.preflight import check_benchmark_roots, load_experiment
+from mobileclip_repro.preflight import check_prerequisites
+from snakemake.logging import logger
 
 DEFAULT_CONFIG = "configs/toy.yaml"
 
 try:
     for configfile in workflow.configfiles:  # Snakemake's own reader lets a key given twice pass
         read_yaml(configfile)
-    EXP = load_experiment(dict(config) if config else DEFAULT_CONFIG)
+    EXP = Experiment.load(dict(config) if config else DEFAULT_CONFIG)
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
+# A dry run plans before the data exist (the paper configs plan on a laptop) and never reaches
+# onstart: it names, as warnings, every benchmark root and hub credential a real run would be
+# refused for.
+if workflow.output_settings.dryrun and workflow.is_main_process:  # workflow.dryrun: only once jobs run
+    for missing in check_prerequisites(EXP.config, dry_run=True):
+        logger.warning(missing)
 
 
 onstart:
@@ -36,32 +43,30 @@ onstart:
     # the main process, however it ends.
     if workflow.is_main_process:
         try:
-            hold_dag_lock(EXP["results_dir"])
+            hold_dag_lock(EXP.layout.results_dir)
         except ResultsBusy as error:
             raise WorkflowError(str(error)) from None
-    # A hub experiment loads (and plans: `snakemake -n`) without its benchmark roots, as it is
-    # planned before its data exist, wherever it is planned. When jobs are about to run and
-    # some evaluate, the roots it neither makes nor fetches must be there (toy and local
-    # experiments checked them when they loaded): before any job, not after training.
-    if {job.rule.name for job in workflow.dag.needrun_jobs()} & {"evaluate", "evaluate_teachers"}:
-        try:
-            check_benchmark_roots(EXP)
-        except ConfigError as error:
-            raise WorkflowError(f"invalid config: {error}") from None
+    # A hub experiment loads (and plans: `snakemake -n`) without its benchmark roots or hub
+    # token, as it is planned before its data exist, wherever it is planned. When jobs are about
+    # to run, what the jobs to run need from outside the DAG must be there (the roots where some
+    # evaluate, a token where some fetch from a gated repo): before any job, not after training.
+    try:
+        for unverified in check_prerequisites(EXP.config, {job.rule.name for job in workflow.dag.needrun_jobs()}):
+            logger.warning(unverified)
+    except ConfigError as error:
+        raise WorkflowError(f"invalid config: {error}") from None
 
 
 onsuccess:
-    release_dag_lock(EXP["results_dir"])
+    release_dag_lock(EXP.layout.results_dir)
 
 
 onerror:
-    release_dag_lock(EXP["results_dir"])
+    release_dag_lock(EXP.layout.results_dir)
 
-RESULTS = Path(EXP["results_dir"])
-DATA = EXP["data"]
-DATA_ROOT = RESULTS / "data"
-IS_TOY = DATA["source"] == "toy"
-IS_HUB = DATA["source"] == "hub"  # else data the DAG makes (toy) or finds (local: data.datacomp_dir)
+LAYOUT = EXP.layout
+IS_TOY, IS_HUB = EXP.is_toy, EXP.is_hub  # else data the DAG makes (toy) or finds (local: data.datacomp_dir)
+REINFORCEMENTS = EXP.reinforcements  # every named reinforcement, each its own reinforce job(s)
 # Jobs run the CLI (`mobileclip-repro`, `python -m mobileclip_repro`) of the environment that
 # runs Snakemake: its bin folder goes first on PATH, which jobs (and srun's tasks) inherit.
 # Not a parameter, so a moved checkout does not rerun every job.
@@ -71,37 +76,20 @@ envvars:
 
 inherited_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), inherited_path])
-REINFORCE = reinforcement_variant(EXP)  # the default reinforcement (its teachers are the ones evaluated)
-# Every named reinforcement (the default and reinforcement.variants), each its own reinforce job(s).
-REINFORCEMENTS = {name: reinforcement_variant(EXP, name) for name in reinforcement_names(EXP)}
-HUB = DATA["hub"]
-# Hub shards in groups, one fetch (and reinforce) job each; toy or local data is one group.
-HUB_GROUPS = shard_groups(HUB["shards"], HUB["group_size"]) if IS_HUB else []
-GROUP_IDS = [f"{index:05d}" for index in range(len(HUB_GROUPS))] if IS_HUB else ["00000"]
-RUNS = list(EXP["runs"])
-TEACHERS = list(EXP["teachers"])
-BENCHMARKS = EXP["evaluation"]["benchmarks"]
-# One training job per (run, seed); specs resolved once here, not per rule call.
-SPECS = {(run, seed): resolve_run(EXP, run, seed=seed) for run in RUNS for seed in run_seeds(EXP["runs"][run])}
-TEACHER_SPECS = {teacher: resolve_run(EXP, teacher, section="teachers") for teacher in TEACHERS}
-TRAIN_RESOURCES = {key: slurm_resources(spec) for key, spec in SPECS.items()}
-EVALUATION = EXP["evaluation"]
-# Sets with a hub_repo (clip_benchmark's webdataset mirrors) are downloaded once, before
-# any evaluation job, so evaluation never touches the network.
-HUB_BENCHMARKS = {b["name"]: b for b in BENCHMARKS if b.get("hub_repo")}
-REPORT = EXP["report"]
-REPORT_DIR = RESULTS / "report"
+TRAIN_RESOURCES = {key: slurm_resources(spec) for key, spec in EXP.specs.items()}
 
 wildcard_constraints:
-    run="|".join(map(re.escape, RUNS)) if RUNS else "NONE",
+    run="|".join(map(re.escape, EXP.runs)) if EXP.runs else "NONE",
     seed=r"\d+",
     epoch=r"\d+",
-    reinforcement="|".join(map(re.escape, REINFORCEMENTS)),
+    reinforcement="|".join(map(re.escape, EXP.reinforcements)),
     group=r"\d{5}",
 
 
+# -- thin accessors: the rules' wildcards to the Experiment's answers ------------------------------
+
 def spec_of(wildcards):
-    return SPECS[(wildcards.run, int(wildcards.seed))]
+    return EXP.spec(wildcards.run, wildcards.seed)
 
 
 def train_resource(name):
@@ -109,161 +97,30 @@ def train_resource(name):
     return lambda wildcards: TRAIN_RESOURCES[(wildcards.run, int(wildcards.seed))][name]
 
 
-def fetch_manifest(group):
-    return DATA_ROOT / "fetch" / f"group_{group}.json"
-
-
-def reinforce_manifest(reinforcement, group):
-    return DATA_ROOT / "reinforce" / reinforcement / f"group_{group}.json"
-
-
-def local_manifest():
-    return DATA_ROOT / "local.json"
-
-
-def local_data_folders():
-    """Local data's folders: data.datacomp_dir, and data.dr_dir where DR runs read DataCompDR shards
-    found there (not generated by the DAG, not joined into datacomp_dir)."""
-    folders = [DATA["datacomp_dir"]]
-    given_dr = any(spec["dr"] and not REINFORCEMENTS[spec["reinforcement"]]["generate"]
-                   and spec.get("data_layout") != "joined" for spec in SPECS.values())
-    if given_dr and DATA["dr_dir"] not in folders:
-        folders.append(DATA["dr_dir"])
-    return folders
-
-
-def data_inputs():
-    """The data stage's manifest(s) a job waits for: the toy world's, every fetched group's, or
-    the listing of local data (local_data; rerun when a shard there is added, removed or rewritten)."""
-    if IS_TOY:
-        return [DATA_ROOT / "manifest.json"]
-    return [fetch_manifest(group) for group in GROUP_IDS] if IS_HUB else [local_manifest()]
-
-
-def training_data(spec):
-    """What a run's training reads: the data stage's manifests, the subsets file of a subset run and,
-    for a DR run, the reinforcement's manifests when the DAG generates it. Train reads exactly the
-    shards the manifests list (``--data-manifests``)."""
-    inputs = {"data": data_inputs(), "reinforced": []}
-    if spec.get("subset_size"):
-        inputs["subsets"] = spec["subset_file"]
-    if spec["dr"] and REINFORCEMENTS[spec["reinforcement"]]["generate"]:
-        inputs["reinforced"] = [reinforce_manifest(spec["reinforcement"], group) for group in GROUP_IDS]
-    return inputs
-
-
-def canonical(value):
-    """``value`` with every mapping's keys in sorted order, recursively (lists keep theirs).
-    Snakemake compares a job's params by their repr, which follows key order: the same config
-    values written in another order (or through YAML anchors and merges) must be no change."""
-    if isinstance(value, dict):
-        return {key: canonical(value[key]) for key in sorted(value)}
-    if isinstance(value, (list, tuple)):
-        return [canonical(item) for item in value]
-    return value
-
-
-def canonical_json(value):
-    """A value as JSON for a job's command line, keys sorted (``canonical``)."""
-    return json.dumps(value, sort_keys=True)
-
-
-def train_manifest(run, seed):
-    return RESULTS / "runs" / run / f"seed_{seed}" / "manifest.json"
-
-
-def eval_dir(run, seed, epoch):
-    return RESULTS / "eval" / run / f"seed_{seed}" / f"epoch_{epoch}"
-
-
-def eval_index(run):
-    """The evaluate job's output: the list of records it wrote (each seed x checkpoint x benchmark)."""
-    return RESULTS / "eval" / run / "records.json"
-
-
-def seeds_of(run):
-    return [seed for name, seed in SPECS if name == run]
-
-
 def run_checkpoints(run):
-    """Every seed's checkpoints of ``run`` with their record folders, in one order."""
-    return [(run_dir(EXP, run, seed=seed) / "checkpoints" / f"epoch_{epoch}.pt", eval_dir(run, seed, epoch))
-            for seed in seeds_of(run) for epoch in range(1, SPECS[(run, seed)]["num_checkpoints"] + 1)]
+    return EXP.run_checkpoints(run)
 
 
-def teachers_evaluated():
-    """Whether the DAG evaluates the reinforcement's teachers and their ensemble."""
-    return bool(EXP["evaluation"]["teachers"] and any(spec["dr"] for spec in SPECS.values()))
+def train_inputs(wildcards):
+    return EXP.training_data(wildcards.run, wildcards.seed)
 
 
-def teacher_records():
-    """The ensemble's records, one per benchmark (evaluate_teachers' outputs beside its index)."""
-    if not teachers_evaluated():
-        return []
-    return [str(RESULTS / "eval" / "teachers" / "ensemble" / f"{b['name']}.json") for b in BENCHMARKS]
+def benchmark_inputs(wildcards):
+    return EXP.benchmark_inputs()
 
 
-def teachers_index():
-    return RESULTS / "eval" / "teachers" / "records.json"
+def reinforce_inputs(wildcards):
+    data = {"fetched": LAYOUT.fetch_manifest(wildcards.group)} if IS_HUB else {"data": EXP.data_inputs()}
+    return {**data, "reinforce_config": REINFORCEMENTS[wildcards.reinforcement]["config"],
+            "teachers": EXP.teacher_weights()}
 
 
-def all_eval_records():
-    """The evaluate jobs' index files: the report reads the records they list, and no others."""
-    return [eval_index(run) for run in RUNS] + ([teachers_index()] if teachers_evaluated() else [])
-
-
-def teacher_manifest(teacher):
-    """A teacher job's manifest, in its run folder beside the exported weights (its declared output)."""
-    return run_dir(EXP, teacher, section="teachers") / "manifest.json"
-
-
-def generated_reinforcements():
-    """The reinforcements the experiment's DR runs read and the DAG makes (not fetched)."""
-    return sorted({spec["reinforcement"] for spec in SPECS.values()
-                   if spec["dr"] and REINFORCEMENTS[spec["reinforcement"]]["generate"]})
-
-
-def trained_teachers():
-    """Teachers the DAG trains (the teachers section): when it reinforces or evaluates teachers."""
-    return sorted(TEACHERS) if generated_reinforcements() or teachers_evaluated() else []
-
-
-def upstream_job_benchmarks():
-    """The benchmark TSV of every job the report depends on: the compute ledger's rows."""
-    if IS_TOY:
-        jobs = [("toy_data", "all")]
-    else:
-        jobs = [("fetch", f"group_{group}") for group in GROUP_IDS] if IS_HUB else [("local_data", "all")]
-    if any(spec.get("subset_size") for spec in SPECS.values()):
-        jobs.append(("select_subsets", "all"))
-    jobs += [("fetch_benchmark", name) for name in HUB_BENCHMARKS]
-    jobs += [("train_teacher", teacher) for teacher in trained_teachers()]
-    jobs += [("reinforce", f"{name}_group_{group}") for name in generated_reinforcements() for group in GROUP_IDS]
-    jobs += [("train", f"{run}_seed_{seed}") for run, seed in SPECS]
-    jobs += [("evaluate", run) for run in RUNS]
-    if teachers_evaluated():
-        jobs.append(("evaluate_teachers", "all"))
-    return [job_benchmark(rule, name) for rule, name in jobs]
-
-
-def ablation_outputs():
-    """The ablation ladder's table and chart, where the config has one (report.ablation)."""
-    if not REPORT.get("ablation"):
-        return []
-    return [str(REPORT_DIR / name) for name in ("ablation.csv", "ablation.md", "ablation.png", "ablation.pdf")]
-
-
-def report_outputs():
-    names = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
-             "report.html", "cost.csv"]
-    return [str(REPORT_DIR / name) for name in names] + ablation_outputs() + data_efficiency_outputs()
-
-
-def data_efficiency_outputs():
-    """The data-efficiency figure, where runs train on data.subsets."""
-    if not any(spec.get("subset_size") for spec in SPECS.values()):
-        return []
-    return [str(REPORT_DIR / name) for name in ("data_efficiency.png", "data_efficiency.pdf")]
+def reinforce_selection(wildcards):
+    """Toy or local data: every shard (one group); hub: the group's shards of the spec."""
+    if not IS_HUB:
+        return ""
+    return (f"--shard-spec {shlex.quote(json.dumps(EXP.hub['shards']))} --group {wildcards.group}"
+            f" --group-size {EXP.hub['group_size']}")
 
 
 def paper_reference_option(setting):
@@ -271,40 +128,3 @@ def paper_reference_option(setting):
     if setting is False:
         return ""
     return f"--paper-reference {shlex.quote('mobileclip' if setting is True else str(setting))}"
-
-
-def toy_benchmark_roots():
-    """Benchmark sets the toy-data rule generates (the others are fetched or user-provided roots)."""
-    return [b["root"] for b in BENCHMARKS if generated_benchmark(EXP, b)]
-
-
-def train_inputs(wildcards):
-    return training_data(spec_of(wildcards))
-
-
-def fetched_benchmark(name):
-    return DATA_ROOT / "benchmarks_fetched" / f"{name}.json"
-
-
-def benchmark_inputs(wildcards):
-    return {"benchmarks": toy_benchmark_roots(), "fetched": [fetched_benchmark(name) for name in HUB_BENCHMARKS]}
-
-
-def reinforce_inputs(wildcards):
-    data = {"fetched": fetch_manifest(wildcards.group)} if IS_HUB else {"data": data_inputs()}
-    return {**data, "reinforce_config": REINFORCEMENTS[wildcards.reinforcement]["config"],
-            "teachers": [RESULTS / "teachers" / name for name in TEACHERS]}
-
-
-def reinforce_selection(wildcards):
-    """Toy or local data: every shard (one group); hub: the group's shards of the spec."""
-    if not IS_HUB:
-        return ""
-    return (f"--shard-spec {shlex.quote(json.dumps(HUB['shards']))} --group {wildcards.group}"
-            f" --group-size {HUB['group_size']}")
-
-
-def job_benchmark(rule, name):
-    """Where Snakemake's `benchmark:` directive writes a job's TSV (wall s, max RSS, CPU s, I/O):
-    benchmarks/<rule>/<name>.tsv, joined with the FLOPs the job counted into report/cost.csv."""
-    return RESULTS / "benchmarks" / rule / f"{name}.tsv"

@@ -5,20 +5,20 @@
 
 rule toy_data:
     output:
-        datacomp=directory(DATA_ROOT / "datacomp"),
-        teacher_data=directory(DATA_ROOT / "teacher_data"),
-        benchmarks=[directory(root) for root in toy_benchmark_roots()],
-        manifest=DATA_ROOT / "manifest.json",
+        datacomp=directory(LAYOUT.toy_datacomp_dir),
+        teacher_data=directory(LAYOUT.teacher_data_dir),
+        benchmarks=[directory(root) for root in EXP.generated_benchmark_roots()],
+        manifest=LAYOUT.toy_manifest,
     params:
-        toy=canonical(DATA["toy"]),
-        mix=canonical(DATA["toy"]["alt_text_mix"]),
-        out_dir=DATA_ROOT,
+        toy=canonical(EXP.data["toy"]),
+        mix=canonical(EXP.data["toy"]["alt_text_mix"]),
+        out_dir=LAYOUT.data_root,
     threads: 2  # shards are written in parallel, byte-identical to one process
     priority: 10
     benchmark:
-        job_benchmark("toy_data", "all"),
+        LAYOUT.job_benchmark("toy_data"),
     log:
-        RESULTS / "logs" / "toy_data.log",
+        LAYOUT.log("toy_data"),
     shell:
         "mobileclip-repro toy-data --out-dir {params.out_dir:q} --seed {params.toy[seed]:q} --workers {threads}"
         " --train-samples {params.toy[train_samples]:q} --teacher-samples {params.toy[teacher_samples]:q}"
@@ -35,25 +35,25 @@ rule toy_data:
 # outputs, so a failed job keeps what it finished and a rerun resumes.
 rule fetch:
     output:
-        manifest=fetch_manifest("{group}"),
+        manifest=LAYOUT.fetch_manifest("{group}"),
     params:
-        hub=canonical(HUB),
-        shard_spec=lambda wc: canonical_json(HUB["shards"]),  # a function: its braces are not wildcards
-        dr_repo="" if REINFORCE["generate"] else f"--dr-repo {shlex.quote(HUB['dr_repo'])}",
-        datacomp_dir=DATA["datacomp_dir"],
-        dr_dir=DATA["dr_dir"],
+        hub=canonical(EXP.hub),
+        shard_spec=lambda wc: spec_json(EXP.hub["shards"]),  # a function: its braces are not wildcards
+        dr_repo=f"--dr-repo {shlex.quote(EXP.hub['dr_repo'])}" if EXP.fetches_dr_tars() else "",
+        datacomp_dir=EXP.data["datacomp_dir"],
+        dr_dir=EXP.data["dr_dir"],
         # null: no option, the main branch (the job resolves it to a commit)
-        datacomp_revision=(f"--datacomp-revision {shlex.quote(HUB['datacomp_revision'])}"
-                           if HUB["datacomp_revision"] else ""),
-        dr_revision=f"--dr-revision {shlex.quote(HUB['dr_revision'])}" if HUB["dr_revision"] else "",
+        datacomp_revision=(f"--datacomp-revision {shlex.quote(EXP.hub['datacomp_revision'])}"
+                           if EXP.hub["datacomp_revision"] else ""),
+        dr_revision=f"--dr-revision {shlex.quote(EXP.hub['dr_revision'])}" if EXP.hub["dr_revision"] else "",
     threads: 16
     resources:
         runtime=12 * 60,
         mem_mb=32000,
     benchmark:
-        job_benchmark("fetch", "group_{group}"),
+        LAYOUT.job_benchmark("fetch", group_job_name("{group}")),
     log:
-        RESULTS / "logs" / "fetch" / "group_{group}.log",
+        LAYOUT.log("fetch", group_job_name("{group}")),
     shell:
         "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]:q} {params.dr_repo}"
         " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
@@ -68,14 +68,14 @@ rule fetch:
 # reruns it when a shard is added, removed or rewritten, and every job downstream with it.
 rule local_data:
     output:
-        manifest=local_manifest(),
+        manifest=LAYOUT.local_manifest,
     params:
-        folders=local_data_folders() if not (IS_TOY or IS_HUB) else [],
-        listing=folder_listing(local_data_folders()) if not (IS_TOY or IS_HUB) else "",
+        folders=EXP.local_data_folders(),
+        listing=folder_listing(EXP.local_data_folders()) if EXP.is_local else "",
     benchmark:
-        job_benchmark("local_data", "all"),
+        LAYOUT.job_benchmark("local_data"),
     log:
-        RESULTS / "logs" / "local_data.log",
+        LAYOUT.log("local_data"),
     shell:
         "mobileclip-repro local-data --folder {params.folders:q} --listing {params.listing:q}"
         " --out {output.manifest:q} > {log:q} 2>&1"
@@ -85,17 +85,17 @@ rule local_data:
 # first subset_size of the ranking (subsets.py). One job for all sizes and both arms.
 rule select_subsets:
     input:
-        data=data_inputs(),
+        data=EXP.data_inputs(),
     output:
-        subsets=subsets_file(EXP),
+        subsets=LAYOUT.subsets_file(EXP.data["subset_seed"]),
     params:
-        sizes=" ".join(str(size) for size in subset_sizes(EXP)),
-        seed=DATA["subset_seed"],
-        datacomp_dir=DATA["datacomp_dir"],
+        sizes=" ".join(str(size) for size in EXP.subset_sizes),
+        seed=EXP.data["subset_seed"],
+        datacomp_dir=EXP.data["datacomp_dir"],
     benchmark:
-        job_benchmark("select_subsets", "all"),
+        LAYOUT.job_benchmark("select_subsets"),
     log:
-        RESULTS / "logs" / "select_subsets.log",
+        LAYOUT.log("select_subsets"),
     shell:
         "mobileclip-repro select-subsets --datacomp-dir {params.datacomp_dir:q} --sizes {params.sizes}"
         " --seed {params.seed:q} --data-manifests {input.data:q} --out {output.subsets:q} > {log:q} 2>&1"

@@ -6,18 +6,18 @@
 
 rule fetch_benchmark:
     output:
-        manifest=fetched_benchmark("{benchmark}"),
+        manifest=LAYOUT.fetched_benchmark("{benchmark}"),
     params:
-        spec=lambda wc: canonical(HUB_BENCHMARKS[wc.benchmark]),
+        spec=lambda wc: canonical(EXP.hub_benchmarks[wc.benchmark]),
         # absent or null: the repo's main branch (the manifest names the commit it resolved to)
-        revision=lambda wc: "--revision " + shlex.quote(HUB_BENCHMARKS[wc.benchmark]["revision"])
-        if HUB_BENCHMARKS[wc.benchmark].get("revision") else "",
+        revision=lambda wc: "--revision " + shlex.quote(EXP.hub_benchmarks[wc.benchmark]["revision"])
+        if EXP.hub_benchmarks[wc.benchmark].get("revision") else "",
     wildcard_constraints:
-        benchmark="|".join(map(re.escape, HUB_BENCHMARKS)) if HUB_BENCHMARKS else "NONE",
+        benchmark="|".join(map(re.escape, EXP.hub_benchmarks)) if EXP.hub_benchmarks else "NONE",
     benchmark:
-        job_benchmark("fetch_benchmark", "{benchmark}"),
+        LAYOUT.job_benchmark("fetch_benchmark", "{benchmark}"),
     log:
-        RESULTS / "logs" / "fetch_benchmark" / "{benchmark}.log",
+        LAYOUT.log("fetch_benchmark", "{benchmark}"),
     shell:
         "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]:q} --root {params.spec[root]:q}"
         " --split {params.spec[split]:q} {params.revision} --manifest {output.manifest:q} > {log:q} 2>&1"
@@ -26,27 +26,27 @@ rule fetch_benchmark:
 rule evaluate:
     input:
         unpack(benchmark_inputs),
-        train_manifests=lambda wc: [train_manifest(wc.run, seed) for seed in seeds_of(wc.run)],
+        train_manifests=lambda wc: [LAYOUT.train_manifest(wc.run, seed) for seed in EXP.seeds_of(wc.run)],
     output:
-        index=eval_index("{run}"),
+        index=LAYOUT.eval_index("{run}"),
     params:
         checkpoints=lambda wc: [checkpoint for checkpoint, _ in run_checkpoints(wc.run)],
         out_dirs=lambda wc: [out_dir for _, out_dir in run_checkpoints(wc.run)],
-        model=lambda wc: SPECS[(wc.run, seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
-        benchmarks=canonical_json(BENCHMARKS),
-        settings=canonical(EVALUATION),
-        skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
+        model=lambda wc: EXP.specs[(wc.run, EXP.seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
+        benchmarks=spec_json(EXP.benchmarks),
+        settings=canonical(EXP.evaluation),
+        skip_failed="--skip-failed-benchmarks" if EXP.evaluation["skip_failed_benchmarks"] else "",
     wildcard_constraints:
-        run="|".join(map(re.escape, RUNS)),
+        run="|".join(map(re.escape, EXP.runs)),
     threads: 1
     priority: 4
     resources:
         gpu=1,
         runtime=lambda wc: 30 + 10 * len(run_checkpoints(wc.run)),
     benchmark:
-        job_benchmark("evaluate", "{run}"),
+        LAYOUT.job_benchmark("evaluate", "{run}"),
     log:
-        RESULTS / "logs" / "eval" / "{run}.log",
+        LAYOUT.log("evaluate", "{run}"),
     shell:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints:q} --out-dir {params.out_dirs:q}"
         " --model {params.model:q} --benchmarks-json {params.benchmarks:q}"
@@ -58,25 +58,25 @@ rule evaluate:
 rule evaluate_teachers:
     input:
         unpack(benchmark_inputs),
-        reinforce_config=REINFORCE["config"],
-        teachers=[RESULTS / "teachers" / name for name in TEACHERS],
+        reinforce_config=EXP.reinforcement["config"],
+        teachers=EXP.teacher_weights(),
     output:
-        records=teacher_records(),
-        index=teachers_index(),
+        records=EXP.teacher_records(),
+        index=LAYOUT.teachers_index,
     params:
-        teachers_dir=RESULTS / "teachers",
-        out_dir=RESULTS / "eval" / "teachers",
-        benchmarks=canonical_json(BENCHMARKS),
-        settings=canonical(EVALUATION),
-        skip_failed="--skip-failed-benchmarks" if EVALUATION["skip_failed_benchmarks"] else "",
+        teachers_dir=LAYOUT.teachers_dir,
+        out_dir=LAYOUT.teachers_eval_dir,
+        benchmarks=spec_json(EXP.benchmarks),
+        settings=canonical(EXP.evaluation),
+        skip_failed="--skip-failed-benchmarks" if EXP.evaluation["skip_failed_benchmarks"] else "",
     threads: 1
     resources:
         gpu=1,
         runtime=120,
     benchmark:
-        job_benchmark("evaluate_teachers", "all"),
+        LAYOUT.job_benchmark("evaluate_teachers"),
     log:
-        RESULTS / "logs" / "eval" / "teachers.log",
+        LAYOUT.log("evaluate_teachers"),
     shell:
         "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
         " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"

@@ -4,21 +4,21 @@
 
 rule train_teacher:
     input:
-        data=DATA_ROOT / "manifest.json",
+        data=LAYOUT.toy_manifest,
     output:
-        weights=RESULTS / "teachers" / "{teacher}",
+        weights=LAYOUT.teacher_weights("{teacher}"),
     params:
-        spec=lambda wc: canonical_json(TEACHER_SPECS[wc.teacher]),
-        launcher=lambda wc: launcher_prefix(TEACHER_SPECS[wc.teacher]),
-        out_dir=lambda wc: run_dir(EXP, wc.teacher, section="teachers"),
+        spec=lambda wc: spec_json(EXP.teacher_specs[wc.teacher]),
+        launcher=lambda wc: launcher_prefix(EXP.teacher_specs[wc.teacher]),
+        out_dir=lambda wc: LAYOUT.teacher_dir(wc.teacher),
     wildcard_constraints:
-        teacher="|".join(map(re.escape, TEACHERS)) if TEACHERS else "NONE",
+        teacher="|".join(map(re.escape, EXP.teachers)) if EXP.teachers else "NONE",
     threads: 1
     priority: 10  # on the critical path: teachers -> reinforce -> DR students
     benchmark:
-        job_benchmark("train_teacher", "{teacher}"),
+        LAYOUT.job_benchmark("train_teacher", "{teacher}"),
     log:
-        RESULTS / "logs" / "teachers" / "{teacher}.log",
+        LAYOUT.log("train_teacher", "{teacher}"),
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
         " --out-dir {params.out_dir:q} --export {output.weights:q} --data-manifests {input.data:q} > {log:q} 2>&1"
@@ -33,14 +33,14 @@ rule reinforce:
     input:
         unpack(reinforce_inputs),
     output:
-        manifest=reinforce_manifest("{reinforcement}", "{group}"),
+        manifest=LAYOUT.reinforce_manifest("{reinforcement}", "{group}"),
     params:
         selection=reinforce_selection,
         settings=lambda wc: canonical(REINFORCEMENTS[wc.reinforcement]),
-        captioner=lambda wc: canonical_json(REINFORCEMENTS[wc.reinforcement]["captioner"]),
-        teachers_dir=RESULTS / "teachers",
-        datacomp_dir=DATA["datacomp_dir"],
-        dr_dir=lambda wc: reinforcement_dr_dir(EXP, wc.reinforcement),
+        captioner=lambda wc: spec_json(REINFORCEMENTS[wc.reinforcement]["captioner"]),
+        teachers_dir=LAYOUT.teachers_dir,
+        datacomp_dir=EXP.data["datacomp_dir"],
+        dr_dir=lambda wc: EXP.reinforcement_dr_dir(wc.reinforcement),
     threads: lambda wc: REINFORCEMENTS[wc.reinforcement]["threads"]
     priority: 10
     resources:
@@ -49,9 +49,9 @@ rule reinforce:
         runtime=60 if IS_TOY else 24 * 60,
         mem_mb=4000 if IS_TOY else 64000,
     benchmark:
-        job_benchmark("reinforce", "{reinforcement}_group_{group}"),
+        LAYOUT.job_benchmark("reinforce", group_job_name("{group}", "{reinforcement}")),
     log:
-        RESULTS / "logs" / "reinforce" / "{reinforcement}" / "group_{group}.log",
+        LAYOUT.log("reinforce", group_job_name("{group}", "{reinforcement}")),
     shell:
         "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir:q} --out-dir {params.dr_dir:q}"
         " {params.selection} --manifest {output.manifest:q}"

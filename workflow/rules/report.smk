@@ -6,39 +6,40 @@ rule report:
     input:
         # Exactly the experiment's files, each a job's declared output: a run removed from the
         # config leaves its folders on disk, and the report never sees them.
-        records=all_eval_records(),
-        fetched=[fetch_manifest(group) for group in GROUP_IDS] if IS_HUB else [],
-        runs=[train_manifest(run, seed) for run, seed in SPECS],
+        records=EXP.eval_indexes(),
+        fetched=[LAYOUT.fetch_manifest(group) for group in EXP.group_ids] if IS_HUB else [],
+        runs=[LAYOUT.train_manifest(run, seed) for run, seed in EXP.specs],
         # a teacher's manifest is written with its weights, in its run folder (teacher_manifest)
-        teachers=[RESULTS / "teachers" / teacher for teacher in trained_teachers()],
-        reinforced=[reinforce_manifest(name, group) for name in generated_reinforcements() for group in GROUP_IDS],
-        benchmarks=upstream_job_benchmarks(),
+        teachers=[LAYOUT.teacher_weights(teacher) for teacher in EXP.trained_teachers()],
+        reinforced=[LAYOUT.reinforce_manifest(name, group) for name in EXP.generated_reinforcements()
+                    for group in EXP.group_ids],
+        benchmarks=EXP.upstream_job_benchmarks(),
     output:
-        table=report(REPORT_DIR / "results.csv", caption="../report/results.rst", category="Tables"),
-        markdown=REPORT_DIR / "results.md",
-        efficiency=report(REPORT_DIR / "efficiency.json", caption="../report/efficiency.rst", category="Tables"),
-        plot=report(REPORT_DIR / "learning_efficiency.png", caption="../report/learning_efficiency.rst",
+        table=report(LAYOUT.report_file("results.csv"), caption="../report/results.rst", category="Tables"),
+        markdown=LAYOUT.report_file("results.md"),
+        efficiency=report(LAYOUT.report_file("efficiency.json"), caption="../report/efficiency.rst", category="Tables"),
+        plot=report(LAYOUT.report_file("learning_efficiency.png"), caption="../report/learning_efficiency.rst",
                     category="Figures"),
-        plot_pdf=REPORT_DIR / "learning_efficiency.pdf",
-        page=report(REPORT_DIR / "report.html", caption="../report/page.rst", category="Report page"),
-        cost=REPORT_DIR / "cost.csv",
-        ablation=[report(path, caption="../report/ablation.rst", category="Ablation") for path in ablation_outputs()],
+        plot_pdf=LAYOUT.report_file("learning_efficiency.pdf"),
+        page=report(LAYOUT.report_file("report.html"), caption="../report/page.rst", category="Report page"),
+        cost=LAYOUT.report_file("cost.csv"),
+        ablation=[report(path, caption="../report/ablation.rst", category="Ablation") for path in EXP.ablation_outputs()],
         data_efficiency=[report(path, caption="../report/data_efficiency.rst", category="Figures")
-                         for path in data_efficiency_outputs()],
+                         for path in EXP.data_efficiency_outputs()],
     params:
-        out_dir=REPORT_DIR,
-        title=REPORT["title"],
-        paper_reference=paper_reference_option(REPORT["paper_reference"]),
-        pairs=f"--efficiency-pairs-json {shlex.quote(canonical_json(REPORT['efficiency_pairs']))}"
-        if REPORT.get("efficiency_pairs") is not None else "",
-        ablation=f"--ablation-json {shlex.quote(canonical_json(REPORT['ablation']))}" if REPORT.get("ablation") else "",
-        benchmarks_dir=RESULTS / "benchmarks",
-        teacher_manifests=[teacher_manifest(teacher) for teacher in trained_teachers()],
+        out_dir=LAYOUT.report_dir,
+        title=EXP.report["title"],
+        paper_reference=paper_reference_option(EXP.report["paper_reference"]),
+        pairs=f"--efficiency-pairs-json {shlex.quote(spec_json(EXP.report['efficiency_pairs']))}"
+        if EXP.report.get("efficiency_pairs") is not None else "",
+        ablation=f"--ablation-json {shlex.quote(spec_json(EXP.report['ablation']))}" if EXP.report.get("ablation") else "",
+        benchmarks_dir=LAYOUT.benchmarks_dir,
+        teacher_manifests=[LAYOUT.teacher_manifest(teacher) for teacher in EXP.trained_teachers()],
     priority: 4
     benchmark:
-        job_benchmark("report", "all"),
+        LAYOUT.job_benchmark("report"),
     log:
-        RESULTS / "logs" / "report.log",
+        LAYOUT.log("report"),
     shell:
         "mobileclip-repro report --records {input.records:q} --out-dir {params.out_dir:q}"
         " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"

@@ -11,11 +11,11 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        manifest=train_manifest("{run}", "{seed}"),
+        manifest=LAYOUT.train_manifest("{run}", "{seed}"),
     params:
-        spec=lambda wc: canonical_json(spec_of(wc)),
+        spec=lambda wc: spec_json(spec_of(wc)),
         launcher=lambda wc, resources: launcher_prefix(spec_of(wc), resources.get("cpus_per_task")),
-        out_dir=lambda wc: run_dir(EXP, wc.run, seed=int(wc.seed)),
+        out_dir=lambda wc: LAYOUT.run_dir(wc.run, int(wc.seed)),
     threads: 1
     # DR students sit on the critical path (after teachers and reinforcement); non-DR ones fill idle cores.
     priority: lambda wc: 5 if spec_of(wc)["dr"] else 0
@@ -31,9 +31,9 @@ rule train:
         tasks_per_gpu=0,
         slurm_extra="'--ntasks-per-node=1'",
     benchmark:
-        job_benchmark("train", "{run}_seed_{seed}"),
+        LAYOUT.job_benchmark("train", train_job_name("{run}", "{seed}")),
     log:
-        RESULTS / "logs" / "train" / "{run}_seed_{seed}.log",
+        LAYOUT.log("train", train_job_name("{run}", "{seed}")),
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launcher} -m mobileclip_repro train --spec {params.spec:q}"
         " --out-dir {params.out_dir:q} --data-manifests {input.data:q} {input.reinforced:q} > {log:q} 2>&1"

@@ -1,0 +1,225 @@
+"""One experiment, resolved once: what the DAG runs for a loaded and checked config.
+
+``Experiment.load(config)`` (or ``Experiment(config)`` for a config ``preflight.load_experiment``
+already gave) holds every training job's spec per (run, seed), the teachers' specs, the named
+reinforcements, the hub's shard groups, the benchmarks with their roots, the subsets, the
+``Layout``, and the selection of jobs: which of them this config makes (``trained_teachers``,
+``generated_reinforcements``, ``teachers_evaluated``, ...). The rule files read it through thin
+accessors (workflow/rules/common.smk) and ``plan`` sizes the same selection.
+
+Each job gets one ``--spec``: the canonical JSON (``spec_json``) of exactly the settings the job uses
+(``*_spec`` below). Snakemake compares a job's params by value, so a changed setting reruns exactly the
+jobs whose spec holds it, and the same values written in another key order rerun nothing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mobileclip_repro.config import (generated_benchmark, reinforcement_dr_dir, reinforcement_names,
+                                     reinforcement_variant, resolve_run, run_seeds, subset_sizes)
+from mobileclip_repro.hub import shard_groups
+from mobileclip_repro.layout import WHOLE_DAG, Layout, group_id, group_job_name, train_job_name
+
+# The report's files in every experiment (report_outputs adds the ones a config asks for).
+REPORT_FILES = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
+                "report.html", "cost.csv"]
+ABLATION_FILES = ["ablation.csv", "ablation.md", "ablation.png", "ablation.pdf"]
+DATA_EFFICIENCY_FILES = ["data_efficiency.png", "data_efficiency.pdf"]
+
+
+def canonical(value):
+    """``value`` with every mapping's keys in sorted order, recursively (lists keep theirs).
+    Snakemake compares a job's params by their repr, which follows key order: the same config
+    values written in another order (or through YAML anchors and merges) must be no change."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def spec_json(value) -> str:
+    """A job's spec as one command-line word: JSON, keys sorted."""
+    return json.dumps(value, sort_keys=True)
+
+
+class Experiment:
+    """A loaded, checked config (``preflight.load_experiment``) and everything the DAG derives from it."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.layout = Layout(config["results_dir"])
+        self.data = config["data"]
+        self.source = self.data["source"]
+        self.hub = self.data["hub"]
+        self.evaluation = config["evaluation"]
+        self.benchmarks = self.evaluation["benchmarks"]  # each with its root (config fills the default)
+        self.report = config["report"]
+        self.runs = list(config["runs"])
+        self.teachers = list(config["teachers"])
+        # one training job per (run, seed), in the config's order
+        self.specs = {(run, seed): resolve_run(config, run, seed=seed)
+                      for run in self.runs for seed in run_seeds(config["runs"][run])}
+        self.teacher_specs = {teacher: resolve_run(config, teacher, section="teachers") for teacher in self.teachers}
+        # the default reinforcement (its teachers are the ones evaluated) and every named one
+        self.reinforcement = reinforcement_variant(config)
+        self.reinforcements = {name: reinforcement_variant(config, name) for name in reinforcement_names(config)}
+        # hub shards in groups, one fetch (and reinforce) job each; toy or local data is one group
+        self.hub_groups = shard_groups(self.hub["shards"], self.hub["group_size"]) if self.is_hub else []
+        self.group_ids = [group_id(index) for index in range(len(self.hub_groups))] if self.is_hub else [group_id(0)]
+        # sets with a hub_repo (clip_benchmark's webdataset mirrors): fetched once, before any evaluation
+        self.hub_benchmarks = {b["name"]: b for b in self.benchmarks if b.get("hub_repo")}
+        self.subset_sizes = subset_sizes(config)
+
+    @classmethod
+    def load(cls, source) -> Experiment:
+        """Load and check a config (a path or a mapping), then resolve it."""
+        from mobileclip_repro.preflight import load_experiment
+
+        return cls(load_experiment(source))
+
+    @property
+    def is_toy(self) -> bool:
+        return self.source == "toy"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.source == "hub"
+
+    @property
+    def is_local(self) -> bool:
+        return self.source == "local"
+
+    # -- training jobs ---------------------------------------------------------------------------
+    def spec(self, run: str, seed) -> dict:
+        return self.specs[(run, int(seed))]
+
+    def seeds_of(self, run: str) -> list[int]:
+        return [seed for name, seed in self.specs if name == run]
+
+    def run_checkpoints(self, run: str) -> list[tuple[Path, Path]]:
+        """Every seed's checkpoints of ``run`` with their record folders, in one order."""
+        return [(self.layout.checkpoint(run, seed, epoch), self.layout.eval_dir(run, seed, epoch))
+                for seed in self.seeds_of(run) for epoch in range(1, self.specs[(run, seed)]["num_checkpoints"] + 1)]
+
+    @property
+    def has_subsets(self) -> bool:
+        return any(spec.get("subset_size") for spec in self.specs.values())
+
+    # -- what the config selects -----------------------------------------------------------------
+    def generated_reinforcements(self) -> list[str]:
+        """The reinforcements the experiment's DR runs read and the DAG makes (not fetched)."""
+        return sorted({spec["reinforcement"] for spec in self.specs.values()
+                       if spec["dr"] and self.reinforcements[spec["reinforcement"]]["generate"]})
+
+    def teachers_evaluated(self) -> bool:
+        """Whether the DAG evaluates the reinforcement's teachers and their ensemble."""
+        return bool(self.evaluation["teachers"] and any(spec["dr"] for spec in self.specs.values()))
+
+    def trained_teachers(self) -> list[str]:
+        """Teachers the DAG trains (the teachers section): when it reinforces or evaluates teachers."""
+        return sorted(self.teachers) if self.generated_reinforcements() or self.teachers_evaluated() else []
+
+    def fetches_dr_tars(self) -> bool:
+        """Fetch downloads the hub's DataCompDR tars whenever the default reinforcement is not
+        generated, whether or not a run reads them."""
+        return self.is_hub and not self.reinforcement["generate"]
+
+    def generated_benchmark_roots(self) -> list[str]:
+        """Benchmark sets the toy-data rule generates (the others are fetched or user-provided roots)."""
+        return [b["root"] for b in self.benchmarks if generated_benchmark(self.config, b)]
+
+    def reinforcement_dr_dir(self, name: str) -> str:
+        """Where a named reinforcement's DataCompDR shards live (data.dr_dir, or data.dr_dir + _<name>)."""
+        return reinforcement_dr_dir(self.config, name)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def data_inputs(self) -> list[Path]:
+        """The data stage's manifest(s) a job waits for: the toy world's, every fetched group's, or
+        the listing of local data (local_data; rerun when a shard there is added, removed or rewritten)."""
+        if self.is_toy:
+            return [self.layout.toy_manifest]
+        return [self.layout.fetch_manifest(group) for group in self.group_ids] if self.is_hub else [
+            self.layout.local_manifest]
+
+    def local_data_folders(self) -> list[str]:
+        """Local data's folders: data.datacomp_dir, and data.dr_dir where DR runs read DataCompDR shards
+        found there (not generated by the DAG, not joined into datacomp_dir)."""
+        if not self.is_local:
+            return []
+        folders = [self.data["datacomp_dir"]]
+        given_dr = any(spec["dr"] and not self.reinforcements[spec["reinforcement"]]["generate"]
+                       and spec.get("data_layout") != "joined" for spec in self.specs.values())
+        if given_dr and self.data["dr_dir"] not in folders:
+            folders.append(self.data["dr_dir"])
+        return folders
+
+    def training_data(self, run: str, seed) -> dict:
+        """What a run's training reads: the data stage's manifests, the subsets file of a subset run and,
+        for a DR run, the reinforcement's manifests when the DAG generates it. Train reads exactly the
+        shards the manifests list (``--data-manifests``)."""
+        spec = self.spec(run, seed)
+        inputs = {"data": self.data_inputs(), "reinforced": []}
+        if spec.get("subset_size"):
+            inputs["subsets"] = spec["subset_file"]
+        if spec["dr"] and self.reinforcements[spec["reinforcement"]]["generate"]:
+            inputs["reinforced"] = [self.layout.reinforce_manifest(spec["reinforcement"], group)
+                                    for group in self.group_ids]
+        return inputs
+
+    def benchmark_inputs(self) -> dict:
+        return {"benchmarks": self.generated_benchmark_roots(),
+                "fetched": [self.layout.fetched_benchmark(name) for name in self.hub_benchmarks]}
+
+    def teacher_weights(self) -> list[Path]:
+        """Every teacher's weights under teachers/ (what reinforcement and the teachers' evaluation read)."""
+        return [self.layout.teacher_weights(teacher) for teacher in self.teachers]
+
+    def teacher_records(self) -> list[Path]:
+        """The ensemble's records, one per benchmark (evaluate_teachers' outputs beside its index)."""
+        if not self.teachers_evaluated():
+            return []
+        return [self.layout.teacher_record(b["name"]) for b in self.benchmarks]
+
+    def eval_indexes(self) -> list[Path]:
+        """The evaluate jobs' index files: the report reads the records they list, and no others."""
+        return ([self.layout.eval_index(run) for run in self.runs]
+                + ([self.layout.teachers_index] if self.teachers_evaluated() else []))
+
+    def upstream_jobs(self) -> list[tuple[str, str]]:
+        """(rule, job name) of every job the report depends on, in the DAG's order."""
+        if self.is_toy:
+            jobs = [("toy_data", WHOLE_DAG)]
+        else:
+            jobs = [("fetch", group_job_name(group)) for group in self.group_ids] if self.is_hub else [
+                ("local_data", WHOLE_DAG)]
+        if self.has_subsets:
+            jobs.append(("select_subsets", WHOLE_DAG))
+        jobs += [("fetch_benchmark", name) for name in self.hub_benchmarks]
+        jobs += [("train_teacher", teacher) for teacher in self.trained_teachers()]
+        jobs += [("reinforce", group_job_name(group, name))
+                 for name in self.generated_reinforcements() for group in self.group_ids]
+        jobs += [("train", train_job_name(run, seed)) for run, seed in self.specs]
+        jobs += [("evaluate", run) for run in self.runs]
+        if self.teachers_evaluated():
+            jobs.append(("evaluate_teachers", WHOLE_DAG))
+        return jobs
+
+    def upstream_job_benchmarks(self) -> list[Path]:
+        """The benchmark TSV of every job the report depends on: the compute ledger's rows."""
+        return [self.layout.job_benchmark(rule, name) for rule, name in self.upstream_jobs()]
+
+    # -- the report's outputs ----------------------------------------------------------------------
+    def ablation_outputs(self) -> list[Path]:
+        """The ablation ladder's table and chart, where the config has one (report.ablation)."""
+        return [self.layout.report_file(name) for name in ABLATION_FILES] if self.report.get("ablation") else []
+
+    def data_efficiency_outputs(self) -> list[Path]:
+        """The data-efficiency figure, where runs train on data.subsets."""
+        return [self.layout.report_file(name) for name in DATA_EFFICIENCY_FILES] if self.has_subsets else []
+
+    def report_outputs(self) -> list[Path]:
+        """Every file the report job writes: ``REPORT_FILES``, then each optional group's."""
+        return ([self.layout.report_file(name) for name in REPORT_FILES] + self.ablation_outputs()
+                + self.data_efficiency_outputs())

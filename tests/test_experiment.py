@@ -1,0 +1,132 @@
+"""experiment.Experiment: a config resolved once into the jobs the DAG runs and the paths they write.
+
+The rule files read these answers (workflow/rules/common.smk) and `plan` sizes the same selection,
+so each case here is what the DAG plans for that kind of config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mobileclip_repro import config as config_module
+from mobileclip_repro.experiment import Experiment, canonical, spec_json
+from mobileclip_repro.layout import Layout
+
+
+@pytest.fixture
+def in_repo(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)  # configs name reinforcement JSONs relative to the checkout
+    return repo_root
+
+
+def load(path: str, tmp_path: Path, **overrides) -> Experiment:
+    raw = config_module.read_yaml(path)
+    raw.update(results_dir=str(tmp_path / "results"), **overrides)
+    return Experiment(config_module.load_config(raw))
+
+
+def test_the_toy_world_trains_its_teachers_reinforces_once_and_evaluates_every_run(in_repo, tmp_path):
+    experiment = load("configs/toy-smoke.yaml", tmp_path)
+    layout = Layout(tmp_path / "results")
+    assert experiment.layout == layout
+    assert list(experiment.specs) == [("smoke_dr", 0), ("smoke_dr", 1), ("smoke_plain", 0), ("smoke_plain", 1)]
+    assert experiment.spec("smoke_dr", "1")["seed"] == 1, "a wildcard's seed is a string"
+    assert experiment.group_ids == ["00000"] and experiment.hub_groups == []
+    assert experiment.data_inputs() == [layout.toy_manifest]
+    assert experiment.generated_reinforcements() == ["default"]
+    assert experiment.teachers_evaluated()
+    assert experiment.trained_teachers() == ["teacher_a.pt", "teacher_b.pt"]
+    assert experiment.training_data("smoke_dr", 0) == {
+        "data": [layout.toy_manifest], "reinforced": [layout.reinforce_manifest("default", "00000")]}
+    assert experiment.training_data("smoke_plain", 1) == {"data": [layout.toy_manifest], "reinforced": []}
+    assert experiment.generated_benchmark_roots() == [str(layout.benchmark_root("toy_zeroshot")),
+                                                      str(layout.benchmark_root("toy_retrieval"))]
+    assert experiment.run_checkpoints("smoke_plain")[-1] == (layout.checkpoint("smoke_plain", 1, 3),
+                                                             layout.eval_dir("smoke_plain", 1, 3))
+    assert experiment.eval_indexes() == [layout.eval_index("smoke_dr"), layout.eval_index("smoke_plain"),
+                                         layout.teachers_index]
+    assert experiment.upstream_jobs() == [
+        ("toy_data", "all"), ("train_teacher", "teacher_a.pt"), ("train_teacher", "teacher_b.pt"),
+        ("reinforce", "default_group_00000"), ("train", "smoke_dr_seed_0"), ("train", "smoke_dr_seed_1"),
+        ("train", "smoke_plain_seed_0"), ("train", "smoke_plain_seed_1"), ("evaluate", "smoke_dr"),
+        ("evaluate", "smoke_plain"), ("evaluate_teachers", "all")]
+    assert [path.name for path in experiment.report_outputs()] == [
+        "results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
+        "report.html", "cost.csv"]
+
+
+def test_a_hub_config_fetches_each_group_and_trains_on_every_groups_manifest(in_repo, tmp_path):
+    experiment = Experiment(config_module.load_config({
+        "name": "three", "results_dir": str(tmp_path / "results"),
+        "data": {"source": "hub", "hub": {"datacomp_repo": "mlfoundations/DataComp-12M",
+                                          "dr_repo": "apple/DataCompDR-12M",
+                                          "shards": "{00000000..00000002}", "group_size": 2}},
+        "reinforcement": {"generate": False, "config": "configs/reinforce/datacompdr12m.json"},
+        "runs": {"dr": {"model": "ViT-B-16", "data": "dr", "nodes": 1, "gpus_per_node": 8, "global_batch_size": 8,
+                        "seen_samples": 80, "num_checkpoints": 2, "warmup_steps": 0}},
+        "evaluation": {"benchmarks": [
+            {"name": "in1k", "dataset": "imagenet1k", "task": "zeroshot_classification", "root": "/sets/in1k"},
+            {"name": "cars", "dataset": "wds/cars", "task": "zeroshot_classification",
+             "hub_repo": "clip-benchmark/wds_cars"}]}}))
+    layout = experiment.layout
+    assert experiment.is_hub and experiment.group_ids == ["00000", "00001"]
+    assert experiment.fetches_dr_tars()
+    assert experiment.data_inputs() == [layout.fetch_manifest("00000"), layout.fetch_manifest("00001")]
+    assert experiment.generated_reinforcements() == [] and experiment.trained_teachers() == []
+    assert experiment.training_data("dr", 0)["reinforced"] == [], "Apple's DR shards come with the fetch"
+    assert list(experiment.hub_benchmarks) == ["cars"]
+    assert experiment.benchmark_inputs() == {"benchmarks": [], "fetched": [layout.fetched_benchmark("cars")]}
+    assert experiment.upstream_jobs() == [("fetch", "group_00000"), ("fetch", "group_00001"),
+                                          ("fetch_benchmark", "cars"), ("train", "dr_seed_0"), ("evaluate", "dr"),
+                                          ("evaluate_teachers", "all")], "Apple's teachers, by their pretrained tags"
+
+
+def test_local_data_is_listed_once_with_the_dr_folder_only_where_a_run_reads_shards_found_there(in_repo, tmp_path):
+    def local(generate: bool) -> Experiment:
+        return Experiment(config_module.load_config({
+            "name": "local", "results_dir": str(tmp_path / "results"),
+            "data": {"source": "local", "datacomp_dir": str(tmp_path / "dc"), "dr_dir": str(tmp_path / "dr")},
+            "reinforcement": {"generate": generate, "config": "configs/reinforce/toy.json"},
+            "teachers": {} if not generate else {"t.pt": {"model": "toy-teacher", "data": "teacher",
+                                                          "gpus_per_node": 0, "global_batch_size": 8,
+                                                          "seen_samples": 16, "num_checkpoints": 1, "warmup_steps": 0}},
+            "runs": {"dr": {"model": "toy-student", "data": "dr", "gpus_per_node": 0, "global_batch_size": 8,
+                            "seen_samples": 16, "num_checkpoints": 1, "warmup_steps": 0, "distill": {"teacher_dimension": [64, 64]}}},
+            "evaluation": {"benchmarks": [{"name": "z", "dataset": "wds/z", "task": "zeroshot_classification",
+                                           "root": str(tmp_path / "z")}]}}))
+
+    given = local(generate=False)
+    assert given.data_inputs() == [given.layout.local_manifest]
+    assert given.local_data_folders() == [str(tmp_path / "dc"), str(tmp_path / "dr")]
+    assert given.upstream_jobs()[0] == ("local_data", "all")
+    assert local(generate=True).local_data_folders() == [str(tmp_path / "dc")], "the DAG makes the DR shards"
+
+
+def test_a_subsets_axis_adds_the_selection_job_its_file_and_the_data_efficiency_figure(in_repo, tmp_path):
+    experiment = load("configs/toy-study.yaml", tmp_path)
+    assert experiment.subset_sizes == [250, 1000, 4000] and experiment.has_subsets
+    subsets = experiment.layout.subsets_file(experiment.data["subset_seed"])
+    assert experiment.training_data("toy_dr_n250", 0)["subsets"] == str(subsets)
+    assert ("select_subsets", "all") in experiment.upstream_jobs()
+    assert [path.name for path in experiment.data_efficiency_outputs()] == ["data_efficiency.png",
+                                                                           "data_efficiency.pdf"]
+
+
+def test_each_reinforcement_variant_a_run_reads_is_its_own_job_in_its_own_folder(in_repo, tmp_path):
+    experiment = load("configs/toy-ablation.yaml", tmp_path)
+    assert list(experiment.reinforcements) == ["default", "weak"]
+    assert experiment.reinforcements["weak"]["config"] == "configs/reinforce/toy-weak.json"
+    assert experiment.generated_reinforcements() == ["default", "weak"]
+    assert experiment.reinforcement_dr_dir("weak") == experiment.reinforcement_dr_dir("default") + "_weak"
+    assert experiment.training_data("abl_synthetic_captions", 0)["reinforced"] == [
+        experiment.layout.reinforce_manifest("weak", "00000")]
+    assert [path.name for path in experiment.ablation_outputs()] == ["ablation.csv", "ablation.md", "ablation.png",
+                                                                      "ablation.pdf"]
+
+
+def test_a_spec_is_the_same_word_whatever_order_its_values_were_written_in():
+    assert spec_json({"b": 1, "a": {"d": [2, {"f": 0, "e": 1}], "c": None}}) == spec_json(
+        {"a": {"c": None, "d": [2, {"e": 1, "f": 0}]}, "b": 1})
+    assert list(canonical({"b": 1, "a": 2})) == ["a", "b"]
+    assert json.loads(spec_json({"x": [3, 1]})) == {"x": [3, 1]}, "lists keep their order"
