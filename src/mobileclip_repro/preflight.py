@@ -21,8 +21,10 @@ The schema sees one YAML file; these look at what it points to:
   exists, and a classification set already on disk names every label it has (and no blank class)
   (``benchmark_sets.check_class_names``; ``evaluate`` runs it again on every set). A hub
   experiment is planned before its data exist, wherever it is planned (the paper configs plan
-  on a laptop), so its roots are checked when the DAG starts running jobs instead
-  (``check_benchmark_roots``, the Snakefile's ``onstart``).
+  on a laptop), so its roots are checked when the DAG starts instead (``check_prerequisites``):
+  a dry run warns, a real run is refused before its first job;
+* hub credentials: where the DAG downloads from a gated hub repo (data or benchmark sets) and no
+  Hugging Face token is set, ``check_prerequisites`` names the repo and its key, as for the roots.
 
 None of this imports torch or open_clip (20 s on a 2-core machine): the registry is read
 from the same JSON files open_clip reads, and shards only when some exist.
@@ -324,15 +326,21 @@ def check_workers(config: dict) -> None:
 
 # -- benchmark sets ---------------------------------------------------------------------------------
 
+def missing_benchmark_roots(config: dict) -> list[str]:
+    """Every benchmark root the DAG neither makes nor fetches that is not there, one line each."""
+    return [f"config key 'evaluation.benchmarks.{position}.root': benchmark {benchmark['name']!r}: "
+            f"{benchmark['root']} does not exist (the DAG neither makes nor fetches it: give hub_repo, "
+            f"or put the set there)"
+            for position, benchmark in enumerate(config["evaluation"]["benchmarks"])
+            if not (generated_benchmark(config, benchmark) or benchmark.get("hub_repo"))
+            and not Path(benchmark["root"]).is_dir()]
+
+
 def check_benchmark_roots(config: dict) -> None:
     """A benchmark root the DAG neither makes nor fetches exists (else evaluation fails after training)."""
-    for position, benchmark in enumerate(config["evaluation"]["benchmarks"]):
-        if generated_benchmark(config, benchmark) or benchmark.get("hub_repo"):
-            continue
-        if not Path(benchmark["root"]).is_dir():
-            raise ConfigError(f"config key 'evaluation.benchmarks.{position}.root': benchmark "
-                              f"{benchmark['name']!r}: {benchmark['root']} does not exist (the DAG neither "
-                              f"makes nor fetches it: give hub_repo, or put the set there)")
+    missing = missing_benchmark_roots(config)
+    if missing:
+        raise ConfigError("\n".join(missing))
 
 
 def check_benchmark_sets(config: dict) -> None:
@@ -369,6 +377,93 @@ def check_report_to(config: dict) -> None:
             if missing:
                 raise ConfigError(f"{section}.{name}.report_to: {', '.join(missing)} requested but not installed "
                                   f"(wandb is the optional extra: pip install -e '.[wandb]'; or drop it from report_to)")
+
+# -- what the DAG needs from outside it, named when it starts ------------------------------------
+
+EVALUATING_RULES = frozenset({"evaluate", "evaluate_teachers"})
+HUB_ANSWER_SECONDS = 10   # per repo; the repos are asked at once
+HUB_QUESTIONS_AT_ONCE = 8
+
+
+def hub_repos(config: dict, rules: set[str] | None = None) -> dict[str, str]:
+    """Hub repo -> the config key naming it, for the repos the DAG downloads from: the data's
+    (``fetch``: data.hub.datacomp_repo, and data.hub.dr_repo where the DataCompDR shards are
+    fetched, not generated) and the benchmark sets' (``fetch_benchmark``: hub_repo).
+    ``rules``: the rules that will run (None: every rule the DAG has, as planned)."""
+    repos = {}
+    data = config["data"]
+    if data["source"] == "hub" and (rules is None or "fetch" in rules):
+        repos[data["hub"]["datacomp_repo"]] = "data.hub.datacomp_repo"
+        if not reinforcement_variant(config)["generate"]:
+            repos.setdefault(data["hub"]["dr_repo"], "data.hub.dr_repo")
+    if rules is None or "fetch_benchmark" in rules:
+        for position, benchmark in enumerate(config["evaluation"]["benchmarks"]):
+            if benchmark.get("hub_repo"):
+                repos.setdefault(benchmark["hub_repo"], f"evaluation.benchmarks.{position}.hub_repo")
+    return repos
+
+
+@functools.lru_cache(maxsize=None)
+def hub_gating(repo: str) -> str | bool | None:
+    """Whether a dataset repo is gated (``auto``/``manual``: its files need a token of a user who
+    accepted its terms), as the hub says without a token; None when the hub does not answer
+    (offline, HF_HUB_OFFLINE, no such repo). Asked once per process."""
+    from huggingface_hub import HfApi  # imported here: only a DAG that downloads asks
+
+    try:
+        return HfApi().dataset_info(repo, token=False, timeout=HUB_ANSWER_SECONDS).gated or False
+    except Exception:  # noqa: BLE001 - any failure to ask is "not known", the fetch job will say more
+        return None
+
+
+def hub_credential_problems(repos: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(missing credentials, unverified repos) of the repos a DAG downloads from, one line each.
+
+    huggingface_hub reads the token (``HF_TOKEN``, else the file ``hf auth login`` writes, at
+    ``HF_TOKEN_PATH``) in every fetch job; without one a gated repo answers 401 after the DAG has
+    started. With a token nothing is asked here (whether its user accepted a repo's terms, only
+    the download can tell). Without one the hub is asked which repos are gated; where it does
+    not answer the repos are named as not verified."""
+    if not repos:
+        return [], []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import constants, get_token
+
+    if get_token():
+        return [], []
+    with ThreadPoolExecutor(max_workers=HUB_QUESTIONS_AT_ONCE) as pool:
+        gating = dict(zip(repos, pool.map(hub_gating, repos)))
+    where = f"HF_TOKEN, or the token file {constants.HF_TOKEN_PATH} that `hf auth login` writes"
+    missing = [f"config key '{key}': {repo} is a gated repo on the hub ({gating[repo]} approval) and no "
+               f"Hugging Face token is set ({where}): accept its terms on the hub, then set a token"
+               for repo, key in repos.items() if gating[repo]]
+    unknown = [repo for repo in repos if gating[repo] is None]
+    unverified = [f"no Hugging Face token is set ({where}) and the hub did not say whether "
+                  f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} gated (offline?): a gated repo "
+                  f"fails its fetch job with 401"] if unknown else []
+    return missing, unverified
+
+
+def check_prerequisites(config: dict, rules: set[str] | None = None, *, dry_run: bool = False) -> list[str]:
+    """What the DAG needs from outside it and has not, named when it starts: every benchmark root
+    it neither makes nor fetches, where evaluation runs, and every hub credential its downloads need.
+
+    ``rules``: the rules that will run (a real run knows them when it starts; None for a plan).
+    A dry run plans before data exist (the paper configs plan on a laptop): everything missing
+    comes back as warnings, one line each, saying that a real run stops there. A real run is refused before its first job
+    (ConfigError, every missing thing on its own line); what could not be verified (the hub not
+    answering) comes back as warnings. Toy and local experiments had their roots checked when
+    they loaded (``check_config``), so theirs are named there, before any plan."""
+    missing = []
+    if rules is None or rules & EVALUATING_RULES:
+        missing += missing_benchmark_roots(config)
+    credentials, unverified = hub_credential_problems(hub_repos(config, rules))
+    missing += credentials
+    if missing and not dry_run:
+        raise ConfigError("\n".join(missing))
+    return [f"{line}; a real run stops here, before its first job" for line in missing] + unverified
+
 
 # -- the whole config ---------------------------------------------------------------------------
 
