@@ -57,7 +57,10 @@ def anchors(page: Path) -> set[str]:
 
 
 def committable(path: Path) -> bool:
-    """Whether `path` (a file or a folder holding one) would be in a clone once committed."""
+    """Whether `path` (a file or a folder holding one) would be in a clone once committed. Outside a
+    git checkout (an unpacked sdist) every existing file counts."""
+    if not (REPO_ROOT / ".git").exists():
+        return True
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--",
                              str(path.relative_to(REPO_ROOT))],
                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
