@@ -6,6 +6,10 @@ STAMP     := $(VENV)/.installed
 CORES     ?= 2
 TOY       ?= configs/toy.yaml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# One line per finished job (what, how long, what is left) instead of Snakemake's own output:
+# the project's logger plugin (src/snakemake_logger_plugin_mobileclip_repro). Each job's log
+# and Snakemake's complete log keep the details; plain `snakemake` is unchanged.
+PROGRESS  := --logger mobileclip-repro
 
 .PHONY: install demo ablation study test slurm-deps slurm-cluster dry-run-paper clean
 
@@ -23,32 +27,36 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	@start=$$(date +%s); \
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(TOY) && \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile $(TOY) $(PROGRESS) && \
 	echo "Toy DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
-	report=$$($(PYTHON) -c "from mobileclip_repro.config import load_config; print(load_config('$(TOY)')['results_dir'])")/report && \
+	results=$$($(PYTHON) -c "from mobileclip_repro.config import load_config; print(load_config('$(TOY)')['results_dir'])") && \
+	report=$$results/report && echo && \
 	cat $$report/results.md && echo && \
 	echo "table: $$report/results.csv  $$report/results.md" && \
 	echo "plot:  $$report/learning_efficiency.png  $$report/learning_efficiency.pdf" && \
-	echo "html:  $$report/report.html"
+	echo "html:  $$report/report.html" && \
+	echo "logs:  $$results/logs/ (one per job; training's per-step progress: $$results/logs/train/)"
 
 # The paper's ablation ladder (Table 2) in the toy world: five rows, 2 seeds each.
 ablation: $(STAMP)
 	@start=$$(date +%s); \
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-ablation.yaml && \
-	echo "Toy ablation DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-ablation.yaml $(PROGRESS) && \
+	echo "Toy ablation DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && echo && \
 	cat results/toy-ablation/report/ablation.md && \
-	echo "chart: results/toy-ablation/report/ablation.png  results/toy-ablation/report/ablation.pdf"
+	echo "chart: results/toy-ablation/report/ablation.png  results/toy-ablation/report/ablation.pdf" && \
+	echo "logs:  results/toy-ablation/logs/ (one per job; training's per-step progress: results/toy-ablation/logs/train/)"
 
 # The toy study: the demo's arms on 3 dataset sizes plus online distillation, 3 seeds each, with the
 # compute ledger and the data-efficiency multiplier.
 study: $(STAMP)
 	@start=$$(date +%s); \
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-study.yaml && \
-	echo "Toy study DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile configs/toy-study.yaml $(PROGRESS) && \
+	echo "Toy study DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && echo && \
 	cat results/toy-study/report/results.md && \
 	echo "cost:  results/toy-study/report/cost.csv" && \
 	echo "plots: results/toy-study/report/learning_efficiency.png  results/toy-study/report/learning_efficiency_compute.png" && \
-	echo "data:  results/toy-study/report/data_efficiency.png"
+	echo "data:  results/toy-study/report/data_efficiency.png" && \
+	echo "logs:  results/toy-study/logs/ (one per job; training's per-step progress: results/toy-study/logs/train/)"
 
 test: $(STAMP) slurm-deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
