@@ -283,5 +283,6 @@ def test_the_s30m_comparison_trains_each_run_as_its_own_config_does(configs, rep
     alone, together = spec_of(configs, run), resolve_run(comparison, run)
     differing = {key for key in alone.keys() | together.keys() if alone.get(key) != together.get(key)}
     # where the data and results lie (under the experiment's results_dir), nothing that trains
-    assert differing <= {"experiment", "results_dir", "datacomp_dir", "dr_dir"}, differing
+    assert differing <= {"experiment", "results_dir", "datacomp_dir", "dr_dir", "resume"}, differing
+    assert together["resume"] == "latest"  # exact, so result-neutral; a 24 h job continues when resubmitted
     assert comparison["report"]["efficiency_pairs"] == [["datacompdr12m_s30m", "datacomp12m_s30m"]]

@@ -53,11 +53,14 @@ def run_limits(spec: dict) -> dict:
 
     GPU runs: a day (many clusters' limit; resubmitted up to ``resubmits`` times, each resuming
     from the newest checkpoint), 64 GB and 8 CPUs per GPU. CPU runs (gpus_per_node 0, the toy
-    world): two hours, 8 GB and 2 CPUs, no resubmission.
+    world): two hours, 8 GB and 2 CPUs, no resubmission. A run with ``resume: none`` is not
+    resubmitted by default: it would start over each time.
     """
     gpus = spec["gpus_per_node"]
     given = spec.get("slurm") or {}
-    defaults = GPU_RUN if gpus else CPU_RUN
+    defaults = dict(GPU_RUN if gpus else CPU_RUN)
+    if spec.get("resume") == "none":
+        defaults["resubmits"] = 0  # a resubmitted job would start over, not continue
     mem = given.get("mem_mb_per_node") or (gpus * defaults["mem_mb_per_gpu"] if gpus else defaults["mem_mb_per_node"])
     return {key: given.get(key) if given.get(key) is not None else defaults[key]
             for key in ("runtime", "cpus_per_gpu", "resubmits")} | {"mem_mb_per_node": mem}
