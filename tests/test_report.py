@@ -514,3 +514,127 @@ def test_the_mobileclip2_overlay_reports_beside_a_mobileclip_b_student(tmp_path)
     assert (out / "learning_efficiency.png").stat().st_size > 0
     page = (out / "report.html").read_text()
     assert "MobileCLIP2-B" in page and "79.4" in page
+
+
+# -- a report you would publish: the multipliers on the figures, readable units, provenance --------
+
+def _capture_figures(monkeypatch):
+    """The figures the report's plots save, kept open for a look at their axes."""
+    from mobileclip_repro.report import plots
+
+    figures = []
+    original = plots.save_figure
+
+    def keep(figure, out_stem):
+        figures.append({"stem": str(out_stem), "axes": [
+            {"title": axis.get_title(), "ylabel": axis.get_ylabel(), "lines": len(axis.get_lines()),
+             "texts": [text.get_text() for text in axis.texts if text.get_text()], "visible": axis.get_visible()}
+            for axis in figure.axes]})
+        return original(figure, out_stem)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures
+
+
+def test_the_multiplier_is_drawn_where_it_is_read(seeded_records_dir, tmp_path, monkeypatch):
+    figures = _capture_figures(monkeypatch)
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(seeded_records_dir), "--out-dir", str(out)]) == 0
+    results = {r["benchmark"]: r for r in json.loads((out / "efficiency.json").read_text())}
+    retrieval = results["toy_retrieval"]
+    # the arrow's ends: where each arm is at the target; their ratio is the multiplier
+    assert retrieval["plain_seen"] / retrieval["dr_seen"] == pytest.approx(retrieval["multiplier"])
+    (figure,) = [f for f in figures if f["stem"].endswith("learning_efficiency")]
+    texts = {axis["title"]: axis["texts"] for axis in figure["axes"]}
+    assert texts["toy_zeroshot"] == ["≥ 3.0× fewer seen samples"]
+    assert texts["toy_retrieval"] == [f"{'≥ ' if retrieval['lower_bound'] else ''}{retrieval['multiplier']:.1f}× "
+                                      "fewer seen samples"]
+
+
+def test_the_compute_figure_draws_the_amortized_reinforcement_as_its_own_curve():
+    from mobileclip_repro.report import cost
+    from mobileclip_repro.report.efficiency import multiplier
+    from mobileclip_repro.report.report import amortized_records, compute_arrows
+
+    runs = {"dr": {"run": "dr", "arm": "DR", "seeds": 2, "reinforcement": "default", "flops_per_sample": 3e7,
+                   "seen_samples": 32768},
+            "plain": {"run": "plain", "arm": "plain", "seeds": 2, "reinforcement": None, "flops_per_sample": 2e7,
+                      "seen_samples": 32768}}
+    record = {"dr_run": "dr", "plain_run": "plain", "benchmark": "b",
+              **multiplier([(8192, 0.2), (16384, 0.4), (32768, 0.6)], [(8192, 0.1), (16384, 0.2), (32768, 0.3)])}
+    reinforcements = {"default": 5.5e11}
+    cost.add_compute_multipliers([record], runs, reinforcements)
+    shares = cost.reinforcement_per_job(runs, reinforcements)
+    assert shares == {"dr": pytest.approx(2.75e11)}  # once, over the two DR training jobs
+    in_flops = [{"run": "dr", "dr": True, "role": "student", "seen_samples": 8192 * 3e7}]
+    (shifted,) = amortized_records(in_flops, shares)
+    assert shifted["amortized_of"] == "dr" and shifted["seen_samples"] == pytest.approx(8192 * 3e7 + 2.75e11)
+    dotted, solid = compute_arrows([record], runs, shares)
+    assert solid["plain"] / solid["dr"] == pytest.approx(record["compute_multiplier"])
+    assert dotted["below"] and dotted["plain"] / dotted["dr"] == pytest.approx(
+        record["compute_multiplier_with_reinforcement"])
+    assert f"{record['compute_multiplier_with_reinforcement']:.1f}× with reinforcement" in solid["text"]
+
+
+def _metrics(seen, **losses):
+    return {"step": seen // 128, "seen_samples": seen, "samples_per_second": 500.0, "data_wait_share": 0.1, **losses}
+
+
+def test_training_curves_put_each_loss_family_on_its_own_labelled_axes(tmp_path, monkeypatch):
+    from mobileclip_repro.report.plots import plot_training_curves
+
+    figures = _capture_figures(monkeypatch)
+    dr = [_metrics(seen, loss=8 - seen / 1e4, contrastive_loss=0.0, distill_loss=8 - seen / 1e4,
+                   **{"loss/clip_real": 0.0, "loss/distill_i2t_real": 2 - seen / 4e4, "loss/distill_t2i_real": 2.1})
+          for seen in (2560, 5120, 7680)]
+    plain = [_metrics(seen, loss=4.8 - seen / 1e5, contrastive_loss=4.8 - seen / 1e5) for seen in (2560, 5120, 7680)]
+    plot_training_curves({"dr": {0: dr}, "plain": {0: plain}}, tmp_path / "training_curves")
+    panels = [axis for axis in figures[0]["axes"] if axis["visible"]]
+    assert [axis["title"] for axis in panels] == [
+        "contrastive loss", "distillation loss", "distillation term: image→text, real",
+        "distillation term: text→image, real", "throughput per job"]
+    # no total mixing the families, no flat-zero term, one run per family panel, a y label on every panel
+    assert [axis["lines"] for axis in panels[:4]] == [1, 1, 1, 1]
+    assert all(axis["ylabel"] for axis in panels)
+    assert panels[0]["ylabel"] == "contrastive loss (CE, nats)"
+
+
+def test_the_page_says_what_made_it_in_readable_units_without_markdown(seeded_records_dir, tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1765000000")
+    out = tmp_path / "report"
+    assert main(["report", "--records-dir", str(seeded_records_dir), "--out-dir", str(out),
+                 "--config-digest", "3f2a9c"]) == 0
+    page = re.sub(r'src="data:image/png;base64,[^"]*"', "", (out / "report.html").read_text())
+    assert "config digest <code>3f2a9c</code>" in page and "2025-12-06 05:46 UTC" in page
+    for name in ("python", "torch", "open_clip", "clip_benchmark", "snakemake", "mobileclip-repro"):
+        assert f"<td>{name}</td>" in page
+    assert "`" not in page and "**" not in page
+    assert "- config digest: 3f2a9c" in (out / "results.md").read_text()
+
+
+def test_without_git_or_a_digest_the_provenance_says_so(monkeypatch):
+    from mobileclip_repro.report import report
+
+    monkeypatch.setattr(report, "_git", lambda *args: None)
+    found = report.provenance()
+    assert found["commit"] == "unknown" and found["config digest"].startswith("not given")
+
+
+@pytest.mark.parametrize("flops, text", [(547628898461, "548 GFLOPs"), (30089216.0, "30.1 MFLOPs"),
+                                         (1.2e21, "1.2 ZFLOPs"), (512, "512 FLOPs"), (None, "n/a")])
+def test_flops_are_printed_with_an_si_prefix(flops, text):
+    from mobileclip_repro.report.cost import format_flops
+
+    assert format_flops(flops) == text
+
+
+def test_the_cost_table_on_the_page_is_in_readable_units():
+    from mobileclip_repro.report.report import display_run_costs
+
+    table = pd.DataFrame([{"run": "toy_dr", "arm": "DR", "seeds": 3, "FLOPs / seen sample": 30089216.0,
+                           "wall s / seen sample": 0.001974, "CPU s / seen sample": None}])
+    row = display_run_costs(table).iloc[0].to_dict()
+    assert row == {"run": "toy_dr", "arm": "DR", "seeds": 3, "FLOPs / seen sample": "30.1 MFLOPs",
+                   "wall time / seen sample": "1.97 ms", "CPU time / seen sample": "n/a"}

@@ -6,10 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from mobileclip_repro.cli import add_spec_option
+
 
 def report_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.report import report
 
+    add_spec_option(parser)
     sources = parser.add_mutually_exclusive_group(required=True)
     sources.add_argument("--records", nargs="+", type=Path, default=None,
                          help="evaluate's index files (records.json): the report reads the records and failures "
@@ -32,6 +35,9 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-json", default=None,
                         help='the ablation ladder (config report.ablation): {"benchmarks": {"<paper column>": '
                              '"<benchmark>"}, "rows": [{"run": ..., "label": ..., "paper_row": ...}, ...]}')
+    parser.add_argument("--config-digest", default=None,
+                        help="the digest of the experiment's config, for the page's provenance (the rule passes it; "
+                             "absent: the page says it was not given)")
     declared = parser.add_argument_group("with --records: the experiment's other files (each list may be empty)")
     declared.add_argument("--fetch-manifests", nargs="*", type=Path, default=[],
                           help="fetch group manifests: data.csv and a Data section")
@@ -74,6 +80,7 @@ def report_command(args: argparse.Namespace) -> int:
     else:
         inputs = report.ReportInputs.from_folders(args.records_dir, args.results_dir, args.fetch_manifests_dir)
     for path in report.write_report(inputs, args.out_dir, args.title, paper_reference, chance, efficiency_pairs=pairs,
-                                    ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None):
+                                    ablation_settings=json.loads(args.ablation_json) if args.ablation_json else None,
+                                    config_digest=args.config_digest):
         print(path)
     return 0

@@ -36,7 +36,7 @@ Curve = list[tuple[float, float]]  # (seen samples, metric), seen samples increa
 # How the report defines the number, under its sentences.
 DEFINITION = ("Multiplier: the non-DR budget over the seen samples at which the DR curve reaches non-DR's final "
               "accuracy (log-x interpolation between checkpoints); on the seed means, and its range over seed pairs "
-              "(`efficiency.json`).")
+              "(`efficiency.json`); the figure draws it as an arrow between the two curves at that accuracy.")
 
 
 def first_crossing(curve: Curve, target: float) -> float | None:
@@ -60,15 +60,18 @@ def multiplier(dr_curve: Curve, plain_curve: Curve) -> dict:
             raise ValueError(f"the {name} curve has no points")
         if any(seen <= 0 for seen, _ in curve) or any(a[0] >= b[0] for a, b in zip(curve, curve[1:])):
             raise ValueError(f"the {name} curve's seen samples must be positive and increasing: {curve}")
+    # dr_seen, plain_seen: where each arm is at the target accuracy (the figure draws the multiplier between them)
     plain_budget, plain_final = plain_curve[-1]
     reached = first_crossing(dr_curve, plain_final)
     if reached is not None:
         return {"multiplier": plain_budget / reached, "target": plain_final, "reference": "non-DR final",
-                "lower_bound": dr_curve[0][1] >= plain_final, "upper_bound": False}
+                "lower_bound": dr_curve[0][1] >= plain_final, "upper_bound": False,
+                "dr_seen": reached, "plain_seen": plain_budget}
     dr_budget, dr_final = dr_curve[-1]
     reached = first_crossing(plain_curve, dr_final)  # not None: plain ends above DR's best, hence its final
     return {"multiplier": reached / dr_budget, "target": dr_final, "reference": "DR final",
-            "lower_bound": False, "upper_bound": plain_curve[0][1] >= dr_final}
+            "lower_bound": False, "upper_bound": plain_curve[0][1] >= dr_final,
+            "dr_seen": dr_budget, "plain_seen": reached}
 
 
 def _curves(rows: list[dict]) -> dict[int, Curve]:
@@ -219,7 +222,7 @@ def describe_data(result: dict) -> str:
     """A data multiplier in one sentence, as the report states it."""
     low, high = result["range"]
     bounds = sum(entry["lower_bound"] or entry["upper_bound"] for entry in result["per_seed"])
-    spread = (f"range over {result['seeds']} seed pairs {_times(low, False, False)}–{_times(high, False, False)}"
+    spread = (f"range over {result['seeds']} seed pairs {format_times(low, False, False)}–{format_times(high, False, False)}"
               if result["seeds"] > 1 else "one seed pair")
     if bounds:
         spread += f"; {bounds} of them bounds"
@@ -234,10 +237,11 @@ def describe_data(result: dict) -> str:
     return (f"On {result['dr_subset_size']:,} unique samples DR ({result['dr_run']}) reaches "
             f"{100 * result['target']:.1f}% {result['benchmark']} {result['metric']} in "
             f"{result['seen_samples']:,} seen samples; {how}: data multiplier "
-            f"{_times(result['multiplier'], result['lower_bound'], result['upper_bound'])} ({spread}).")
+            f"{format_times(result['multiplier'], result['lower_bound'], result['upper_bound'])} ({spread}).")
 
 
-def _times(value: float, lower: bool, upper: bool) -> str:
+def format_times(value: float, lower: bool = False, upper: bool = False) -> str:
+    """A multiplier as the report prints it: 4.7×, ≥ 4.7× (a lower bound), ≤ 0.6× (an upper bound)."""
     return f"{'≥ ' if lower else '≤ ' if upper else ''}{value:.1f}×"
 
 
@@ -252,12 +256,12 @@ def describe(result: dict) -> str:
     metric = f"{result['benchmark']} {result['metric']}"
     if result["reference"] == "non-DR final":
         text = (f"DR ({result['dr_run']}) reaches non-DR's ({result['plain_run']}) final {metric} "
-                f"({100 * result['target']:.1f}%) with {_times(result['multiplier'], result['lower_bound'], False)} "
+                f"({100 * result['target']:.1f}%) with {format_times(result['multiplier'], result['lower_bound'], False)} "
                 f"fewer seen samples ({spread})")
         if result["lower_bound"]:
             text += "; DR is past that accuracy at its first checkpoint, so the multiplier is a lower bound"
         return text + "."
     return (f"DR ({result['dr_run']}) does not reach non-DR's ({result['plain_run']}) final {metric}; non-DR "
             f"reaches DR's final {100 * result['target']:.1f}% with "
-            f"{_times(1 / result['multiplier'], result['upper_bound'], False)} fewer seen samples than DR used: "
-            f"multiplier {_times(result['multiplier'], False, result['upper_bound'])} ({spread}).")
+            f"{format_times(1 / result['multiplier'], result['upper_bound'], False)} fewer seen samples than DR used: "
+            f"multiplier {format_times(result['multiplier'], False, result['upper_bound'])} ({spread}).")

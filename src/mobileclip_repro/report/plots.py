@@ -6,6 +6,8 @@ samples), so the x axis is seen samples on a log scale and every checkpoint is a
 DR runs are solid lines with round markers, non-DR runs dashed with square markers; with
 several seeds the line is their mean and a band spans their min and max. The teachers the
 DR targets come from are horizontal lines: the ensemble (dash-dot) and each member (thin).
+Each efficiency multiplier is drawn where it is read: an arrow at the target accuracy from
+where the DR curve reaches it to where the non-DR curve does, labelled with the ratio.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ matplotlib.use("Agg")  # files only; no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 
+from mobileclip_repro.report.cost import format_si  # noqa: E402
 from mobileclip_repro.report.efficiency import final_accuracies, subset_size  # noqa: E402
 from mobileclip_repro.report.tables import TASK_ORDER, format_seen_samples, student_records, teacher_records  # noqa: E402
 
@@ -103,10 +107,10 @@ def validate_reference_points(points: list[dict]) -> list[dict]:
 
 
 class FlopsFormatter(LogFormatter):
-    """Log-axis ticks of FLOPs in engineering notation (3.2e12)."""
+    """Log-axis ticks of FLOPs with SI prefixes (100 G, 1 T; the axis label says FLOPs)."""
 
     def _num_to_string(self, x, vmin, vmax):
-        return f"{x:.2g}"
+        return format_si(x).strip()
 
 
 def _teacher_and_chance_lines(axis, teachers: list[dict], benchmark: str, chance: dict[str, float],
@@ -198,11 +202,18 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                              chance: dict[str, float] | None = None,
                              paper_reference: list[dict] | None = None,
                              x_label: str = "seen samples (log scale)",
-                             x_formatter: type[LogFormatter] = SeenSamplesFormatter) -> list[Path]:
+                             x_formatter: type[LogFormatter] = SeenSamplesFormatter,
+                             arrows: list[dict] | None = None) -> list[Path]:
     """One figure, one subplot per benchmark; writes ``<out_stem>.png`` (200 dpi) and ``.pdf``.
 
     The x axis is the records' ``seen_samples``; the compute figure passes records whose
     ``seen_samples`` hold training FLOPs instead, with its own ``x_label`` and ``x_formatter``.
+    A student record with ``amortized_of`` (a DR run's name) is a second curve of that run, drawn
+    in its colour, dotted with hollow markers: the compute figure's DR run with its share of the
+    one-time reinforcement added.
+
+    ``arrows`` draw the multipliers: ``{"benchmark", "level"`` (a fraction)``, "dr"`` and ``"plain"``
+    (x of each arm at that level)``, "text"}``, optionally ``"below": True`` to put the text under it.
 
     ``chance`` maps benchmark name to chance level (a fraction, e.g. 1/num_classes).
     ``paper_reference`` points (fractions) are drawn on the subplot whose dataset and main
@@ -213,7 +224,9 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
     chance = chance or {}
     paper_reference = validate_reference_points(paper_reference or [])
     benchmarks = _benchmarks_in_order(records)
-    runs = sorted({(r["run"], bool(r["dr"])) for r in student_records(records)}, key=lambda run: (not run[1], run[0]))
+    amortized = {r["run"]: r["amortized_of"] for r in student_records(records) if r.get("amortized_of")}
+    runs = sorted({(r["run"], bool(r["dr"])) for r in student_records(records) if r["run"] not in amortized},
+                  key=lambda run: (not run[1], run[0]))
     teachers = teacher_records(records)
     student_models = {(r.get("run_spec") or {}).get("model") or r.get("model_name") or "" for r in student_records(records)}
     palette = plt.get_cmap("tab10").colors
@@ -232,13 +245,17 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
             highest = 0.0
             for (run, dr), points in _run_curves(records, benchmark).items():
                 seen, values, lowest, largest = zip(*points)
-                label = f"{run} ({'DR' if dr else 'non-DR'})"
-                (line,) = axis.plot(seen, [100 * v for v in values], color=colours[(run, dr)],
-                                    linestyle="-" if dr else "--", marker="o" if dr else "s",
-                                    markersize=5, linewidth=1.8, label=label)
+                if run in amortized:
+                    label, colour = run, colours[(amortized[run], True)]
+                    style = dict(linestyle=":", marker="o", markerfacecolor="white")
+                else:
+                    label, colour = f"{run} ({'DR' if dr else 'non-DR'})", colours[(run, dr)]
+                    style = dict(linestyle="-" if dr else "--", marker="o" if dr else "s")
+                (line,) = axis.plot(seen, [100 * v for v in values], color=colour, markersize=5, linewidth=1.8,
+                                    label=label, **style)
                 if lowest != largest:
                     axis.fill_between(seen, [100 * v for v in lowest], [100 * v for v in largest],
-                                      color=colours[(run, dr)], alpha=0.18, linewidth=0)
+                                      color=colour, alpha=0.18 if run not in amortized else 0.08, linewidth=0)
                     legend_handles.setdefault("min–max over seeds", axis.fill_between(
                         [], [], [], color="0.5", alpha=0.3, linewidth=0))
                 legend_handles.setdefault(label, line)
@@ -264,6 +281,8 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                                       linewidths=1.0, label=label)
                 legend_handles.setdefault(label, handle)
                 highest = max(highest, point["value"])
+            for arrow in (a for a in arrows or [] if a["benchmark"] == benchmark):
+                _multiplier_arrow(axis, arrow)
             axis.set_xscale("log")
             axis.xaxis.set_major_formatter(x_formatter())
             axis.xaxis.set_minor_formatter(x_formatter(labelOnlyBase=False))
@@ -281,12 +300,62 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
         return save_figure(figure, out_stem)
 
 
+def _multiplier_arrow(axis, arrow: dict) -> None:
+    """A multiplier where it is read: a double arrow at the target accuracy between the x at which each
+    arm reaches it, its text centred above it on the log axis; ``below``: dotted, a few points lower,
+    for a second arrow at the same level (its text, if any, under it)."""
+    level, left, right = 100 * arrow["level"], arrow["dr"], arrow["plain"]
+    below = arrow.get("below", False)
+    # a second arrow at the same level is drawn a few points lower, parallel to the first
+    shifted = offset_copy(axis.transData, fig=axis.figure, y=-7 if below else 0, units="points")
+    axis.annotate("", xy=(left, level), xytext=(right, level), xycoords=shifted, textcoords=shifted, zorder=6,
+                  arrowprops=dict(arrowstyle="<|-|>", color="0.1", linewidth=1.2, shrinkA=0, shrinkB=0,
+                                  mutation_scale=9, linestyle=":" if below else "-"))
+    if not arrow["text"]:
+        return
+    axis.annotate(arrow["text"], xy=((left * right) ** 0.5, level), xycoords=shifted, xytext=(0, -4 if below else 4),
+                  textcoords="offset points", ha="center", va="top" if below else "bottom", fontsize=8.5,
+                  zorder=7, bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
+
+
+# The two loss families the trainer sums (open_clip's ClipLoss and the DR distillation), each on its
+# own axes: their values are not comparable, and a run trained on one logs the other as zero.
+# CE: cross-entropy against the matching pairs; soft CE: against the teachers' similarity distributions.
+FAMILIES = {"contrastive": ("contrastive", "CE, nats"), "distill": ("distillation", "soft CE, nats")}
+TERM_WORDS = {"i2t": "image→text", "t2i": "text→image", "real": "real", "syn": "synthetic"}
+
+
+def _loss_panel(column: str) -> tuple[str, str, str]:
+    """(title, y label, share group) of one logged loss column: a family's total, one of its
+    (weighted) terms, or the total of a run that logged no family."""
+    if column == "contrastive_loss" or column == "distill_loss":
+        family, unit = FAMILIES[column.removesuffix("_loss")]
+        return f"{family} loss", f"{family} loss ({unit})", column
+    if column.startswith("loss/"):
+        family, *parts = column.removeprefix("loss/").split("_")
+        family = "contrastive" if family == "clip" else family
+        if family in FAMILIES:
+            name, unit = FAMILIES[family]
+            words = ", ".join(TERM_WORDS.get(part, part) for part in parts)
+            return f"{name} term: {words}", f"{name} term, weighted ({unit})", f"terms of {family}"
+    return "total loss" if column == "loss" else column, f"{column} (nats)", column
+
+
+def _drawn(series) -> bool:
+    """Whether a run's series says anything: a term switched off by its weight logs zeros."""
+    values = series.dropna()
+    return bool(len(values)) and bool((values != 0).any())
+
+
 def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str | os.PathLike, *,
                          title: str | None = None, flagged: set[str] = frozenset()) -> list[Path]:
-    """The training curves from each run's metrics.jsonl: one panel per loss term against seen
-    samples (a run's mean over its seeds, a band from min to max), and the samples/s of every
-    job (its median over log steps). ``curves``: run -> seed -> records. A run in ``flagged``
-    (a non-finite or diverging loss) says so in the legend; non-finite points are gaps."""
+    """The training curves from each run's metrics.jsonl: one panel per loss series against seen
+    samples (a run's mean over its seeds, a band from min to max), each loss family (contrastive,
+    distillation) on its own axes with its unit, a family's terms on a shared y scale; and the
+    samples/s of every job (its median over log steps). A run's series that is all zero (a term its
+    loss weights switch off) is left out, and a panel no run draws is not made; the total loss is
+    drawn only for runs that logged neither family. ``curves``: run -> seed -> records. A run in
+    ``flagged`` (a non-finite or diverging loss) says so in the legend; non-finite points are gaps."""
     import pandas as pd
 
     from mobileclip_repro.telemetry import loss_columns
@@ -294,21 +363,33 @@ def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str
     rows = [{"run": run, "seed": seed, **record} for run, seeds in curves.items()
             for seed, records in seeds.items() for record in records]
     frame = pd.DataFrame(rows)
-    columns = loss_columns(rows)
     runs = list(curves)
     colors = {run: f"C{i % 10}" for i, run in enumerate(runs)}
+    has_family = {run: any(column in frame and _drawn(frame.loc[frame["run"] == run, column])
+                           for column in ("contrastive_loss", "distill_loss")) for run in runs}
+    panels = []  # (column, runs drawn)
+    for column in loss_columns(rows):
+        drawn = [run for run in runs if _drawn(frame.loc[frame["run"] == run, column])
+                 and (column != "loss" or not has_family[run])]
+        if drawn:
+            panels.append((column, drawn))
+    order = {"contrastive_loss": 0, "distill_loss": 2}
+    panels.sort(key=lambda panel: (order.get(panel[0], 1 if panel[0].startswith("loss/clip") else 3), panel[0]))
     with plt.rc_context(STYLE):
-        panels = len(columns) + 1
-        ncols = min(4, panels)
-        nrows = -(-panels // ncols)
-        figure, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows), squeeze=False,
+        count = len(panels) + 1
+        ncols = min(4, count)
+        nrows = -(-count // ncols)
+        figure, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.0 * nrows), squeeze=False,
                                     layout="constrained")
         flat = list(axes.flat)
-        for axis, column in zip(flat, columns):
-            for run in runs:
-                series = frame[(frame["run"] == run)]
-                if column not in series or series[column].isna().all():
-                    continue
+        shared: dict[str, object] = {}
+        for axis, (column, drawn) in zip(flat, panels):
+            panel_title, y_label, group = _loss_panel(column)
+            if group in shared:
+                axis.sharey(shared[group])
+            shared.setdefault(group, axis)
+            for run in drawn:
+                series = frame[frame["run"] == run]
                 values = series[["seen_samples", column]].copy()
                 values[column] = values[column].where(values[column].abs() != float("inf"))
                 stats = values.groupby("seen_samples")[column].agg(["mean", "min", "max"]).reset_index()
@@ -316,11 +397,12 @@ def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str
                 if series["seed"].nunique() > 1:
                     axis.fill_between(stats["seen_samples"], stats["min"], stats["max"], color=colors[run],
                                       alpha=0.2, linewidth=0)
-            axis.set_title(column.replace("loss/", "loss term: ") if column.startswith("loss/") else column)
+            axis.set_title(panel_title, fontsize=10)
+            axis.set_ylabel(y_label, fontsize=9)
             axis.set_xlabel("seen samples")
             axis.xaxis.set_major_formatter(lambda value, _: format_seen_samples(int(value)) if value > 0 else "0")
             axis.grid(True, alpha=0.3)
-        rates = axes.flat[len(columns)]
+        rates = flat[len(panels)]
         labels, medians = [], []
         for run in runs:
             for seed in sorted(curves[run]):
@@ -332,12 +414,13 @@ def plot_training_curves(curves: dict[str, dict[int, list[dict]]], out_stem: str
         rates.set_yticks(range(len(labels)), labels, fontsize=7)
         rates.invert_yaxis()
         rates.set_xlabel("samples/s (median over log steps)")
+        rates.set_ylabel("training job (run, seed)", fontsize=8.5)
         rates.set_title("throughput per job")
-        for axis in flat[panels:]:
+        for axis in flat[count:]:
             axis.set_visible(False)
         handles = [Line2D([], [], color=colors[run], linewidth=1.6,
                           label=f"{run} [DIVERGED OR NaN]" if run in flagged else run) for run in runs]
         figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
         if title:
-            figure.suptitle(f"{title}: training curves", fontsize=12)
+            figure.suptitle(f"{title}: training curves (mean over seeds, min–max band)", fontsize=12)
         return save_figure(figure, out_stem)

@@ -14,7 +14,12 @@ import base64
 import html
 import json
 import os
+import platform
+import re
+import subprocess
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +44,77 @@ PAPER_REFERENCE_PATH = Path(__file__).parent / "paper_reference.json"
 PAPER_REFERENCES = {"mobileclip": PAPER_REFERENCE_PATH,
                     "mobileclip2": Path(__file__).parent / "paper_reference_mobileclip2.json"}
 DEFAULT_TITLE = "MobileCLIP reproduction: learning efficiency"
+# The software whose version a result depends on: name on the page -> distribution name.
+PROVENANCE_PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "clip_benchmark": "clip_benchmark",
+                       "snakemake": "snakemake", "mobileclip-repro": "mobileclip-repro"}
+
+
+def _git(*args: str) -> str | None:
+    """A git command's output in the checkout this package runs from; None outside git."""
+    try:
+        done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True,
+                              text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def provenance(config_digest: str | None = None) -> dict[str, str]:
+    """What made this report: the commit of the checkout ("unknown" outside git; uncommitted changes
+    said), the date (``SOURCE_DATE_EPOCH`` where set, so a rebuild can give the same bytes; else now,
+    UTC), the versions of Python and of ``PROVENANCE_PACKAGES``, and the config digest the rule
+    passes ("not given" outside a DAG)."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    found = {"commit": commit, "date": moment.strftime("%Y-%m-%d %H:%M UTC"),
+             "config digest": config_digest or "not given (a report made outside the DAG)",
+             "python": platform.python_version()}
+    for name, distribution in PROVENANCE_PACKAGES.items():
+        try:
+            found[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def provenance_markdown(found: dict[str, str]) -> str:
+    return "## Provenance\n\n" + "\n".join(f"- {key}: {value}" for key, value in found.items()) + "\n"
+
+
+def prose_html(text: str) -> str:
+    """A sentence written for results.md as HTML: escaped, with its `code` and **bold** spans rendered,
+    not shown as backticks and asterisks."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+def display_run_costs(table: pd.DataFrame) -> pd.DataFrame:
+    """The Cost section's per-run table in readable units: FLOPs with an SI prefix, seconds as ms."""
+    def milliseconds(value):
+        return "n/a" if value is None or pd.isna(value) else f"{1e3 * value:.3g} ms"
+
+    shown = table[["run", "arm", "seeds"]].copy()
+    shown["FLOPs / seen sample"] = [cost.format_flops(None if pd.isna(v) else v) for v in table["FLOPs / seen sample"]]
+    shown["wall time / seen sample"] = [milliseconds(v) for v in table["wall s / seen sample"]]
+    shown["CPU time / seen sample"] = [milliseconds(v) for v in table["CPU s / seen sample"]]
+    return shown
+
+
+def display_throughput(rows: list[dict]) -> pd.DataFrame:
+    """The Training section's per-job table, as results.md prints it."""
+    return pd.DataFrame([{"run": r["run"], "seed": r["seed"], "log steps": r["log_steps"],
+                          "samples/s (median)": f"{r['samples_per_second']:.1f}",
+                          "data wait share": f"{100 * r['data_wait_share']:.1f}%",
+                          "first loss": _loss(r["first_loss"]), "last loss": _loss(r["last_loss"])}
+                         for r in rows])
+
+
+def _loss(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def load_paper_reference(path: str | os.PathLike = PAPER_REFERENCE_PATH) -> list[dict]:
@@ -121,7 +197,8 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                 multipliers: list[dict] | None = None, ablation: dict | None = None,
                 cost_section: dict | None = None, training: dict | None = None,
                 failures: list[dict] | None = None, data_efficiency: dict | None = None,
-                lost: list[dict] | None = None, commits: list[dict] | None = None) -> str:
+                lost: list[dict] | None = None, commits: list[dict] | None = None,
+                provenance: dict[str, str] | None = None) -> str:
     image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     specs = {}
     for record in student_records(records):
@@ -136,23 +213,25 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                           + pd.DataFrame(paper_reference).assign(value=lambda t: (100 * t["value"]).round(1))
                           .to_html(index=False, classes="table", border=0))
     table_html = display_table(summary).to_html(index=False, classes="table", border=0)
-    efficiency_section = ""
+    efficiency_section = ("<p>Each point: one checkpoint's main metric (<code>results_long.csv</code>), the line "
+                          "the mean over seeds, the band their min–max.</p>")
     if multipliers:
-        efficiency_section = ("<p>" + "</p>\n<p>".join(html.escape(efficiency.describe(m)) for m in multipliers)
-                              + f"</p>\n<p>{html.escape(efficiency.DEFINITION)}</p>")
+        efficiency_section += ("<p>" + "</p>\n<p>".join(prose_html(efficiency.describe(m)) for m in multipliers)
+                               + f"</p>\n<p>{prose_html(efficiency.DEFINITION)}</p>")
     data_efficiency_section = ""
     if data_efficiency is not None:
         figure = base64.b64encode(data_efficiency["png"].read_bytes()).decode("ascii")
         data_efficiency_section = ("<h2>Data efficiency</h2>\n<p>"
-                                   + "</p>\n<p>".join(html.escape(efficiency.describe_data(m))
+                                   + "</p>\n<p>".join(prose_html(efficiency.describe_data(m))
                                                       for m in data_efficiency["multipliers"])
-                                   + f"</p>\n<p>{html.escape(efficiency.DATA_DEFINITION)}</p>\n"
+                                   + f"</p>\n<p>{prose_html(efficiency.DATA_DEFINITION)}</p>\n"
                                    f'<img alt="final accuracy against dataset size" src="data:image/png;base64,{figure}">')
     teacher_section = ""
     if teachers is not None and not teachers.empty:
         shown = display_teachers(teachers)
         teacher_section = ("<h2>Teachers</h2>\n<p>The reinforcement's teachers on the same sets, alone and as the "
-                           "ensemble the DR targets come from: the ceiling line in the figure.</p>\n"
+                           "ensemble the DR targets come from: the ceiling line in the figure "
+                           "(<code>teachers.csv</code>).</p>\n"
                            + shown.to_html(index=False, classes="table", border=0))
     ablation_section = ""
     if ablation is not None:
@@ -169,16 +248,20 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                             + display_table(summary_table(averages)).to_html(index=False, classes="table", border=0))
     if failures:
         note, _, items = failures_markdown(failures).partition("\n\n")
-        averages_section += (f"\n<p>{html.escape(note.replace('**', ''))}</p>\n<ul>"
-                             + "".join(f"<li>{html.escape(item[2:])}</li>" for item in items.splitlines()) + "</ul>")
+        averages_section += (f"\n<p>{prose_html(note)}</p>\n<ul>"
+                             + "".join(f"<li>{prose_html(item[2:])}</li>" for item in items.splitlines()) + "</ul>")
     compute_section = ""
     if cost_section is not None:
         compute_section = "<h2>Cost</h2>\n" + "\n".join(
-            f"<p>{html.escape(line.strip())}</p>" for line in cost_section["sentences"]) + \
-            cost_section["table"].to_html(index=False, classes="table", border=0, na_rep="n/a")
+            f"<p>{prose_html(line.strip())}</p>" for line in cost_section["sentences"]) + \
+            display_run_costs(cost_section["table"]).to_html(index=False, classes="table", border=0, na_rep="n/a")
         if cost_section.get("png") is not None:
             figure = base64.b64encode(cost_section["png"].read_bytes()).decode("ascii")
-            compute_section += (f'\n<img alt="main metric against training FLOPs" '
+            compute_section += ("\n<p>The learning curves against training compute (seen samples × the run's counted "
+                                "FLOPs per seen sample); the dotted curve is the DR run with its share of the one-time "
+                                "reinforcement added, so the gap between it and the non-DR curve is the amortized "
+                                "multiplier.</p>"
+                                f'\n<img alt="main metric against training FLOPs" '
                                 f'src="data:image/png;base64,{figure}">')
     training_section = ""
     if training is not None:
@@ -190,8 +273,12 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                             + ("<p><strong>Problems found in the training curves:</strong></p><ul>"
                                + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>" if problems else
                                "<p>No run logged a non-finite loss or ended with a higher loss than it began with.</p>")
+                            + "<p>Each loss family on its own axes: contrastive (open_clip's CLIP loss, the "
+                              "cross-entropy (CE) against the matching pairs) and distillation (the soft CE against the "
+                              "teachers' similarity distributions); terms as they enter the loss, weighted; a term a "
+                              "run's loss weights switch off (all zero) is not drawn.</p>"
                             + f'\n<img alt="training curves" src="data:image/png;base64,{figure}">\n'
-                            + pd.DataFrame(training["rows"]).to_html(index=False, classes="table", border=0))
+                            + display_throughput(training["rows"]).to_html(index=False, classes="table", border=0))
     data_section = ""
     if data is not None and not data.empty:
         data_section = ("<h2>Data</h2>\n<p>What the fetch stage got, per group of hub shards: URLs tried and images "
@@ -205,6 +292,16 @@ def render_html(title: str, records: list[dict], summary: pd.DataFrame, png_path
                              "<code>data.hub.max_failed_shards</code>: training ran without them.</p>\n<ul>"
                              + "".join(f"<li>group {html.escape(item['group'])}, shard {html.escape(item['shard'])}: "
                                        f"{html.escape(item['error'])}</li>" for item in lost) + "</ul>\n")
+    provenance = provenance or {}
+    provenance_section = ""
+    if provenance:
+        provenance_section = ("<h2>Provenance</h2>\n<p>What made this page: the commit of the checkout, the date it "
+                              "was built, the software versions and the digest of the experiment's config.</p>\n"
+                              + pd.DataFrame(list(provenance.items()), columns=["item", "value"])
+                              .to_html(index=False, classes="table", border=0))
+    built = (f"<p>Built {html.escape(provenance['date'])} from commit <code>{html.escape(provenance['commit'])}</code>, "
+             f"config digest <code>{html.escape(provenance['config digest'])}</code> (versions: "
+             '<a href="#provenance">Provenance</a>).</p>') if provenance else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -216,6 +313,7 @@ img {{ max-width: 100%; }}
 pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+{built}
 <p>{len(records)} evaluation records, {summary['run'].nunique()} runs. Metrics in percent:
 acc1 = zero-shot top-1 accuracy; mean_recall@1 = mean of image and text retrieval R@1 (DataComp's convention);
 with several seeds, the mean over seeds and (min–max).</p>
@@ -225,6 +323,8 @@ with several seeds, the mean over seeds and (min–max).</p>
 {reference_note}
 {data_efficiency_section}
 <h2>Results</h2>
+<p>Main metric per run and checkpoint (<code>results.csv</code>; each seed: <code>results_per_seed.csv</code>;
+every metric of every record: <code>results_long.csv</code>).</p>
 {table_html}
 {teacher_section}
 {ablation_section}
@@ -232,12 +332,15 @@ with several seeds, the mean over seeds and (min–max).</p>
 {compute_section}
 {training_section}
 <h2>Runs</h2>
+<p>From the evaluation records' run specs (each in full under Run specs).</p>
 {run_summary(records).to_html(index=False, classes="table", border=0)}
 <h2>Benchmarks</h2>
+<p>From the evaluation records: clip_benchmark's dataset, task and main metric, and the images scored.</p>
 {benchmark_summary(records).to_html(index=False, classes="table", border=0)}
 {data_section}
 <h2>Run specs</h2>
 {spec_blocks}
+<div id="provenance">{provenance_section}</div>
 </body></html>
 """
 
@@ -256,6 +359,51 @@ def efficiency_markdown(multipliers: list[dict]) -> str:
 def data_efficiency_markdown(multipliers: list[dict], figure: str) -> str:
     return ("## Data efficiency\n\n" + "\n\n".join(efficiency.describe_data(m) for m in multipliers)
             + f"\n\n{efficiency.DATA_DEFINITION}\n\n![final accuracy against dataset size]({figure})\n")
+
+
+def sample_arrows(multipliers: list[dict]) -> list[dict]:
+    """The learning-efficiency figure's arrows: each multiplier (on the seed means) between the seen
+    samples at which the DR and the non-DR curve reach its target accuracy."""
+    arrows = []
+    for record in multipliers:
+        if record.get("dr_seen") is None:
+            continue
+        times = efficiency.format_times(record["multiplier"], record["lower_bound"], record["upper_bound"])
+        arrows.append({"benchmark": record["benchmark"], "level": record["target"], "dr": record["dr_seen"],
+                       "plain": record["plain_seen"], "text": f"{times} fewer seen samples"
+                       if record["multiplier"] >= 1 else f"{times}: DR needs more seen samples"})
+    return arrows
+
+
+def amortized_records(records_in_flops: list[dict], shares: dict[str, float]) -> list[dict]:
+    """The compute figure's second curve of each DR run: its checkpoints with the run's share of the
+    one-time reinforcement added to their training FLOPs (``cost.reinforcement_per_job``)."""
+    return [{**record, "run": f"{record['run']} (DR) + reinforcement share ({cost.format_flops(shares[record['run']])})",
+             "amortized_of": record["run"], "seen_samples": record["seen_samples"] + shares[record["run"]]}
+            for record in records_in_flops
+            if record.get("role", "student") == "student" and record["run"] in shares]
+
+
+def compute_arrows(multipliers: list[dict], runs: dict[str, dict], shares: dict[str, float]) -> list[dict]:
+    """The compute figure's arrows: the compute multiplier between the DR and non-DR curves at the
+    target accuracy, and just below it (dotted) the multiplier with the reinforcement amortized, from
+    the dotted curve; one label above says both."""
+    arrows = []
+    for record in multipliers:
+        if record.get("compute_multiplier") is None or record.get("dr_seen") is None:
+            continue
+        dr_flops = record["dr_seen"] * runs[record["dr_run"]]["flops_per_sample"]
+        plain_flops = record["plain_seen"] * runs[record["plain_run"]]["flops_per_sample"]
+        bounds = record["lower_bound"], record["upper_bound"]
+        text = f"{efficiency.format_times(record['compute_multiplier'], *bounds)} less compute"
+        amortized = record.get("compute_multiplier_with_reinforcement")
+        if amortized is not None and record["dr_run"] in shares:
+            text += f"\n{efficiency.format_times(amortized, *bounds)} with reinforcement (dotted)"
+            arrows.append({"benchmark": record["benchmark"], "level": record["target"], "below": True,
+                           "dr": dr_flops + shares[record["dr_run"]], "plain": plain_flops, "text": ""})
+        arrows.append({"benchmark": record["benchmark"], "level": record["target"], "dr": dr_flops,
+                       "plain": plain_flops, "text": text})
+    return arrows
 
 
 @dataclass
@@ -321,7 +469,7 @@ class ReportInputs:
 def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = DEFAULT_TITLE,
                  paper_reference: list[dict] | None = None, chance: dict[str, float] | None = None,
                  efficiency_pairs: list[tuple[str, str]] | None = None,
-                 ablation_settings: dict | None = None) -> list[Path]:
+                 ablation_settings: dict | None = None, config_digest: str | None = None) -> list[Path]:
     """Write the report from ``inputs`` (and nothing else); with fetch group manifests among them,
     also a data section.
 
@@ -329,7 +477,8 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     DR run with every non-DR run of the same model. ``ablation_settings`` (config
     ``report.ablation``) adds the ablation ladder's table and chart. Job manifests and benchmark
     TSVs (``inputs.has_ledger``) add the compute ledger: ``cost.csv``, a Cost section, the
-    compute multipliers in ``efficiency.json`` and accuracy against training FLOPs.
+    compute multipliers in ``efficiency.json`` and accuracy against training FLOPs. ``config_digest``
+    (the rule's param) goes into the provenance, with the commit, date and versions (``provenance``).
     """
     records = read_records(inputs.records)
     if not student_records(records):
@@ -398,7 +547,7 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         markdown.write_text(markdown.read_text() + "\n" + ablation_markdown(ablation_rows, ablation_settings["benchmarks"]))
         ablation = {"table": ablation_rows, "benchmarks": ablation_settings["benchmarks"], "png": out_dir / "ablation.png"}
     paths += plot_learning_efficiency(records, out_dir / "learning_efficiency", title=title, chance=chance,
-                                      paper_reference=paper_reference)
+                                      paper_reference=paper_reference, arrows=sample_arrows(multipliers))
     cost_section = None
     if ledger is not None:
         section = cost.cost_markdown(ledger["table"], ledger["runs"], ledger["reinforcements"], multipliers)
@@ -406,9 +555,12 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         compute_png = None
         in_flops = cost.records_in_flops(records, ledger["runs"])
         if in_flops:
-            paths += plot_learning_efficiency(in_flops, out_dir / "learning_efficiency_compute", title=title,
-                                              chance=chance, x_label="training compute, FLOPs counted (log scale)",
-                                              x_formatter=FlopsFormatter)
+            shares = cost.reinforcement_per_job(ledger["runs"], ledger["reinforcements"])
+            paths += plot_learning_efficiency(in_flops + amortized_records(in_flops, shares),
+                                              out_dir / "learning_efficiency_compute", title=title, chance=chance,
+                                              x_label="training compute, FLOPs counted (log scale)",
+                                              x_formatter=FlopsFormatter,
+                                              arrows=compute_arrows(multipliers, ledger["runs"], shares))
             compute_png = out_dir / "learning_efficiency_compute.png"
         cost_section = {"sentences": [line for line in section.splitlines()[2:] if line and not line.startswith("|")],
                         "table": cost.runs_table(ledger["runs"]), "png": compute_png}
@@ -422,8 +574,10 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         markdown.write_text(markdown.read_text() + "\n" + telemetry.training_markdown(curves, "training_curves.png"))
         training = {"png": out_dir / "training_curves.png", "problems": problems,
                     "rows": telemetry.throughput_rows(curves)}
+    made_by = provenance(config_digest)
+    markdown.write_text(markdown.read_text() + "\n" + provenance_markdown(made_by))
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(title, records, summary, out_dir / "learning_efficiency.png", paper_reference,
                                      data, averages, teachers, multipliers, ablation, cost_section, training,
-                                     failures, data_efficiency, lost, commits))
+                                     failures, data_efficiency, lost, commits, made_by))
     return paths + [html_path]
