@@ -105,10 +105,14 @@ def test_the_toy_world_plans_what_a_hand_count_gives(repo_root, monkeypatch):
     assert disk[("eval", "evaluation records")] == (2 * 3 * 6 * 2 + 2) * 4_000
 
     jobs = [(row["rule"], row["count"], row["runtime_min"]) for row in result["jobs"]]
-    assert jobs == [("toy_data", 1, 60), ("train_teacher", 1, 60), ("train_teacher", 1, 60), ("reinforce", 1, 60),
+    # CPU-trained teachers and students: 2 h each (launch.run_limits)
+    assert jobs == [("toy_data", 1, 60), ("train_teacher", 1, 120), ("train_teacher", 1, 120), ("reinforce", 1, 60),
                     *[("train", 1, 2 * 60)] * 6, ("evaluate", 1, 30 + 10 * 18), ("evaluate", 1, 30 + 10 * 18),
                     ("evaluate_teachers", 1, 120), ("report", 1, 60)]
     assert all(row["over_limit"] is None for row in result["jobs"]), "no limit given, nothing flagged"
+    # the toy world asks a cluster for no GPU, at most 32 GB and 4 h a job
+    assert all(row["gpus_per_node"] == 0 and row["mem_mb_per_node"] <= 32_000 and row["runtime_min"] <= 4 * 60
+               for row in result["jobs"]), result["jobs"]
 
 
 @pytest.mark.parametrize("name, shards, groups, dr_tar_tb, total_tb", [
@@ -189,8 +193,9 @@ def test_gpu_hours_are_the_cost_projections_per_seed_with_the_wall_time_on_the_j
                for note in slow["notes"])
 
 
-def test_the_rules_resources_are_the_ones_plan_mirrors(repo_root):
-    """RULE_RESOURCES copies the rules' `resources:`; this reads them back from workflow/rules."""
+def test_the_rules_size_their_jobs_with_the_functions_plan_uses(repo_root):
+    """Every resource a rule sets comes from launch (the functions plan.job_rows calls), so the two
+    cannot drift; a rule that sets none takes the profile's defaults, as plan does."""
     rules = {}
     for path in (repo_root / "workflow" / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule )", path.read_text()):
@@ -202,18 +207,15 @@ def test_the_rules_resources_are_the_ones_plan_mirrors(repo_root):
         found = re.search(rf"^\s+{name}=(.+),$", rules[rule], re.MULTILINE)
         return found and found.group(1).strip()
 
-    mirrored = plan.RULE_RESOURCES
-    assert eval(resource("fetch", "runtime")) == mirrored["fetch"]["runtime"]
-    assert eval(resource("fetch", "mem_mb")) == mirrored["fetch"]["mem_mb"]
-    for is_toy, kind in ((True, "toy"), (False, "other")):
-        assert eval(resource("reinforce", "runtime"), {"IS_TOY": is_toy}) == mirrored["reinforce"]["runtime"][kind]
-        assert eval(resource("reinforce", "mem_mb"), {"IS_TOY": is_toy}) == mirrored["reinforce"]["mem_mb"][kind]
-    assert eval(resource("evaluate_teachers", "runtime")) == mirrored["evaluate_teachers"]["runtime"]
-    assert resource("evaluate", "runtime") == (f"lambda wc: {plan.EVALUATE_BASE_MINUTES} + "
-                                               f"{plan.EVALUATE_MINUTES_PER_CHECKPOINT} * len(run_checkpoints(wc.run))")
-    for rule in ("toy_data", "local_data", "select_subsets", "fetch_benchmark", "train_teacher", "report"):
-        assert resource(rule, "runtime") is None, f"{rule} now sets its own runtime: mirror it in plan.py"
-    assert resource("train", "runtime") == 'train_resource("runtime")'  # launch.slurm_resources
+    for name in ("runtime", "mem_mb"):
+        assert resource("fetch", name) == f'FETCH_RESOURCES["{name}"]'
+        assert resource("reinforce", name) == f'reinforce_resource("{name}")'
+        assert resource("evaluate", name) == f'evaluate_resource("{name}")'
+        assert resource("evaluate_teachers", name) == f'evaluate_teachers_resource("{name}")'
+        assert resource("train", name) == f'train_resource("{name}")'  # launch.slurm_resources
+        assert resource("train_teacher", name) == f'teacher_resource("{name}")'
+    for rule in ("toy_data", "local_data", "select_subsets", "fetch_benchmark", "report"):
+        assert resource(rule, "runtime") is None, f"{rule} now sets its own runtime: size it in launch, plan it"
 
 
 def test_the_cli_prints_the_plan_as_json(repo_root, monkeypatch, capsys):

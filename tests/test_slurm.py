@@ -42,11 +42,13 @@ INSTALL = Path(__file__).resolve().parent / "slurm" / "install.sh"
 
 # What the profile's users edit, overridden for this one-machine cluster. Command-line
 # --default-resources/--set-resources replace the profile's lists, so these are complete:
-# partition `debug` for every rule, no account, no GPUs (the rules' own gpu=1 off), train's
-# CPUs/memory/time (from the run config: paper-sized defaults) cut to this machine. Job status
-# through squeue (no slurmdbd here, so no sacct), polled from 1 s on.
+# partition `debug` for every rule, no account, and the training jobs' CPUs and memory cut to fit
+# more of them on two 2-CPU nodes. No GPU is switched off: the toy world's jobs ask for none
+# (test_the_toy_world_asks_slurm_for_no_gpu_32_gb_and_4_hours_at_most). Job status through
+# squeue (no slurmdbd here, so no sacct), polled from 1 s on.
 DEFAULT_RESOURCES = ["slurm_partition=debug", "runtime=30", "mem_mb=1500"]
-SET_RESOURCES = ["evaluate:gpu=0", "evaluate_teachers:gpu=0", "reinforce:gpu=0", "train:cpus_per_task=1", "train:mem_mb=2000", "train:runtime=30"]
+SET_RESOURCES = ["train:cpus_per_task=1", "train:mem_mb=2000", "train_teacher:cpus_per_task=1",
+                 "train_teacher:mem_mb=2000"]
 OPTIONS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
            "--seconds-between-status-checks", "1", "--latency-wait", "5", "--slurm-keep-successful-logs"]
 
@@ -57,6 +59,44 @@ def expected_jobs() -> set[str]:
             *(f"rule_train_teacher_wildcards_{teacher}" for teacher in TEACHERS),
             *(f"rule_train_wildcards_{run}_{seed}" for run in RUNS for seed in SEEDS),
             *(f"rule_evaluate_wildcards_{run}" for run in RUNS)}
+
+
+# ----------------------------------------------------------------------------- what each job asks for
+def requested_resources(output: str) -> list[tuple[str, dict]]:
+    """(rule, resources) of every job a dry run lists (its `resources:` lines)."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = match.group(1)
+        elif line.strip().startswith("resources:") and rule:
+            pairs = (item.split("=", 1) for item in line.strip()[len("resources:"):].split(", ") if "=" in item)
+            jobs.append((rule, {key.strip(): value.strip() for key, value in pairs}))
+            rule = None
+    return jobs
+
+
+def test_the_toy_world_asks_slurm_for_no_gpu_32_gb_and_4_hours_at_most(snakemake_cmd, repo_root, tmp_path):
+    result = subprocess.run([*snakemake_cmd, "--profile", "slurm", "-n", "--configfile", "configs/toy.yaml",
+                             "--config", f"results_dir={tmp_path / 'results'}"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [(rule, resources) for rule, resources in requested_resources(result.stdout) if rule != "all"]
+    assert {rule for rule, _ in jobs} >= {"toy_data", "train_teacher", "reinforce", "train", "evaluate",
+                                          "evaluate_teachers", "report"}
+    for rule, resources in jobs:
+        assert resources.get("gpu", "0") == "0" and "gpu" not in resources.get("gres", ""), (rule, resources)
+        assert int(resources["mem_mb"]) <= 32_000 and int(resources["runtime"]) <= 4 * 60, (rule, resources)
+
+
+@pytest.mark.parametrize("config", ["configs/paper/s30m-dr-vs-datacomp.yaml", "configs/paper/datacompdr1b.yaml"])
+def test_paper_train_jobs_ask_for_a_day_at_most_and_their_gpus(snakemake_cmd, repo_root, tmp_path, config):
+    result = subprocess.run([*snakemake_cmd, "--profile", "slurm", "-n", "--configfile", config,
+                             "--config", f"results_dir={tmp_path / 'results'}"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = [resources for rule, resources in requested_resources(result.stdout) if rule == "train"]
+    assert train and all(int(resources["runtime"]) <= 24 * 60 and resources["gres"].startswith("gpu:")
+                         for resources in train), train
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -46,6 +46,8 @@ GPU_JOB_MEM_MB, CPU_JOB_MEM_MB = 64_000, 8_000
 EVALUATE_BASE_MINUTES, EVALUATE_MINUTES_PER_CHECKPOINT = 30, 10
 EVALUATE_TEACHERS_MINUTES = 120
 REINFORCE_MINUTES = {"gpu": 24 * 60, "cpu": 60}
+# A fetch group: up to 1,024 shards of images downloaded and joined, on CPUs.
+FETCH_RESOURCES = {"runtime": 12 * 60, "mem_mb": 32_000}
 
 
 def run_limits(spec: dict) -> dict:

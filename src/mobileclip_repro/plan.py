@@ -14,8 +14,8 @@ For one experiment config, from the config alone (nothing is downloaded, no job 
 
 Every per-unit figure is a named constant in the block below, with where it comes from. The
 job list follows ``workflow/rules/common.smk``'s selection of targets; the rules' own
-``resources`` are mirrored in ``RULE_RESOURCES`` (tests/test_plan.py reads the rule files to
-keep the two in step), a train job's come from ``launch.slurm_resources``, and what a rule
+``resources`` come from ``launch`` (``slurm_resources``, ``evaluation_resources``,
+``reinforce_resources``, ``FETCH_RESOURCES``: the functions the rules call), and what a rule
 leaves unset from the SLURM profile's ``default-resources`` (slurm/config.yaml).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import yaml
 from mobileclip_repro.config import REPO_ROOT, captioner_sets, reinforcement_variant
 from mobileclip_repro.experiment import Experiment
 from mobileclip_repro.hub import expand_shard_spec
-from mobileclip_repro.launch import slurm_resources
+from mobileclip_repro.launch import (FETCH_RESOURCES, evaluation_resources, reinforce_resources,
+                                     slurm_resources)
 
 # -- per-unit facts: each with its source -------------------------------------------------------
 
@@ -96,15 +97,6 @@ LISTED_DR_TAR_BYTES = {"apple/DataCompDR-1B": DATACOMPDR_1B_TAR_BYTES}  # else: 
 PARQUET_REPOS = {"mlfoundations/datacomp_1b": DATACOMP_1B_PARQUET_BYTES}
 SHARD_REPOS = {"mlfoundations/DataComp-12M"}  # per-shard metadata tars, the same ids as DataCompDR's
 
-# -- the rules' resources (workflow/rules/*.smk), minutes and MB; None: the profile's default ---------
-RULE_RESOURCES = {
-    "fetch": {"runtime": 12 * 60, "mem_mb": 32000, "gpus": 0},
-    "reinforce": {"runtime": {"toy": 60, "other": 24 * 60}, "mem_mb": {"toy": 4000, "other": 64000}, "gpus": 1},
-    "evaluate_teachers": {"runtime": 120, "gpus": 1},
-    "evaluate": {"gpus": 1},  # runtime: EVALUATE_BASE_MINUTES + EVALUATE_MINUTES_PER_CHECKPOINT x checkpoints
-}
-EVALUATE_BASE_MINUTES = 30
-EVALUATE_MINUTES_PER_CHECKPOINT = 10
 SLURM_PROFILE = REPO_ROOT / "slurm" / "config.yaml"
 # slurm/config.yaml's default-resources, where the profile is not there to read (an installed wheel)
 FALLBACK_DEFAULT_RESOURCES = {"runtime": 60, "mem_mb": 16000}
@@ -287,7 +279,6 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
     experiment = _experiment(config)
     specs = experiment.specs
     source, groups = config["data"]["source"], len(experiment.group_ids)
-    kind = "toy" if source == "toy" else "other"
 
     def row(rule, job, count, runtime=None, mem_mb=None, nodes=1, gpus=0, runtime_from="rule"):
         overrides = per_rule.get(rule) or {}
@@ -304,9 +295,8 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
     if source == "toy":
         rows.append(row("toy_data", "all", 1))
     elif source == "hub":
-        fetch = RULE_RESOURCES["fetch"]
-        rows.append(row("fetch", f"group_00000..group_{groups - 1:05d}", groups, fetch["runtime"], fetch["mem_mb"],
-                        gpus=fetch["gpus"]))
+        rows.append(row("fetch", f"group_00000..group_{groups - 1:05d}", groups, FETCH_RESOURCES["runtime"],
+                        FETCH_RESOURCES["mem_mb"]))
     else:
         rows.append(row("local_data", "all", 1))
     if experiment.has_subsets:
@@ -314,23 +304,29 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
     for name in experiment.hub_benchmarks:
         rows.append(row("fetch_benchmark", name, 1))
     for teacher in experiment.trained_teachers():
-        rows.append(row("train_teacher", teacher, 1))
-    reinforce = RULE_RESOURCES["reinforce"]
+        resources = slurm_resources(experiment.teacher_specs[teacher])
+        rows.append(row("train_teacher", teacher, 1, resources["runtime"], resources["mem_mb"],
+                        nodes=resources["nodes"], gpus=experiment.teacher_specs[teacher]["gpus_per_node"],
+                        runtime_from="teacher config (slurm.runtime)"))
+    teacher_specs = [experiment.teacher_specs[teacher] for teacher in experiment.trained_teachers()]
+    reinforce = reinforce_resources(teacher_specs)
     for name in experiment.generated_reinforcements():
-        rows.append(row("reinforce", f"{name}: {groups} group(s)", groups, reinforce["runtime"][kind],
-                        reinforce["mem_mb"][kind], gpus=reinforce["gpus"]))
+        rows.append(row("reinforce", f"{name}: {groups} group(s)", groups, reinforce["runtime"],
+                        reinforce["mem_mb"], gpus=reinforce["gpu"]))
     for (run, seed), spec in specs.items():
         resources = slurm_resources(spec)
         rows.append(row("train", f"{run} seed {seed}", 1, resources["runtime"], resources["mem_mb"],
                         nodes=resources["nodes"], gpus=spec["gpus_per_node"],
                         runtime_from="run config (slurm.runtime)"))
+    device = experiment.evaluation["device"]
     for run in experiment.runs:
-        checkpoints = len(experiment.run_checkpoints(run))
-        rows.append(row("evaluate", run, 1, EVALUATE_BASE_MINUTES + EVALUATE_MINUTES_PER_CHECKPOINT * checkpoints,
-                        gpus=RULE_RESOURCES["evaluate"]["gpus"]))
+        evaluation = evaluation_resources([experiment.spec(run, seed) for seed in experiment.seeds_of(run)], device,
+                                          checkpoints=len(experiment.run_checkpoints(run)))
+        rows.append(row("evaluate", run, 1, evaluation["runtime"], evaluation["mem_mb"], gpus=evaluation["gpu"]))
     if experiment.teachers_evaluated():
-        rows.append(row("evaluate_teachers", "all", 1, RULE_RESOURCES["evaluate_teachers"]["runtime"],
-                        gpus=RULE_RESOURCES["evaluate_teachers"]["gpus"]))
+        evaluation = evaluation_resources(teacher_specs, device, checkpoints=0, teachers=True)
+        rows.append(row("evaluate_teachers", "all", 1, evaluation["runtime"], evaluation["mem_mb"],
+                        gpus=evaluation["gpu"]))
     rows.append(row("report", "all", 1))
     return rows
 
