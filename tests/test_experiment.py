@@ -130,3 +130,93 @@ def test_a_spec_is_the_same_word_whatever_order_its_values_were_written_in():
         {"a": {"c": None, "d": [2, {"e": 1, "f": 0}]}, "b": 1})
     assert list(canonical({"b": 1, "a": 2})) == ["a", "b"]
     assert json.loads(spec_json({"x": [3, 1]})) == {"x": [3, 1]}, "lists keep their order"
+
+
+def job_specs(experiment: Experiment) -> dict[tuple, str]:
+    """Every job's --spec (train's is its run spec), keyed by (rule, job)."""
+    specs = {("train", run, seed): spec_json(spec) for (run, seed), spec in experiment.specs.items()}
+    specs.update({("train_teacher", name): spec_json(spec) for name, spec in experiment.teacher_specs.items()})
+    specs[("toy_data",)] = spec_json(experiment.toy_data_spec())
+    specs.update({("reinforce", name): spec_json(experiment.reinforce_spec(name, "00000"))
+                  for name in experiment.generated_reinforcements()})
+    specs.update({("evaluate", run): spec_json(experiment.evaluate_spec(run)) for run in experiment.runs})
+    specs[("evaluate_teachers",)] = spec_json(experiment.evaluate_teachers_spec())
+    specs[("report",)] = spec_json(experiment.report_spec())
+    return specs
+
+
+@pytest.mark.parametrize("overlay, changed", [
+    ({"data": {"toy": {"seed": 5}}}, {("toy_data",)}),
+    ({"reinforcement": {"num_syn_captions": 4}}, {("reinforce", "default")}),
+    ({"evaluation": {"batch_size": 50}}, {("evaluate", "smoke_dr"), ("evaluate", "smoke_plain"), ("evaluate_teachers",)}),
+    ({"report": {"title": "another"}}, {("report",)}),
+])
+def test_a_changed_value_changes_exactly_the_specs_of_the_jobs_that_use_it(in_repo, tmp_path, overlay, changed):
+    before = job_specs(load("configs/toy-smoke.yaml", tmp_path))
+    def merged(base: dict, values: dict) -> dict:
+        return {**base, **{key: merged(base.get(key) or {}, value) if isinstance(value, dict) else value
+                           for key, value in values.items()}}
+
+    raw = merged(config_module.read_yaml("configs/toy-smoke.yaml"), overlay)
+    after = job_specs(Experiment(config_module.load_config({**raw, "results_dir": str(tmp_path / "results")})))
+    assert {job for job in before if before[job] != after[job]} == changed
+
+
+def parsed(command: str, spec: dict, *extra: str):
+    """``spec`` as the command's parser reads it (cli.main's --spec expansion), with the rule's other options."""
+    import argparse
+    import importlib
+
+    from mobileclip_repro import cli
+
+    module_name, prefix, _ = cli.COMMANDS[command]
+    parser = argparse.ArgumentParser()
+    getattr(importlib.import_module(module_name), f"{prefix}_arguments")(parser)
+    return parser.parse_args(cli.expand_spec_options(parser, ["--spec", spec_json(spec), *extra]))
+
+
+def test_each_jobs_spec_is_read_by_its_command_as_the_options_the_rule_passed_before(in_repo, tmp_path):
+    toy = load("configs/toy-smoke.yaml", tmp_path)
+    args = parsed("toy-data", toy.toy_data_spec(), "--workers", "2")
+    assert (args.out_dir, args.seed, args.train_samples, args.alt_wrong, args.workers) == (
+        str(toy.layout.data_root), 0, 600, 0.10, 2)
+    args = parsed("reinforce", toy.reinforce_spec("default", "00000"), "--manifest", "m.json")
+    assert (args.captioner_json, args.num_syn_captions, args.replace_other_settings, args.shard_spec) == (
+        '"world"', 5, True, None), "toy data: every shard, no group"
+    args = parsed("evaluate", toy.evaluate_spec("smoke_dr"), "--index", "i.json")
+    assert len(args.checkpoint) == len(args.out_dir) == 6 and args.force and not args.skip_failed_benchmarks
+    assert json.loads(args.benchmarks_json) == toy.benchmarks
+    args = parsed("evaluate", toy.evaluate_teachers_spec(), "--index", "i.json")
+    assert args.teachers == "configs/reinforce/toy.json" and args.checkpoint is None and not args.force
+    args = parsed("report", toy.report_spec(), "--records", "r.json")
+    assert args.paper_reference is None and args.teacher_manifests == [toy.layout.teacher_manifest("teacher_a.pt"),
+                                                                       toy.layout.teacher_manifest("teacher_b.pt")]
+
+
+def test_a_hub_fetch_spec_names_its_group_and_a_false_sha256_policy_stays_off(in_repo, tmp_path):
+    experiment = Experiment(config_module.load_config({
+        "name": "hub", "results_dir": str(tmp_path / "results"),
+        "data": {"source": "hub", "hub": {"shards": ["{00000000..00000001}", "00000007"], "group_size": 2,
+                                          "sha256": False, "dr_revision": "abc"}},
+        "reinforcement": {"generate": False, "config": "configs/reinforce/datacompdr12m.json"},
+        "runs": {"plain": {"model": "ViT-B-16", "data": "plain", "nodes": 1, "gpus_per_node": 8,
+                           "global_batch_size": 8, "seen_samples": 80, "num_checkpoints": 2, "warmup_steps": 0}},
+        "evaluation": {"benchmarks": [{"name": "cars", "dataset": "wds/cars", "task": "zeroshot_classification",
+                                       "hub_repo": "clip-benchmark/wds_cars", "revision": "v1"}]}}))
+    args = parsed("fetch", experiment.fetch_spec("00001"), "--manifest", "m.json")
+    assert json.loads(args.shard_spec) == ["{00000000..00000001}", "00000007"]
+    assert (args.group, args.group_size, args.sha256, args.dr_revision, args.datacomp_revision) == (
+        "00001", 2, "off", "abc", None)
+    assert args.dr_repo == "apple/DataCompDR-12M", "the reinforcement is fetched, not generated"
+    args = parsed("fetch-benchmark", experiment.fetch_benchmark_spec("cars"))
+    assert (args.repo, args.revision, args.split) == ("clip-benchmark/wds_cars", "v1", "test")
+
+
+def test_a_spec_stands_for_the_options_it_names_and_options_after_it_override_it():
+    from mobileclip_repro import cli
+
+    assert cli.spec_options(spec_json({"batch_size": 8, "force": True, "revision": None, "skip": False,
+                                       "out_dir": ["a b", "c"], "title": "-dash", "pairs": {"x": 1}})) == [
+        "--batch-size=8", "--force", "--out-dir", "a b", "c", '--pairs={"x": 1}', "--title=-dash"]
+    args = parsed("fetch-benchmark", {"repo": "r", "root": "/x", "split": "test"}, "--split", "train")
+    assert (args.repo, args.split) == ("r", "train")

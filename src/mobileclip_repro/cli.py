@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from mobileclip_repro import __version__
@@ -32,6 +33,52 @@ COMMANDS = {
     "export-open-clip": ("mobileclip_repro.tools", "export_open_clip", "write a checkpoint as a folder plain open_clip loads (model name local-dir:DIR), e.g. for `clip_benchmark eval`"),
     "join-shards": ("mobileclip_repro.tools", "join_shards", "write Apple's joined layout: each DataComp shard with its DataCompDR keys in one tar"),
 }
+
+
+def add_spec_option(parser: argparse.ArgumentParser) -> None:
+    """A command's ``--spec``: its options as one JSON object (what the Snakemake rule passes, built by
+    ``experiment.Experiment``), each key an option's name: ``{"batch_size": 8, "force": true}`` stands
+    for ``--batch-size 8 --force``. Options written after it override it."""
+    parser.add_argument("--spec", dest="spec_options", metavar="JSON",
+                        help="the job's options as one JSON object, {\"option_name\": value, ...} (what the workflow "
+                             "passes); a list gives the option several values, true a flag, false or null no option")
+
+
+def spec_options(text: str) -> list[str]:
+    """The options a ``--spec`` JSON object stands for (``add_spec_option``); a mapping value passes as JSON."""
+    try:
+        options = json.loads(text)
+    except ValueError as error:
+        raise SystemExit(f"--spec is not JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise SystemExit(f"--spec must be a JSON object of options, got a {type(options).__name__}")
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words += [flag, *(json.dumps(item) if isinstance(item, (dict, list)) else str(item) for item in value)]
+        else:
+            words.append(f"{flag}={json.dumps(value) if isinstance(value, dict) else value}")  # a value may start with -
+    return words
+
+
+def expand_spec_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with each ``--spec`` of a command that takes one (``add_spec_option``) replaced by its options."""
+    if not any(action.dest == "spec_options" for action in parser._actions):
+        return argv  # train's --spec is a run spec, read by the command itself
+    expanded, words = [], iter(argv)
+    for word in words:
+        if word == "--spec":
+            expanded += spec_options(next(words, "null"))
+        elif word.startswith("--spec="):
+            expanded += spec_options(word.split("=", 1)[1])
+        else:
+            expanded.append(word)
+    return expanded
 
 
 def _usage() -> str:
@@ -57,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"mobileclip-repro {name}", description=help_text)
     getattr(module, f"{prefix}_arguments")(parser)
-    args = parser.parse_args(rest)
+    args = parser.parse_args(expand_spec_options(parser, rest))
     try:
         return getattr(module, f"{prefix}_command")(args) or 0
     except ConfigError as error:  # a config mistake is a message naming the key, not a traceback

@@ -210,6 +210,80 @@ class Experiment:
         """The benchmark TSV of every job the report depends on: the compute ledger's rows."""
         return [self.layout.job_benchmark(rule, name) for rule, name in self.upstream_jobs()]
 
+    # -- each job's --spec: its command's options (cli.add_spec_option), exactly the settings it uses ----
+    def toy_data_spec(self) -> dict:
+        toy = self.data["toy"]
+        return {"out_dir": str(self.layout.data_root), "seed": toy["seed"], "train_samples": toy["train_samples"],
+                "teacher_samples": toy["teacher_samples"], "benchmark_samples": toy["benchmark_samples"],
+                "samples_per_shard": toy["samples_per_shard"],
+                **{f"alt_{kind}": fraction for kind, fraction in toy["alt_text_mix"].items()}}
+
+    def fetch_spec(self, group: str) -> dict:
+        """One group of hub shards; Apple's DataCompDR tars too unless the DAG reinforces itself. A null
+        revision: the repo's main branch (the job resolves it to a commit)."""
+        hub = self.hub
+        return {"datacomp_repo": hub["datacomp_repo"], "dr_repo": hub["dr_repo"] if self.fetches_dr_tars() else None,
+                "shard_spec": spec_json(hub["shards"]), "group": group, "group_size": hub["group_size"],
+                "datacomp_dir": self.data["datacomp_dir"], "dr_dir": self.data["dr_dir"],
+                "max_failed_shards": hub["max_failed_shards"], "datacomp_revision": hub["datacomp_revision"],
+                "dr_revision": hub["dr_revision"], "sha256": str(hub["sha256"]),  # YAML's bare off is false
+                "min_join_rate": hub["min_join_rate"]}
+
+    def local_data_spec(self, listing: str) -> dict:
+        """Local data's folders and their ``listing`` (data.local_data.folder_listing, read when the DAG
+        starts: a shard added, removed or rewritten reruns the job)."""
+        return {"folder": self.local_data_folders(), "listing": listing}
+
+    def select_subsets_spec(self) -> dict:
+        return {"datacomp_dir": self.data["datacomp_dir"], "sizes": self.subset_sizes, "seed": self.data["subset_seed"]}
+
+    def reinforce_spec(self, reinforcement: str, group: str) -> dict:
+        """One reinforcement of one group (toy or local data: every shard); a changed setting redoes the
+        shards made with the old one (replace_other_settings)."""
+        settings = self.reinforcements[reinforcement]
+        selection = ({"shard_spec": spec_json(self.hub["shards"]), "group": group, "group_size": self.hub["group_size"]}
+                     if self.is_hub else {})
+        return {"datacomp_dir": self.data["datacomp_dir"], "out_dir": self.reinforcement_dr_dir(reinforcement),
+                **selection, "reinforce_config": settings["config"], "pretrained_root": str(self.layout.teachers_dir),
+                "captioner_json": spec_json(settings["captioner"]), "num_syn_captions": settings["num_syn_captions"],
+                "dtype": settings["dtype"], "batch_size": settings["batch_size"], "seed": settings["seed"],
+                "replace_other_settings": True}
+
+    def fetch_benchmark_spec(self, name: str) -> dict:
+        benchmark = self.hub_benchmarks[name]
+        return {"repo": benchmark["hub_repo"], "root": benchmark["root"], "split": benchmark["split"],
+                "revision": benchmark.get("revision")}  # absent or null: the main branch (the manifest names its commit)
+
+    def _evaluation_options(self) -> dict:
+        evaluation = self.evaluation
+        return {"benchmarks_json": spec_json(self.benchmarks), "batch_size": evaluation["batch_size"],
+                "num_workers": evaluation["num_workers"], "device": evaluation["device"],
+                "precision": evaluation["precision"], "skip_failed_benchmarks": evaluation["skip_failed_benchmarks"]}
+
+    def evaluate_spec(self, run: str) -> dict:
+        """Every checkpoint of every seed of ``run``, each into its record folder (the seeds differ in seed only)."""
+        checkpoints = self.run_checkpoints(run)
+        return {"checkpoint": [str(checkpoint) for checkpoint, _ in checkpoints],
+                "out_dir": [str(out_dir) for _, out_dir in checkpoints],
+                "model": self.specs[(run, self.seeds_of(run)[0])]["model"], **self._evaluation_options(), "force": True}
+
+    def evaluate_teachers_spec(self) -> dict:
+        """The default reinforcement's teachers and their ensemble."""
+        return {"teachers": self.reinforcement["config"], "pretrained_root": str(self.layout.teachers_dir),
+                "out_dir": [str(self.layout.teachers_eval_dir)], **self._evaluation_options()}
+
+    def report_spec(self) -> dict:
+        """The report's settings; its inputs (records, manifests, job benchmarks) are the rule's."""
+        report = self.report
+        reference = report["paper_reference"]
+        return {"out_dir": str(self.layout.report_dir), "title": report["title"],
+                "paper_reference": None if reference is False else ("mobileclip" if reference is True else str(reference)),
+                "efficiency_pairs_json": (spec_json(report["efficiency_pairs"])
+                                          if report.get("efficiency_pairs") is not None else None),
+                "ablation_json": spec_json(report["ablation"]) if report.get("ablation") else None,
+                "benchmarks_dir": str(self.layout.benchmarks_dir),
+                "teacher_manifests": [str(self.layout.teacher_manifest(teacher)) for teacher in self.trained_teachers()]}
+
     # -- the report's outputs ----------------------------------------------------------------------
     def ablation_outputs(self) -> list[Path]:
         """The ablation ladder's table and chart, where the config has one (report.ablation)."""

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from mobileclip_repro.cli import add_spec_option
 from mobileclip_repro import shards
 from mobileclip_repro.hub import select_group
 
@@ -17,6 +18,7 @@ from mobileclip_repro.hub import select_group
 def toy_data_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro import toyworld
 
+    add_spec_option(parser)
     parser.add_argument("--out-dir", required=True, help="output root (datacomp/, teacher_data/, benchmarks/, manifest.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-samples", type=int, default=8000, help="DataComp-format samples with web-like alt-text")
@@ -49,6 +51,7 @@ def toy_data_command(args: argparse.Namespace) -> int:
 def fetch_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.data import fetch
 
+    add_spec_option(parser)
     parser.add_argument("--datacomp-repo", required=True, help="hub dataset with DataComp captions/URLs")
     parser.add_argument("--dr-repo", default=None,
                         help="hub dataset with DataCompDR shards (absent: no reinforcement is fetched)")
@@ -166,6 +169,7 @@ def _sha256_policy(text: str) -> str:
 
 
 def local_data_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_option(parser)
     parser.add_argument("--folder", nargs="+", type=Path, required=True,
                         help="folders of shards (data.datacomp_dir, and data.dr_dir where DR shards are given)")
     parser.add_argument("--out", type=Path, required=True, help="the manifest to write")
@@ -195,6 +199,7 @@ def local_data_command(args: argparse.Namespace) -> int:
 
 
 def select_subsets_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_option(parser)
     parser.add_argument("--datacomp-dir", required=True, type=Path, help="DataComp shards (json with uid)")
     parser.add_argument("--sizes", required=True, type=int, nargs="+", help="subset sizes (data.subsets)")
     parser.add_argument("--seed", type=int, default=0, help="the hash's seed (data.subset_seed)")

@@ -6,10 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from mobileclip_repro.cli import add_spec_option
 from mobileclip_repro import shards
 
 
 def fetch_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    add_spec_option(parser)
     parser.add_argument("--repo", required=True, help="hub dataset repo, e.g. clip-benchmark/wds_imagenet1k")
     parser.add_argument("--root", required=True, help="local dataset root the evaluation reads")
     parser.add_argument("--split", default="test")
@@ -32,6 +34,7 @@ def fetch_benchmark_command(args: argparse.Namespace) -> int:
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.evaluate import evaluate
 
+    add_spec_option(parser)
     parser.add_argument("--checkpoint", nargs="+", help="epoch_<k>.pt files written by `train`")
     parser.add_argument("--teachers", metavar="REINFORCE_JSON",
                         help="instead of checkpoints: each teacher of this reinforcement JSON and their ensemble")
