@@ -638,3 +638,28 @@ def test_the_cost_table_on_the_page_is_in_readable_units():
     row = display_run_costs(table).iloc[0].to_dict()
     assert row == {"run": "toy_dr", "arm": "DR", "seeds": 3, "FLOPs / seen sample": "30.1 MFLOPs",
                    "wall time / seen sample": "1.97 ms", "CPU time / seen sample": "n/a"}
+
+
+def test_several_dr_runs_against_one_baseline_list_their_multipliers_in_their_colours(tmp_path, monkeypatch):
+    from mobileclip_repro.report.efficiency import default_pairs, efficiency_records
+    from mobileclip_repro.report.plots import plot_learning_efficiency
+    from mobileclip_repro.report.report import sample_arrows
+
+    figures = _capture_figures(monkeypatch)
+    records = all_records() + [{**record, "run": "toy_dr2", "main_metric": record["main_metric"] - 0.05}
+                               for record in all_records() if record["run"] == "toy_dr"]
+    multipliers = efficiency_records(records, default_pairs(records))
+    plot_learning_efficiency(records, tmp_path / "learning_efficiency", arrows=sample_arrows(multipliers))
+    zeroshot = next(axis for axis in figures[0]["axes"] if axis["title"] == "toy_zeroshot")
+    assert [text.split(":")[0] for text in zeroshot["texts"]] == ["toy_dr vs toy_plain", "toy_dr2 vs toy_plain"]
+
+
+def test_the_data_multiplier_is_drawn_from_the_dr_size_to_the_non_dr_size_that_matches_it():
+    from mobileclip_repro.report.report import data_arrows
+
+    matched = {"benchmark": "b", "dr_run": "dr", "plain_run": "plain", "target": 0.3, "dr_subset_size": 1000,
+               "plain_size_needed": 10_100.0, "multiplier": 10.1, "lower_bound": False, "upper_bound": False}
+    never = {**matched, "dr_subset_size": 16000, "plain_size_needed": 16000, "multiplier": 1.0, "lower_bound": True}
+    (arrow,) = data_arrows([matched, never])  # non-DR never gets there at DR's largest size: nothing to draw
+    assert (arrow["dr"], arrow["plain"], arrow["level"]) == (1000, 10_100.0, 0.3)
+    assert arrow["text"] == "non-DR needs 10.1× the data"

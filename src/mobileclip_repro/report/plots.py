@@ -150,9 +150,10 @@ def _final_by_size(records: list[dict], benchmark: str) -> dict[tuple[str, bool]
 
 
 def plot_data_efficiency(records: list[dict], out_stem: str | os.PathLike, *, title: str | None = None,
-                         chance: dict[str, float] | None = None) -> list[Path]:
+                         chance: dict[str, float] | None = None, arrows: list[dict] | None = None) -> list[Path]:
     """Final accuracy against dataset size (``data.subsets`` runs, log x), one subplot per benchmark:
-    each arm's seed mean with its min–max band, the teachers and chance as lines. Writes
+    each arm's seed mean with its min–max band, the teachers and chance as lines; ``arrows`` (as
+    ``plot_learning_efficiency``'s, x in dataset sizes) draw the data multipliers. Writes
     ``<out_stem>.png`` and ``.pdf``; nothing (an empty list) without subset runs."""
     chance = chance or {}
     benchmarks = [b for b in _benchmarks_in_order(student_records(records)) if _final_by_size(records, b["benchmark"])]
@@ -181,6 +182,7 @@ def plot_data_efficiency(records: list[dict], out_stem: str | os.PathLike, *, ti
                 legend_handles.setdefault(label, line)
                 highest = max(highest, max(largest))
             highest = max(highest, _teacher_and_chance_lines(axis, teachers, benchmark, chance, legend_handles))
+            _multiplier_arrows(axis, [a for a in arrows or [] if a["benchmark"] == benchmark], lambda run: "0.1")
             axis.set_xscale("log")
             axis.xaxis.set_major_formatter(SeenSamplesFormatter())  # the same units: 250, 1k, 1.28M
             axis.xaxis.set_minor_formatter(SeenSamplesFormatter(labelOnlyBase=False))
@@ -281,8 +283,8 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
                                       linewidths=1.0, label=label)
                 legend_handles.setdefault(label, handle)
                 highest = max(highest, point["value"])
-            for arrow in (a for a in arrows or [] if a["benchmark"] == benchmark):
-                _multiplier_arrow(axis, arrow)
+            _multiplier_arrows(axis, [a for a in arrows or [] if a["benchmark"] == benchmark],
+                               lambda run: colours.get((run, True), "0.1"))
             axis.set_xscale("log")
             axis.xaxis.set_major_formatter(x_formatter())
             axis.xaxis.set_minor_formatter(x_formatter(labelOnlyBase=False))
@@ -300,16 +302,36 @@ def plot_learning_efficiency(records: list[dict], out_stem: str | os.PathLike, *
         return save_figure(figure, out_stem)
 
 
-def _multiplier_arrow(axis, arrow: dict) -> None:
+def _multiplier_arrows(axis, arrows: list[dict], colour_of) -> None:
+    """One benchmark's multipliers. One pair of runs: its arrow(s) in black, the text on the arrow.
+    Several pairs (an ablation ladder against one baseline): each arrow in its DR run's colour,
+    stacked a few points apart, and their numbers listed in the upper left, one line per pair."""
+    if len({(arrow.get("run"), arrow.get("versus")) for arrow in arrows}) <= 1:
+        for arrow in arrows:
+            _multiplier_arrow(axis, arrow)
+        return
+    listed = 0
+    for position, arrow in enumerate(arrows):
+        colour = colour_of(arrow.get("run"))
+        _multiplier_arrow(axis, {**arrow, "text": ""}, colour=colour, drop=4 * position)
+        if arrow["text"]:
+            axis.annotate(f"{arrow['run']} vs {arrow['versus']}: {arrow['short']}", xy=(0.02, 0.98),
+                          xycoords="axes fraction", xytext=(0, -11 * listed), textcoords="offset points",
+                          ha="left", va="top", fontsize=8, color=colour, zorder=7)
+            listed += 1
+
+
+def _multiplier_arrow(axis, arrow: dict, colour="0.1", drop: float | None = None) -> None:
     """A multiplier where it is read: a double arrow at the target accuracy between the x at which each
     arm reaches it, its text centred above it on the log axis; ``below``: dotted, a few points lower,
-    for a second arrow at the same level (its text, if any, under it)."""
+    for a second arrow at the same level (its text, if any, under it). ``drop``: points below the level."""
     level, left, right = 100 * arrow["level"], arrow["dr"], arrow["plain"]
     below = arrow.get("below", False)
     # a second arrow at the same level is drawn a few points lower, parallel to the first
-    shifted = offset_copy(axis.transData, fig=axis.figure, y=-7 if below else 0, units="points")
+    drop = (7 if below else 0) if drop is None else drop
+    shifted = offset_copy(axis.transData, fig=axis.figure, y=-drop, units="points")
     axis.annotate("", xy=(left, level), xytext=(right, level), xycoords=shifted, textcoords=shifted, zorder=6,
-                  arrowprops=dict(arrowstyle="<|-|>", color="0.1", linewidth=1.2, shrinkA=0, shrinkB=0,
+                  arrowprops=dict(arrowstyle="<|-|>", color=colour, linewidth=1.2, shrinkA=0, shrinkB=0,
                                   mutation_scale=9, linestyle=":" if below else "-"))
     if not arrow["text"]:
         return

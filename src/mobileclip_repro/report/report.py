@@ -370,8 +370,25 @@ def sample_arrows(multipliers: list[dict]) -> list[dict]:
             continue
         times = efficiency.format_times(record["multiplier"], record["lower_bound"], record["upper_bound"])
         arrows.append({"benchmark": record["benchmark"], "level": record["target"], "dr": record["dr_seen"],
-                       "plain": record["plain_seen"], "text": f"{times} fewer seen samples"
+                       "plain": record["plain_seen"], "run": record["dr_run"], "versus": record["plain_run"],
+                       "short": times, "text": f"{times} fewer seen samples"
                        if record["multiplier"] >= 1 else f"{times}: DR needs more seen samples"})
+    return arrows
+
+
+def data_arrows(data_multipliers: list[dict]) -> list[dict]:
+    """The data-efficiency figure's arrows: at each DR dataset size's final accuracy, from that size to
+    the non-DR dataset size that reaches it (the largest non-DR size where none does: a bound). A DR size
+    at the largest non-DR size that non-DR never matches (≥ 1.0×) has no length to draw."""
+    arrows = []
+    for record in data_multipliers:
+        if record["plain_size_needed"] == record["dr_subset_size"]:
+            continue
+        times = efficiency.format_times(record["multiplier"], record["lower_bound"], record["upper_bound"])
+        arrows.append({"benchmark": record["benchmark"], "level": record["target"], "dr": record["dr_subset_size"],
+                       "plain": record["plain_size_needed"], "run": record["dr_run"], "versus": record["plain_run"],
+                       "short": f"{times} the data at {format_seen_samples(record['dr_subset_size'])}",
+                       "text": f"non-DR needs {times} the data"})
     return arrows
 
 
@@ -395,14 +412,17 @@ def compute_arrows(multipliers: list[dict], runs: dict[str, dict], shares: dict[
         dr_flops = record["dr_seen"] * runs[record["dr_run"]]["flops_per_sample"]
         plain_flops = record["plain_seen"] * runs[record["plain_run"]]["flops_per_sample"]
         bounds = record["lower_bound"], record["upper_bound"]
-        text = f"{efficiency.format_times(record['compute_multiplier'], *bounds)} less compute"
+        pair = {"benchmark": record["benchmark"], "level": record["target"], "plain": plain_flops,
+                "run": record["dr_run"], "versus": record["plain_run"]}
+        short = efficiency.format_times(record["compute_multiplier"], *bounds)
+        text = f"{short} less compute"
         amortized = record.get("compute_multiplier_with_reinforcement")
         if amortized is not None and record["dr_run"] in shares:
-            text += f"\n{efficiency.format_times(amortized, *bounds)} with reinforcement (dotted)"
-            arrows.append({"benchmark": record["benchmark"], "level": record["target"], "below": True,
-                           "dr": dr_flops + shares[record["dr_run"]], "plain": plain_flops, "text": ""})
-        arrows.append({"benchmark": record["benchmark"], "level": record["target"], "dr": dr_flops,
-                       "plain": plain_flops, "text": text})
+            with_reinforcement = efficiency.format_times(amortized, *bounds)
+            text += f"\n{with_reinforcement} with reinforcement (dotted)"
+            short += f" ({with_reinforcement} with reinforcement)"
+            arrows.append({**pair, "below": True, "dr": dr_flops + shares[record["dr_run"]], "text": ""})
+        arrows.append({**pair, "dr": dr_flops, "text": text, "short": short})
     return arrows
 
 
@@ -514,7 +534,8 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     if multipliers:
         markdown.write_text(markdown.read_text() + "\n" + efficiency_markdown(multipliers))
     data_efficiency = None
-    data_figure = plot_data_efficiency(records, out_dir / "data_efficiency", title=title, chance=chance)
+    data_figure = plot_data_efficiency(records, out_dir / "data_efficiency", title=title, chance=chance,
+                                       arrows=data_arrows(data_multipliers))
     if data_figure:
         paths += data_figure
         markdown.write_text(markdown.read_text() + "\n" + data_efficiency_markdown(data_multipliers,
