@@ -46,12 +46,14 @@ def test_the_datacomp_suite_overlay_plans_all_38_tasks_for_a_paper_config(snakem
     result = snakemake(snakemake_cmd, repo_root, "-n", "-p", "--configfile", "configs/paper/datacompdr12m.yaml",
                        "configs/eval/datacomp_suite.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
-    fetched = set(re.findall(r"fetch-benchmark --repo (\S+)", result.stdout))
+    specs = {command: [json.loads(shlex.split(line.split(f"mobileclip-repro {command} --spec ", 1)[1])[0])
+                       for line in result.stdout.splitlines() if f"mobileclip-repro {command} --spec " in line]
+             for command in ("fetch-benchmark", "evaluate")}
+    fetched = {spec["repo"] for spec in specs["fetch-benchmark"]}
     assert len(fetched) == 38 and {"nlphuji/winogavil", "djghosh/wds_geode_test"} <= fetched
-    evaluate = [line for line in result.stdout.splitlines() if "mobileclip-repro evaluate --checkpoint" in line]
-    assert evaluate and all("--skip-failed-benchmarks" in line for line in evaluate)
-    (benchmarks,) = set(re.findall(r"--benchmarks-json '(\[.+?\])'", evaluate[0]))
-    assert len(json.loads(benchmarks)) == 38
+    evaluate = [spec for spec in specs["evaluate"] if spec.get("checkpoint")]
+    assert evaluate and all(spec["skip_failed_benchmarks"] for spec in evaluate)
+    assert len(json.loads(evaluate[0]["benchmarks_json"])) == 38
 
 
 @pytest.mark.parametrize("config", ["configs/toy.yaml", "configs/paper/datacompdr1b.yaml", "configs/paper/ablation-12m.yaml"])

@@ -1,10 +1,8 @@
 # Shared once per DAG: validate the config against the schema (before any job runs) and resolve
 # the experiment once (experiment.Experiment: every job's spec, the jobs this config selects, and
 # layout.Layout's paths); below, only the hooks and the accessors the rules call with wildcards.
-import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -12,9 +10,10 @@ from snakemake.exceptions import WorkflowError
 
 from mobileclip_repro.config import ConfigError, read_yaml
 from mobileclip_repro.data.local_data import folder_listing
-from mobileclip_repro.experiment import Experiment, canonical, spec_json
-from mobileclip_repro.launch import launcher_prefix, slurm_resources
-from mobileclip_repro.layout import WHOLE_DAG, group_job_name, train_job_name
+from mobileclip_repro.experiment import Experiment, spec_json
+from mobileclip_repro.launch import (FETCH_RESOURCES, evaluation_resources, launcher_prefix, reinforce_resources,
+                                     resubmits, slurm_resources)
+from mobileclip_repro.layout import group_job_name, train_job_name
 from mobileclip_repro.locks import ResultsBusy, hold_dag_lock, release_dag_lock
 from mobileclip_repro.preflight import check_prerequisites
 from snakemake.logging import logger
@@ -77,6 +76,9 @@ envvars:
 inherited_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), inherited_path])
 TRAIN_RESOURCES = {key: slurm_resources(spec) for key, spec in EXP.specs.items()}
+# Local data's folders as they are now (stat only): part of local_data's spec, so a shard added,
+# removed or rewritten reruns it and every job downstream.
+LOCAL_LISTING = folder_listing(EXP.local_data_folders()) if EXP.is_local else ""
 
 wildcard_constraints:
     run="|".join(map(re.escape, EXP.runs)) if EXP.runs else "NONE",
@@ -97,6 +99,32 @@ def train_resource(name):
     return lambda wildcards: TRAIN_RESOURCES[(wildcards.run, int(wildcards.seed))][name]
 
 
+def teacher_resource(name):
+    """A teacher's train job's SLURM resource, sized like a run's (launch.slurm_resources)."""
+    return lambda wildcards: slurm_resources(EXP.teacher_specs[wildcards.teacher])[name]
+
+
+def trained_teacher_specs():
+    """The specs of the teachers the DAG trains; none where the reinforcement's are pretrained."""
+    return [EXP.teacher_specs[teacher] for teacher in EXP.trained_teachers()]
+
+
+def evaluate_resource(name):
+    """An evaluate job's resource (launch.evaluation_resources): a GPU only for GPU-sized models."""
+    return lambda wildcards: evaluation_resources(
+        [EXP.spec(wildcards.run, seed) for seed in EXP.seeds_of(wildcards.run)], EXP.evaluation["device"],
+        checkpoints=len(EXP.run_checkpoints(wildcards.run)))[name]
+
+
+def evaluate_teachers_resource(name):
+    return evaluation_resources(trained_teacher_specs(), EXP.evaluation["device"], checkpoints=0, teachers=True)[name]
+
+
+def reinforce_resource(name):
+    """A reinforce job's resource (launch.reinforce_resources): a GPU unless its teachers trained on CPUs."""
+    return reinforce_resources(trained_teacher_specs())[name]
+
+
 def run_checkpoints(run):
     return EXP.run_checkpoints(run)
 
@@ -113,18 +141,3 @@ def reinforce_inputs(wildcards):
     data = {"fetched": LAYOUT.fetch_manifest(wildcards.group)} if IS_HUB else {"data": EXP.data_inputs()}
     return {**data, "reinforce_config": REINFORCEMENTS[wildcards.reinforcement]["config"],
             "teachers": EXP.teacher_weights()}
-
-
-def reinforce_selection(wildcards):
-    """Toy or local data: every shard (one group); hub: the group's shards of the spec."""
-    if not IS_HUB:
-        return ""
-    return (f"--shard-spec {shlex.quote(json.dumps(EXP.hub['shards']))} --group {wildcards.group}"
-            f" --group-size {EXP.hub['group_size']}")
-
-
-def paper_reference_option(setting):
-    """`report.paper_reference` as the report CLI's option: true is the MobileCLIP paper's set."""
-    if setting is False:
-        return ""
-    return f"--paper-reference {shlex.quote('mobileclip' if setting is True else str(setting))}"

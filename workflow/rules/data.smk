@@ -10,9 +10,8 @@ rule toy_data:
         benchmarks=[directory(root) for root in EXP.generated_benchmark_roots()],
         manifest=LAYOUT.toy_manifest,
     params:
-        toy=canonical(EXP.data["toy"]),
-        mix=canonical(EXP.data["toy"]["alt_text_mix"]),
-        out_dir=LAYOUT.data_root,
+        # one JSON word (a function: its braces are not wildcards); a changed data.toy value remakes the world
+        spec=lambda wc: spec_json(EXP.toy_data_spec()),
     threads: 2  # shards are written in parallel, byte-identical to one process
     priority: 10
     benchmark:
@@ -20,12 +19,7 @@ rule toy_data:
     log:
         LAYOUT.log("toy_data"),
     shell:
-        "mobileclip-repro toy-data --out-dir {params.out_dir:q} --seed {params.toy[seed]:q} --workers {threads}"
-        " --train-samples {params.toy[train_samples]:q} --teacher-samples {params.toy[teacher_samples]:q}"
-        " --benchmark-samples {params.toy[benchmark_samples]:q}"
-        " --samples-per-shard {params.toy[samples_per_shard]:q}"
-        " --alt-full {params.mix[full]:q} --alt-partial {params.mix[partial]:q}"
-        " --alt-wrong {params.mix[wrong]:q} --alt-uninformative {params.mix[uninformative]:q} > {log:q} 2>&1"
+        "mobileclip-repro toy-data --spec {params.spec:q} --workers {threads} > {log:q} 2>&1"
 
 
 # One job per group of hub shards (data.hub.group_size): DataComp captions/URLs and,
@@ -37,30 +31,17 @@ rule fetch:
     output:
         manifest=LAYOUT.fetch_manifest("{group}"),
     params:
-        hub=canonical(EXP.hub),
-        shard_spec=lambda wc: spec_json(EXP.hub["shards"]),  # a function: its braces are not wildcards
-        dr_repo=f"--dr-repo {shlex.quote(EXP.hub['dr_repo'])}" if EXP.fetches_dr_tars() else "",
-        datacomp_dir=EXP.data["datacomp_dir"],
-        dr_dir=EXP.data["dr_dir"],
-        # null: no option, the main branch (the job resolves it to a commit)
-        datacomp_revision=(f"--datacomp-revision {shlex.quote(EXP.hub['datacomp_revision'])}"
-                           if EXP.hub["datacomp_revision"] else ""),
-        dr_revision=f"--dr-revision {shlex.quote(EXP.hub['dr_revision'])}" if EXP.hub["dr_revision"] else "",
+        spec=lambda wc: spec_json(EXP.fetch_spec(wc.group)),
     threads: 16
     resources:
-        runtime=12 * 60,
-        mem_mb=32000,
+        runtime=FETCH_RESOURCES["runtime"],
+        mem_mb=FETCH_RESOURCES["mem_mb"],
     benchmark:
         LAYOUT.job_benchmark("fetch", group_job_name("{group}")),
     log:
         LAYOUT.log("fetch", group_job_name("{group}")),
     shell:
-        "mobileclip-repro fetch --datacomp-repo {params.hub[datacomp_repo]:q} {params.dr_repo}"
-        " --shard-spec {params.shard_spec:q} --group {wildcards.group} --group-size {params.hub[group_size]:q}"
-        " --datacomp-dir {params.datacomp_dir:q} --dr-dir {params.dr_dir:q} --processes {threads}"
-        " --max-failed-shards {params.hub[max_failed_shards]:q}"
-        " {params.datacomp_revision} {params.dr_revision} --sha256 {params.hub[sha256]:q} --min-join-rate {params.hub[min_join_rate]:q}"
-        " --manifest {output.manifest:q} > {log:q} 2>&1"
+        "mobileclip-repro fetch --spec {params.spec:q} --processes {threads} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 # data.source: local. No job makes the data, so this one lists it (every shard, size, sha256):
@@ -70,15 +51,13 @@ rule local_data:
     output:
         manifest=LAYOUT.local_manifest,
     params:
-        folders=EXP.local_data_folders(),
-        listing=folder_listing(EXP.local_data_folders()) if EXP.is_local else "",
+        spec=lambda wc: spec_json(EXP.local_data_spec(LOCAL_LISTING)),
     benchmark:
         LAYOUT.job_benchmark("local_data"),
     log:
         LAYOUT.log("local_data"),
     shell:
-        "mobileclip-repro local-data --folder {params.folders:q} --listing {params.listing:q}"
-        " --out {output.manifest:q} > {log:q} 2>&1"
+        "mobileclip-repro local-data --spec {params.spec:q} --out {output.manifest:q} > {log:q} 2>&1"
 
 
 # data.subsets: every sample ranked once by a seeded hash of its uid; each subset run keeps the
@@ -89,13 +68,11 @@ rule select_subsets:
     output:
         subsets=LAYOUT.subsets_file(EXP.data["subset_seed"]),
     params:
-        sizes=" ".join(str(size) for size in EXP.subset_sizes),
-        seed=EXP.data["subset_seed"],
-        datacomp_dir=EXP.data["datacomp_dir"],
+        spec=lambda wc: spec_json(EXP.select_subsets_spec()),
     benchmark:
         LAYOUT.job_benchmark("select_subsets"),
     log:
         LAYOUT.log("select_subsets"),
     shell:
-        "mobileclip-repro select-subsets --datacomp-dir {params.datacomp_dir:q} --sizes {params.sizes}"
-        " --seed {params.seed:q} --data-manifests {input.data:q} --out {output.subsets:q} > {log:q} 2>&1"
+        "mobileclip-repro select-subsets --spec {params.spec:q} --data-manifests {input.data:q}"
+        " --out {output.subsets:q} > {log:q} 2>&1"

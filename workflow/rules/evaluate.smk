@@ -8,10 +8,7 @@ rule fetch_benchmark:
     output:
         manifest=LAYOUT.fetched_benchmark("{benchmark}"),
     params:
-        spec=lambda wc: canonical(EXP.hub_benchmarks[wc.benchmark]),
-        # absent or null: the repo's main branch (the manifest names the commit it resolved to)
-        revision=lambda wc: "--revision " + shlex.quote(EXP.hub_benchmarks[wc.benchmark]["revision"])
-        if EXP.hub_benchmarks[wc.benchmark].get("revision") else "",
+        spec=lambda wc: spec_json(EXP.fetch_benchmark_spec(wc.benchmark)),
     wildcard_constraints:
         benchmark="|".join(map(re.escape, EXP.hub_benchmarks)) if EXP.hub_benchmarks else "NONE",
     benchmark:
@@ -19,8 +16,7 @@ rule fetch_benchmark:
     log:
         LAYOUT.log("fetch_benchmark", "{benchmark}"),
     shell:
-        "mobileclip-repro fetch-benchmark --repo {params.spec[hub_repo]:q} --root {params.spec[root]:q}"
-        " --split {params.spec[split]:q} {params.revision} --manifest {output.manifest:q} > {log:q} 2>&1"
+        "mobileclip-repro fetch-benchmark --spec {params.spec:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -30,29 +26,22 @@ rule evaluate:
     output:
         index=LAYOUT.eval_index("{run}"),
     params:
-        checkpoints=lambda wc: [checkpoint for checkpoint, _ in run_checkpoints(wc.run)],
-        out_dirs=lambda wc: [out_dir for _, out_dir in run_checkpoints(wc.run)],
-        model=lambda wc: EXP.specs[(wc.run, EXP.seeds_of(wc.run)[0])]["model"],  # the seeds differ in seed only
-        benchmarks=spec_json(EXP.benchmarks),
-        settings=canonical(EXP.evaluation),
-        skip_failed="--skip-failed-benchmarks" if EXP.evaluation["skip_failed_benchmarks"] else "",
+        spec=lambda wc: spec_json(EXP.evaluate_spec(wc.run)),
     wildcard_constraints:
         run="|".join(map(re.escape, EXP.runs)),
     threads: 1
     priority: 4
     resources:
-        gpu=1,
-        runtime=lambda wc: 30 + 10 * len(run_checkpoints(wc.run)),
+        # launch.evaluation_resources: one GPU where the run trained on GPUs; the toy's CPU runs none
+        gpu=evaluate_resource("gpu"),
+        mem_mb=evaluate_resource("mem_mb"),
+        runtime=evaluate_resource("runtime"),
     benchmark:
         LAYOUT.job_benchmark("evaluate", "{run}"),
     log:
         LAYOUT.log("evaluate", "{run}"),
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --checkpoint {params.checkpoints:q} --out-dir {params.out_dirs:q}"
-        " --model {params.model:q} --benchmarks-json {params.benchmarks:q}"
-        " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} --precision {params.settings[precision]:q} {params.skip_failed}"
-        " --force --index {output.index:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --spec {params.spec:q} --index {output.index:q} > {log:q} 2>&1"
 
 
 rule evaluate_teachers:
@@ -64,22 +53,15 @@ rule evaluate_teachers:
         records=EXP.teacher_records(),
         index=LAYOUT.teachers_index,
     params:
-        teachers_dir=LAYOUT.teachers_dir,
-        out_dir=LAYOUT.teachers_eval_dir,
-        benchmarks=spec_json(EXP.benchmarks),
-        settings=canonical(EXP.evaluation),
-        skip_failed="--skip-failed-benchmarks" if EXP.evaluation["skip_failed_benchmarks"] else "",
+        spec=lambda wc: spec_json(EXP.evaluate_teachers_spec()),
     threads: 1
     resources:
-        gpu=1,
-        runtime=120,
+        gpu=evaluate_teachers_resource("gpu"),
+        mem_mb=evaluate_teachers_resource("mem_mb"),
+        runtime=evaluate_teachers_resource("runtime"),
     benchmark:
         LAYOUT.job_benchmark("evaluate_teachers"),
     log:
         LAYOUT.log("evaluate_teachers"),
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --teachers {input.reinforce_config:q}"
-        " --pretrained-root {params.teachers_dir:q} --out-dir {params.out_dir:q} --benchmarks-json {params.benchmarks:q}"
-        " --batch-size {params.settings[batch_size]:q} --num-workers {params.settings[num_workers]:q}"
-        " --device {params.settings[device]:q} --precision {params.settings[precision]:q} {params.skip_failed}"
-        " --index {output.index:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro evaluate --spec {params.spec:q} --index {output.index:q} > {log:q} 2>&1"

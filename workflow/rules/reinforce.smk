@@ -15,6 +15,16 @@ rule train_teacher:
         teacher="|".join(map(re.escape, EXP.teachers)) if EXP.teachers else "NONE",
     threads: 1
     priority: 10  # on the critical path: teachers -> reinforce -> DR students
+    # sized like a run (launch.slurm_resources): the toy world's teachers train on CPUs
+    retries: resubmits(EXP.teacher_specs.values())
+    resources:
+        nodes=teacher_resource("nodes"),
+        mpi=teacher_resource("mpi"),
+        tasks=teacher_resource("tasks"),
+        gres=teacher_resource("gres"),
+        cpus_per_task=teacher_resource("cpus_per_task"),
+        mem_mb=teacher_resource("mem_mb"),
+        runtime=teacher_resource("runtime"),
     benchmark:
         LAYOUT.job_benchmark("train_teacher", "{teacher}"),
     log:
@@ -35,27 +45,19 @@ rule reinforce:
     output:
         manifest=LAYOUT.reinforce_manifest("{reinforcement}", "{group}"),
     params:
-        selection=reinforce_selection,
-        settings=lambda wc: canonical(REINFORCEMENTS[wc.reinforcement]),
-        captioner=lambda wc: spec_json(REINFORCEMENTS[wc.reinforcement]["captioner"]),
-        teachers_dir=LAYOUT.teachers_dir,
-        datacomp_dir=EXP.data["datacomp_dir"],
-        dr_dir=lambda wc: EXP.reinforcement_dr_dir(wc.reinforcement),
+        spec=lambda wc: spec_json(EXP.reinforce_spec(wc.reinforcement, wc.group)),
     threads: lambda wc: REINFORCEMENTS[wc.reinforcement]["threads"]
     priority: 10
     resources:
-        gpu=1,
-        # a hub group (or local data): up to 1,024 shards through two ViT-L-14; the toy world: 4 small shards
-        runtime=60 if IS_TOY else 24 * 60,
-        mem_mb=4000 if IS_TOY else 64000,
+        # launch.reinforce_resources: pretrained teachers (two ViT-L-14 over up to 1,024 shards) on a GPU
+        # for a day; the toy world's CPU-trained teachers over 4 small shards on CPUs for an hour
+        gpu=reinforce_resource("gpu"),
+        runtime=reinforce_resource("runtime"),
+        mem_mb=reinforce_resource("mem_mb"),
     benchmark:
         LAYOUT.job_benchmark("reinforce", group_job_name("{group}", "{reinforcement}")),
     log:
         LAYOUT.log("reinforce", group_job_name("{group}", "{reinforcement}")),
     shell:
-        "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --datacomp-dir {params.datacomp_dir:q} --out-dir {params.dr_dir:q}"
-        " {params.selection} --manifest {output.manifest:q}"
-        " --reinforce-config {input.reinforce_config:q} --pretrained-root {params.teachers_dir:q}"
-        " --captioner-json {params.captioner:q} --num-syn-captions {params.settings[num_syn_captions]:q}"
-        " --dtype {params.settings[dtype]:q} --batch-size {params.settings[batch_size]:q} --seed {params.settings[seed]:q}"
-        " --replace-other-settings > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} mobileclip-repro reinforce --spec {params.spec:q} --manifest {output.manifest:q}"
+        " > {log:q} 2>&1"

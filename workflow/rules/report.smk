@@ -27,22 +27,13 @@ rule report:
         data_efficiency=[report(path, caption="../report/data_efficiency.rst", category="Figures")
                          for path in EXP.data_efficiency_outputs()],
     params:
-        out_dir=LAYOUT.report_dir,
-        title=EXP.report["title"],
-        paper_reference=paper_reference_option(EXP.report["paper_reference"]),
-        pairs=f"--efficiency-pairs-json {shlex.quote(spec_json(EXP.report['efficiency_pairs']))}"
-        if EXP.report.get("efficiency_pairs") is not None else "",
-        ablation=f"--ablation-json {shlex.quote(spec_json(EXP.report['ablation']))}" if EXP.report.get("ablation") else "",
-        benchmarks_dir=LAYOUT.benchmarks_dir,
-        teacher_manifests=[LAYOUT.teacher_manifest(teacher) for teacher in EXP.trained_teachers()],
+        spec=lambda wc: spec_json(EXP.report_spec()),
     priority: 4
     benchmark:
         LAYOUT.job_benchmark("report"),
     log:
         LAYOUT.log("report"),
     shell:
-        "mobileclip-repro report --records {input.records:q} --out-dir {params.out_dir:q}"
-        " --title {params.title:q} {params.paper_reference} {params.pairs} {params.ablation}"
-        " --fetch-manifests {input.fetched:q} --run-manifests {input.runs:q} --teacher-manifests {params.teacher_manifests:q}"
-        " --reinforce-manifests {input.reinforced:q} --job-benchmarks {input.benchmarks:q}"
-        " --benchmarks-dir {params.benchmarks_dir:q} > {log:q} 2>&1"
+        "mobileclip-repro report --spec {params.spec:q} --records {input.records:q} --fetch-manifests {input.fetched:q}"
+        " --run-manifests {input.runs:q} --reinforce-manifests {input.reinforced:q}"
+        " --job-benchmarks {input.benchmarks:q} > {log:q} 2>&1"

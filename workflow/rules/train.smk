@@ -19,6 +19,9 @@ rule train:
     threads: 1
     # DR students sit on the critical path (after teachers and reinforcement); non-DR ones fill idle cores.
     priority: lambda wc: 5 if spec_of(wc)["dr"] else 0
+    # a job that fails or reaches its time limit (GPU runs: a day) is submitted again and resumes
+    # from its newest checkpoint, up to the runs' slurm.resubmits (launch.run_limits)
+    retries: resubmits(EXP.specs.values())
     resources:
         # launch.slurm_resources: nodes, tasks and `mpi` for multi-node srun steps; GPUs as GRES.
         nodes=train_resource("nodes"),
