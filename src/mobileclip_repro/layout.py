@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobileclip_repro.checkpoints import checkpoint_path
+
 # A toy world's outputs under data/ (toyworld writes them; config and the rules read them).
 TOY_MANIFEST = "manifest.json"
 TOY_DATACOMP = "datacomp"
@@ -151,7 +153,8 @@ class Layout:
         return self.run_dir(run, seed) / "manifest.json"
 
     def checkpoint(self, run: str, seed, epoch) -> Path:
-        return self.run_dir(run, seed) / "checkpoints" / f"epoch_{epoch}.pt"
+        """A run's checkpoint after pseudo-epoch ``epoch``, named as the trainer names it (checkpoints.py)."""
+        return checkpoint_path(self.run_dir(run, seed), epoch)
 
     @property
     def teachers_dir(self) -> Path:
