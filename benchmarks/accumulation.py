@@ -3,7 +3,7 @@
 **Time** (CPU, one thread, ``OMP_NUM_THREADS=1`` as each DAG job runs): the trainer's own step
 (``train.train_step``) on the toy DR run's shapes -- ``configs/toy.yaml``'s ``toy_dr``: the
 toy student, its global batch of 128 rows, the DR loss (``train.build_loss``), the trainer's
-AdamW (fused on the CPU, as ``train._train`` builds it), clipping and the temperature clamp --
+AdamW (fused on the CPU, as ``train.build_training`` builds it), clipping and the temperature clamp --
 with ``accum_freq`` 4 (4 micro-batches of 32) against 1 (one pass over 128), on the same
 synthetic batch shaped as the DR loader gives it (images, tokenized captions and synthetic
 captions, per-member L2-normalised teacher embeddings). ``--repeats`` rounds, each timing a block
@@ -128,7 +128,8 @@ def toy_batch(spec: dict, seed: int = 0) -> list:
 
 
 class ToyArm:
-    """One arm: the run's model, optimizer, loss and autocast as ``train._train`` builds them."""
+    """One arm: the run's model, and its optimizer, schedule, loss and autocast as the trainer builds
+    them (``train.build_training``: fused AdamW on the CPU, no GradScaler)."""
 
     def __init__(self, spec: dict):
         from mobileclip_repro import models
@@ -140,16 +141,14 @@ class ToyArm:
         if spec["grad_checkpointing"]:
             self.model.set_grad_checkpointing(True)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(train.weight_decay_groups(self.model, spec["weight_decay"]), lr=spec["lr"],
-                                           betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"], fused=True)
-        self.loss_fn = train.build_loss(spec, 0, 1)
-        self.autocast = train.autocast_for(spec["precision"], torch.device("cpu"))
+        self.run = train.build_training(spec, self.model, torch.device("cpu"))
+        self.loss_fn, self.autocast = self.run.loss_fn, self.run.autocast
 
     def step(self, batch: list) -> None:
-        """``train.train_step`` as the trainer calls it (no GradScaler on the CPU)."""
+        """``train.train_step``, as the trainer calls it."""
         from mobileclip_repro.train import train
 
-        train.train_step(self.model, self.model, self.optimizer, None, self.autocast, self.loss_fn, batch, self.spec, 0)
+        train.train_step(self.run, batch, 0)
 
     def forward_backward(self, parts: list[list]) -> None:
         """Forward + loss + backward of each of ``parts`` on its own (no optimizer step): the

@@ -82,9 +82,8 @@ def step_gradients(kind: str, accum_freq: int, batch: list, model=None, spec: di
     """The gradients (after clipping) one train_step leaves, with a zero learning rate."""
     model = model or student()
     spec = spec or loss_spec("dr" if kind == "online" else kind, accum_freq)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer.train_step(model, model, optimizer, None, torch.enable_grad, trainer.build_loss(spec, 0, 1),
-                       batch, spec, 0, teachers)
+    run = trainer.Run(spec, model, torch.optim.SGD(model.parameters(), lr=0.0), teachers=teachers)
+    trainer.train_step(run, batch, 0)
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
@@ -219,10 +218,10 @@ def _ddp_worker(rank: int, world_size: int, rendezvous: str, kind: str, accum_fr
         training_model = torch.nn.parallel.DistributedDataParallel(model, static_graph=static_graph)
         whole = make_batch(kind, rows=ROWS * world_size)
         mine = [column[rank * ROWS:(rank + 1) * ROWS] for column in whole]
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        loss_fn = trainer.build_loss(spec, rank, world_size)
+        run = trainer.Run(spec, model, torch.optim.SGD(model.parameters(), lr=0.0), training_model=training_model,
+                          rank=rank, world_size=world_size)
         for step in range(2):  # the second step checks DDP's state after an accumulated one
-            trainer.train_step(training_model, model, optimizer, None, torch.enable_grad, loss_fn, mine, spec, step)
+            trainer.train_step(run, mine, step)
         if rank == 0:
             torch.save({name: p.grad for name, p in model.named_parameters() if p.grad is not None}, out)
     finally:

@@ -43,8 +43,7 @@ def test_one_toy_step_counts_what_a_hand_count_of_its_matrix_products_gives():
     loss_fn = trainer.build_loss(spec, rank=0, world_size=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = [torch.randn(BATCH, 3, 32, 32), torch.randint(0, 49408, (BATCH, 16))]
-    _, counted = flops.count_flops(trainer.train_step, model, model, optimizer, None, torch.enable_grad,
-                                  loss_fn, batch, spec, 0)
+    _, counted = flops.count_flops(trainer.train_step, trainer.Run(spec, model, optimizer, loss_fn), batch, 0)
 
     forward, input_gradient_not_needed = toy_student_forward_flops(BATCH, BATCH)
     by_hand = 3 * forward - input_gradient_not_needed  # backward: twice the forward's products

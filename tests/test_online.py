@@ -34,9 +34,9 @@ def run_spec(results: Path, name: str = "r", **distill) -> dict:
     return config.resolve_run(cfg, name)
 
 
-def test_a_stored_augmentation_replayed_online_gives_the_stored_teacher_embeddings(results, monkeypatch):
+def test_a_stored_augmentation_replayed_online_gives_the_stored_teacher_embeddings(results, tmp_path, monkeypatch):
     spec = run_spec(results, online=True)
-    teachers = trainer.OnlineTeachers(spec, torch.device("cpu"), batch_size=16)
+    teachers = trainer.build_run(spec, tmp_path / "run", device_name="cpu").teachers  # the trainer's own
     tar = sorted((results / "data" / "datacomp").glob("*.tar"))[0]
     datacomp, dr = next(joined_samples(tar, results / "data" / "datacompdr" / tar.name, SkipCounter()))
     stored = shards.decode_reinforcement(dr)

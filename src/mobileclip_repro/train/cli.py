@@ -36,8 +36,10 @@ def train_command(args) -> int:
         if not args.run:
             raise SystemExit("--config needs --run-name NAME")
         spec = config_lib.resolve_run(preflight.load_experiment(args.config), args.run, args.section)
+    out_dir = Path(args.out_dir)
     try:
-        train.train(spec, Path(args.out_dir), args.device, args.export, args.data_manifests)
+        with train.holding_run_folder(out_dir):
+            train.fit(train.build_run(spec, out_dir, args.data_manifests, args.device), args.export)
     except train.RunFolderBusy as error:
         train.log.error("%s", error)
         return 3

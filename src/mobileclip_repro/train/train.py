@@ -1,7 +1,13 @@
 """The trainer: one run, plain CLIP or DR, as Apple's run scripts configure open_clip_train.
 
-Reads top to bottom: distributed setup, data, model, optimizer + schedule, loss, then the
-loop of pseudo-epochs (``num_checkpoints``, ending at ``checkpoint_steps``: equal ones as in
+Three entry points, as open_clip_train's ``main()`` builds and ``train_one_epoch()`` steps:
+``build_run`` (the run folder, distributed setup, model, optimizer + schedule, precision, loss,
+data, resume state: a ``Run``), ``train_step`` (one optimizer step of a ``Run``, gradient
+accumulation included) and ``fit`` (the loop: checkpoints, metrics, preemption). ``train`` is
+the two with the run folder locked; benchmarks and tests build a ``Run`` (``build_run``, or
+``build_training`` around a model of their own) and step it with ``train_step``.
+
+``fit`` runs the loop of pseudo-epochs (``num_checkpoints``, ending at ``checkpoint_steps``: equal ones as in
 Apple's scripts, or log-spaced for a learning curve; shards drawn with replacement),
 checkpointing in open_clip's format after each with its seen-sample count. ``resume: latest`` restarts from the newest checkpoint, so a requeued
 or preempted job continues where it stopped.
@@ -23,7 +29,9 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from open_clip.loss import ClipLoss
@@ -483,25 +491,111 @@ def die_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@contextmanager
+def holding_run_folder(out_dir: Path):
+    """Rank 0 holds the run folder's lock (``run_folder_lock``) around ``build_run`` and ``fit``.
+    Taken before the process group forms: a busy folder fails this worker at once, and torchrun
+    then stops the others rather than leaving them waiting for rank 0."""
+    with run_folder_lock(out_dir) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        yield
+
+
 def train(spec: dict, out_dir: Path, device_name: str | None = None, export_path: Path | None = None,
           data_manifests: list[Path] | None = None) -> dict:
-    """Train one run into ``out_dir``; ``data_manifests``: the data stage's manifests (what the rule
-    hands the job), whose listed shards are the ones trained on (``training_shards``)."""
+    """Train one run into ``out_dir``, as the ``train`` command does: ``build_run``, then ``fit``,
+    with the run folder locked; returns the manifest."""
+    with holding_run_folder(out_dir):
+        return fit(build_run(spec, out_dir, data_manifests, device_name), export_path)
+
+
+@dataclass
+class Run:
+    """One run as the trainer holds it: what ``train_step`` steps (model, optimizer, schedule,
+    precision, loss, online teachers), the distributed state, the data and where it resumes.
+
+    ``build_run`` makes the whole of it; ``build_training`` only the step's part around a model
+    (benchmarks and tests with batches of their own). ``training_model`` is the DDP-wrapped
+    ``model`` under several processes, else ``model`` itself."""
+
+    spec: dict
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module | None = None  # None: build_loss(spec, rank, world_size)
+    training_model: torch.nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None  # amp on CUDA
+    autocast: Callable = nullcontext  # a factory of the step's autocast context (autocast_for)
+    adjust_lr: Callable[[int], object] | None = None  # open_clip_train's schedule; None: the lr stays
+    teachers: "OnlineTeachers | None" = None  # online distillation: they embed each batch in the step
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    # data: the samples, their skip counts
+    dataset: object = None
+    counter: SkipCounter | None = None
+    # the run folder, and where this job starts in it
+    out_dir: Path | None = None
+    stamp: dict | None = None  # data_stamp: what the checkpoints carry
+    set_aside_why: dict | None = None  # what prepare_run_folder set aside, for the manifest
+    step: int = 0
+    history: dict = field(default_factory=lambda: {"epochs": [], "attempts": 0})
+    epoch_skipped: torch.Tensor = field(default_factory=lambda: torch.zeros(len(SKIP_REASONS), dtype=torch.int64))
+    segment_start: int = 0  # where the data stream of the next step began (inside a segment after a signal)
+    resumed_rng: list | None = None  # every rank's generators at a preemption signal
+
+    def __post_init__(self):
+        if self.loss_fn is None:
+            self.loss_fn = build_loss(self.spec, self.rank, self.world_size)
+        if self.training_model is None:
+            self.training_model = self.model
+
+    @property
+    def per_process_batch(self) -> int:
+        return self.spec["global_batch_size"] // self.world_size
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+
+def build_training(spec: dict, model: torch.nn.Module, device: torch.device, rank: int = 0,
+                   world_size: int = 1) -> Run:
+    """The step's part of a run around ``model``, as the trainer builds it: DDP under several
+    processes, AdamW with open_clip_train's weight-decay groups, the lr schedule, GradScaler for
+    ``amp`` on CUDA, the autocast of ``precision``, the loss. No data and no run folder."""
+    training_model = model
+    if world_size > 1:
+        training_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            static_graph=spec["ddp_static_graph"])
+    # Fused on CPU: one pass over the parameters instead of a dozen (the 49k-token embedding of
+    # a toy model made the default optimizer step ~20% of a step); GPUs keep open_clip_train's.
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, spec["weight_decay"]), lr=spec["lr"],
+                                  betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"],
+                                  fused=True if device.type == "cpu" else None)
+    schedule = cosine_lr if spec["schedule"] == "cosine" else const_lr
+    return Run(spec=spec, model=model, optimizer=optimizer, loss_fn=build_loss(spec, rank, world_size),
+               training_model=training_model,
+               scaler=torch.amp.GradScaler("cuda") if spec["precision"] == "amp" and device.type == "cuda" else None,
+               autocast=autocast_for(spec["precision"], device),
+               adjust_lr=schedule(optimizer, spec["lr"], spec["warmup_steps"], spec["total_steps"]),
+               device=device, rank=rank, world_size=world_size)
+
+
+def build_run(spec: dict, out_dir: Path, data_manifests: list[Path] | None = None, device_name: str | None = None,
+              teacher_ensemble=None) -> Run:
+    """Everything ``fit`` needs, in this order: the shards the run reads (``training_shards``:
+    ``data_manifests`` are the data stage's manifests the rule hands the job), the run folder
+    prepared (rank 0, before the process group forms, so no other rank has looked at the
+    checkpoints yet), the process group, the model, ``build_training``, the dataset, the online
+    teachers (``teacher_ensemble``: teachers already built, e.g. random-init ones; default the
+    reinforcement JSON's) and the newest checkpoint that loads (``resume: latest``).
+    Hold the run folder's lock around it and ``fit`` (``holding_run_folder``)."""
     out_dir = Path(out_dir)
     files = training_shards(spec, data_manifests)
-    # Locked before the process group forms: a busy folder fails this worker at once, and
-    # torchrun then stops the others rather than leaving them waiting for rank 0.
     is_rank0 = os.environ.get("RANK", "0") == "0"
-    with run_folder_lock(out_dir) if is_rank0 else nullcontext():
-        # Before the process group forms, so no other rank has looked at the checkpoints yet.
-        stamp = data_stamp(spec, files) if is_rank0 else None  # what its checkpoints are compared with, and carry
-        set_aside_why = prepare_run_folder(spec, out_dir, stamp) if is_rank0 else None
-        dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return _train(spec, out_dir, dist, export_path, set_aside_why, stamp, files)
-
-
-def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_aside_why: dict | None = None,
-           stamp: dict | None = None, files: dict[str, list[dict]] | None = None) -> dict:
+    stamp = data_stamp(spec, files) if is_rank0 else None  # what its checkpoints are compared with, and carry
+    set_aside_why = prepare_run_folder(spec, out_dir, stamp) if is_rank0 else None
+    dist = init_distributed_device_so(device=device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
     device, rank, world_size = torch.device(dist["device"]), dist["global_rank"], dist["world_size"]
     is_master = rank == 0
     if world_size != spec["world_size"] and spec["world_size"] > 1:
@@ -521,7 +615,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
         log.warning("OMP_NUM_THREADS is not set: torch uses %d threads, and the result depends on it; "
                     "set it as the DAG does (the rule's threads) to reproduce a DAG run", torch.get_num_threads())
 
-    # --- model
+    # --- model, then the step's optimizer, schedule, precision and loss
     model, train_transform, _ = models.create_model_and_transforms(spec["model"], device=str(device), output_dict=True)
     if spec["grad_checkpointing"]:
         model.set_grad_checkpointing(True)
@@ -532,53 +626,58 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
             log.warning("accum_freq %d with batch-norm layers in %s: they normalize each micro-batch by its own "
                         "statistics, so the step is close to, not exactly, the whole batch's", accum_freq,
                         spec["model"])
-    training_model = model
-    if world_size > 1:
-        training_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            static_graph=spec["ddp_static_graph"])
+    run = build_training(spec, model, device, rank, world_size)
+    run.out_dir, run.stamp, run.set_aside_why = out_dir, stamp, set_aside_why
 
-    # --- optimizer, schedule, loss
-    # Fused on CPU: one pass over the parameters instead of a dozen (the 49k-token embedding of
-    # a toy model made the default optimizer step ~20% of a step); GPUs keep open_clip_train's.
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, spec["weight_decay"]), lr=spec["lr"],
-                                  betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"],
-                                  fused=True if device.type == "cpu" else None)
-    total_steps = spec["total_steps"]
-    schedule = cosine_lr if spec["schedule"] == "cosine" else const_lr
-    adjust_lr = schedule(optimizer, spec["lr"], spec["warmup_steps"], total_steps)
-    scaler = torch.amp.GradScaler("cuda") if spec["precision"] == "amp" and device.type == "cuda" else None
-    autocast = autocast_for(spec["precision"], device)
-    loss_fn = build_loss(spec, rank, world_size)
+    # --- data
+    tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
+    run.counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
+    run.dataset = build_dataset(spec, model, train_transform, tokenizer, run.counter, stream_seed=spec["seed"],
+                                files=files)
+    if online_distillation(spec):
+        run.teachers = OnlineTeachers(spec, device, per_process_batch // accum_freq, ensemble=teacher_ensemble)
 
     # --- resume: the newest checkpoint that loads (a truncated one falls back to the one before)
-    tokenizer = models.CachingTokenizer(models.get_tokenizer(spec["model"]))
-    counter = SkipCounter(max_consecutive=spec["max_consecutive_skips"])
-    dataset = build_dataset(spec, model, train_transform, tokenizer, counter, stream_seed=spec["seed"], files=files)
-    teachers = OnlineTeachers(spec, device, per_process_batch // accum_freq) if online_distillation(spec) else None
-    step, history = 0, {"epochs": [], "attempts": 0}
-    carried_skips = torch.zeros(len(SKIP_REASONS), dtype=torch.int64)  # this epoch's, from before a mid-epoch resume
     checkpoint = load_latest_checkpoint(out_dir) if spec["resume"] == "latest" else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler is not None and "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        step = checkpoint["step"]
-        history = checkpoint.get("history", history)
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        if run.scaler is not None and "scaler" in checkpoint:
+            run.scaler.load_state_dict(checkpoint["scaler"])
+        run.step = checkpoint["step"]
+        run.history = checkpoint.get("history", run.history)
         stored = checkpoint.get("epoch_skipped", [])  # older checkpoints know fewer reasons: the rest are 0
-        carried_skips[:len(stored)] = torch.tensor(stored, dtype=torch.int64)
+        run.epoch_skipped[:len(stored)] = torch.tensor(stored, dtype=torch.int64)
+        # Where the data stream of the step to come began: a checkpoint written on a preemption
+        # signal lies inside a segment, and its job re-reads that segment's batches so far.
+        run.segment_start = checkpoint.get("segment_start", run.step)
+        run.resumed_rng = checkpoint.get("rng")
         if is_master:
-            log.info("resumed at step %d (%s seen samples)", step, f"{checkpoint['seen_samples']:,}")
-    start_epoch = sum(end <= step for end in spec["checkpoint_steps"])
-    # Where the data stream of the step to come began: a checkpoint written on a preemption
-    # signal lies inside a segment, and its job re-reads that segment's batches so far.
-    segment_start = checkpoint.get("segment_start", step) if checkpoint is not None else 0
-    resumed_rng = checkpoint.get("rng") if checkpoint is not None else None
+            log.info("resumed at step %d (%s seen samples)", run.step, f"{checkpoint['seen_samples']:,}")
+    return run
 
-    # --- loop: the data stream restarts at every segment boundary (pseudo-epoch ends and the
-    # intra-epoch checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG,
-    # so a job resumed at a boundary draws exactly what an uninterrupted one draws there.
+
+def segment_batches(run: Run, segment_start: int):
+    """The batches of the data segment that began at ``segment_start`` (``segment_loader``), its
+    workers started with the preemption signals held (``starting_workers``)."""
+    with starting_workers():
+        return iter(segment_loader(run.dataset, run.spec, segment_start, run.rank, run.per_process_batch, run.device))
+
+
+def fit(run: Run, export_path: Path | None = None) -> dict:
+    """The loop of pseudo-epochs from ``run.step`` to the run's last step: a ``train_step`` per
+    batch, metrics every ``log_every_steps``, the intra-epoch and epoch checkpoints, a stop after
+    the step a preemption signal arrives in (``Preempted``, with ``resume.pt`` written). Writes the
+    manifest (and, with ``export_path``, the final weights: teachers) and returns the manifest.
+
+    The data stream restarts at every segment boundary (pseudo-epoch ends and the intra-epoch
+    checkpoints) from a seed of (run seed, boundary step), and so does torch's RNG, so a job
+    resumed at a boundary draws exactly what an uninterrupted one draws there."""
+    spec, model, optimizer, scaler = run.spec, run.model, run.optimizer, run.scaler
+    out_dir, device, rank, world_size, counter = run.out_dir, run.device, run.rank, run.world_size, run.counter
+    is_master, accum_freq, total_steps = run.is_master, spec.get("accum_freq", 1), spec["total_steps"]
+    step, segment_start, resumed_rng = run.step, run.segment_start, run.resumed_rng
+    start_epoch = sum(end <= step for end in spec["checkpoint_steps"])
     boundaries = segment_boundaries(spec)
     # The per-epoch history travels in the checkpoints, so a requeued job's manifest still
     # covers the epochs (and skipped samples) of the attempts before it.
@@ -587,16 +686,16 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                 "reinforcement": spec.get("reinforcement") if spec["dr"] else None,
                 "subset_size": spec.get("subset_size"),  # None: the whole data
                 "world_size": world_size, "device": str(device),
-                "accum_freq": accum_freq, "per_gpu_micro_batch_size": per_process_batch // accum_freq,
-                "attempts": history["attempts"] + 1, "epochs": list(history["epochs"]),
+                "accum_freq": accum_freq, "per_gpu_micro_batch_size": run.per_process_batch // accum_freq,
+                "attempts": run.history["attempts"] + 1, "epochs": list(run.history["epochs"]),
                 "torch_threads": torch.get_num_threads()}
-    flops_per_step = history.get("flops_per_step")  # counted by an earlier attempt, if any
+    flops_per_step = run.history.get("flops_per_step")  # counted by an earlier attempt, if any
     if flops_per_step is not None:
         manifest["flops_per_step"] = flops_per_step
-    if set_aside_why is not None:
-        manifest["set_aside"] = set_aside_why
-    skipped_before = -carried_skips  # counts since the epoch began = counter now - skipped_before
-    segment_skips = carried_skips.clone()  # the epoch's counts when the current segment began
+    if run.set_aside_why is not None:
+        manifest["set_aside"] = run.set_aside_why
+    skipped_before = -run.epoch_skipped  # counts since the epoch began = counter now - skipped_before
+    segment_skips = run.epoch_skipped.clone()  # the epoch's counts when the current segment began
     started = time.time()
     batches, stop_after_epoch = None, None
     log_every = spec.get("log_every_steps", LOG_EVERY_STEPS)
@@ -609,8 +708,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
             window_data_seconds = 0.0
             while step < spec["checkpoint_steps"][epoch]:
                 if batches is None:
-                    with starting_workers():
-                        batches = iter(segment_loader(dataset, spec, segment_start, rank, per_process_batch, device))
+                    batches = segment_batches(run, segment_start)
                     for _ in range(step - segment_start):  # read again, not trained on: what the segment drew so far
                         next(batches)
                     if resumed_rng is not None:  # this rank's generators as they were at the signal
@@ -620,22 +718,17 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                             log.warning("resume.pt holds the RNG states of %d ranks, this job has %d: not restored",
                                         len(resumed_rng), world_size)
                         resumed_rng = None
-                adjust_lr(step)
                 waited = time.time()
-                raw_batch = next(batches)
+                batch = next(batches)
                 window_data_seconds += time.time() - waited
-                # captions travel as text for the online teachers (a list, not a tensor)
-                batch = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in raw_batch]
-                step_args = (training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec, step)
-                if teachers is not None:  # online distillation: the teachers embed this batch first
-                    step_args = (*step_args, teachers)
                 if flops_per_step is None:  # counted once a run, on its first real step
-                    losses, flops_per_step = flops.count_flops(train_step, *step_args)
+                    losses, flops_per_step = flops.count_flops(train_step, run, batch, step)
                     flops_per_step = _summed_over_ranks(flops_per_step, device, world_size)
                     manifest["flops_per_step"] = flops_per_step
                 else:
-                    losses = train_step(*step_args)
+                    losses = train_step(run, batch, step)
                 step += 1
+                run.step = step
                 window_samples += spec["global_batch_size"]
                 if is_master and (step % log_every == 0 or step == total_steps):
                     window_seconds = max(time.time() - window_start, 1e-9)
@@ -651,7 +744,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                         "loss": sum(v.item() for v in losses.values()), **{k: v.item() for k, v in losses.items()},
                         # the DR loss's terms as it computes them (weighted): CLIP and distillation (image->text,
                         # text->image) on the real captions and on the synthetic ones
-                        **{f"loss/{k}": v.item() for k, v in getattr(loss_fn, "terms", {}).items()},
+                        **{f"loss/{k}": v.item() for k, v in getattr(run.loss_fn, "terms", {}).items()},
                         "samples_per_second": rate, "samples_per_second_per_gpu": rate / world_size,
                         "data_wait_share": window_data_seconds / window_seconds,
                         "skipped_samples": counter.totals()})
@@ -661,7 +754,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                     if step < spec["checkpoint_steps"][epoch]:
                         segment_skips = skipped_over_ranks(counter, device, world_size) - skipped_before
                         if is_master:
-                            _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
+                            _save_checkpoint(out_dir, None, spec, run.stamp, model, optimizer, scaler, step,
                                              step * spec["global_batch_size"],
                                              _history(manifest),
                                              epoch_skipped=segment_skips.tolist())
@@ -672,7 +765,7 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                         rng = _rng_states(device, world_size)
                         if is_master:
                             # The counts as the segment began: the rerun reads the segment again and counts it again.
-                            _save_checkpoint(out_dir, None, spec, stamp, model, optimizer, scaler, step,
+                            _save_checkpoint(out_dir, None, spec, run.stamp, model, optimizer, scaler, step,
                                              step * spec["global_batch_size"],
                                              _history(manifest),
                                              epoch_skipped=segment_skips.tolist(), segment_start=segment_start,
@@ -691,14 +784,13 @@ def _train(spec: dict, out_dir: Path, dist: dict, export_path: Path | None, set_
                                            "seconds": round(epoch_seconds, 2),
                                            "samples_per_second": round(epoch_samples / epoch_seconds, 1),
                                            "skipped_samples": skipped_in_epoch})
-                _save_checkpoint(out_dir, epoch + 1, spec, stamp, model, optimizer, scaler, step, seen,
+                _save_checkpoint(out_dir, epoch + 1, spec, run.stamp, model, optimizer, scaler, step, seen,
                                  _history(manifest))
                 log.info("checkpoint epoch_%d.pt: %s seen samples, %.1f s, %.0f samples/s, skipped (all ranks) %s",
                          epoch + 1, f"{seen:,}", epoch_seconds, epoch_samples / epoch_seconds,
                          {k: v for k, v in skipped_in_epoch.items() if v} or "none")
             if stop_after_epoch is not None and step < total_steps:
                 _stop_preempted(stop_after_epoch, step, world_size)
-
     if is_master:
         metrics.close()
         if flops_per_step is not None:
@@ -776,21 +868,27 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_step(training_model, model, optimizer, scaler, autocast, loss_fn, batch, spec: dict, step: int,
-               teachers: OnlineTeachers | None = None) -> dict:
-    """One optimizer step as open_clip_train takes it (amp with GradScaler on CUDA, clipping, the
-    temperature clamp); returns the losses. A non-finite loss stops the run. With ``teachers``
-    (online distillation) they embed the batch first, inside the step (and its FLOP count).
-    With ``accum_freq`` k > 1 the batch goes through in k micro-batches (``accumulate_gradients``)
-    and the step is the same step; clipping, the scaler and the clamp still act once."""
+def train_step(run: Run, batch: list, step: int) -> dict:
+    """One optimizer step as open_clip_train's ``train_one_epoch`` takes it: the lr of ``step``
+    (``run.adjust_lr``), the batch onto the run's device, amp with GradScaler on CUDA, clipping,
+    the temperature clamp; returns the losses. A non-finite loss stops the run. With
+    ``run.teachers`` (online distillation) they embed the batch first, inside the step (and its
+    FLOP count). With ``accum_freq`` k > 1 the batch goes through in k micro-batches
+    (``accumulate_gradients``) and the step is the same step; clipping, the scaler and the clamp
+    still act once."""
+    spec, model, optimizer, scaler = run.spec, run.model, run.optimizer, run.scaler
+    if run.adjust_lr is not None:
+        run.adjust_lr(step)
+    # captions travel as text for the online teachers (a list, not a tensor)
+    batch = [t.to(run.device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch]
     optimizer.zero_grad(set_to_none=True)
     if spec.get("accum_freq", 1) > 1:
-        losses = accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch, spec, step, teachers)
+        losses = accumulate_gradients(run, batch, step)
     else:
-        if teachers is not None:
-            batch = teachers.targets(batch)
-        with autocast():
-            losses = _forward(training_model, model, loss_fn, batch, spec)
+        if run.teachers is not None:
+            batch = run.teachers.targets(batch)
+        with run.autocast():
+            losses = _forward(run.training_model, model, run.loss_fn, batch, spec)
             total = sum(losses.values())
         _check_finite(losses, total, step)
         _backward(total, scaler)
@@ -838,8 +936,7 @@ def _batch_norm_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torc
 _SYNCED_BEFORE: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # DDP modules past their first step
 
 
-def accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch, spec: dict, step: int,
-                         teachers: OnlineTeachers | None = None) -> dict:
+def accumulate_gradients(run: Run, batch: list, step: int) -> dict:
     """The gradient of the whole batch's loss, in ``accum_freq`` micro-batches (open_clip's exact
     accumulation): first every micro-batch's features without gradients (and, online, its teacher
     embeddings: the teachers see each micro-batch once); then for each micro-batch j its features
@@ -850,9 +947,10 @@ def accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch
     The learnable temperature enters the loss in every pass but keeps its gradient in one (the
     last), or it would count k times. Each micro-batch replays the RNG state of its caching pass,
     so a random layer draws the same both times. Only the last backward syncs DDP's gradients."""
+    spec, model, training_model, autocast = run.spec, run.model, run.training_model, run.autocast
     parts = split_batch(batch, spec["accum_freq"])
-    if teachers is not None:
-        parts = [teachers.targets(part) for part in parts]
+    if run.teachers is not None:
+        parts = [run.teachers.targets(part) for part in parts]
     device = next(model.parameters()).device
     saved_statistics = _batch_norm_buffers(model)
     cached, rng_before = [], []
@@ -875,12 +973,12 @@ def accumulate_gradients(training_model, model, scaler, autocast, loss_fn, batch
                 fresh = _features(training_model, part, spec)
                 features = _concat_features([fresh if i == j else cached[i] for i in range(len(parts))])
                 features["logit_scale"] = fresh["logit_scale"] if j == last else _without_gradient(fresh["logit_scale"])
-                losses = _loss(loss_fn, features, targets, spec)
+                losses = _loss(run.loss_fn, features, targets, spec)
                 total = sum(losses.values())
             if reported is None:
                 _check_finite(losses, total, step)
                 reported = {name: value.detach() for name, value in losses.items()}
-            _backward(total, scaler)
+            _backward(total, run.scaler)
     _set_rng_state(rng_after, device)
     if hasattr(training_model, "no_sync"):
         _SYNCED_BEFORE.add(training_model)
