@@ -220,3 +220,23 @@ def test_a_spec_stands_for_the_options_it_names_and_options_after_it_override_it
         "--batch-size=8", "--force", "--out-dir", "a b", "c", '--pairs={"x": 1}', "--title=-dash"]
     args = parsed("fetch-benchmark", {"repo": "r", "root": "/x", "split": "test"}, "--split", "train")
     assert (args.repo, args.split) == ("r", "train")
+
+
+def test_by_hand_config_and_job_stand_for_the_spec_the_dag_gives_that_job(in_repo, tmp_path):
+    from mobileclip_repro import cli
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(f"results_dir: {json.dumps(str(tmp_path / 'results'))}\n"
+                           + Path("configs/toy-smoke.yaml").read_text())
+    experiment = Experiment.load(str(config_file))
+    args = parsed("evaluate", {}, "--config", str(config_file), "--job", "evaluate:smoke_plain", "--batch-size", "7")
+    assert args.checkpoint == experiment.evaluate_spec("smoke_plain")["checkpoint"]
+    assert args.batch_size == 7, "an option after the job's overrides its spec"
+    assert parsed("evaluate", {}, "--config", str(config_file), "--job", "evaluate_teachers").teachers == \
+        "configs/reinforce/toy.json"
+    assert parsed("reinforce", {}, "--config", str(config_file), "--job=reinforce:default_group_00000",
+                  "--manifest", "m.json").num_syn_captions == 5
+    with pytest.raises(SystemExit, match="no job evaluate:gone .*evaluate:smoke_dr"):
+        cli.main(["evaluate", "--config", str(config_file), "--job", "evaluate:gone"])
+    with pytest.raises(SystemExit, match="runs the jobs of rule toy_data"):
+        cli.main(["toy-data", "--config", str(config_file), "--job", "report"])

@@ -35,13 +35,21 @@ COMMANDS = {
 }
 
 
-def add_spec_option(parser: argparse.ArgumentParser) -> None:
+def add_spec_option(parser: argparse.ArgumentParser, *rules: str) -> None:
     """A command's ``--spec``: its options as one JSON object (what the Snakemake rule passes, built by
     ``experiment.Experiment``), each key an option's name: ``{"batch_size": 8, "force": true}`` stands
-    for ``--batch-size 8 --force``. Options written after it override it."""
+    for ``--batch-size 8 --force``. Options written after it override it. By hand, ``--config X --job
+    RULE[:NAME]`` stands for the spec the DAG would give that job of ``rules`` (the rules this command runs)."""
     parser.add_argument("--spec", dest="spec_options", metavar="JSON",
                         help="the job's options as one JSON object, {\"option_name\": value, ...} (what the workflow "
                              "passes); a list gives the option several values, true a flag, false or null no option")
+    parser.add_argument("--config", dest="spec_config", metavar="YAML",
+                        help="with --job: the options the workflow gives that job of this experiment config")
+    parser.add_argument("--job", dest="spec_job", metavar="RULE[:NAME]",
+                        help=f"a job of --config's DAG, named as its benchmarks/<rule>/<name>.tsv: rule "
+                             f"{' or '.join(rules)}, and the job's name where the rule has several "
+                             f"(e.g. evaluate:<run>, reinforce:default_group_00000)")
+    parser.set_defaults(spec_rules=rules)
 
 
 def spec_options(text: str) -> list[str]:
@@ -70,15 +78,35 @@ def expand_spec_options(parser: argparse.ArgumentParser, argv: list[str]) -> lis
     """``argv`` with each ``--spec`` of a command that takes one (``add_spec_option``) replaced by its options."""
     if not any(action.dest == "spec_options" for action in parser._actions):
         return argv  # train's --spec is a run spec, read by the command itself
-    expanded, words = [], iter(argv)
+    expanded, words, by_hand = [], iter(argv), {}
     for word in words:
-        if word == "--spec":
-            expanded += spec_options(next(words, "null"))
-        elif word.startswith("--spec="):
-            expanded += spec_options(word.split("=", 1)[1])
+        name, _, value = word.partition("=")
+        if name in ("--spec", "--config", "--job"):
+            value = value if _ else next(words, "null")
+            if name == "--spec":
+                expanded += spec_options(value)
+            else:
+                by_hand[name] = value
         else:
             expanded.append(word)
+    if by_hand:
+        expanded = spec_options(_job_spec(by_hand, parser.get_default("spec_rules"))) + expanded
     return expanded
+
+
+def _job_spec(by_hand: dict, rules: tuple) -> str:
+    """The --spec the DAG gives ``--job`` of ``--config``'s experiment."""
+    from mobileclip_repro.experiment import Experiment, spec_json
+
+    if set(by_hand) != {"--config", "--job"}:
+        raise SystemExit("--config and --job go together")
+    rule, _, name = by_hand["--job"].partition(":")
+    if rule not in rules:
+        raise SystemExit(f"--job {by_hand['--job']}: this command runs the jobs of rule {' or '.join(rules)}")
+    try:
+        return spec_json(Experiment.load(by_hand["--config"]).job_spec(rule, name or None))
+    except ConfigError as error:
+        raise SystemExit(f"invalid config: {error}") from None
 
 
 def _usage() -> str:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mobileclip_repro.config import (generated_benchmark, reinforcement_dr_dir, reinforcement_names,
+from mobileclip_repro.config import (ConfigError, generated_benchmark, reinforcement_dr_dir, reinforcement_names,
                                      reinforcement_variant, resolve_run, run_seeds, subset_sizes)
 from mobileclip_repro.hub import shard_groups
-from mobileclip_repro.layout import WHOLE_DAG, Layout, group_id, group_job_name, train_job_name
+from mobileclip_repro.layout import WHOLE_DAG, Layout, group_id, group_job_name, parse_job_name, train_job_name
 
 # The report's files in every experiment (report_outputs adds the ones a config asks for).
 REPORT_FILES = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
@@ -283,6 +283,26 @@ class Experiment:
                 "ablation_json": spec_json(report["ablation"]) if report.get("ablation") else None,
                 "benchmarks_dir": str(self.layout.benchmarks_dir),
                 "teacher_manifests": [str(self.layout.teacher_manifest(teacher)) for teacher in self.trained_teachers()]}
+
+    def job_spec(self, rule: str, name: str | None = None) -> dict:
+        """The spec of one job of this DAG, named as its benchmark TSV names it (``layout.parse_job_name``):
+        what ``--config X --job RULE[:NAME]`` stands for when a person runs a job's command by hand.
+        local_data's listing is left empty (the workflow's is only there to rerun the job)."""
+        name = name or WHOLE_DAG
+        jobs = self.upstream_jobs() + [("report", WHOLE_DAG)]
+        if (rule, name) not in jobs:
+            raise ConfigError(f"no job {rule}:{name} in experiment {self.config['name']!r}; its jobs: "
+                              + ", ".join(f"{r}:{n}" if n != WHOLE_DAG else r for r, n in jobs))
+        job = parse_job_name(rule, name)
+        builders = {"toy_data": self.toy_data_spec, "fetch": lambda: self.fetch_spec(job.group),
+                    "local_data": lambda: self.local_data_spec(""), "select_subsets": self.select_subsets_spec,
+                    "reinforce": lambda: self.reinforce_spec(job.reinforcement, job.group),
+                    "fetch_benchmark": lambda: self.fetch_benchmark_spec(name),
+                    "evaluate": lambda: self.evaluate_spec(name), "evaluate_teachers": self.evaluate_teachers_spec,
+                    "report": self.report_spec}
+        if rule not in builders:
+            raise ConfigError(f"job {rule}:{name}: its command takes the run spec (train --config X --run-name NAME)")
+        return builders[rule]()
 
     # -- the report's outputs ----------------------------------------------------------------------
     def ablation_outputs(self) -> list[Path]:

@@ -18,7 +18,7 @@ from mobileclip_repro.hub import select_group
 def toy_data_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro import toyworld
 
-    add_spec_option(parser)
+    add_spec_option(parser, "toy_data")
     parser.add_argument("--out-dir", required=True, help="output root (datacomp/, teacher_data/, benchmarks/, manifest.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-samples", type=int, default=8000, help="DataComp-format samples with web-like alt-text")
@@ -51,7 +51,7 @@ def toy_data_command(args: argparse.Namespace) -> int:
 def fetch_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.data import fetch
 
-    add_spec_option(parser)
+    add_spec_option(parser, "fetch")
     parser.add_argument("--datacomp-repo", required=True, help="hub dataset with DataComp captions/URLs")
     parser.add_argument("--dr-repo", default=None,
                         help="hub dataset with DataCompDR shards (absent: no reinforcement is fetched)")
@@ -169,7 +169,7 @@ def _sha256_policy(text: str) -> str:
 
 
 def local_data_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_option(parser)
+    add_spec_option(parser, "local_data")
     parser.add_argument("--folder", nargs="+", type=Path, required=True,
                         help="folders of shards (data.datacomp_dir, and data.dr_dir where DR shards are given)")
     parser.add_argument("--out", type=Path, required=True, help="the manifest to write")
@@ -199,7 +199,7 @@ def local_data_command(args: argparse.Namespace) -> int:
 
 
 def select_subsets_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_option(parser)
+    add_spec_option(parser, "select_subsets")
     parser.add_argument("--datacomp-dir", required=True, type=Path, help="DataComp shards (json with uid)")
     parser.add_argument("--sizes", required=True, type=int, nargs="+", help="subset sizes (data.subsets)")
     parser.add_argument("--seed", type=int, default=0, help="the hash's seed (data.subset_seed)")

@@ -11,7 +11,7 @@ from mobileclip_repro import shards
 
 
 def fetch_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_option(parser)
+    add_spec_option(parser, "fetch_benchmark")
     parser.add_argument("--repo", required=True, help="hub dataset repo, e.g. clip-benchmark/wds_imagenet1k")
     parser.add_argument("--root", required=True, help="local dataset root the evaluation reads")
     parser.add_argument("--split", default="test")
@@ -34,7 +34,7 @@ def fetch_benchmark_command(args: argparse.Namespace) -> int:
 def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.evaluate import evaluate
 
-    add_spec_option(parser)
+    add_spec_option(parser, "evaluate", "evaluate_teachers")
     parser.add_argument("--checkpoint", nargs="+", help="epoch_<k>.pt files written by `train`")
     parser.add_argument("--teachers", metavar="REINFORCE_JSON",
                         help="instead of checkpoints: each teacher of this reinforcement JSON and their ensemble")

@@ -16,7 +16,7 @@ from mobileclip_repro.config import captioner_sets
 def reinforce_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.reinforce import reinforce
 
-    add_spec_option(parser)
+    add_spec_option(parser, "reinforce")
     parser.add_argument("--datacomp-dir", required=True, type=Path, help="DataComp shards (jpg, txt, json)")
     parser.add_argument("--out-dir", required=True, type=Path,
                         help="where the DataCompDR shards go (same relative paths as in --datacomp-dir)")

@@ -12,7 +12,7 @@ from mobileclip_repro.cli import add_spec_option
 def report_arguments(parser: argparse.ArgumentParser) -> None:
     from mobileclip_repro.report import report
 
-    add_spec_option(parser)
+    add_spec_option(parser, "report")
     sources = parser.add_mutually_exclusive_group(required=True)
     sources.add_argument("--records", nargs="+", type=Path, default=None,
                          help="evaluate's index files (records.json): the report reads the records and failures "
