@@ -28,6 +28,11 @@ WORKFLOW = textwrap.dedent('''
         log: "logs/report.log"
         shell: "touch {output} 2> {log}"
 
+    rule slow:
+        output: "out/slow.txt"
+        log: "logs/slow.log"
+        shell: "echo epoch 1 step 2/5 > {log}; sleep 4; touch {output}"
+
     rule broken:
         output: "out/broken.txt"
         log: "logs/broken.log"
@@ -69,6 +74,15 @@ def test_a_failed_job_names_its_log(snakemake_cmd, workflow_dir):
     assert result.returncode != 0
     assert any(re.fullmatch(r"FAILED  broken after \d+ s: see logs/broken\.log", line) for line in lines), lines
     assert len(lines) < 30, lines
+
+
+def test_a_quiet_stretch_names_the_running_jobs_and_their_last_step(snakemake_cmd, workflow_dir):
+    result, lines = run_snakemake(snakemake_cmd, workflow_dir, "out/slow.txt", "--logger", "mobileclip-repro",
+                                  "--logger-mobileclip-repro-quiet-seconds", "1")
+    assert result.returncode == 0
+    running = [line for line in lines if "running:" in line]
+    assert running and all(re.fullmatch(r" +running: slow for \d+ s \(step 2/5\)", line) for line in running), lines
+    assert 2 <= len(running) <= 4, "one a quiet second, not one a record"
 
 
 def test_plain_snakemake_keeps_its_own_output(snakemake_cmd, workflow_dir):

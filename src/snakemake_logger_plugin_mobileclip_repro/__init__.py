@@ -8,12 +8,16 @@ the job table, the provenance notes) with::
     logs: results/toy/logs/ (one per job; training's per-step progress: results/toy/logs/train/<run>_seed_<seed>.log)
     [ 1/15] toy_data                       12 s   14 left, about 4 min 10 s
     [ 4/15] train toy_dr seed 0        1 min 32 s   11 left, about 2 min 40 s
+            running: train toy_dr seed 1 for 30 s (step 40/96), train toy_plain seed 1 for 12 s (step 16/96)
     ...
     FAILED  evaluate toy_dr after 20 s: see results/toy/logs/eval/toy_dr.log
 
 Each line: the job (its rule, then its wildcards' values), its wall time, the jobs left and an
 estimate of the time they take: the mean wall time of the jobs of the same rule that finished
-(of every finished job, for a rule none finished yet), scaled by how many ran at once so far.
+(of every finished job, for a rule none finished yet), scaled by how many ran at once so far. After ``quiet_seconds`` (30; the option
+``--logger-mobileclip-repro-quiet-seconds``) without a line, one line names the jobs running,
+for how long, and the last ``step S/N`` their logs report (the trainer logs one per log
+interval), so a long job is never silence.
 Warnings and errors pass through as Snakemake words them; Snakemake's complete log
 (``.snakemake/log/``) keeps everything this leaves out, and the last line says where it is.
 
@@ -24,18 +28,25 @@ it with the project, from ``src/``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
 # The DAG's per-step training progress (the train rule's log), named in the logs line.
 TRAIN_RULE = "train"
 # Snakemake's convention for the target rule: no command, no time of its own to estimate.
 TARGET_RULE = "all"
+# A running job's last progress in its log: the trainer's "epoch E step S/N" lines.
+STEP = re.compile(rb"step (\d+)/(\d+)")
+LOG_TAIL_BYTES = 4096
 # Snakemake's own info lines a person still needs, by their first words.
 PASSED_ON = ("Nothing to be done", "Complete log", "This was a dry-run")
 
@@ -131,12 +142,57 @@ class Progress:
         return work_left * elapsed / work_done if work_done > 0 and elapsed > 0 else work_left
 
 
+def last_step(log_path: str) -> str | None:
+    """``step 120/400``: the last step a job's log reports (its last few KB), None if none."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(log.tell() - LOG_TAIL_BYTES, 0))
+            steps = STEP.findall(log.read())
+    except OSError:
+        return None
+    return f"step {int(steps[-1][0])}/{int(steps[-1][1])}" if steps else None
+
+
+def running_line(started: dict, now: float) -> str | None:
+    """``running: train toy_dr seed 0 for 1 min 05 s (step 120/400), ...``, for a quiet stretch."""
+    jobs = []
+    for rule, title, logs, start in started.values():
+        step = next(filter(None, map(last_step, logs)), None)
+        jobs.append(f"{title} for {duration(now - start)}" + (f" ({step})" if step else ""))
+    return "        running: " + ", ".join(jobs) if jobs else None
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    quiet_seconds: int = field(default=30, metadata={
+        "help": "after this many seconds without a line, one line naming the jobs still running and "
+                "the last step their logs report (0: never)", "type": int})
+
+
 class LogHandler(LogHandlerBase):
     """Snakemake's console output, one line per finished job (see the module's docstring)."""
 
     def __post_init__(self) -> None:
         self.progress = Progress()
         self.stream = sys.stdout if getattr(self.common_settings, "stdout", False) else sys.stderr
+        self.write_lock = threading.Lock()  # Snakemake's queue listener and the quiet-time thread both write
+        self.last_line = time.time()
+        self.quiet_seconds = getattr(self.settings, "quiet_seconds", 30) or 0
+        self.closed = threading.Event()
+        if self.quiet_seconds > 0 and not getattr(self.common_settings, "dryrun", False):
+            threading.Thread(target=self._watch_quiet, name="progress-quiet-time", daemon=True).start()
+
+    def _watch_quiet(self) -> None:
+        while not self.closed.wait(1.0):
+            with self.write_lock:
+                now = time.time()
+                if self.progress.started and now - self.last_line >= self.quiet_seconds:
+                    self._write(running_line(self.progress.started, now))
+
+    def close(self) -> None:
+        self.closed.set()
+        super().close()
 
     @property
     def writes_to_stream(self) -> bool:
@@ -158,14 +214,16 @@ class LogHandler(LogHandlerBase):
     def needs_rulegraph(self) -> bool:
         return False
 
-    def line(self, text: str | None) -> None:
+    def _write(self, text: str | None) -> None:
         if text:
             self.stream.write(text + "\n")
             self.stream.flush()
+            self.last_line = time.time()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.line(self.describe(record))
+            with self.write_lock:
+                self._write(self.describe(record))
         except Exception:  # noqa: BLE001 - a logging handler never stops the run (logging's own rule)
             self.handleError(record)
 
