@@ -20,8 +20,9 @@ Also printed, each measured on its own (medians of ``--breakdown-repeats``):
   read (plain: the DataComp tar; DR: both), checks (sha256, uid), reinforcement decode (npz,
   json), JPEG decode, transform (plain: open_clip's train transform; DR: the replay of a stored
   augmentation), tokenization (DR: two captions);
-* the training step per sample on one batch of the run's size: image tower and text tower
-  forwards, loss, backward + optimizer (the rest of ``train.train_step``);
+* the training step per sample on one batch of the run's size, set up by the trainer itself
+  (``train.build_run``: its model, fused AdamW on the CPU, schedule, loss and data stream): image
+  tower and text tower forwards, loss, backward + optimizer (the rest of ``train.train_step``);
 * a checkpoint write (model + optimizer, ``torch.save``) per sample of the run;
 * a job's start-up: ``import`` of the stage's module in a fresh interpreter (train, evaluate,
   report, toy-data), medians of 3;
@@ -178,21 +179,16 @@ def data_breakdown(specs: dict[str, dict], repeats: int) -> dict[str, dict[str, 
 # -- breakdown: the training step ---------------------------------------------------------------
 
 def step_breakdown(specs: dict[str, dict], repeats: int, tmp: Path) -> dict[str, dict[str, float]]:
-    from mobileclip_repro import models
     from mobileclip_repro.train import train
-    from mobileclip_repro.train.samples import SkipCounter
 
     result = {}
     for run in RUNS:
         spec = specs[run]
-        torch.manual_seed(0)
-        model, train_transform, _ = models.create_model_and_transforms(spec["model"], output_dict=True)
-        tokenizer = models.get_tokenizer(spec["model"])
-        dataset = train.build_dataset(spec, model, train_transform, tokenizer, SkipCounter(), stream_seed=0)
-        batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=spec["global_batch_size"])))
-        optimizer = torch.optim.AdamW(train.weight_decay_groups(model, spec["weight_decay"]), lr=spec["lr"])
-        loss_fn = train.build_loss(spec, 0, 1)
-        autocast = train.autocast_for(spec["precision"], torch.device("cpu"))
+        # The trainer's own setup (train.build_run: model, fused AdamW on the CPU, schedule, loss,
+        # dataset) and the first batch of its data stream.
+        trainer = train.build_run(spec, tmp / f"step_{run}", device_name="cpu")
+        model, optimizer, loss_fn = trainer.model, trainer.optimizer, trainer.loss_fn
+        batch = next(train.segment_batches(trainer, 0))
         texts = torch.cat([batch[1], batch[4]]) if spec["dr"] else batch[1]
         batch_size = len(batch[0])
         model.train()
@@ -215,7 +211,7 @@ def step_breakdown(specs: dict[str, dict], repeats: int, tmp: Path) -> dict[str,
                 loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
 
         def step():
-            train.train_step(model, model, optimizer, None, autocast, loss_fn, batch, spec, 0)
+            train.train_step(trainer, batch, 0)
 
         step()  # warm-up (optimizer state allocation)
         parts = {"forward: image tower": median_seconds(forward_image, repeats) / batch_size,
@@ -329,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         step = step_breakdown(specs, args.breakdown_repeats, tmp)
         evaluation = evaluate_breakdown(config, tmp, args.breakdown_repeats)
     imports = {stage: import_seconds(f"mobileclip_repro.{module}")
-               for stage, module in (("train", "train"), ("evaluate", "evaluate"), ("report", "report"),
-                                     ("toy-data", "toyworld"))}
+               for stage, module in (("train", "train.train"), ("evaluate", "evaluate.evaluate"),
+                                     ("report", "report.report"), ("toy-data", "toyworld"))}
     ratios = flop_ratios()
 
     print_table("Data path, stage by stage", data)
