@@ -15,7 +15,8 @@ import torch
 import yaml
 
 PAPER_CONFIGS = ["datacompdr1b", "datacompdr12m", "datacomp12m", "dfndr12m", "dfndr2b", "dfndr12m-generate",
-                 "ablation-12m", "datacompdr12m-online", "subsets-1b", "s30m-8gpu", "s30m-4gpu"]
+                 "ablation-12m", "datacompdr12m-online", "subsets-1b", "s30m-8gpu", "s30m-4gpu",
+                 "s30m-dr-vs-datacomp"]
 
 
 def snakemake(snakemake_cmd, repo_root, *args, timeout=600):
@@ -189,7 +190,9 @@ def test_snakemakes_report_packages_the_figures_and_tables_with_provenance(snake
     assert made.returncode == 0, made.stderr[-3000:]
     with zipfile.ZipFile(archive) as report:
         names = report.namelist()
-    for item in ("results.csv", "efficiency.json", "learning_efficiency.png", "report.html"):
+    for item in ("results.csv", "results_per_seed.csv", "results_long.csv", "results.md", "efficiency.json",
+                 "learning_efficiency.png", "learning_efficiency_compute.png", "training_curves.png", "cost.csv",
+                 "teachers.csv", "report.html"):
         assert any(name.endswith(item) for name in names), (item, names)
 
 
@@ -219,6 +222,9 @@ RERUNS = {  # config overlay -> the jobs `snakemake -n` plans on the finished sm
     "report.paper_reference": ({"report": {"paper_reference": True}}, {"report": 1}),
     "report.efficiency_pairs": ({"report": {"efficiency_pairs": [["smoke_dr", "smoke_plain"]]}},
                                 {"report": 1}),
+    # a job's size is its rule's resources, not the experiment: nothing reruns
+    "runs.<dr run>.slurm": ({"runs": {"smoke_dr": {"slurm": {"runtime": 30, "mem_mb_per_node": 4000}}}}, {}),
+    "teachers.<teacher>.slurm": ({"teachers": {"teacher_a.pt": {"slurm": {"cpus_per_gpu": 1}}}}, {}),
 }
 
 

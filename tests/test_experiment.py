@@ -52,8 +52,10 @@ def test_the_toy_world_trains_its_teachers_reinforces_once_and_evaluates_every_r
         ("train", "smoke_plain_seed_0"), ("train", "smoke_plain_seed_1"), ("evaluate", "smoke_dr"),
         ("evaluate", "smoke_plain"), ("evaluate_teachers", "all")]
     assert [path.name for path in experiment.report_outputs()] == [
-        "results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
-        "report.html", "cost.csv"]
+        "results.csv", "results_per_seed.csv", "results_long.csv", "results.md", "efficiency.json",
+        "learning_efficiency.png", "learning_efficiency.pdf", "report.html", "cost.csv",
+        "learning_efficiency_compute.png", "learning_efficiency_compute.pdf", "training_curves.png",
+        "training_curves.pdf", "teachers.csv"]
 
 
 def test_a_hub_config_fetches_each_group_and_trains_on_every_groups_manifest(in_repo, tmp_path):
@@ -92,7 +94,8 @@ def test_local_data_is_listed_once_with_the_dr_folder_only_where_a_run_reads_sha
                                                           "gpus_per_node": 0, "global_batch_size": 8,
                                                           "seen_samples": 16, "num_checkpoints": 1, "warmup_steps": 0}},
             "runs": {"dr": {"model": "toy-student", "data": "dr", "gpus_per_node": 0, "global_batch_size": 8,
-                            "seen_samples": 16, "num_checkpoints": 1, "warmup_steps": 0, "distill": {"teacher_dimension": [64, 64]}}},
+                            "seen_samples": 16, "num_checkpoints": 1, "warmup_steps": 0,
+                            "distill": {"teacher_dimension": [64, 64]}}},
             "evaluation": {"benchmarks": [{"name": "z", "dataset": "wds/z", "task": "zeroshot_classification",
                                            "root": str(tmp_path / "z")}]}}))
 
@@ -134,8 +137,9 @@ def test_a_spec_is_the_same_word_whatever_order_its_values_were_written_in():
 
 def job_specs(experiment: Experiment) -> dict[tuple, str]:
     """Every job's --spec (train's is its run spec), keyed by (rule, job)."""
-    specs = {("train", run, seed): spec_json(spec) for (run, seed), spec in experiment.specs.items()}
-    specs.update({("train_teacher", name): spec_json(spec) for name, spec in experiment.teacher_specs.items()})
+    specs = {("train", run, seed): spec_json(experiment.train_spec(run, seed)) for run, seed in experiment.specs}
+    specs.update({("train_teacher", name): spec_json(experiment.teacher_train_spec(name))
+                  for name in experiment.teacher_specs})
     specs[("toy_data",)] = spec_json(experiment.toy_data_spec())
     specs.update({("reinforce", name): spec_json(experiment.reinforce_spec(name, "00000"))
                   for name in experiment.generated_reinforcements()})
@@ -145,11 +149,16 @@ def job_specs(experiment: Experiment) -> dict[tuple, str]:
     return specs
 
 
+# The report's spec holds the config's digest (printed on the page): any change to the experiment is
+# a change to its report; a run's resources (slurm) are no change to any job.
 @pytest.mark.parametrize("overlay, changed", [
-    ({"data": {"toy": {"seed": 5}}}, {("toy_data",)}),
-    ({"reinforcement": {"num_syn_captions": 4}}, {("reinforce", "default")}),
-    ({"evaluation": {"batch_size": 50}}, {("evaluate", "smoke_dr"), ("evaluate", "smoke_plain"), ("evaluate_teachers",)}),
+    ({"data": {"toy": {"seed": 5}}}, {("toy_data",), ("report",)}),
+    ({"reinforcement": {"num_syn_captions": 4}}, {("reinforce", "default"), ("report",)}),
+    ({"evaluation": {"batch_size": 50}}, {("evaluate", "smoke_dr"), ("evaluate", "smoke_plain"), ("evaluate_teachers",),
+                                         ("report",)}),
     ({"report": {"title": "another"}}, {("report",)}),
+    ({"runs": {"smoke_dr": {"slurm": {"runtime": 30}}}, "teachers": {"teacher_a.pt": {"slurm": {"resubmits": 2}}}},
+     set()),
 ])
 def test_a_changed_value_changes_exactly_the_specs_of_the_jobs_that_use_it(in_repo, tmp_path, overlay, changed):
     before = job_specs(load("configs/toy-smoke.yaml", tmp_path))

@@ -13,6 +13,7 @@ jobs whose spec holds it, and the same values written in another key order rerun
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,8 +23,16 @@ from mobileclip_repro.hub import shard_groups
 from mobileclip_repro.layout import WHOLE_DAG, Layout, group_id, group_job_name, parse_job_name, train_job_name
 
 # The report's files in every experiment (report_outputs adds the ones a config asks for).
-REPORT_FILES = ["results.csv", "results.md", "efficiency.json", "learning_efficiency.png", "learning_efficiency.pdf",
-                "report.html", "cost.csv"]
+REPORT_FILES = ["results.csv", "results_per_seed.csv", "results_long.csv", "results.md", "efficiency.json",
+                "learning_efficiency.png", "learning_efficiency.pdf", "report.html", "cost.csv",
+                "learning_efficiency_compute.png", "learning_efficiency_compute.pdf", "training_curves.png",
+                "training_curves.pdf"]
+TEACHER_FILES = ["teachers.csv"]  # where the DAG evaluates the teachers
+SUITE_FILES = ["suite_averages.csv"]  # where benchmarks carry DataComp's tags
+HUB_DATA_FILES = ["data.csv"]  # where the data is fetched from the hub
+# A run's settings that size its SLURM job and never change what it computes (launch.run_limits):
+# the rule's resources, not its spec, so changing them reruns nothing.
+RESOURCE_KEYS = ("slurm",)
 ABLATION_FILES = ["ablation.csv", "ablation.md", "ablation.png", "ablation.pdf"]
 DATA_EFFICIENCY_FILES = ["data_efficiency.png", "data_efficiency.pdf"]
 
@@ -94,6 +103,23 @@ class Experiment:
     # -- training jobs ---------------------------------------------------------------------------
     def spec(self, run: str, seed) -> dict:
         return self.specs[(run, int(seed))]
+
+    def train_spec(self, run: str, seed) -> dict:
+        """A train job's spec: the run's settings without its resources (``RESOURCE_KEYS``)."""
+        return {key: value for key, value in self.spec(run, seed).items() if key not in RESOURCE_KEYS}
+
+    def teacher_train_spec(self, teacher: str) -> dict:
+        return {key: value for key, value in self.teacher_specs[teacher].items() if key not in RESOURCE_KEYS}
+
+    @property
+    def config_digest(self) -> str:
+        """The experiment's fingerprint on its report: sha256 of the canonical config, resources left
+        out (the same values are the same experiment, however written or scheduled)."""
+        config = canonical(self.config)
+        for section in ("runs", "teachers"):
+            config[section] = {name: {key: value for key, value in run.items() if key not in RESOURCE_KEYS}
+                               for name, run in config[section].items()}
+        return hashlib.sha256(spec_json(config).encode()).hexdigest()[:16]
 
     def seeds_of(self, run: str) -> list[int]:
         return [seed for name, seed in self.specs if name == run]
@@ -250,9 +276,10 @@ class Experiment:
                 "replace_other_settings": True}
 
     def fetch_benchmark_spec(self, name: str) -> dict:
+        """A hub benchmark set; a revision absent or null: the main branch (the manifest names its commit)."""
         benchmark = self.hub_benchmarks[name]
         return {"repo": benchmark["hub_repo"], "root": benchmark["root"], "split": benchmark["split"],
-                "revision": benchmark.get("revision")}  # absent or null: the main branch (the manifest names its commit)
+                "revision": benchmark.get("revision")}
 
     def _evaluation_options(self) -> dict:
         evaluation = self.evaluation
@@ -275,14 +302,15 @@ class Experiment:
     def report_spec(self) -> dict:
         """The report's settings; its inputs (records, manifests, job benchmarks) are the rule's."""
         report = self.report
-        reference = report["paper_reference"]
+        reference = report["paper_reference"]  # true: the MobileCLIP paper's set
         return {"out_dir": str(self.layout.report_dir), "title": report["title"],
-                "paper_reference": None if reference is False else ("mobileclip" if reference is True else str(reference)),
+                "paper_reference": None if reference is False else "mobileclip" if reference is True else str(reference),
                 "efficiency_pairs_json": (spec_json(report["efficiency_pairs"])
                                           if report.get("efficiency_pairs") is not None else None),
                 "ablation_json": spec_json(report["ablation"]) if report.get("ablation") else None,
                 "benchmarks_dir": str(self.layout.benchmarks_dir),
-                "teacher_manifests": [str(self.layout.teacher_manifest(teacher)) for teacher in self.trained_teachers()]}
+                "teacher_manifests": [str(self.layout.teacher_manifest(name)) for name in self.trained_teachers()],
+                "config_digest": self.config_digest}
 
     def job_spec(self, rule: str, name: str | None = None) -> dict:
         """The spec of one job of this DAG, named as its benchmark TSV names it (``layout.parse_job_name``):
@@ -315,5 +343,13 @@ class Experiment:
 
     def report_outputs(self) -> list[Path]:
         """Every file the report job writes: ``REPORT_FILES``, then each optional group's."""
-        return ([self.layout.report_file(name) for name in REPORT_FILES] + self.ablation_outputs()
-                + self.data_efficiency_outputs())
+        return ([self.layout.report_file(name) for name in REPORT_FILES] + self.optional_report_outputs()
+                + self.ablation_outputs() + self.data_efficiency_outputs())
+
+    def optional_report_outputs(self) -> list[Path]:
+        """The report's tables this config's records and data call for: the teachers', DataComp's
+        suite averages (tagged benchmarks), the fetched data's."""
+        names = ((TEACHER_FILES if self.teachers_evaluated() else [])
+                 + (SUITE_FILES if any(b.get("tags") for b in self.benchmarks) else [])
+                 + (HUB_DATA_FILES if self.is_hub else []))
+        return [self.layout.report_file(name) for name in names]

@@ -8,7 +8,7 @@ rule train_teacher:
     output:
         weights=LAYOUT.teacher_weights("{teacher}"),
     params:
-        spec=lambda wc: spec_json(EXP.teacher_specs[wc.teacher]),
+        spec=lambda wc: spec_json(EXP.teacher_train_spec(wc.teacher)),
         launcher=lambda wc: launcher_prefix(EXP.teacher_specs[wc.teacher]),
         out_dir=lambda wc: LAYOUT.teacher_dir(wc.teacher),
     wildcard_constraints:

@@ -13,7 +13,7 @@ rule train:
     output:
         manifest=LAYOUT.train_manifest("{run}", "{seed}"),
     params:
-        spec=lambda wc: spec_json(spec_of(wc)),
+        spec=lambda wc: spec_json(EXP.train_spec(wc.run, wc.seed)),  # its resources are the rule's
         launcher=lambda wc, resources: launcher_prefix(spec_of(wc), resources.get("cpus_per_task")),
         out_dir=lambda wc: LAYOUT.run_dir(wc.run, int(wc.seed)),
     threads: 1

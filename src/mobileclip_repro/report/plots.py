@@ -54,6 +54,18 @@ def save_figure(figure, out_stem: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def plot_notice(out_stem: str | os.PathLike, message: str, *, title: str | None = None) -> list[Path]:
+    """A figure that says why it has nothing to draw: a declared output is always written, and a
+    reader of the report sees the reason where the figure would be."""
+    with plt.rc_context(STYLE):
+        figure, axis = plt.subplots(figsize=(7, 2))
+        axis.axis("off")
+        axis.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
+        if title:
+            figure.suptitle(title)
+        return save_figure(figure, out_stem)
+
+
 class SeenSamplesFormatter(LogFormatter):
     """Log-axis ticks in the paper's units (8.192k, 245.8M, 1.48B); matplotlib still picks which ticks to label."""
 

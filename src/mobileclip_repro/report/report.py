@@ -29,7 +29,7 @@ from mobileclip_repro.report import cost
 from mobileclip_repro.report import efficiency
 from mobileclip_repro.report.ablation import ablation_markdown, display_ablation, write_ablation
 from mobileclip_repro.report.plots import (FlopsFormatter, plot_data_efficiency, plot_learning_efficiency,
-                                   plot_training_curves, validate_reference_points)
+                                   plot_notice, plot_training_curves, validate_reference_points)
 from mobileclip_repro.report.tables import (FAILURE_SCHEMA, FETCH_MANIFEST_SCHEMA, RECORD_SCHEMA, display_fetch_table,
                                      display_table, display_teachers, failures_markdown, fetch_commits,
                                      fetch_commit_lines, fetch_markdown, fetch_table,
@@ -583,6 +583,9 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
                                               x_formatter=FlopsFormatter,
                                               arrows=compute_arrows(multipliers, ledger["runs"], shares))
             compute_png = out_dir / "learning_efficiency_compute.png"
+        else:  # the DAG declares the figure: say why it is empty rather than leave it out
+            paths += plot_notice(out_dir / "learning_efficiency_compute", "No run's manifest counted FLOPs per "
+                                 "sample, so there is no compute axis to draw (see cost.csv).", title=title)
         cost_section = {"sentences": [line for line in section.splitlines()[2:] if line and not line.startswith("|")],
                         "table": cost.runs_table(ledger["runs"]), "png": compute_png}
     training = None
@@ -595,6 +598,9 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         markdown.write_text(markdown.read_text() + "\n" + telemetry.training_markdown(curves, "training_curves.png"))
         training = {"png": out_dir / "training_curves.png", "problems": problems,
                     "rows": telemetry.throughput_rows(curves)}
+    elif inputs.run_manifests:  # declared by the DAG: a figure that says why it is empty
+        paths += plot_notice(out_dir / "training_curves", "No training job logged metrics (metrics.jsonl) to "
+                             "draw.", title=title)
     made_by = provenance(config_digest)
     markdown.write_text(markdown.read_text() + "\n" + provenance_markdown(made_by))
     html_path = out_dir / "report.html"
