@@ -70,7 +70,8 @@ def spec_options(text: str) -> list[str]:
         elif isinstance(value, list):
             words += [flag, *(json.dumps(item) if isinstance(item, (dict, list)) else str(item) for item in value)]
         else:
-            words.append(f"{flag}={json.dumps(value) if isinstance(value, dict) else value}")  # a value may start with -
+            # --name=value: the value may start with a dash
+            words.append(f"{flag}={json.dumps(value) if isinstance(value, dict) else value}")
     return words
 
 
