@@ -136,3 +136,11 @@ def test_the_estimate_is_each_rules_mean_time_over_the_parallelism_seen():
     line = progress.finish(3, when=40.0)
     # left: 2 train x 30 s + 1 report x the mean of all (70/3 s) = 83.3 s of work; 70 s done in 40 s
     assert line.startswith("[3/7] train r seed 3") and line.endswith("4 left, about 48 s"), line
+    # a train 20 s into its 30: 10 s of it left, its 20 s done
+    progress.start(4, "train", {"run": "r", "seed": "4"}, [], when=40.0)
+    progress.start(5, "report", {}, [], when=40.0)
+    progress.finish(5, when=50.0)  # report: 10 s
+    progress.start(6, "train", {"run": "r", "seed": "6"}, [], when=50.0)
+    line = progress.finish(4, when=70.0)
+    # left: train 6 (30 - 20 running) + all (0) = 10 s of work; done 70 + 30 + 10 + 20 = 130 s in 70 s
+    assert line.startswith("[5/7] train r seed 4") and line.endswith("2 left, about 5 s"), line

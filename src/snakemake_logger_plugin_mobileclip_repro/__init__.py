@@ -126,19 +126,25 @@ class Progress:
         return f"FAILED  {title} after {duration(when - start)}: see {where}"
 
     def time_left(self, now: float) -> float:
-        """The jobs not finished, each at its rule's mean wall time so far (the mean of all
-        finished jobs for a rule none finished), over the parallelism seen so far."""
+        """The work not done over the parallelism seen so far. Work: a job's wall time, each job
+        at its rule's mean so far (the mean of all finished jobs for a rule none finished), a
+        running one less what it ran; parallelism: the work done (running jobs' time included)
+        over the time since the first job started."""
         finished = [wall for walls in self.walls.values() for wall in walls]
         if not finished:
             return 0.0
         overall = sum(finished) / len(finished)
-        work_left = 0.0
-        for rule, count in self.planned.items():
+
+        def mean(rule: str) -> float:
             walls = self.walls.get(rule, [])
-            mean = sum(walls) / len(walls) if walls else (0.0 if rule == TARGET_RULE else overall)
-            work_left += max(count - len(walls), 0) * mean
+            return sum(walls) / len(walls) if walls else (0.0 if rule == TARGET_RULE else overall)
+
+        running = Counter(rule for rule, *_ in self.started.values())
+        work_left = sum(max(count - len(self.walls.get(rule, [])) - running[rule], 0) * mean(rule)
+                        for rule, count in self.planned.items())
+        work_left += sum(max(mean(rule) - (now - start), 0.0) for rule, _, _, start in self.started.values())
+        work_done = sum(finished) + sum(now - start for *_, start in self.started.values())
         elapsed = now - (now if self.first_start is None else self.first_start)
-        work_done = sum(finished)
         return work_left * elapsed / work_done if work_done > 0 and elapsed > 0 else work_left
 
 
