@@ -38,7 +38,7 @@ def test_paper_config_plans_through_the_slurm_profile(snakemake_cmd, repo_root, 
     # the train job asks SLURM for the run's nodes and GPUs
     config_nodes = {"datacompdr1b": 16, "datacompdr12m": 4, "datacomp12m": 1, "dfndr12m": 4, "dfndr2b": 16,
                     "dfndr12m-generate": 4, "ablation-12m": 4, "datacompdr12m-online": 4, "subsets-1b": 4, "s30m-8gpu": 1,
-                    "s30m-4gpu": 1}[name]
+                    "s30m-4gpu": 1, "s30m-dr-vs-datacomp": 4}[name]  # the comparison: DR on 4 nodes (baseline 1)
     gpus = 4 if name == "s30m-4gpu" else 8
     assert f"nodes={config_nodes}" in result.stdout and f"gres=gpu:{gpus}" in result.stdout
 
