@@ -3,7 +3,7 @@
 Prints one table and writes it, with every measurement behind it, as JSON (``--json``;
 rewritten after each part, so a run cut short still leaves the parts it finished).
 Made to run in <= 8 minutes on one GPU (``benchmarks/gpu_check.sh``); ``--smoke`` runs the
-same code paths with tiny shapes on the CPU in well under a minute (``tests/test_gpu_check.py``).
+same code paths with tiny shapes on the CPU in well under a minute (``tests/test_benchmarks_gpu_check.py``).
 
 1. **DR vs plain training step** (``--models``, default ViT-B-16 and MobileCLIP-B, random
    init; per-GPU batch ``--batch-size`` 256, the s30m runs' 8,192 over 32 GPUs). Each run's
