@@ -97,6 +97,28 @@ def test_the_cost_table_joins_a_jobs_benchmark_tsv_with_its_flops(finished_run, 
     assert row["flops"] == manifest["flops"]["total"] and row["samples"] == 32
 
 
+def test_a_reinforcement_costs_what_its_shards_cost_even_when_a_rerun_kept_them(tmp_path):
+    """A reinforce job rerun over finished shards counts 0 FLOPs of its own; the reinforcement's one-time
+    cost is still what its shards cost (``totals.shards_flops``), and a manifest from before shards
+    recorded it falls back to its job's FLOPs."""
+    benchmarks = tmp_path / "benchmarks"
+    (benchmarks / "reinforce").mkdir(parents=True)
+    tsvs = []
+    for name in ("default_group_00000", "default_group_00001"):
+        tsvs.append(benchmarks / "reinforce" / f"{name}.tsv")
+        tsvs[-1].write_text("s\tcpu_time\n2.0\t1.5\n")
+    manifests = tmp_path / "data" / "reinforce" / "default"
+    manifests.mkdir(parents=True)
+    (manifests / "group_00000.json").write_text(json.dumps(
+        {"totals": {"written": 8, "shards_reinforced": 0, "flops": {"total": 0}, "shards_flops": 5_000}}))
+    (manifests / "group_00001.json").write_text(json.dumps(
+        {"totals": {"written": 8, "shards_reinforced": 2, "flops": {"total": 700}}}))  # older: no shards_flops
+    listed = sorted(manifests.glob("*.json"))
+    table = cost.cost_table(tsvs, benchmarks, cost.reinforce_ledger(listed))
+    assert sorted(table["flops"]) == [0, 700]  # each job's own work, as its row of cost.csv says
+    assert cost.reinforcement_flops(table, listed) == {"default": 5_000 + 700}
+
+
 def test_the_projection_counts_the_students_and_teachers_shapes_on_the_meta_device(repo_root):
     projection = flops.paper_projection(config.load_config(repo_root / "configs" / "toy.yaml"))
     [run] = [run for name, run in projection["runs"].items() if name == "toy_dr"]

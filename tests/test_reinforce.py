@@ -314,6 +314,10 @@ def test_one_group_of_nested_hub_shards_with_a_missing_one(setup, tmp_path, caps
     assert {p: p.read_bytes() for p in out_dir.rglob("*.tar")} == finished
     again = json.loads(manifest_path.read_text())["totals"]
     assert (again["shards_reinforced"], again["shards_resumed"], again["written"]) == (0, 2, 10)
+    # this job paid nothing; the shards still cost what the first job counted (the reinforcement's
+    # one-time cost in the report's compute ledger)
+    assert again["flops"]["total"] == 0 and totals["flops"]["total"] > 0
+    assert again["shards_flops"] == totals["shards_flops"] == totals["flops"]["total"]
 
 
 @pytest.mark.parametrize("extra,reason", [

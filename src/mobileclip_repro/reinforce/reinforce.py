@@ -629,6 +629,13 @@ def resolve_workers(workers: str | int, device: torch.device) -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
 
 
+def _shards_flops(entries: list[dict]) -> int | None:
+    done = [entry for entry in entries if entry.get("status") in ("ok", "partial")]
+    if any(entry.get("flops") is None for entry in done):
+        return None
+    return sum(int(entry["flops"]) for entry in done)
+
+
 def totals(entries: list[dict]) -> dict:
     """Sums over a group's shards: counts, skips by reason, seconds by stage, and the teachers' share.
 
@@ -710,8 +717,11 @@ def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_l
         with tqdm(desc="reinforce", unit="sample", dynamic_ncols=True) as progress:
             for shard in todo:
                 source, target = args.datacomp_dir / f"{shard}.tar", args.out_dir / f"{shard}.tar"
+                spent_before = reinforcer.flops()["total"]
                 report = reinforcer.reinforce_shard(source, target, progress, name=f"{shard}.tar")
-                summary = {**report.as_dict(), **run_info, "source_bytes": source.stat().st_size}
+                # what this shard cost, kept with it: a later job that keeps the shard still knows
+                summary = {**report.as_dict(), **run_info, "source_bytes": source.stat().st_size,
+                           "flops": reinforcer.flops()["total"] - spent_before}
                 shards.write_json_atomic(_shard_manifest_path(target), summary)
                 entries[shard] = {**summary, "id": shard}
                 tqdm.write(f"{shard}.tar: {report.written}/{report.samples_in} written, skipped "
@@ -724,6 +734,9 @@ def _reinforce_selected(args, selected, missing, group_index, config, sets, v1_l
     summary = totals(ordered)
     # this job's work only: shards kept from an earlier job were paid for there
     summary["flops"] = reinforcer.flops() if todo else {"total": 0}
+    # what the group's shards cost, whichever job made them (the reinforcement's one-time cost);
+    # None where a shard was made before shards recorded their FLOPs
+    summary["shards_flops"] = _shards_flops(ordered)
     if args.manifest is not None:
         shards.write_json_atomic(args.manifest, {
             "schema": GROUP_MANIFEST_SCHEMA, "group": args.group, "group_index": group_index,

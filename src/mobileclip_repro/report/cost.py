@@ -175,10 +175,22 @@ def run_costs(run_manifests: list[str | os.PathLike], table) -> dict[str, dict]:
     return runs
 
 
-def reinforcement_flops(table) -> dict[str, float]:
-    """The one-time cost of each reinforcement: the FLOPs of its reinforce jobs (teachers and captioners)."""
+def reinforcement_flops(table, reinforce_manifests: list[str | os.PathLike] = ()) -> dict[str, float]:
+    """The one-time cost of each reinforcement: the FLOPs (teachers and captioners) of the shards its
+    groups hold, whichever job made them (``totals.shards_flops``: a rerun that keeps finished shards
+    paid nothing for them, yet they cost what they cost). A group whose manifest predates per-shard
+    counts falls back to its job's own FLOPs (the ledger row in ``table``)."""
     totals: dict[str, float] = {}
+    counted = set()
+    for manifest_path in sorted(Path(path) for path in reinforce_manifests):
+        shards_flops = (_read_json(manifest_path).get("totals") or {}).get("shards_flops")
+        if shards_flops is not None:
+            reinforcement, group = parse_reinforce_manifest(manifest_path)
+            totals[reinforcement] = totals.get(reinforcement, 0.0) + float(shards_flops)
+            counted.add(group_job_name(group, reinforcement))
     for _, row in table[table["rule"] == "reinforce"].iterrows() if len(table) else []:
+        if str(row["run"]) in counted:
+            continue
         name = parse_job_name("reinforce", str(row["run"])).reinforcement
         totals[name] = totals.get(name, 0.0) + float(row["flops"] or 0.0)
     return totals

@@ -523,7 +523,7 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
     if inputs.has_ledger:
         table = cost.cost_table(inputs.job_benchmarks, inputs.benchmarks_dir, cost.full_ledger(inputs, records))
         runs = cost.run_costs(inputs.run_manifests, table)
-        reinforcements = cost.reinforcement_flops(table)
+        reinforcements = cost.reinforcement_flops(table, inputs.reinforce_manifests)
         cost.add_compute_multipliers(multipliers, runs, reinforcements)
         paths.append(write_csv(table, out_dir / "cost.csv"))
         ledger = {"table": table, "runs": runs, "reinforcements": reinforcements}
