@@ -48,6 +48,7 @@ from mobileclip_repro.config import (DEFAULT_REINFORCEMENT, REPO_ROOT, SCHEMA_DI
                                      reinforcement_dr_dir, reinforcement_names, reinforcement_variant, run_world_size,
                                      strict_validator)
 from mobileclip_repro.hub import expand_shard_spec
+from mobileclip_repro.layout import Layout
 
 REINFORCE_SCHEMA_PATH = SCHEMA_DIR / "reinforce.schema.yaml"
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -292,7 +293,7 @@ def training_shards(config: dict, run: dict) -> tuple[int, str] | None:
                         else (toy["train_samples"], "train_samples"))
         return -(-samples // toy["samples_per_shard"]), f"data.toy.{key} / data.toy.samples_per_shard"
     if run["data"] == "teacher":  # the toy world's teacher set; elsewhere whatever is on disk
-        directory = Path(config["results_dir"]) / "data" / "teacher_data"
+        directory = Layout(config["results_dir"]).teacher_data_dir
         tars = _tars(directory)
         return (len(tars), str(directory)) if tars else None
     if data["source"] == "hub":

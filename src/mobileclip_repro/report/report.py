@@ -11,6 +11,7 @@ they only make sense next to the paper-scale runs, not the toy world.
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from mobileclip_repro import telemetry
+from mobileclip_repro.layout import Layout
 from mobileclip_repro.report import cost
 from mobileclip_repro.report import efficiency
 from mobileclip_repro.report.ablation import ablation_markdown, display_ablation, write_ablation
@@ -476,12 +478,12 @@ class ReportInputs:
                      source=f"under {records_dir}")
         if fetch_manifests_dir is not None and Path(fetch_manifests_dir).is_dir():
             inputs.fetch_manifests = [path for path, _ in tagged_json(fetch_manifests_dir, FETCH_MANIFEST_SCHEMA)]
-        if results_dir is not None:
-            results_dir = Path(results_dir)
-            inputs.run_manifests = sorted(results_dir.glob("runs/*/seed_*/manifest.json"))
-            inputs.teacher_manifests = sorted(results_dir.glob("teachers/*/manifest.json"))
-            inputs.reinforce_manifests = sorted(results_dir.glob("data/reinforce/*/group_*.json"))
-            inputs.benchmarks_dir = results_dir / "benchmarks"
+        if results_dir is not None:  # outside a DAG: whatever the folder holds, found where the layout puts it
+            layout = Layout(results_dir)
+            inputs.run_manifests = sorted(map(Path, glob.glob(str(layout.train_manifest("*", "*")))))
+            inputs.teacher_manifests = sorted(map(Path, glob.glob(str(layout.teacher_manifest("*")))))
+            inputs.reinforce_manifests = sorted(map(Path, glob.glob(str(layout.reinforce_manifest("*", "*")))))
+            inputs.benchmarks_dir = layout.benchmarks_dir
             inputs.job_benchmarks = sorted(inputs.benchmarks_dir.rglob("*.tsv"))
         return inputs
 
