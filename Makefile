@@ -31,7 +31,8 @@ demo: $(STAMP)
 	echo "Toy DAG finished in $$(( $$(date +%s) - start )) s (install excluded)" && \
 	results=$$($(PYTHON) -c "from mobileclip_repro.config import load_config; print(load_config('$(TOY)')['results_dir'])") && \
 	report=$$results/report && echo && \
-	cat $$report/results.md && echo && \
+	awk '/^## / && !/^## Learning efficiency/ {exit} {print}' $$report/results.md && \
+	echo "(the teachers, cost, training and provenance follow in results.md)" && echo && \
 	echo "table: $$report/results.csv  $$report/results.md" && \
 	echo "plot:  $$report/learning_efficiency.png  $$report/learning_efficiency.pdf" && \
 	echo "html:  $$report/report.html" && \
