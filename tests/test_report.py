@@ -67,6 +67,17 @@ def report_dir(records_dir, tmp_path):
     return out
 
 
+def test_a_ledger_without_run_manifests_gives_an_empty_cost_table_not_a_crash(records_dir, tmp_path):
+    """By hand, with the DAG's report spec (a benchmarks folder) but only records: nothing to cost."""
+    out = tmp_path / "report"
+    index = tmp_path / "records.json"
+    index.write_text(json.dumps({"records": sorted(str(path) for path in records_dir.rglob("epoch_*/*.json")),
+                                 "failed": []}))
+    assert main(["report", "--records", str(index), "--out-dir", str(out),
+                 "--benchmarks-dir", str(tmp_path / "no-benchmarks")]) == 0
+    assert (out / "report.html").is_file() and (out / "learning_efficiency_compute.png").is_file()
+
+
 def test_the_report_reads_the_records_its_indexes_list_and_no_others(records_dir, tmp_path):
     """How the DAG calls it: a run's folders left on disk after it left the config are not reported."""
     listed = sorted(str(path) for path in (records_dir / "toy_dr").rglob("*.json"))

@@ -328,7 +328,9 @@ def runs_table(runs: dict[str, dict]):
     """The Cost section's table: per training run, its arm and per-seen-sample costs."""
     import pandas as pd
 
+    columns = ["run", "arm", "seeds", "FLOPs / seen sample", "wall s / seen sample", "CPU s / seen sample"]
+    # no run manifests given (a report made by hand from records): the table is empty, not shapeless
     return pd.DataFrame([{"run": e["run"], "arm": e["arm"], "seeds": e["seeds"],
                           "FLOPs / seen sample": e["flops_per_sample"],
                           "wall s / seen sample": e.get("wall_s_per_sample"),
-                          "CPU s / seen sample": e.get("cpu_s_per_sample")} for e in runs.values()])
+                          "CPU s / seen sample": e.get("cpu_s_per_sample")} for e in runs.values()], columns=columns)
