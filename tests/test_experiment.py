@@ -171,6 +171,25 @@ def test_a_changed_value_changes_exactly_the_specs_of_the_jobs_that_use_it(in_re
     assert {job for job in before if before[job] != after[job]} == changed
 
 
+@pytest.mark.parametrize("overlay", [{"data": {"hub": {"dr_revision": "a" * 40}}}, {"data": {"dr_dir": "elsewhere"}}])
+def test_a_hub_dag_that_reinforces_itself_does_not_refetch_over_the_dr_repos_settings(in_repo, tmp_path, overlay):
+    """The fetch job of a DAG that generates its reinforcement never reads the DataCompDR repo: its
+    revision and folder are no part of the fetch spec (a change would refetch and retrain everything)."""
+    def fetch_spec(values: dict) -> str:
+        raw = config_module.read_yaml("configs/paper/dfndr12m-generate.yaml")
+        for section, settings in values.items():
+            for key, value in settings.items():
+                if isinstance(value, dict):
+                    raw[section][key] = {**raw[section].get(key, {}), **value}
+                else:
+                    raw[section][key] = value
+        experiment = Experiment(config_module.load_config({**raw, "results_dir": str(tmp_path / "results")}))
+        assert not experiment.fetches_dr_tars()
+        return spec_json(experiment.fetch_spec("00000"))
+
+    assert fetch_spec(overlay) == fetch_spec({})
+
+
 def parsed(command: str, spec: dict, *extra: str):
     """``spec`` as the command's parser reads it (cli.main's --spec expansion), with the rule's other options."""
     import argparse

@@ -340,7 +340,8 @@ def test_suite_averages_follow_the_tags_of_each_benchmark():
 
 
 def test_without_tags_there_is_no_averages_section(report_dir):
-    assert not (report_dir / "suite_averages.csv").exists()
+    # the table is still written, empty: the DAG declares it whenever the config's benchmarks carry tags
+    assert len((report_dir / "suite_averages.csv").read_text().splitlines()) == 1  # its header
     assert "Averages over benchmark groups" not in (report_dir / "results.md").read_text()
 
 

@@ -247,12 +247,14 @@ class Experiment:
     def fetch_spec(self, group: str) -> dict:
         """One group of hub shards; Apple's DataCompDR tars too unless the DAG reinforces itself. A null
         revision: the repo's main branch (the job resolves it to a commit)."""
-        hub = self.hub
-        return {"datacomp_repo": hub["datacomp_repo"], "dr_repo": hub["dr_repo"] if self.fetches_dr_tars() else None,
+        hub, dr = self.hub, self.fetches_dr_tars()
+        # the DataCompDR repo's settings only where the job fetches its tars: a DAG that reinforces
+        # itself never reads them, and a change to them must not refetch (and retrain) anything
+        return {"datacomp_repo": hub["datacomp_repo"], "dr_repo": hub["dr_repo"] if dr else None,
                 "shard_spec": spec_json(hub["shards"]), "group": group, "group_size": hub["group_size"],
-                "datacomp_dir": self.data["datacomp_dir"], "dr_dir": self.data["dr_dir"],
+                "datacomp_dir": self.data["datacomp_dir"], "dr_dir": self.data["dr_dir"] if dr else None,
                 "max_failed_shards": hub["max_failed_shards"], "datacomp_revision": hub["datacomp_revision"],
-                "dr_revision": hub["dr_revision"], "sha256": str(hub["sha256"]),  # YAML's bare off is false
+                "dr_revision": hub["dr_revision"] if dr else None, "sha256": str(hub["sha256"]),  # bare off is false
                 "min_join_rate": hub["min_join_rate"]}
 
     def local_data_spec(self, listing: str) -> dict:

@@ -13,6 +13,8 @@ rule toy_data:
         # one JSON word (a function: its braces are not wildcards); a changed data.toy value remakes the world
         spec=lambda wc: spec_json(EXP.toy_data_spec()),
     threads: 2  # shards are written in parallel, byte-identical to one process
+    resources:
+        cpus_per_task=lambda wc, threads: threads,
     priority: 10
     benchmark:
         LAYOUT.job_benchmark("toy_data"),
@@ -36,6 +38,7 @@ rule fetch:
     resources:
         runtime=FETCH_RESOURCES["runtime"],
         mem_mb=FETCH_RESOURCES["mem_mb"],
+        cpus_per_task=lambda wc, threads: threads,  # else the profile's default (4) would win over threads
     benchmark:
         LAYOUT.job_benchmark("fetch", group_job_name("{group}")),
     log:

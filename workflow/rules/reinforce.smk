@@ -25,6 +25,8 @@ rule train_teacher:
         cpus_per_task=teacher_resource("cpus_per_task"),
         mem_mb=teacher_resource("mem_mb"),
         runtime=teacher_resource("runtime"),
+        tasks_per_gpu=0,  # as train's: one task per node sees all of the node's GPUs
+        slurm_extra="'--ntasks-per-node=1'",
     benchmark:
         LAYOUT.job_benchmark("train_teacher", "{teacher}"),
     log:
@@ -52,6 +54,7 @@ rule reinforce:
         # launch.reinforce_resources: pretrained teachers (two ViT-L-14 over up to 1,024 shards) on a GPU
         # for a day; the toy world's CPU-trained teachers over 4 small shards on CPUs for an hour
         gpu=reinforce_resource("gpu"),
+        cpus_per_task=lambda wc, threads: threads,  # its data workers; else the profile's default wins
         runtime=reinforce_resource("runtime"),
         mem_mb=reinforce_resource("mem_mb"),
     benchmark:

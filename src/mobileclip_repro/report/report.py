@@ -543,13 +543,15 @@ def write_report(inputs: ReportInputs, out_dir: str | os.PathLike, title: str = 
         markdown.write_text(markdown.read_text() + "\n" + data_efficiency_markdown(data_multipliers,
                                                                                   "data_efficiency.png"))
         data_efficiency = {"multipliers": data_multipliers, "png": out_dir / "data_efficiency.png"}
+    # Both tables are written even when empty: the DAG declares them from the config (teachers
+    # evaluated, tagged benchmarks), and every benchmark of theirs may have failed and been skipped.
     teachers = teacher_table(records)
+    paths.append(write_csv(teachers, out_dir / "teachers.csv"))
     if not teachers.empty:
-        paths.append(write_csv(teachers, out_dir / "teachers.csv"))
         markdown.write_text(markdown.read_text() + "\n" + teacher_markdown(teachers))
     averages = suite_averages(records)
+    paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
     if not averages.empty:
-        paths.append(write_csv(averages, out_dir / "suite_averages.csv"))
         markdown.write_text(markdown.read_text() + "\n" + suite_markdown(averages))
     failures = read_failures(inputs.failures)
     if failures:
