@@ -41,6 +41,8 @@ def test_paper_config_plans_through_the_slurm_profile(snakemake_cmd, repo_root, 
                     "s30m-4gpu": 1, "s30m-dr-vs-datacomp": 4}[name]  # the comparison: DR on 4 nodes (baseline 1)
     gpus = 4 if name == "s30m-4gpu" else 8
     assert f"nodes={config_nodes}" in result.stdout and f"gres=gpu:{gpus}" in result.stdout
+    if name == "s30m-dr-vs-datacomp":  # and its baseline, as Apple's run_datacomp12m.sh, one node
+        assert len(re.findall(r"\bnodes=\d+", result.stdout)) == 2 and "nodes=1" in result.stdout
 
 
 def test_the_datacomp_suite_overlay_plans_all_38_tasks_for_a_paper_config(snakemake_cmd, repo_root):
