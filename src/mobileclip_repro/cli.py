@@ -38,8 +38,10 @@ COMMANDS = {
 def add_spec_option(parser: argparse.ArgumentParser, *rules: str) -> None:
     """A command's ``--spec``: its options as one JSON object (what the Snakemake rule passes, built by
     ``experiment.Experiment``), each key an option's name: ``{"batch_size": 8, "force": true}`` stands
-    for ``--batch-size 8 --force``. Options written after it override it. By hand, ``--config X --job
-    RULE[:NAME]`` stands for the spec the DAG would give that job of ``rules`` (the rules this command runs)."""
+    for ``--batch-size 8 --force``. A value option written after it overrides the spec's value (a flag
+    the spec sets stays set, and an option exclusive with one it sets is refused). By hand, ``--config X
+    --job RULE[:NAME]`` stands for the spec the DAG would give that job of ``rules`` (the rules this
+    command runs)."""
     parser.add_argument("--spec", dest="spec_options", metavar="JSON",
                         help="the job's options as one JSON object, {\"option_name\": value, ...} (what the workflow "
                              "passes); a list gives the option several values, true a flag, false or null no option")
