@@ -4,7 +4,6 @@ times the FLOPs of one step; each job's benchmark TSV and FLOPs meet in one cost
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

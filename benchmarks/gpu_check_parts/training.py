@@ -115,7 +115,6 @@ def _waited(data_seconds: float, step_seconds: float) -> bool:
 
 def count_step_flops(run, batch) -> float:
     """Model FLOPs per sample of one forward + loss + backward of the trainer's step (FlopCounterMode)."""
-    import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
