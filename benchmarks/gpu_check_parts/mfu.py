@@ -25,15 +25,6 @@ PEAK_TFLOPS = (
     ("L4", 121.0),
 )
 
-SMOKE = dict(models="toy-student,toy-teacher", batch_size=8, workers="2", steps=3, compute_steps=2,
-             warmup_steps=2, max_warmup_steps="3", images=16, shards=2, num_augs=3, teacher_model="toy-teacher",
-             teacher_images=4, teacher_image_side=128, views="2,1", teacher_batch_size=16, teacher_workers="0",
-             grad_checkpointing="off")  # checkpointing costs a 3M-parameter model ~1 s a step on 2 cores
-FULL = dict(models="ViT-B-16,MobileCLIP-B", batch_size=256, workers="auto", steps=30, compute_steps=10,
-            warmup_steps=5, max_warmup_steps="auto", images=1024, shards=16, num_augs=30, teacher_model="ViT-L-14",
-            teacher_images=512, teacher_image_side=512, views="30,10", teacher_batch_size=256, teacher_workers="auto",
-            grad_checkpointing="config")
-
 
 def peak_tflops_for(device_name: str) -> float | None:
     """The datasheet dense bf16 peak of a GPU by its CUDA name, None when not in PEAK_TFLOPS."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from mobileclip_repro.config import (ConfigError, generated_benchmark, reinforcement_dr_dir, reinforcement_names,
                                      reinforcement_variant, resolve_run, run_seeds, subset_sizes)
 from mobileclip_repro.hub import shard_groups
+from mobileclip_repro.launch import evaluation_resources, reinforce_resources, slurm_resources
 from mobileclip_repro.layout import WHOLE_DAG, Layout, group_id, group_job_name, parse_job_name, train_job_name
 
 # The report's files in every experiment (report_outputs adds the ones a config asks for).
@@ -46,6 +47,10 @@ def canonical(value):
     if isinstance(value, (list, tuple)):
         return [canonical(item) for item in value]
     return value
+
+
+def _without_resources(run: dict) -> dict:
+    return {key: value for key, value in run.items() if key not in RESOURCE_KEYS}
 
 
 def spec_json(value) -> str:
@@ -106,10 +111,10 @@ class Experiment:
 
     def train_spec(self, run: str, seed) -> dict:
         """A train job's spec: the run's settings without its resources (``RESOURCE_KEYS``)."""
-        return {key: value for key, value in self.spec(run, seed).items() if key not in RESOURCE_KEYS}
+        return _without_resources(self.spec(run, seed))
 
     def teacher_train_spec(self, teacher: str) -> dict:
-        return {key: value for key, value in self.teacher_specs[teacher].items() if key not in RESOURCE_KEYS}
+        return _without_resources(self.teacher_specs[teacher])
 
     @property
     def config_digest(self) -> str:
@@ -117,9 +122,32 @@ class Experiment:
         out (the same values are the same experiment, however written or scheduled)."""
         config = canonical(self.config)
         for section in ("runs", "teachers"):
-            config[section] = {name: {key: value for key, value in run.items() if key not in RESOURCE_KEYS}
-                               for name, run in config[section].items()}
+            config[section] = {name: _without_resources(run) for name, run in config[section].items()}
         return hashlib.sha256(spec_json(config).encode()).hexdigest()[:16]
+
+    # -- each job's SLURM resources: sized by launch, asked here by the rules and by plan ------------
+    def train_resources(self, run: str, seed) -> dict:
+        return slurm_resources(self.spec(run, seed))
+
+    def teacher_resources(self, teacher: str) -> dict:
+        return slurm_resources(self.teacher_specs[teacher])
+
+    def trained_teacher_specs(self) -> list[dict]:
+        """The specs of the teachers the DAG trains; none where the reinforcement's are pretrained."""
+        return [self.teacher_specs[teacher] for teacher in self.trained_teachers()]
+
+    def evaluate_resources(self, run: str) -> dict:
+        """One GPU only where the run trained on GPUs (``launch.evaluation_resources``)."""
+        return evaluation_resources([self.spec(run, seed) for seed in self.seeds_of(run)], self.evaluation["device"],
+                                    checkpoints=len(self.run_checkpoints(run)))
+
+    def evaluate_teachers_resources(self) -> dict:
+        return evaluation_resources(self.trained_teacher_specs(), self.evaluation["device"], checkpoints=0,
+                                    teachers=True)
+
+    def reinforce_resources(self) -> dict:
+        """One GPU unless the teachers trained on CPUs (``launch.reinforce_resources``)."""
+        return reinforce_resources(self.trained_teacher_specs())
 
     def seeds_of(self, run: str) -> list[int]:
         return [seed for name, seed in self.specs if name == run]

@@ -14,9 +14,9 @@ For one experiment config, from the config alone (nothing is downloaded, no job 
 
 Every per-unit figure is a named constant in the block below, with where it comes from. The
 job list follows ``workflow/rules/common.smk``'s selection of targets; the rules' own
-``resources`` come from ``launch`` (``slurm_resources``, ``evaluation_resources``,
-``reinforce_resources``, ``FETCH_RESOURCES``: the functions the rules call), and what a rule
-leaves unset from the SLURM profile's ``default-resources`` (slurm/config.yaml).
+``resources`` come from the same places the rules ask (``Experiment.*_resources``, sized by
+``launch``; ``launch.FETCH_RESOURCES``), and what a rule leaves unset from the SLURM profile's
+``default-resources`` (slurm/config.yaml).
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ import yaml
 from mobileclip_repro.config import REPO_ROOT, captioner_sets, reinforcement_variant
 from mobileclip_repro.experiment import Experiment
 from mobileclip_repro.hub import expand_shard_spec
-from mobileclip_repro.launch import (FETCH_RESOURCES, evaluation_resources, reinforce_resources,
-                                     slurm_resources)
+from mobileclip_repro.launch import FETCH_RESOURCES
 
 # -- per-unit facts: each with its source -------------------------------------------------------
 
@@ -304,27 +303,24 @@ def job_rows(config: dict, cluster_max_runtime_h: float | None = None, profile: 
     for name in experiment.hub_benchmarks:
         rows.append(row("fetch_benchmark", name, 1))
     for teacher in experiment.trained_teachers():
-        resources = slurm_resources(experiment.teacher_specs[teacher])
+        resources = experiment.teacher_resources(teacher)
         rows.append(row("train_teacher", teacher, 1, resources["runtime"], resources["mem_mb"],
                         nodes=resources["nodes"], gpus=experiment.teacher_specs[teacher]["gpus_per_node"],
                         runtime_from="teacher config (slurm.runtime)"))
-    teacher_specs = [experiment.teacher_specs[teacher] for teacher in experiment.trained_teachers()]
-    reinforce = reinforce_resources(teacher_specs)
+    reinforce = experiment.reinforce_resources()
     for name in experiment.generated_reinforcements():
         rows.append(row("reinforce", f"{name}: {groups} group(s)", groups, reinforce["runtime"],
                         reinforce["mem_mb"], gpus=reinforce["gpu"]))
     for (run, seed), spec in specs.items():
-        resources = slurm_resources(spec)
+        resources = experiment.train_resources(run, seed)
         rows.append(row("train", f"{run} seed {seed}", 1, resources["runtime"], resources["mem_mb"],
                         nodes=resources["nodes"], gpus=spec["gpus_per_node"],
                         runtime_from="run config (slurm.runtime)"))
-    device = experiment.evaluation["device"]
     for run in experiment.runs:
-        evaluation = evaluation_resources([experiment.spec(run, seed) for seed in experiment.seeds_of(run)], device,
-                                          checkpoints=len(experiment.run_checkpoints(run)))
+        evaluation = experiment.evaluate_resources(run)
         rows.append(row("evaluate", run, 1, evaluation["runtime"], evaluation["mem_mb"], gpus=evaluation["gpu"]))
     if experiment.teachers_evaluated():
-        evaluation = evaluation_resources(teacher_specs, device, checkpoints=0, teachers=True)
+        evaluation = experiment.evaluate_teachers_resources()
         rows.append(row("evaluate_teachers", "all", 1, evaluation["runtime"], evaluation["mem_mb"],
                         gpus=evaluation["gpu"]))
     rows.append(row("report", "all", 1))

@@ -11,8 +11,7 @@ from snakemake.exceptions import WorkflowError
 from mobileclip_repro.config import ConfigError, read_yaml
 from mobileclip_repro.data.local_data import folder_listing
 from mobileclip_repro.experiment import Experiment, spec_json
-from mobileclip_repro.launch import (FETCH_RESOURCES, evaluation_resources, launcher_prefix, reinforce_resources,
-                                     resubmits, slurm_resources)
+from mobileclip_repro.launch import FETCH_RESOURCES, launcher_prefix, resubmits
 from mobileclip_repro.layout import group_job_name, train_job_name
 from mobileclip_repro.locks import ResultsBusy, hold_dag_lock, release_dag_lock
 from mobileclip_repro.preflight import check_prerequisites
@@ -75,7 +74,6 @@ envvars:
 
 inherited_path = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), inherited_path])
-TRAIN_RESOURCES = {key: slurm_resources(spec) for key, spec in EXP.specs.items()}
 # Local data's folders as they are now (stat only): part of local_data's spec, so a shard added,
 # removed or rewritten reruns it and every job downstream.
 LOCAL_LISTING = folder_listing(EXP.local_data_folders()) if EXP.is_local else ""
@@ -95,34 +93,27 @@ def spec_of(wildcards):
 
 
 def train_resource(name):
-    """A train job's SLURM resource, from the specs resolved above."""
-    return lambda wildcards: TRAIN_RESOURCES[(wildcards.run, int(wildcards.seed))][name]
+    """A train job's SLURM resource (launch.slurm_resources, through the Experiment)."""
+    return lambda wildcards: EXP.train_resources(wildcards.run, wildcards.seed)[name]
 
 
 def teacher_resource(name):
-    """A teacher's train job's SLURM resource, sized like a run's (launch.slurm_resources)."""
-    return lambda wildcards: slurm_resources(EXP.teacher_specs[wildcards.teacher])[name]
-
-
-def trained_teacher_specs():
-    """The specs of the teachers the DAG trains; none where the reinforcement's are pretrained."""
-    return [EXP.teacher_specs[teacher] for teacher in EXP.trained_teachers()]
+    """A teacher's train job's SLURM resource, sized like a run's."""
+    return lambda wildcards: EXP.teacher_resources(wildcards.teacher)[name]
 
 
 def evaluate_resource(name):
-    """An evaluate job's resource (launch.evaluation_resources): a GPU only for GPU-sized models."""
-    return lambda wildcards: evaluation_resources(
-        [EXP.spec(wildcards.run, seed) for seed in EXP.seeds_of(wildcards.run)], EXP.evaluation["device"],
-        checkpoints=len(EXP.run_checkpoints(wildcards.run)))[name]
+    """An evaluate job's resource: a GPU only for GPU-sized models."""
+    return lambda wildcards: EXP.evaluate_resources(wildcards.run)[name]
 
 
 def evaluate_teachers_resource(name):
-    return evaluation_resources(trained_teacher_specs(), EXP.evaluation["device"], checkpoints=0, teachers=True)[name]
+    return EXP.evaluate_teachers_resources()[name]
 
 
 def reinforce_resource(name):
-    """A reinforce job's resource (launch.reinforce_resources): a GPU unless its teachers trained on CPUs."""
-    return reinforce_resources(trained_teacher_specs())[name]
+    """A reinforce job's resource: a GPU unless its teachers trained on CPUs."""
+    return EXP.reinforce_resources()[name]
 
 
 def run_checkpoints(run):
